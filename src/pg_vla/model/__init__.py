@@ -1,0 +1,1 @@
+"""Model code: the PaliGemma expert (SigLIP + Gemma), the action expert and the joint pi0 model."""

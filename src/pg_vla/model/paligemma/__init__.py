@@ -1,0 +1,1 @@
+"""PaliGemma parts: SigLIP vision tower, Gemma layers, processor and checkpoint loading."""

@@ -1,0 +1,1 @@
+"""The pi0 vision-language-action model: configs, joint transformer, flow matching."""

@@ -1,0 +1,411 @@
+"""pi0: PaliGemma (SigLIP + Gemma) and an action expert, mixed through block-wise attention.
+
+Sequence per sample, and which expert runs each token:
+
+    [ image tokens (num_patches per camera) | text (max_text_tokens) | proprio (cond_steps) | actions (horizon) ]
+      \\_______________ VLM expert ______________________________/     \\________ action expert ________/
+      block 0 (bidirectional prefix)                                   block 1             block 2
+
+The mask rule and its picture are in attention_mask.py. Rotary positions count valid tokens only
+(text padding is skipped), so action tokens sit right after the last real prefix token whatever the
+padding. Flow matching follows openpi's convention (flow_matching.py).
+
+Modes, one explicit method each:
+    forward(...)         flow-matching loss (training); everything in one pass
+    sample_actions(...)  Euler sampling; `use_cache=True` computes the image/text/proprio prefix once
+                         (encode_prefix) and runs only action tokens per step (denoise_step)
+    text_logits(...), generate_text(...)   PaliGemma prefix-LM with the VLM expert alone
+
+Shapes: B batch, N images per sample, S image size, L text tokens, C cond steps, H horizon,
+A action dim, P proprio dim, T tokens, D hidden.
+
+Self-test (run this file):
+    uv run src/pg_vla/model/vla/pizero.py                       # sample actions, small config, dummy inputs
+    uv run src/pg_vla/model/vla/pizero.py --count_params --config pi0
+    uv run src/pg_vla/model/vla/pizero.py --text_only --load_pretrained_weights \\
+        --pretrained_model_path DIR --prompt "caption en" [--image PATH] [--max_tokens N] [--temperature T --top_p P]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pg_vla.model.paligemma.siglip import SiglipVisionTower
+from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, block_attention_mask,
+                                             positions_from_valid)
+from pg_vla.model.vla.config import PiZeroConfig
+from pg_vla.model.vla.flow_matching import euler_sample, interpolate, sample_time, target_velocity
+from pg_vla.model.vla.joint_model import Expert, JointTransformer, KVCache, Segment
+from pg_vla.model.vla.modules import ActionTimeEncoder, AdaLNActionEncoder
+
+INIT_STD = 0.02  # normal init of linear and embedding weights trained from scratch (Gemma's initializer_range)
+
+
+@dataclass
+class PrefixCache:
+    """What denoising steps need from the image/text/proprio prefix."""
+
+    kv: KVCache  # per layer (B, K, T_prefix, Dh)
+    key_valid: torch.Tensor  # (B, T_prefix) bool
+    key_blocks: torch.Tensor  # (B, T_prefix) long
+    next_position: torch.Tensor  # (B,) rotary position of the first action token
+
+
+class PiZero(nn.Module):
+    def __init__(self, config: PiZeroConfig):
+        super().__init__()
+        self.config = config
+        vlm_cfg, act_cfg = config.vlm, config.action_gemma()
+        self.vision_tower = SiglipVisionTower(config.vision)
+        self.multi_modal_projector = nn.Linear(config.vision.hidden_size, vlm_cfg.hidden_size)
+        adaln = config.time_conditioning != "mlp"
+        width = act_cfg.hidden_size
+        self.joint = JointTransformer({
+            "vlm": Expert(vlm_cfg, with_embedding=True),
+            "action": Expert(act_cfg, with_embedding=False, cond_dim=width if adaln else None,
+                             adaln_zero=config.time_conditioning == "adaln_zero"),
+        })
+        self.proprio_encoder = nn.Linear(config.proprio_dim, width)
+        encoder_cls = AdaLNActionEncoder if adaln else ActionTimeEncoder
+        self.action_encoder = encoder_cls(config.action_dim, width, config.time_min_period, config.time_max_period)
+        self.action_decoder = nn.Linear(width, config.action_dim)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear) and not getattr(module, "_zero_init", False):
+            nn.init.normal_(module.weight, std=INIT_STD)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=INIT_STD)
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    @property
+    def vlm(self) -> Expert:
+        return self.joint.experts["vlm"]
+
+    @property
+    def action_expert(self) -> Expert:
+        return self.joint.experts["action"]
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.joint.gradient_checkpointing = enabled
+        self.vision_tower.encoder.gradient_checkpointing = enabled
+
+    def frozen_parameter_names(self) -> list[str]:
+        """VLM parameters no action output depends on, plus the token embeddings (kept frozen by pi0 training).
+
+        The last VLM layer's queries, output projection, post-attention norm and MLP only produce
+        image/text outputs that nothing reads (action tokens read that layer's keys and values), and
+        the final norm only serves text generation.
+        """
+        last = f"joint.experts.vlm.layers.{self.config.vlm.num_layers - 1}."
+        unread = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
+        names = ["joint.experts.vlm.embed_tokens.weight", "joint.experts.vlm.norm.weight"]
+        names += [n for n, _ in self.named_parameters() if n.startswith(last) and n[len(last):].startswith(unread)]
+        return names
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part; works on the meta device."""
+        counts = dict.fromkeys(("vision", "projector", "vlm", "action_expert"), 0)
+        for name, p in self.named_parameters():
+            if name.startswith("vision_tower."):
+                counts["vision"] += p.numel()
+            elif name.startswith("multi_modal_projector."):
+                counts["projector"] += p.numel()
+            elif name.startswith("joint.experts.vlm."):
+                counts["vlm"] += p.numel()
+            else:
+                counts["action_expert"] += p.numel()
+        params = dict(self.named_parameters())
+        frozen = sum(params[n].numel() for n in self.frozen_parameter_names())
+        counts["vlm_trainable"] = counts["vision"] + counts["projector"] + counts["vlm"] - frozen
+        counts["total"] = counts["vision"] + counts["projector"] + counts["vlm"] + counts["action_expert"]
+        return counts
+
+    # ---- embeddings ----------------------------------------------------------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, N, 3, S, S) in [-1, 1] -> image tokens (B, N * num_patches, D_vlm)."""
+        if images.ndim != 5:
+            raise ValueError(f"images must be (batch, cameras, 3, H, W), got shape {tuple(images.shape)}")
+        b, n = images.shape[:2]
+        feats = self.vision_tower(images.flatten(0, 1))  # (B*N, P, Dv)
+        tokens = self.multi_modal_projector(feats)  # (B*N, P, D)
+        return tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
+
+    def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> prefix tokens (B, N*P + L, D_vlm), valid (B, N*P + L) bool."""
+        if text_ids.ndim != 2 or text_ids.shape[0] != images.shape[0]:
+            raise ValueError(f"text_ids must be (batch, tokens) with batch {images.shape[0]}, got "
+                             f"{tuple(text_ids.shape)}")
+        image_tokens = self.embed_images(images)
+        text_tokens = self.vlm.embed_tokens(text_ids)
+        tokens = torch.cat((image_tokens.to(text_tokens.dtype), text_tokens), dim=1)
+        if text_mask is None:
+            text_mask = torch.ones_like(text_ids, dtype=torch.bool)
+        valid = torch.cat((torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=tokens.device),
+                           text_mask.bool()), dim=1)
+        return tokens, valid
+
+    def embed_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        """proprio (B, C, P) -> (B, C, D_action)."""
+        c, p = self.config.cond_steps, self.config.proprio_dim
+        if proprio.ndim != 3 or proprio.shape[1:] != (c, p):
+            raise ValueError(f"proprio must be (batch, {c}, {p}), got {tuple(proprio.shape)}")
+        return self.proprio_encoder(proprio.to(self.proprio_encoder.weight.dtype))
+
+    def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """noisy actions (B, H, A), t (B,) -> tokens (B, H, D_action), adaLN conditioning (B, D_action) or None."""
+        h, a = self.config.horizon_steps, self.config.action_dim
+        if x_t.ndim != 3 or x_t.shape[1:] != (h, a):
+            raise ValueError(f"actions must be (batch, {h}, {a}), got {tuple(x_t.shape)}")
+        return self.action_encoder(x_t.to(self.action_decoder.weight.dtype), t)
+
+    def _action_segments(self, proprio_tokens: torch.Tensor, action_tokens: torch.Tensor,
+                         cond: torch.Tensor | None) -> list[Segment]:
+        if cond is None:  # pi0's MLP time conditioning: proprio and actions go through the expert together
+            return [Segment("action", torch.cat((proprio_tokens, action_tokens), dim=1))]
+        return [Segment("action", proprio_tokens), Segment("action", action_tokens, cond=cond)]
+
+    @staticmethod
+    def _blocks(batch: int, sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """[(block id, count), ...] -> (B, sum(count)) block ids."""
+        ids = torch.cat([torch.full((n,), block, dtype=torch.long, device=device) for block, n in sizes])
+        return ids.unsqueeze(0).expand(batch, -1)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def predict_velocity(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+                         proprio: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
+        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
+        proprio_tokens = self.embed_proprio(proprio)
+        action_tokens, cond = self.embed_actions(x_t, t)
+        b, device = prefix.shape[0], prefix.device
+        c, h = proprio_tokens.shape[1], action_tokens.shape[1]
+        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (PROPRIO_BLOCK, c), (ACTION_BLOCK, h)], device)
+        valid = torch.cat((prefix_valid, torch.ones(b, c + h, dtype=torch.bool, device=device)), dim=1)
+        segments = [Segment("vlm", prefix, needs_output=False),
+                    *self._action_segments(proprio_tokens, action_tokens.to(prefix.dtype), cond)]
+        outputs, _ = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid))
+        return self.action_decoder(outputs[-1][:, -h:]).float()
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+                proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None,
+                time: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
+
+        `noise` (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
+        """
+        actions = actions.float()
+        if noise is None:
+            noise = torch.randn_like(actions)
+        if time is None:
+            cfg = self.config
+            time = sample_time(actions.shape[0], cfg.time_sampling, alpha=cfg.time_beta_alpha,
+                               beta=cfg.time_beta_beta, time_max=cfg.time_max, device=actions.device)
+        x_t = interpolate(actions, noise, time)
+        velocity = self.predict_velocity(images, text_ids, text_mask, proprio, x_t, time)
+        return F.mse_loss(velocity, target_velocity(actions, noise))
+
+    # ---- KV-cached inference -----------------------------------------------------------------------
+    def encode_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+                      proprio: torch.Tensor) -> PrefixCache:
+        """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
+        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
+        proprio_tokens = self.embed_proprio(proprio).to(prefix.dtype)
+        b, c, device = prefix.shape[0], proprio_tokens.shape[1], prefix.device
+        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (PROPRIO_BLOCK, c)], device)
+        valid = torch.cat((prefix_valid, torch.ones(b, c, dtype=torch.bool, device=device)), dim=1)
+        segments = [Segment("vlm", prefix, needs_output=False), Segment("action", proprio_tokens, needs_output=False)]
+        _, kv = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid),
+                           return_cache=True)
+        return PrefixCache(kv=kv, key_valid=valid, key_blocks=blocks, next_position=valid.long().sum(dim=1))
+
+    def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Action tokens only, against the cached prefix -> velocity (B, H, A) in float32."""
+        action_tokens, cond = self.embed_actions(x_t, t)
+        b, h, device = action_tokens.shape[0], action_tokens.shape[1], action_tokens.device
+        query_blocks = self._blocks(b, [(ACTION_BLOCK, h)], device)
+        key_blocks = torch.cat((prefix.key_blocks, query_blocks), dim=1)
+        key_valid = torch.cat((prefix.key_valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
+        positions = prefix.next_position.unsqueeze(1) + torch.arange(h, device=device)
+        dtype = prefix.kv.keys[0].dtype
+        outputs, _ = self.joint([Segment("action", action_tokens.to(dtype), cond=cond)], positions,
+                                block_attention_mask(query_blocks, key_blocks, key_valid), past=prefix.kv)
+        return self.action_decoder(outputs[0]).float()
+
+    @torch.no_grad()
+    def sample_actions(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+                       proprio: torch.Tensor, noise: torch.Tensor | None = None, num_steps: int | None = None,
+                       use_cache: bool = True) -> torch.Tensor:
+        """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None)."""
+        cfg = self.config
+        b = images.shape[0]
+        if noise is None:
+            noise = torch.randn(b, cfg.horizon_steps, cfg.action_dim, device=images.device)
+        num_steps = num_steps or cfg.num_inference_steps
+        if use_cache:
+            prefix = self.encode_prefix(images, text_ids, text_mask, proprio)
+            return euler_sample(lambda x, t: self.denoise_step(prefix, x, t), noise.float(), num_steps)
+        return euler_sample(lambda x, t: self.predict_velocity(images, text_ids, text_mask, proprio, x, t),
+                            noise.float(), num_steps)
+
+    # ---- text mode (VLM expert alone) ----------------------------------------------------------------
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, vocab); the LM head is tied to the token embeddings."""
+        return F.linear(hidden, self.vlm.embed_tokens.weight)
+
+    def text_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+                    return_cache: bool = False) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
+        """PaliGemma prefix-LM over image + text (bidirectional).
+
+        -> logits (B, N*P + L, vocab) at every position, the cache if asked, and valid (B, N*P + L).
+        """
+        prefix, valid = self.embed_prefix(images, text_ids, text_mask)
+        blocks = torch.zeros_like(valid, dtype=torch.long)
+        outputs, kv = self.joint([Segment("vlm", prefix)], positions_from_valid(valid),
+                                 block_attention_mask(blocks, blocks, valid), return_cache=return_cache)
+        return self._lm_logits(outputs[0]), kv, valid
+
+    @torch.no_grad()
+    def generate_text(self, images: torch.Tensor, prompt_ids: torch.Tensor, max_new_tokens: int,
+                      eos_token_id: int | None = None, temperature: float | None = None, top_p: float = 1.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue unpadded prompts (B, L) after the image; greedy unless `temperature` is given.
+
+        Returns the new tokens (B, <= max_new_tokens); a sequence that emitted `eos_token_id` is
+        padded with it until all have finished.
+        """
+        logits, kv, valid = self.text_logits(images, prompt_ids, None, return_cache=True)
+        b, device = prompt_ids.shape[0], prompt_ids.device
+        key_blocks = torch.zeros_like(valid, dtype=torch.long)
+        next_logits = logits[:, -1]
+        position = valid.long().sum(dim=1)  # (B,)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        generated: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            token = _choose_token(next_logits, temperature, top_p, generator)  # (B,)
+            if eos_token_id is not None:
+                token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+                finished |= token == eos_token_id
+            generated.append(token)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            # The new token opens its own block: it sees the whole prefix and earlier tokens.
+            query_blocks = torch.full((b, 1), step + 1, dtype=torch.long, device=device)
+            key_blocks = torch.cat((key_blocks, query_blocks), dim=1)
+            key_valid = torch.ones_like(key_blocks, dtype=torch.bool)
+            key_valid[:, : valid.shape[1]] = valid
+            outputs, new_kv = self.joint([Segment("vlm", self.vlm.embed_tokens(token[:, None]))],
+                                         position.unsqueeze(1), block_attention_mask(query_blocks, key_blocks, key_valid),
+                                         past=kv, return_cache=True)
+            kv = kv.extend(new_kv)
+            position = position + 1
+            next_logits = self._lm_logits(outputs[0])[:, -1]
+        return torch.stack(generated, dim=1)
+
+
+def _choose_token(logits: torch.Tensor, temperature: float | None, top_p: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,): arg-max, or nucleus sampling at `temperature`."""
+    if temperature is None or temperature == 0.0:
+        return logits.argmax(dim=-1)
+    if temperature < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Keep the smallest set of top tokens whose mass reaches top_p (always at least the first).
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(sorted_probs, 1, generator=generator)  # (B, 1) index into sorted order
+    return order.gather(-1, choice).squeeze(-1)
+
+
+# ---- self-test -----------------------------------------------------------------------------------------
+def _count_params(config_name: str) -> None:
+    import json
+
+    with torch.device("meta"):
+        model = PiZero(PiZeroConfig.preset(config_name))
+    print(json.dumps(model.parameter_counts()))
+
+
+def _sample_dummy(config_name: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    cfg = PiZeroConfig.preset(config_name)
+    model = PiZero(cfg).eval()
+    b = 2
+    images = torch.rand(b, cfg.num_cameras, 3, cfg.vision.image_size, cfg.vision.image_size) * 2 - 1
+    text_ids = torch.randint(0, cfg.vlm.vocab_size, (b, cfg.max_text_tokens))
+    text_mask = torch.arange(cfg.max_text_tokens).expand(b, -1) < torch.tensor([[cfg.max_text_tokens], [3]])
+    proprio = torch.rand(b, cfg.cond_steps, cfg.proprio_dim) * 2 - 1
+    actions = model.sample_actions(images, text_ids, text_mask, proprio)
+    print(f"config {config_name}: sampled action chunk of shape {tuple(actions.shape)} "
+          f"(batch, horizon, action_dim), range [{actions.min().item():.3f}, {actions.max().item():.3f}]")
+
+
+def _generate_text(args) -> None:
+    from pg_vla.model.paligemma.loading import load_paligemma_weights
+    from pg_vla.model.paligemma.processing import VLAProcessor
+
+    if not args.load_pretrained_weights or not args.pretrained_model_path:
+        raise SystemExit("--text_only needs --load_pretrained_weights and --pretrained_model_path DIR")
+    folder = Path(args.pretrained_model_path)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = PiZero(PiZeroConfig.from_paligemma(folder)).to(dtype).eval()
+    load_paligemma_weights(model, folder)
+    size = model.config.vision.image_size
+    processor = VLAProcessor.from_pretrained(folder, max_text_tokens=model.config.max_text_tokens, image_size=size)
+    if args.image:
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(args.image).convert("RGB"))
+    else:  # no image given: a mid-gray frame
+        import numpy as np
+
+        image = np.full((size, size, 3), 128, dtype=np.uint8)
+    pixels = processor.preprocess_images(image)  # (1, 1, 3, S, S)
+    prompt_ids = processor.generation_prompt_ids(args.prompt)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokens = model.generate_text(pixels.to(dtype), prompt_ids, args.max_tokens,
+                                 eos_token_id=processor.tokenizer.eos_token_id, temperature=args.temperature,
+                                 top_p=args.top_p, generator=generator)
+    print(processor.decode(tokens[0]))
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="pi0 model self-test: action sampling, text generation, "
+                                                 "parameter counts.")
+    parser.add_argument("--config", default="small", help="model preset (pi0, small, tiny)")
+    parser.add_argument("--count_params", action="store_true", help="print parameter counts (meta device) as JSON")
+    parser.add_argument("--text_only", action="store_true", help="generate text with a PaliGemma checkpoint")
+    parser.add_argument("--load_pretrained_weights", action="store_true")
+    parser.add_argument("--pretrained_model_path", default=None)
+    parser.add_argument("--prompt", default="caption en")
+    parser.add_argument("--image", default=None, help="image file (default: a gray frame)")
+    parser.add_argument("--max_tokens", type=int, default=20)
+    parser.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default greedy)")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.count_params:
+        _count_params(args.config)
+    elif args.text_only:
+        _generate_text(args)
+    else:
+        _sample_dummy(args.config, args.seed)
+
+
+if __name__ == "__main__":
+    main()

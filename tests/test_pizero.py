@@ -1,0 +1,195 @@
+"""The joint pi0 model: block mask, KV-cached sampling, flow-matching training, parameter counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pg_vla.model.vla.attention_mask import block_attention_mask, positions_from_valid
+from pg_vla.model.vla.config import PiZeroConfig
+from pg_vla.model.vla.pizero import PiZero
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_ATOL = 1e-5  # float32, cached vs uncached sampling
+
+
+def make_batch(cfg: PiZeroConfig, batch: int = 2, seed: int = 0, text_lengths: tuple[int, ...] | None = None):
+    gen = torch.Generator().manual_seed(seed)
+    size = cfg.vision.image_size
+    images = torch.rand(batch, cfg.num_cameras, 3, size, size, generator=gen) * 2 - 1
+    text_ids = torch.randint(4, cfg.vlm.vocab_size, (batch, cfg.max_text_tokens), generator=gen)
+    lengths = text_lengths or tuple(cfg.max_text_tokens - i for i in range(batch))
+    text_mask = torch.arange(cfg.max_text_tokens)[None, :] < torch.tensor(lengths)[:, None]
+    text_ids = text_ids.masked_fill(~text_mask, cfg.pad_token_id)
+    proprio = torch.rand(batch, cfg.cond_steps, cfg.proprio_dim, generator=gen) * 2 - 1
+    actions = torch.rand(batch, cfg.horizon_steps, cfg.action_dim, generator=gen) * 2 - 1
+    noise = torch.randn(batch, cfg.horizon_steps, cfg.action_dim, generator=gen)
+    return images, text_ids, text_mask, proprio, actions, noise
+
+
+def test_block_mask_every_block_pair():
+    """Hand-written mask for [img img | txt txt pad | prop prop | act act]."""
+    names = ["img", "img", "txt", "txt", "pad", "prop", "prop", "act", "act"]
+    blocks = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 2, 2]])
+    valid = torch.tensor([[1, 1, 1, 1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    may_attend = {  # query kind -> key kinds it may read
+        "img": {"img", "txt"},
+        "txt": {"img", "txt"},
+        "pad": {"img", "txt"},
+        "prop": {"img", "txt", "prop"},
+        "act": {"img", "txt", "prop", "act"},
+    }
+    expected = torch.tensor([[k in may_attend[q] for k in names] for q in names])
+    mask = block_attention_mask(blocks, blocks, valid)
+    assert mask.shape == (1, 1, 9, 9)
+    assert torch.equal(mask[0, 0], expected)
+    assert torch.equal(positions_from_valid(valid)[0], torch.tensor([0, 1, 2, 3, 3, 4, 5, 6, 7]))
+
+
+@pytest.mark.parametrize("time_conditioning", ["mlp", "adaln", "adaln_zero"])
+def test_cached_sampling_equals_uncached(time_conditioning):
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny", num_cameras=2, cond_steps=2, horizon_steps=5, time_conditioning=time_conditioning)
+    model = PiZero(cfg).eval()
+    if time_conditioning != "mlp":  # give the zero-initialised modulations something to do
+        for name, p in model.named_parameters():
+            if "modulation" in name:
+                torch.nn.init.normal_(p, std=0.05)
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg, batch=3)
+    cached = model.sample_actions(images, text_ids, text_mask, proprio, noise=noise, use_cache=True)
+    uncached = model.sample_actions(images, text_ids, text_mask, proprio, noise=noise, use_cache=False)
+    assert cached.shape == (3, 5, cfg.action_dim)
+    assert (cached - uncached).abs().max().item() <= CACHE_ATOL
+    # the velocity itself (no clipping) agrees too
+    t = torch.full((3,), 0.7)
+    prefix = model.encode_prefix(images, text_ids, text_mask, proprio)
+    v_cached = model.denoise_step(prefix, noise, t)
+    v_full = model.predict_velocity(images, text_ids, text_mask, proprio, noise, t)
+    assert (v_cached - v_full).abs().max().item() <= CACHE_ATOL
+    assert v_full.abs().max() > 1e-3
+
+
+def test_padding_is_invisible_and_observations_matter():
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg, text_lengths=(4, 6))
+    t = torch.full((2,), 0.5)
+    with torch.no_grad():
+        base = model.predict_velocity(images, text_ids, text_mask, proprio, noise, t)
+        other_pad = text_ids.masked_fill(~text_mask, 7)  # change only padding tokens
+        assert torch.equal(model.predict_velocity(images, other_pad, text_mask, proprio, noise, t), base)
+        for changed in (
+            (images.flip(-1), text_ids, proprio),
+            (images, text_ids.masked_fill(text_mask & (torch.arange(cfg.max_text_tokens) == 2), 9), proprio),
+            (images, text_ids, -proprio),
+        ):
+            out = model.predict_velocity(changed[0], changed[1], text_mask, changed[2], noise, t)
+            assert (out - base).abs().max() > 1e-6
+
+
+def test_first_action_tokens_do_not_see_later_blocks():
+    """Proprio outputs cannot depend on actions: the prefix cache is computed without them."""
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg)
+    with torch.no_grad():
+        a = model.encode_prefix(images, text_ids, text_mask, proprio)
+        b = model.encode_prefix(images, text_ids, text_mask, proprio)
+    for k1, k2 in zip(a.kv.keys, b.kv.keys):
+        assert torch.equal(k1, k2)
+    assert a.kv.length == cfg.prefix_len + cfg.cond_steps
+
+
+@pytest.mark.parametrize("time_conditioning", ["mlp", "adaln_zero"])
+def test_training_overfits_a_fixed_batch_and_reaches_both_experts(time_conditioning):
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny", time_conditioning=time_conditioning)
+    model = PiZero(cfg).train()
+    frozen = set(model.frozen_parameter_names())
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    images, text_ids, text_mask, proprio, actions, noise = make_batch(cfg, batch=4)
+    time = torch.tensor([0.2, 0.5, 0.8, 0.95])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(60):
+        loss = model(images, text_ids, text_mask, proprio, actions, noise=noise, time=time)
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 59:  # checked late: adaLN-Zero's gates start closed, so early on only the gates learn
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            last = f"joint.experts.vlm.layers.{cfg.vlm.num_layers - 1}."
+            assert grads["joint.experts.vlm.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+            assert grads["vision_tower.encoder.layers.0.mlp.fc1.weight"].abs().sum() > 0
+            assert grads[last + "self_attn.v_proj.weight"].abs().sum() > 0  # action tokens read last VLM values
+            assert grads[last + "self_attn.k_proj.weight"].abs().sum() > 0
+            assert grads["joint.experts.action.layers.0.mlp.down_proj.weight"].abs().sum() > 0
+            assert grads["proprio_encoder.weight"].abs().sum() > 0
+            assert all(grads[n] is None for n in frozen)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_unread_vlm_parameters_get_no_gradient_even_when_trainable():
+    """The parameters called frozen are exactly those no action output depends on (plus embeddings/final norm)."""
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg)
+    images, text_ids, text_mask, proprio, actions, noise = make_batch(cfg)
+    model(images, text_ids, text_mask, proprio, actions, noise=noise, time=torch.full((2,), 0.5)).backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0}
+    unread = set(model.frozen_parameter_names()) - {"joint.experts.vlm.embed_tokens.weight"}
+    assert no_grad == unread
+
+
+def test_bad_inputs_are_named():
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, actions, noise = make_batch(cfg)
+    with pytest.raises(ValueError, match="proprio must be"):
+        model.sample_actions(images, text_ids, text_mask, proprio[:, :, :3])
+    with pytest.raises(ValueError, match="vision tower expects images"):
+        model.sample_actions(images[..., :-1], text_ids, text_mask, proprio)
+    with pytest.raises(ValueError, match="images must be"):
+        model.sample_actions(images[:, 0], text_ids, text_mask, proprio)
+    with pytest.raises(ValueError, match="actions must be"):
+        model(images, text_ids, text_mask, proprio, actions[:, :2])
+    with pytest.raises(ValueError, match="unknown model config"):
+        PiZeroConfig.preset("huge")
+    with pytest.raises(ValueError, match="time_conditioning"):
+        PiZeroConfig.preset("tiny", time_conditioning="film")
+
+
+def run_script(*args: str, timeout: int = 300) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_count_params_of_full_config_match_published_counts():
+    out = run_script("src/pg_vla/model/vla/pizero.py", "--count_params", "--config", "pi0")
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert counts == {  # DESIGN.md section 2
+        "vision": 412_442_352,
+        "projector": 2_361_344,
+        "vlm": 2_508_662_784,
+        "vlm_trainable": 2_287_632_112,
+        "action_expert": 314_636_295,
+        "total": 412_442_352 + 2_361_344 + 2_508_662_784 + 314_636_295,
+    }
+
+
+def test_self_test_scripts_run():
+    out = run_script("src/pg_vla/model/vla/pizero.py", "--config", "tiny")
+    assert "shape (2, 4, 7)" in out
+    out = run_script("src/pg_vla/model/vla/joint_model.py")
+    assert "block attention mask" in out
+    assert " act    1    1    1    1    0    1    1    1" in out
