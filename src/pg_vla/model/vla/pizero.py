@@ -378,7 +378,8 @@ def _generate_text(args) -> None:
     tokens = model.generate_text(pixels.to(dtype), prompt_ids, args.max_tokens,
                                  eos_token_id=processor.tokenizer.eos_token_id, temperature=args.temperature,
                                  top_p=args.top_p, generator=generator)
-    print(processor.decode(tokens[0]))
+    # The generated text is the last line of stdout; line breaks inside it are printed as "\\n".
+    print(processor.decode(tokens[0]).replace("\n", "\\n"))
 
 
 def main() -> None:
