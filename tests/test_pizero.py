@@ -193,3 +193,49 @@ def test_self_test_scripts_run():
     out = run_script("src/pg_vla/model/vla/joint_model.py")
     assert "block attention mask" in out
     assert " act    1    1    1    1    0    1    1    1" in out
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny", time_conditioning="adaln")
+    model = PiZero(cfg)
+    batch = make_batch(cfg)
+    images, text_ids, text_mask, proprio, actions, noise = batch
+    t = torch.tensor([0.3, 0.9])
+
+    def grads():
+        model.zero_grad()
+        model(images, text_ids, text_mask, proprio, actions, noise=noise, time=t).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_gradient_checkpointing(True)
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_bfloat16_sampling_runs_and_stays_close_to_float32():
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg)
+    reference = model.sample_actions(images, text_ids, text_mask, proprio, noise=noise, use_cache=False)
+    model = model.to(torch.bfloat16)
+    cached = model.sample_actions(images.bfloat16(), text_ids, text_mask, proprio, noise=noise, use_cache=True)
+    assert cached.dtype == torch.float32
+    assert (cached - reference).abs().mean().item() < 2e-2
+
+
+def test_rotary_frequencies_stay_float32_after_casting_to_bfloat16():
+    """Positions near 300 (a 256-token image + text) need exact frequencies; bf16 ones are off by 0.4%."""
+    from pg_vla.model.paligemma.gemma import RotaryEmbedding
+
+    rotary = RotaryEmbedding(head_dim=256, theta=10000.0).to(torch.bfloat16)
+    positions = torch.tensor([[0, 1, 280]])
+    cos, sin = rotary(positions, torch.float32)
+    k = torch.arange(128, dtype=torch.float64)
+    angles = 280 * 10000.0 ** (-2 * k / 256)
+    torch.testing.assert_close(cos[0, 0, 2, :128].double(), angles.cos(), atol=2e-4, rtol=0)
+    torch.testing.assert_close(sin[0, 0, 2, 128:].double(), angles.sin(), atol=2e-4, rtol=0)

@@ -74,7 +74,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, expected "
                                   f"{tuple(model.state_dict()[key].shape)}")
     model.load_state_dict(state, assign=True)
-    model.joint.rotary.reset(device)  # non-persistent buffer, built on the meta device: recompute it
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -63,24 +63,21 @@ class AdaptiveRMSNorm(RMSNorm):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (half-split layout, as Gemma): cos/sin tables from integer positions."""
+    """Rotary position embedding (half-split layout, as Gemma): cos/sin tables from integer positions.
+
+    The frequencies are computed in float32 on every call (head_dim / 2 values) rather than kept as
+    a buffer, so casting the model to bfloat16 or building it on the meta device cannot degrade them.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
-        self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
-
-    def _inv_freq(self, device: torch.device | str | None) -> torch.Tensor:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
-        return 1.0 / (self.theta**exponents)
-
-    def reset(self, device: torch.device | str) -> None:
-        """Recompute the frequencies on `device` (after building the model on the meta device)."""
-        self.inv_freq = self._inv_freq(device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B, T) -> cos, sin (B, 1, T, Dh) in `dtype`, broadcastable over heads."""
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.float()  # (B, T, Dh/2)
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=positions.device) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)  # (Dh/2,)
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # (B, T, Dh/2)
         angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, T, Dh)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 

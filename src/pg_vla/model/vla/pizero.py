@@ -76,6 +76,21 @@ class PiZero(nn.Module):
         self.action_decoder = nn.Linear(width, config.action_dim)
         self.apply(self._init_weights)
 
+    @classmethod
+    def from_paligemma(cls, folder: str | Path, dtype: torch.dtype | None = None, **config_overrides) -> "PiZero":
+        """pi0 whose VLM side (SigLIP, projector, Gemma) comes from a PaliGemma checkpoint folder.
+
+        Dimensions are read from the folder's config.json; `config_overrides` set the rest (cameras,
+        horizon, ...). The action expert keeps its fresh initialization.
+        """
+        from pg_vla.model.paligemma.loading import load_paligemma_weights
+
+        model = cls(PiZeroConfig.from_paligemma(folder, **config_overrides))
+        if dtype is not None:
+            model = model.to(dtype)
+        load_paligemma_weights(model, folder)
+        return model
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear) and not getattr(module, "_zero_init", False):
@@ -352,15 +367,13 @@ def _sample_dummy(config_name: str, seed: int) -> None:
 
 
 def _generate_text(args) -> None:
-    from pg_vla.model.paligemma.loading import load_paligemma_weights
     from pg_vla.model.paligemma.processing import VLAProcessor
 
     if not args.load_pretrained_weights or not args.pretrained_model_path:
         raise SystemExit("--text_only needs --load_pretrained_weights and --pretrained_model_path DIR")
     folder = Path(args.pretrained_model_path)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = PiZero(PiZeroConfig.from_paligemma(folder)).to(dtype).eval()
-    load_paligemma_weights(model, folder)
+    model = PiZero.from_paligemma(folder, dtype=dtype).eval()
     size = model.config.vision.image_size
     processor = VLAProcessor.from_pretrained(folder, max_text_tokens=model.config.max_text_tokens, image_size=size)
     if args.image:
