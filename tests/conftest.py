@@ -25,3 +25,10 @@ def tiny_checkpoint_dir_odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_paligemma_checkpoint(
         tmp_path_factory.mktemp("tiny_paligemma_odd_head_dim"), variant="odd_head_dim", seed=0
     )
+
+
+# The suite runs in one process and uses both tensorflow (RLDS tests) and bitsandbytes; tensorflow
+# imported first makes a later bitsandbytes import abort, so bitsandbytes goes first.
+from pg_vla.utils.imports import import_bitsandbytes  # noqa: E402
+
+import_bitsandbytes()

@@ -1,0 +1,138 @@
+"""Torch-side RLDS loading: the tf.data pipeline runs in a separate process, batches come back as tensors.
+
+tensorflow never enters the training process: statistics are computed in a spawned helper process
+and the pipeline runs inside a spawned DataLoader worker. This keeps the trainer safe from
+tensorflow's import-order conflicts (tensorflow loaded before bitsandbytes aborts the process) and
+keeps TF off the GPUs. Only JSON statistics and tensors cross the process boundary.
+
+Batch layout (B batch, N cameras, S image size, C cond steps, P proprio dim, H horizon, A action dim):
+    images         uint8 (B, N, S, S, 3)     camera_roles order; black where a camera is absent
+    image_mask     bool  (B, N)
+    proprio        float32 (B, C, P)         normalized; oldest first, the current step last
+    proprio_mask   bool  (B, C)              False where the history reached before the episode start
+    actions        float32 (B, H, A)         normalized chunk starting at the current step
+    action_mask    bool  (B, H)              False where the chunk ran past the episode end (last action repeated)
+    language       list[str] (B)
+    step           int32 (B,)                step index within the (standardized) episode
+    tfds_id        list[str] (B)             which episode ("<file>__<index>")
+    dataset_index  int32 (B,)                position of the dataset in the mix
+
+Usage (computes or loads the statistics, prints each statistics JSON path on its own line, then
+iterates a few batches and reports shapes and frames/s):
+    uv run src/pg_vla/data/dataloader.py --data_path DIR --mix bridge [--batch_size 16] [--num_batches 20]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from pg_vla.data.normalization import DatasetStatistics
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _statistics_paths(rlds_kwargs: dict) -> dict[str, str]:
+    """Runs in a spawned process: resolve the mix and compute or load each dataset's statistics."""
+    from pg_vla.data.rlds.pipeline import RLDSConfig, prepare_mix
+
+    info = prepare_mix(RLDSConfig(**rlds_kwargs))
+    return {name: str(path) for name, path in info.statistics_paths.items()}
+
+
+def resolve_statistics(rlds) -> dict[str, str]:
+    """dataset name -> statistics JSON path, computed (once) in a separate process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
+        return pool.submit(_statistics_paths, asdict(rlds)).result()
+
+
+class RLDSBatches(IterableDataset):
+    """Iterates batches of the tf.data pipeline; build it with `make_rlds_loader`."""
+
+    def __init__(self, rlds, rank: int = 0, world_size: int = 1):
+        self.rlds, self.rank, self.world_size = rlds, rank, world_size
+
+    def __iter__(self):
+        from pg_vla.data.rlds.pipeline import make_dataset, to_numpy_batch
+
+        ds, _ = make_dataset(self.rlds, self.rank, self.world_size)
+        for batch in ds:
+            yield _to_torch(to_numpy_batch(batch))
+
+
+def _to_torch(batch: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def make_rlds_loader(rlds, rank: int = 0, world_size: int = 1, prefetch_batches: int = 4
+                     ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+    """A DataLoader over this rank's share of the mix, and the statistics it normalizes with.
+
+    `rlds` is a `pg_vla.data.rlds.pipeline.RLDSConfig`; it may be built without importing tensorflow
+    via `rlds_config(...)` below.
+    """
+    paths = {**resolve_statistics(rlds), **rlds.statistics_paths}
+    rlds = replace(rlds, statistics_paths=paths)
+    loader = DataLoader(RLDSBatches(rlds, rank, world_size), batch_size=None, num_workers=1,
+                        multiprocessing_context=SPAWN, persistent_workers=True, prefetch_factor=prefetch_batches)
+    return loader, {name: DatasetStatistics.load(path) for name, path in paths.items()}
+
+
+def rlds_config(**kwargs):
+    """RLDSConfig without importing tensorflow in this process (the config module is TF-free at build time)."""
+    from pg_vla.data.rlds.config import RLDSConfig
+
+    return RLDSConfig(**kwargs)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Compute/load normalization statistics of a mix and time the loader.")
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--mix", default="bridge")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_batches", type=int, default=20)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--cond_steps", type=int, default=1)
+    parser.add_argument("--horizon_steps", type=int, default=4)
+    parser.add_argument("--shuffle_buffer", type=int, default=10_000)
+    parser.add_argument("--read_threads", type=int, default=4)
+    parser.add_argument("--transform_threads", type=int, default=4)
+    parser.add_argument("--statistics_dir", default=None)
+    args = parser.parse_args()
+    rlds = rlds_config(data_path=args.data_path, mix=args.mix, split=args.split, batch_size=args.batch_size,
+                       image_size=args.image_size, cond_steps=args.cond_steps, horizon_steps=args.horizon_steps,
+                       shuffle_buffer=args.shuffle_buffer, read_threads=args.read_threads,
+                       transform_threads=args.transform_threads, statistics_dir=args.statistics_dir)
+    loader, stats = make_rlds_loader(rlds)
+    for name, path in rlds_statistics_paths(loader).items():
+        print(path)
+    start, frames = None, 0
+    for i, batch in enumerate(loader):
+        if i == 0:
+            start = time.perf_counter()  # the first batch includes pipeline start-up
+            print("batch:", {k: (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else f"list[{len(v)}]"
+                             for k, v in batch.items()}, flush=True)
+        else:
+            frames += len(batch["language"])
+        if i == args.num_batches:
+            break
+    elapsed = time.perf_counter() - start
+    print(f"{frames} frames in {elapsed:.2f} s after the first batch: {frames / elapsed:.1f} frames/s")
+
+
+def rlds_statistics_paths(loader: DataLoader) -> dict[str, Path]:
+    return {name: Path(path) for name, path in loader.dataset.rlds.statistics_paths.items()}
+
+
+if __name__ == "__main__":
+    main()

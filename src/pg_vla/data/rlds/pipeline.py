@@ -1,0 +1,239 @@
+"""The RLDS input pipeline on tf.data: read, standardize, normalize, window, mix, shuffle, decode, batch.
+
+    per dataset   read episodes (this rank's slice of the split) -> trajectories (steps batched)
+                  -> standardize -> drop unlabeled -> normalize -> windows/chunks -> frames
+    mix           sample frames from the datasets by weight (each dataset repeated when training)
+    then          shuffle buffer of encoded frames -> decode + resize (+ augment) -> batch -> prefetch
+
+Sharding across torchrun ranks splits each dataset's episodes evenly (`tfds.even_splits`), so ranks
+read disjoint episodes whose union is the split. Statistics are computed once per dataset config
+(see `statistics.py`). Everything here imports tensorflow: torch code reaches it only through
+`pg_vla.data.dataloader`, which runs it in a separate process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from pg_vla.data.normalization import DatasetStatistics, Normalizer
+from pg_vla.data.rlds.config import NO_AUGMENT, RLDSConfig
+from pg_vla.data.rlds.dataset_configs import DatasetConfig, get_dataset_config, get_mix
+from pg_vla.data.rlds.frames import augment, decode_and_resize
+from pg_vla.data.rlds.standardize import standardize
+from pg_vla.data.rlds.trajectory import add_windows, normalize_tf
+
+MAX_EPISODE_STEPS = 1 << 14
+
+tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; the GPUs belong to torch
+
+
+def dataset_folder(data_path: str | Path, cfg: DatasetConfig) -> Path:
+    return Path(data_path) / cfg.name / cfg.version
+
+
+def open_builder(data_path: str | Path, cfg: DatasetConfig) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `<data_path>/<name>/<version>`, checked against the dataset config."""
+    folder = dataset_folder(data_path, cfg)
+    if not Path(data_path).is_dir():
+        raise FileNotFoundError(f"data path {data_path} does not exist")
+    if not (folder / "dataset_info.json").is_file():
+        raise FileNotFoundError(f"no RLDS dataset at {folder} (expected <data_path>/{cfg.name}/{cfg.version} "
+                                f"with dataset_info.json)")
+    builder = tfds.builder_from_directory(str(folder))
+    observation = builder.info.features["steps"]["observation"]
+    for role, key in cfg.image_keys.items():
+        if key is not None and key not in observation:
+            raise KeyError(f"{cfg.name}: image key {key!r} (camera {role}) is not an observation feature; "
+                           f"available: {sorted(observation.keys())}")
+    return builder
+
+
+def rank_split(split: str, rank: int, world_size: int) -> str:
+    """This rank's share of `split`: contiguous, disjoint, covering the split together with the others."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return split if world_size == 1 else tfds.even_splits(split, n=world_size, drop_remainder=False)[rank]
+
+
+def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, split: str, *, shuffle: bool,
+                      read_threads: int, seed: int, with_images: bool = True) -> tf.data.Dataset:
+    """Episodes as trajectories (every step feature batched along time), plus `tfds_id`."""
+    observation = builder.info.features["steps"]["observation"]
+    image_features = [k for k, f in observation.items() if isinstance(f, tfds.features.Image)]
+    decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_features}}}
+    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed, interleave_cycle_length=read_threads,
+                                  num_parallel_calls_for_interleave_files=read_threads)
+    try:
+        ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=shuffle, read_config=read_config)
+    except ValueError as err:  # unknown split names and the like
+        raise ValueError(f"{cfg.name}: cannot read split {split!r}: {err}") from err
+
+    def to_trajectory(episode: dict) -> dict:
+        steps = episode["steps"]
+        length = steps.cardinality()
+        if not with_images:
+            steps = steps.map(lambda s: {**s, "observation": {k: v for k, v in s["observation"].items()
+                                                              if k not in image_features}})
+        # batch() preallocates its batch size, so batch exactly the episode length (known for RLDS
+        # steps, which TFDS decodes from one sequence); the fallback bounds unknown lengths.
+        traj = steps.batch(tf.where(length > 0, length, MAX_EPISODE_STEPS)).get_single_element()
+        traj["tfds_id"] = episode["tfds_id"]
+        return traj
+
+    return ds.map(to_trajectory, num_parallel_calls=read_threads, deterministic=not shuffle)
+
+
+def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_unlabeled: bool, shuffle: bool,
+                              read_threads: int, seed: int, with_images: bool = True) -> tf.data.Dataset:
+    def apply(traj: dict) -> dict:
+        if not with_images:  # images were never read: standardize a stand-in so the structure holds
+            length = tf.shape(tf.nest.flatten(traj["action"])[0])[0]
+            traj = {**traj, "observation": {**traj["observation"],
+                                            **{k: tf.fill([length], "") for k in cfg.image_keys.values() if k}}}
+        out = standardize(traj, cfg)
+        out["tfds_id"] = traj["tfds_id"]
+        return out
+
+    ds = read_trajectories(builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed,
+                           with_images=with_images)
+    ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=not shuffle)
+    ds = ds.filter(lambda t: tf.shape(t["action"])[0] > 0)
+    if skip_unlabeled:
+        ds = ds.filter(lambda t: tf.strings.length(t["language_instruction"][0]) > 0)
+    return ds
+
+
+def dataset_statistics(data_path: str | Path, cfg: DatasetConfig, rlds: RLDSConfig) -> tuple[DatasetStatistics, Path]:
+    from pg_vla.data.rlds.statistics import load_or_compute_statistics
+
+    fixed = rlds.statistics_paths.get(cfg.name)
+    if fixed:
+        return DatasetStatistics.load(fixed), Path(fixed)
+    return load_or_compute_statistics(data_path, cfg, split=rlds.split if not rlds.train else "train",
+                                      skip_unlabeled=rlds.skip_unlabeled, statistics_dir=rlds.statistics_dir,
+                                      read_threads=rlds.read_threads)
+
+
+def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSConfig, index: int,
+                      proprio_dim: int, action_dim: int, rank: int, world_size: int) -> tf.data.Dataset:
+    """One dataset as a stream of frames (encoded images, normalized and windowed proprio/actions)."""
+    builder = open_builder(rlds.data_path, cfg)
+    action_mask = None if rlds.normalize_gripper else list(cfg.action_normalization_mask)
+    action_norm = Normalizer(stats.action, rlds.normalization, action_mask)
+    proprio_norm = Normalizer(stats.proprio, rlds.normalization)
+    seed = rlds.seed + 1000 * rank + index
+
+    def prepare(traj: dict) -> dict:
+        traj = {**traj, "action": normalize_tf(traj["action"], action_norm),
+                "observation": {**traj["observation"],
+                                "proprio": normalize_tf(traj["observation"]["proprio"], proprio_norm)}}
+        traj = add_windows(traj, rlds.cond_steps, rlds.horizon_steps)
+        length = tf.shape(traj["step"])[0]
+        obs = traj["observation"]
+        return {
+            "images": {role: obs[f"image_{role}"] for role in rlds.camera_roles},  # (T,) encoded
+            "proprio": _pad_last(obs["proprio"], proprio_dim),  # (T, C, P)
+            "proprio_mask": obs["proprio_mask"],
+            "actions": _pad_last(traj["action"], action_dim),  # (T, H, A)
+            "action_mask": traj["action_mask"],
+            "language": traj["language_instruction"],
+            "step": traj["step"],
+            "tfds_id": tf.fill([length], traj["tfds_id"]),
+            "dataset_index": tf.fill([length], index),
+        }
+
+    ds = standardized_trajectories(builder, cfg, rank_split(rlds.split, rank, world_size),
+                                   skip_unlabeled=rlds.skip_unlabeled, shuffle=rlds.train,
+                                   read_threads=rlds.read_threads, seed=seed)
+    if rlds.train:
+        ds = ds.repeat()
+    ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=not rlds.train)
+    return ds.flat_map(tf.data.Dataset.from_tensor_slices)
+
+
+def _pad_last(x: tf.Tensor, dim: int) -> tf.Tensor:
+    """Zero-pad the last dimension to `dim` (mixes of datasets with different proprio sizes)."""
+    pad = dim - tf.shape(x)[-1]
+    return tf.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, pad]])
+
+
+@dataclass
+class MixInfo:
+    datasets: list[str]
+    weights: list[float]  # normalized
+    statistics: dict[str, DatasetStatistics]
+    statistics_paths: dict[str, Path]
+    proprio_dim: int  # max over the mix (smaller ones are zero-padded)
+    action_dim: int
+
+
+def prepare_mix(rlds: RLDSConfig) -> MixInfo:
+    """Resolve the mix and load (or compute) every dataset's statistics."""
+    mix = get_mix(rlds.mix)
+    configs = [get_dataset_config(name) for name in mix]
+    stats, paths = {}, {}
+    for cfg in configs:
+        stats[cfg.name], paths[cfg.name] = dataset_statistics(rlds.data_path, cfg, rlds)
+    total = sum(mix.values())
+    return MixInfo(datasets=list(mix), weights=[w / total for w in mix.values()], statistics=stats,
+                   statistics_paths=paths, proprio_dim=max(c.proprio_dim for c in configs),
+                   action_dim=max(c.action_dim for c in configs))
+
+
+def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None
+                 ) -> tuple[tf.data.Dataset, MixInfo]:
+    """Batches of numpy-ready tensors (see `pg_vla.data.dataloader` for the layout)."""
+    info = info or prepare_mix(rlds)
+    per_dataset = [frames_of_dataset(get_dataset_config(name), info.statistics[name], rlds, i, info.proprio_dim,
+                                     info.action_dim, rank, world_size) for i, name in enumerate(info.datasets)]
+    seed = rlds.seed + 1000 * rank
+    if len(per_dataset) == 1:
+        ds = per_dataset[0]
+    else:
+        ds = tf.data.Dataset.sample_from_datasets(per_dataset, weights=info.weights, seed=seed,
+                                                  stop_on_empty_dataset=False)
+    if rlds.train:
+        ds = ds.shuffle(rlds.shuffle_buffer, seed=seed)
+    augments = {role: rlds.augment.get(role, NO_AUGMENT) if rlds.train else NO_AUGMENT for role in rlds.camera_roles}
+
+    def decode(frame: dict, frame_seed: tf.Tensor) -> dict:
+        images, present = [], []
+        for i, role in enumerate(rlds.camera_roles):
+            image, ok = decode_and_resize(frame["images"][role], rlds.image_size)
+            if augments[role] != NO_AUGMENT:
+                image = augment(image, augments[role], frame_seed + i)
+            images.append(image)
+            present.append(ok)
+        out = {k: v for k, v in frame.items() if k != "images"}
+        out["images"] = tf.stack(images)  # (N, S, S, 3) uint8
+        out["image_mask"] = tf.stack(present)  # (N,)
+        return out
+
+    seeds = tf.data.Dataset.random(seed=seed).map(lambda s: tf.stack([s, s // 3 + 1]))
+    ds = tf.data.Dataset.zip((ds, seeds)).map(decode, num_parallel_calls=rlds.transform_threads,
+                                              deterministic=not rlds.train)
+    ds = ds.batch(rlds.batch_size, drop_remainder=rlds.train, num_parallel_calls=rlds.transform_threads)
+    options = tf.data.Options()
+    options.autotune.ram_budget = int(rlds.ram_budget_gb * (1 << 30))
+    options.threading.private_threadpool_size = max(rlds.read_threads, rlds.transform_threads) + 1
+    options.deterministic = not rlds.train
+    return ds.with_options(options).prefetch(2), info
+
+
+def to_numpy_batch(batch: dict) -> dict[str, np.ndarray | list[str]]:
+    """tf batch -> numpy arrays; strings become lists of str."""
+    out = {}
+    for key, value in batch.items():
+        array = value.numpy() if hasattr(value, "numpy") else value
+        out[key] = [b.decode() for b in array] if array.dtype == object else array
+    return out
+
+
+def default_statistics_dir() -> Path:
+    return Path(os.environ.get("VLA_CACHE_DIR", Path.home() / ".cache" / "pg_vla")) / "statistics"
