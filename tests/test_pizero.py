@@ -239,3 +239,23 @@ def test_rotary_frequencies_stay_float32_after_casting_to_bfloat16():
     angles = 280 * 10000.0 ** (-2 * k / 256)
     torch.testing.assert_close(cos[0, 0, 2, :128].double(), angles.cos(), atol=2e-4, rtol=0)
     torch.testing.assert_close(sin[0, 0, 2, 128:].double(), angles.sin(), atol=2e-4, rtol=0)
+
+
+def test_loss_is_the_masked_mean_squared_velocity_error():
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, actions, noise = make_batch(cfg)
+    t = torch.tensor([0.25, 0.75])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    with torch.no_grad():
+        x_t = t.view(2, 1, 1) * noise + (1 - t.view(2, 1, 1)) * actions  # by hand: the straight path
+        v = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, t).double()
+        err = (v - (noise - actions).double()) ** 2
+        expected_full = err.mean()
+        expected_masked = (err[0].sum() + err[1, :2].sum()) / (6 * cfg.action_dim)
+        full = model(images, text_ids, text_mask, proprio, actions, noise=noise, time=t)
+        masked = model(images, text_ids, text_mask, proprio, actions, noise=noise, time=t, action_mask=mask)
+    assert full.item() == pytest.approx(expected_full.item(), rel=1e-5)
+    assert masked.item() == pytest.approx(expected_masked.item(), rel=1e-5)
+    assert abs(masked.item() - full.item()) > 1e-4

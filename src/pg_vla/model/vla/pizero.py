@@ -213,10 +213,11 @@ class PiZero(nn.Module):
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                 proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None,
-                time: torch.Tensor | None = None) -> torch.Tensor:
+                time: torch.Tensor | None = None, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
 
-        `noise` (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
+        `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end); `noise`
+        (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
         """
         actions = actions.float()
         if noise is None:
@@ -227,7 +228,11 @@ class PiZero(nn.Module):
                                beta=cfg.time_beta_beta, time_max=cfg.time_max, device=actions.device)
         x_t = interpolate(actions, noise, time)
         velocity = self.predict_velocity(images, text_ids, text_mask, proprio, x_t, time)
-        return F.mse_loss(velocity, target_velocity(actions, noise))
+        error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
+        if action_mask is None:
+            return error.mean()
+        weight = action_mask.to(error.dtype).unsqueeze(-1).expand_as(error)
+        return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
     def encode_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
