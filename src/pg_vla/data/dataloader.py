@@ -60,11 +60,10 @@ class RLDSBatches(IterableDataset):
         self.rlds, self.rank, self.world_size = rlds, rank, world_size
 
     def __iter__(self):
-        from pg_vla.data.rlds.pipeline import make_dataset, to_numpy_batch
+        from pg_vla.data.rlds.pipeline import iterate_numpy_batches
 
-        ds, _ = make_dataset(self.rlds, self.rank, self.world_size)
-        for batch in ds:
-            yield _to_torch(to_numpy_batch(batch))
+        for batch in iterate_numpy_batches(self.rlds, self.rank, self.world_size):
+            yield _to_torch(batch)
 
 
 def _to_torch(batch: dict) -> dict:

@@ -46,6 +46,7 @@ class RLDSConfig:
     transform_threads: int = 4  # parallel frame decoding and augmentation
     ram_budget_gb: float = 4.0  # tf.data autotune RAM budget
     seed: int = 0
+    statistics_split: str = "train"  # validation data is normalized with the training statistics too
     statistics_dir: str | None = None  # where computed statistics are cached (default: next to the data)
     statistics_paths: dict[str, str] = field(default_factory=dict)  # dataset -> fixed statistics JSON
     augment: dict[str, AugmentConfig] = field(default_factory=lambda: {

@@ -115,7 +115,7 @@ def dataset_statistics(data_path: str | Path, cfg: DatasetConfig, rlds: RLDSConf
     fixed = rlds.statistics_paths.get(cfg.name)
     if fixed:
         return DatasetStatistics.load(fixed), Path(fixed)
-    return load_or_compute_statistics(data_path, cfg, split=rlds.split if not rlds.train else "train",
+    return load_or_compute_statistics(data_path, cfg, split=rlds.statistics_split,
                                       skip_unlabeled=rlds.skip_unlabeled, statistics_dir=rlds.statistics_dir,
                                       read_threads=rlds.read_threads)
 
@@ -206,8 +206,8 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
         images, present = [], []
         for i, role in enumerate(rlds.camera_roles):
             image, ok = decode_and_resize(frame["images"][role], rlds.image_size)
-            if augments[role] != NO_AUGMENT:
-                image = augment(image, augments[role], frame_seed + i)
+            if augments[role] != NO_AUGMENT:  # an absent camera stays black
+                image = tf.where(ok, augment(image, augments[role], frame_seed + i), image)
             images.append(image)
             present.append(ok)
         out = {k: v for k, v in frame.items() if k != "images"}
@@ -224,6 +224,31 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
     options.threading.private_threadpool_size = max(rlds.read_threads, rlds.transform_threads) + 1
     options.deterministic = not rlds.train
     return ds.with_options(options).prefetch(2), info
+
+
+class CorruptDatasetError(RuntimeError):
+    """A tfrecord file of a dataset could not be read."""
+
+
+def corrupt_data_error(err: Exception, where: str) -> CorruptDatasetError:
+    return CorruptDatasetError(f"corrupt or truncated tfrecord data in {where}: {getattr(err, 'message', err)}. "
+                               f"Re-copy or regenerate the dataset files.")
+
+
+def iterate_numpy_batches(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None):
+    """Numpy batches of `make_dataset`; a corrupt file surfaces as CorruptDatasetError naming the datasets."""
+    ds, info = make_dataset(rlds, rank, world_size, info)
+    iterator = iter(ds)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as err:
+            folders = ", ".join(f"{name} ({dataset_folder(rlds.data_path, get_dataset_config(name))}, split "
+                                f"{rlds.split!r})" for name in info.datasets)
+            raise corrupt_data_error(err, folders) from err
+        yield to_numpy_batch(batch)
 
 
 def to_numpy_batch(batch: dict) -> dict[str, np.ndarray | list[str]]:

@@ -58,7 +58,7 @@ def _path(tree: dict, path: str) -> tf.Tensor:
 
 
 def _images(traj: dict, cfg: DatasetConfig) -> dict[str, tf.Tensor]:
-    length = tf.shape(traj["action"])[0]
+    length = tf.shape(tf.nest.flatten(traj["action"])[0])[0]  # fractal's raw action is a dict
     out = {}
     for role in CAMERA_ROLES:
         key = cfg.image_keys.get(role)

@@ -48,10 +48,17 @@ def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, sk
     ds = standardized_trajectories(builder, cfg, split, skip_unlabeled=skip_unlabeled, shuffle=False,
                                    read_threads=read_threads, seed=0, with_images=False)
     ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"]})
+    import tensorflow as tf
+
+    from pg_vla.data.rlds.pipeline import corrupt_data_error, dataset_folder
+
     actions, proprios = [], []
-    for traj in ds.as_numpy_iterator():
-        actions.append(traj["action"])
-        proprios.append(traj["proprio"])
+    try:
+        for traj in ds.as_numpy_iterator():
+            actions.append(traj["action"])
+            proprios.append(traj["proprio"])
+    except tf.errors.DataLossError as err:
+        raise corrupt_data_error(err, f"{cfg.name} ({dataset_folder(data_path, cfg)}, split {split!r})") from err
     if not actions:
         raise ValueError(f"{cfg.name} split {split!r} has no usable episodes (all empty or unlabeled)")
     action, proprio = np.concatenate(actions), np.concatenate(proprios)
@@ -65,6 +72,8 @@ def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split:
     from pg_vla.data.rlds.pipeline import open_builder
 
     builder = open_builder(data_path, cfg)
+    if split not in builder.info.splits:
+        raise ValueError(f"{cfg.name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
     split_info = builder.info.splits[split]
     info = {"num_examples": int(split_info.num_examples), "num_bytes": int(split_info.num_bytes),
             "shard_lengths": [int(n) for n in split_info.shard_lengths]}
