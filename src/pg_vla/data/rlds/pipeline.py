@@ -62,13 +62,21 @@ def rank_split(split: str, rank: int, world_size: int) -> str:
 
 
 def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, split: str, *, shuffle: bool,
-                      read_threads: int, seed: int, with_images: bool = True) -> tf.data.Dataset:
-    """Episodes as trajectories (every step feature batched along time), plus `tfds_id`."""
+                      read_threads: int, seed: int, camera_roles: tuple[str, ...] = ()) -> tf.data.Dataset:
+    """Episodes as trajectories (every step feature batched along time), plus `tfds_id`.
+
+    Only the image features of `camera_roles` are kept (still encoded); the others are dropped
+    before batching so they do not travel through the pipeline. Without shuffling the pass is in
+    file order.
+    """
     observation = builder.info.features["steps"]["observation"]
     image_features = [k for k, f in observation.items() if isinstance(f, tfds.features.Image)]
+    wanted = {cfg.image_keys.get(role) for role in camera_roles} - {None}
+    dropped = [k for k in image_features if k not in wanted]
     decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_features}}}
-    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed, interleave_cycle_length=read_threads,
-                                  num_parallel_calls_for_interleave_files=read_threads)
+    cycle = read_threads if shuffle else 1  # one file at a time keeps an unshuffled pass in order
+    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed, interleave_cycle_length=cycle,
+                                  num_parallel_calls_for_interleave_files=cycle, try_autocache=False)
     try:
         ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=shuffle, read_config=read_config)
     except ValueError as err:  # unknown split names and the like
@@ -77,9 +85,9 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
     def to_trajectory(episode: dict) -> dict:
         steps = episode["steps"]
         length = steps.cardinality()
-        if not with_images:
+        if dropped:
             steps = steps.map(lambda s: {**s, "observation": {k: v for k, v in s["observation"].items()
-                                                              if k not in image_features}})
+                                                              if k not in dropped}})
         # batch() preallocates its batch size, so batch exactly the episode length (known for RLDS
         # steps, which TFDS decodes from one sequence); the fallback bounds unknown lengths.
         traj = steps.batch(tf.where(length > 0, length, MAX_EPISODE_STEPS)).get_single_element()
@@ -90,18 +98,16 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
 
 
 def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_unlabeled: bool, shuffle: bool,
-                              read_threads: int, seed: int, with_images: bool = True) -> tf.data.Dataset:
+                              read_threads: int, seed: int, camera_roles: tuple[str, ...] = ()) -> tf.data.Dataset:
+    """Standardized trajectories; cameras outside `camera_roles` come out as empty strings."""
+
     def apply(traj: dict) -> dict:
-        if not with_images:  # images were never read: standardize a stand-in so the structure holds
-            length = tf.shape(tf.nest.flatten(traj["action"])[0])[0]
-            traj = {**traj, "observation": {**traj["observation"],
-                                            **{k: tf.fill([length], "") for k in cfg.image_keys.values() if k}}}
         out = standardize(traj, cfg)
         out["tfds_id"] = traj["tfds_id"]
         return out
 
     ds = read_trajectories(builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed,
-                           with_images=with_images)
+                           camera_roles=camera_roles)
     ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=not shuffle)
     ds = ds.filter(lambda t: tf.shape(t["action"])[0] > 0)
     if skip_unlabeled:
@@ -150,7 +156,7 @@ def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSCo
 
     ds = standardized_trajectories(builder, cfg, rank_split(rlds.split, rank, world_size),
                                    skip_unlabeled=rlds.skip_unlabeled, shuffle=rlds.train,
-                                   read_threads=rlds.read_threads, seed=seed)
+                                   read_threads=rlds.read_threads, seed=seed, camera_roles=rlds.camera_roles)
     if rlds.train:
         ds = ds.repeat()
     ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=not rlds.train)

@@ -62,7 +62,8 @@ def _images(traj: dict, cfg: DatasetConfig) -> dict[str, tf.Tensor]:
     out = {}
     for role in CAMERA_ROLES:
         key = cfg.image_keys.get(role)
-        out[f"image_{role}"] = traj["observation"][key] if key else tf.fill([length], "")
+        present = key is not None and key in traj["observation"]  # the reader drops unused cameras
+        out[f"image_{role}"] = traj["observation"][key] if present else tf.fill([length], "")
     return out
 
 

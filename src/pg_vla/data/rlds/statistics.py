@@ -41,12 +41,12 @@ def statistics_file(data_path: str | Path, cfg: DatasetConfig, split: str, key: 
 
 def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, skip_unlabeled: bool,
                        read_threads: int = 4) -> DatasetStatistics:
-    """Statistics over every standardized step of `split` (images are not read)."""
+    """Statistics over every standardized step of `split` (images are dropped unread)."""
     from pg_vla.data.rlds.pipeline import open_builder, standardized_trajectories
 
     builder = open_builder(data_path, cfg)
     ds = standardized_trajectories(builder, cfg, split, skip_unlabeled=skip_unlabeled, shuffle=False,
-                                   read_threads=read_threads, seed=0, with_images=False)
+                                   read_threads=read_threads, seed=0)
     ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"]})
     import tensorflow as tf
 
