@@ -1,0 +1,1 @@
+"""Training: optimizers and schedules, weight averaging, checkpoints, the trainer."""

@@ -1,0 +1,590 @@
+"""Self-contained training checkpoint folders: atomic saves, integrity checks, resuming.
+
+Layout under a run's checkpoint folder::
+
+    <ckpt_dir>/step_000100/          one checkpoint (step zero-padded to 6 digits)
+        model.safetensors            inference weights (`pg_vla.model.checkpoint.save_model`): the averaged
+                                     (EMA/SWA) weights when the caller passes `inference_state_dict`
+        config.json                  the resolved run config (JSON)
+        statistics/<dataset>.json    normalization statistics used by the run
+        tokenizer/                   tokenizer / processor settings (optional)
+        training_state.pt            optimizer, schedulers, weight averaging, RNG states, step, data-stream
+                                     position, and the raw training weights when they differ from
+                                     model.safetensors
+        manifest.json                size + sha256 of every other file (written last)
+    <ckpt_dir>/latest                names the newest complete checkpoint folder
+
+Crash safety: a checkpoint is written into `<ckpt_dir>/.tmp-step_000100-<pid>` and renamed into place
+(atomic on POSIX) only once complete, then `latest` is replaced atomically, then old checkpoints are
+pruned (renamed to a hidden name before deletion). A crash at any point leaves the previous checkpoint
+and `latest` intact; hidden leftovers (names starting with ".") are ignored by readers and removed by the
+next save.
+
+Security: `training_state.pt` is a pickle and is read with `torch.load(weights_only=False)`, which can
+run code. It is only unpickled after its sha256 matched the checkpoint's manifest; the manifest guards
+against truncation and corruption, not against a deliberately forged folder, so only load checkpoints
+from sources you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pg_vla.data.normalization import DatasetStatistics
+from pg_vla.model.checkpoint import read_metadata, save_model
+from pg_vla.model.paligemma.loading import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pg-vla-training-checkpoint-1"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATISTICS_DIR = "statistics"
+TOKENIZER_DIR = "tokenizer"
+STATE_FILE = "training_state.pt"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "latest"
+PROCESSOR_SETTINGS_FILE = "vla_processor.json"
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_TMP_RE = re.compile(r"^\.(?:tmp|del)-.*-(\d+)$")
+_DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{int(step):06d}"
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a checkpoint folder named `step_<n>`, else None."""
+    match = _STEP_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Low-level file helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"run config value {value!r} of type {type(value).__name__} is not JSON serializable")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (an earlier failed save in this process) are stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_leftovers(ckpt_dir: Path) -> None:
+    """Remove hidden temporary/deletion folders left by crashed saves of processes no longer running."""
+    for entry in ckpt_dir.iterdir():
+        match = _TMP_RE.match(entry.name)
+        if match and entry.is_dir() and not _pid_alive(int(match.group(1))):
+            logger.info("removing leftover temporary checkpoint folder %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_latest(ckpt_dir: Path, name: str) -> None:
+    tmp = ckpt_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, ckpt_dir / LATEST_FILE)
+    _fsync_dir(ckpt_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# State capture
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("torch_cuda")
+    if cuda is not None:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning("checkpoint holds RNG states of %d CUDA device(s) but %d are visible; CUDA RNG "
+                           "states are not restored", len(cuda),
+                           torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def _cpu_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: t.detach().cpu().clone() for key, t in state.items()}
+
+
+def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key, tensor in a.items():
+        other = b[key]
+        if tensor.shape != other.shape or tensor.dtype != other.dtype:
+            return False
+        if not torch.equal(tensor.detach().cpu(), other.detach().cpu()):
+            return False
+    return True
+
+
+class _WeightsView:
+    """Stands in for a model in `save_model`: its config with another set of weights."""
+
+    def __init__(self, config: Any, state: Mapping[str, torch.Tensor]) -> None:
+        self.config = config
+        self._state = state
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return self._state
+
+
+def _as_list(schedulers: Any) -> list[Any]:
+    if schedulers is None:
+        return []
+    if isinstance(schedulers, Sequence):
+        return list(schedulers)
+    return [schedulers]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write_statistics(folder: Path, statistics: Mapping[str, DatasetStatistics | str | Path]) -> None:
+    if not statistics:
+        return
+    out = folder / STATISTICS_DIR
+    out.mkdir()
+    for name, stats in statistics.items():
+        if not _DATASET_NAME_RE.match(name):
+            raise ValueError(f"dataset name {name!r} cannot be used as a file name (letters, digits, '.', '_', '-')")
+        dest = out / f"{name}.json"
+        if isinstance(stats, DatasetStatistics):
+            stats.save(dest)
+        elif isinstance(stats, (str, Path)):
+            DatasetStatistics.load(stats)  # refuse to bundle a file that is not valid statistics
+            shutil.copyfile(stats, dest)
+        else:
+            raise TypeError(f"statistics for {name!r} must be DatasetStatistics or a path, got {type(stats).__name__}")
+
+
+def _write_tokenizer(folder: Path, tokenizer: Any) -> None:
+    if tokenizer is None:
+        return
+    dest = folder / TOKENIZER_DIR
+    if isinstance(tokenizer, (str, Path)):
+        src = Path(tokenizer)
+        if not src.is_dir():
+            raise FileNotFoundError(f"tokenizer folder {src} does not exist")
+        shutil.copytree(src, dest)
+    elif hasattr(tokenizer, "save_pretrained"):
+        dest.mkdir()
+        tokenizer.save_pretrained(str(dest))
+    elif hasattr(getattr(tokenizer, "tokenizer", None), "save_pretrained"):  # a VLAProcessor
+        dest.mkdir()
+        tokenizer.tokenizer.save_pretrained(str(dest))
+        settings = {key: getattr(tokenizer, key) for key in ("image_size", "max_text_tokens", "max_cameras")
+                    if hasattr(tokenizer, key)}
+        (dest / PROCESSOR_SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    else:
+        raise TypeError("tokenizer must be a folder path, an object with save_pretrained, or a processor "
+                        f"whose .tokenizer has save_pretrained; got {type(tokenizer).__name__}")
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_FILE:
+            continue
+        _fsync_file(path)
+        files[rel] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
+    manifest = {"format": FORMAT, "step": int(step), "files": files}
+    with open(folder / MANIFEST_FILE, "w") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _prune(ckpt_dir: Path, keep_last_n: int, keep: Path) -> None:
+    others = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and p != keep),
+                    key=lambda p: checkpoint_step(p), reverse=True)
+    for old in others[max(keep_last_n - 1, 0):]:
+        hidden = ckpt_dir / f".del-{old.name}-{os.getpid()}"
+        os.rename(old, hidden)  # readers never see a half-deleted checkpoint
+        shutil.rmtree(hidden, ignore_errors=True)
+        logger.info("removed old checkpoint %s", old)
+
+
+def save_training_checkpoint(
+    ckpt_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedulers: Sequence[Any] | Any = (),
+    averaging: Any = None,
+    config: Mapping[str, Any],
+    statistics: Mapping[str, DatasetStatistics | str | Path] | None = None,
+    tokenizer: Any = None,
+    data_state: dict | None = None,
+    inference_state_dict: Mapping[str, torch.Tensor] | None = None,
+    keep_last_n: int | None = None,
+) -> Path:
+    """Write a complete checkpoint folder `<ckpt_dir>/step_<step>` atomically and point `latest` at it.
+
+    Args:
+        model: the model being trained (a `PiZero`, or anything with `.config` and `state_dict()`).
+        optimizer, schedulers, averaging: objects with `state_dict()`/`load_state_dict()`; `averaging`
+            is the EMA/SWA helper.
+        config: the resolved run config, stored as `config.json` (must be JSON serializable; paths and
+            numpy scalars are converted).
+        statistics: dataset name -> `DatasetStatistics` or a path to a statistics JSON file.
+        tokenizer: a folder to copy, an object with `save_pretrained`, or a `VLAProcessor`.
+        data_state: picklable description of the data-stream position.
+        inference_state_dict: the weights to publish in `model.safetensors` (e.g. the EMA weights); the
+            raw training weights are then kept in `training_state.pt` when they differ.
+        keep_last_n: if set, remove older checkpoints so that only this one and the newest
+            `keep_last_n - 1` others remain.
+
+    Returns the checkpoint folder. Re-saving an existing step replaces that folder.
+    """
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if keep_last_n is not None and keep_last_n < 1:
+        raise ValueError(f"keep_last_n must be >= 1, got {keep_last_n}")
+    if not hasattr(model, "config"):
+        raise TypeError("model must carry its config (.config) to write model.safetensors")
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(ckpt_dir)
+
+    name = checkpoint_name(step)
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        raw_state = model.state_dict()
+        if inference_state_dict is not None:
+            missing = sorted(set(raw_state) - set(inference_state_dict))
+            unexpected = sorted(set(inference_state_dict) - set(raw_state))
+            if missing or unexpected:
+                raise ValueError(f"inference_state_dict does not match the model: missing {missing[:10]}, "
+                                 f"unexpected {unexpected[:10]}")
+            save_model(_WeightsView(model.config, inference_state_dict), tmp / MODEL_FILE,  # type: ignore[arg-type]
+                       metadata={"step": str(step)})
+            separate_raw = not _same_weights(raw_state, inference_state_dict)
+        else:
+            save_model(model, tmp / MODEL_FILE, metadata={"step": str(step)})  # type: ignore[arg-type]
+            separate_raw = False
+
+        (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=1, default=_json_default))
+        _write_statistics(tmp, statistics or {})
+        _write_tokenizer(tmp, tokenizer)
+
+        scheduler_list = _as_list(schedulers)
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "model": _cpu_state_dict(raw_state) if separate_raw else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "schedulers": [s.state_dict() for s in scheduler_list],
+            "averaging": averaging.state_dict() if averaging is not None else None,
+            "rng": _rng_state(),
+            "data_state": data_state,
+        }
+        torch.save(state, tmp / STATE_FILE)
+        _write_manifest(tmp, step)
+        _fsync_dir(tmp)
+
+        if final.exists():  # re-saving a step: move the old folder aside first
+            old = ckpt_dir / f".del-{name}-{os.getpid()}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+        _fsync_dir(ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    _write_latest(ckpt_dir, name)
+    if keep_last_n is not None:
+        _prune(ckpt_dir, keep_last_n, keep=final)
+    logger.info("saved training checkpoint %s", final)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Verification and discovery
+# ----------------------------------------------------------------------------------------------------------
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check that every file listed in the manifest exists with the recorded size and sha256.
+
+    Returns the manifest. Raises `CheckpointError` naming the checkpoint folder and the bad file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a folder")
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {MANIFEST_FILE}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(files, dict):
+            raise ValueError(f"unknown format {manifest.get('format')!r}")
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} is truncated or corrupted: {err}") from err
+    for required in (MODEL_FILE, STATE_FILE, CONFIG_FILE):
+        if required not in files:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} does not list {required}")
+    for rel, entry in files.items():
+        file = path / rel
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path}: {rel} is missing")
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: size {size} bytes, "
+                                  f"manifest says {entry['size']}")
+        if _sha256_file(file) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: sha256 does not match "
+                                  "the manifest")
+    return manifest
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoint folders (`step_<n>` with a manifest) under `ckpt_dir`, oldest first; hidden folders skipped."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir()
+             if p.is_dir() and checkpoint_step(p) is not None and (p / MANIFEST_FILE).is_file()]
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def find_latest_checkpoint(ckpt_dir: str | Path, verify: bool = True) -> Path | None:
+    """The checkpoint named in `<ckpt_dir>/latest` if it is intact, else the newest other intact one, else None."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+
+    def usable(candidate: Path) -> bool:
+        if not verify:
+            return (candidate / MANIFEST_FILE).is_file()
+        try:
+            verify_checkpoint(candidate)
+            return True
+        except CheckpointError as err:
+            logger.warning("skipping checkpoint: %s", err)
+            return False
+
+    named: Path | None = None
+    latest_file = ckpt_dir / LATEST_FILE
+    if latest_file.is_file():
+        text = latest_file.read_text().strip()
+        if text and checkpoint_step(text) is not None and "/" not in text:
+            named = ckpt_dir / text
+            if named.is_dir() and usable(named):
+                return named
+            logger.warning("%s names %s, which is missing or damaged; falling back to the newest intact "
+                           "checkpoint", latest_file, named)
+        else:
+            logger.warning("%s does not name a checkpoint folder (%r); falling back to the newest intact "
+                           "checkpoint", latest_file, text)
+    for candidate in reversed(list_checkpoints(ckpt_dir)):
+        if candidate == named:
+            continue
+        if usable(candidate):
+            if named is not None or latest_file.is_file():
+                logger.warning("resuming from fallback checkpoint %s", candidate)
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _load_state_file(path: Path) -> dict[str, Any]:
+    # The file's sha256 was checked against the manifest just before (see the module docstring).
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is truncated or corrupted: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is not a pg-vla training state")
+    return state
+
+
+def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.Tensor] | None) -> None:
+    if raw is None:
+        read_metadata(path / MODEL_FILE)
+        try:
+            raw = load_file(str(path / MODEL_FILE), device="cpu")
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {path}: cannot read {MODEL_FILE}: {err}") from err
+        source = MODEL_FILE
+    else:
+        source = f"{STATE_FILE} (raw training weights)"
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(raw)), sorted(set(raw) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: weights in {source} do not match the model: missing "
+                              f"{missing[:20]}, unexpected {unexpected[:20]}")
+    for key, tensor in raw.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"checkpoint {path}: {key} in {source} has shape {tuple(tensor.shape)}, the "
+                                  f"model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(raw, strict=True)
+
+
+def load_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedulers: Sequence[Any] | Any = (),
+    averaging: Any = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Verify checkpoint `path` and restore training into the given objects.
+
+    The raw training weights go into `model` (strict); optimizer, schedulers, averaging and (if
+    `restore_rng`) the python/numpy/torch RNG states are restored. Returns
+    `{"step": int, "data_state": ..., "config": dict}`.
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    state = _load_state_file(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE} is not valid JSON: {err}") from err
+
+    _restore_model(path, model, state.get("model"))
+
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise CheckpointError(f"checkpoint {path} holds no optimizer state")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {path}: optimizer state does not fit the optimizer: {err}") from err
+    scheduler_list = _as_list(schedulers)
+    if scheduler_list:
+        saved = state.get("schedulers") or []
+        if len(saved) != len(scheduler_list):
+            raise CheckpointError(f"checkpoint {path} holds {len(saved)} scheduler state(s), "
+                                  f"{len(scheduler_list)} scheduler(s) given")
+        for scheduler, scheduler_state in zip(scheduler_list, saved):
+            scheduler.load_state_dict(scheduler_state)
+    if averaging is not None:
+        if state.get("averaging") is None:
+            raise CheckpointError(f"checkpoint {path} holds no weight-averaging state")
+        averaging.load_state_dict(state["averaging"])
+    if restore_rng:
+        _restore_rng(state["rng"])
+    return {"step": int(state["step"]), "data_state": state.get("data_state"), "config": config}
+
+
+def resolve_resume(
+    resume_checkpoint_path: str | Path | None,
+    ckpt_dir: str | Path,
+    resume: Literal["auto"] | bool = "auto",
+) -> Path | None:
+    """The checkpoint to resume from, or None to start fresh.
+
+    - an explicit `resume_checkpoint_path` must exist and verify (else `FileNotFoundError` /
+      `CheckpointError`); it conflicts with `resume=False`.
+    - `resume="auto"`: the latest intact checkpoint under `ckpt_dir`, or None if there is none.
+    - `resume=True`: like "auto", but having no checkpoint is an error.
+    - `resume=False`: None.
+    """
+    if resume not in ("auto", True, False):
+        raise ValueError(f"resume must be 'auto', True or False, got {resume!r}")
+    if resume_checkpoint_path is not None:
+        if resume is False:
+            raise ValueError("a resume checkpoint path was given but resume is False")
+        path = Path(resume_checkpoint_path)
+        if not path.exists():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+        verify_checkpoint(path)
+        return path
+    if resume is False:
+        return None
+    found = find_latest_checkpoint(ckpt_dir)
+    if found is None and resume is True:
+        raise FileNotFoundError(f"resume requested but {ckpt_dir} holds no intact checkpoint")
+    return found

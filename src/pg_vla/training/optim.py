@@ -1,0 +1,210 @@
+"""Optimizers for pi0: which parameters train, their groups, AdamW (32-bit or 8-bit), gradient clipping.
+
+Parameters split into two parts by name:
+
+    VLM            vision_tower.*, multi_modal_projector.*, joint.experts.vlm.*
+    action expert  joint.experts.action.*, proprio_encoder.*, action_encoder.*, action_decoder.*
+
+Each part has its own learning rate and weight decay, and is split again into "decay" and "no_decay"
+groups: biases, norm weights (every 1-D parameter) and embedding tables get no weight decay. Groups
+are named "vlm_decay", "vlm_no_decay", "action_expert_decay", "action_expert_no_decay"; empty ones are
+dropped.
+
+Names may come wrapped by peft (`base_model.model.` prefixes, `.base_layer.` inside LoRA-wrapped
+modules); they are compared in their plain PiZero form. LoRA adapter weights count toward the part
+of the module they adapt (an adapter on a VLM projection is in the VLM groups).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pg_vla.utils.imports import import_bitsandbytes
+
+OptimizerName = Literal["adamw", "adamw8bit"]
+
+VLM_PREFIXES = ("vision_tower.", "multi_modal_projector.", "joint.experts.vlm.")
+ACTION_EXPERT_PREFIXES = ("joint.experts.action.", "proprio_encoder.", "action_encoder.", "action_decoder.")
+_WRAPPER_PREFIXES = ("base_model.model.", "_orig_mod.", "module.")  # peft, torch.compile, DDP
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = "adamw"
+    vlm_lr: float = 5e-5
+    action_expert_lr: float = 5e-5
+    vlm_weight_decay: float = 0.0
+    action_expert_weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip_norm: float | None = 1.0  # None: measure the gradient norm, never clip
+    train_vlm: bool = True  # False: the whole VLM side is frozen, only the action expert trains
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "adamw8bit"):
+            raise ValueError(f"optimizer name must be 'adamw' or 'adamw8bit', got {self.name!r}")
+        for field_name in ("vlm_lr", "action_expert_lr"):
+            value = getattr(self, field_name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{field_name} must be a finite number > 0, got {value!r}")
+        for field_name in ("vlm_weight_decay", "action_expert_weight_decay"):
+            value = getattr(self, field_name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{field_name} must be a finite number >= 0, got {value!r}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if self.grad_clip_norm is not None and not (
+                isinstance(self.grad_clip_norm, (int, float)) and math.isfinite(self.grad_clip_norm)
+                and self.grad_clip_norm > 0):
+            raise ValueError(f"grad_clip_norm must be None or a finite number > 0, got {self.grad_clip_norm!r}")
+        if not isinstance(self.train_vlm, bool):
+            raise ValueError(f"train_vlm must be a bool, got {self.train_vlm!r}")
+
+
+def canonical_name(name: str) -> str:
+    """Parameter name as plain PiZero spells it: wrapper prefixes and peft's `.base_layer` removed."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name.replace(".base_layer.", ".")
+
+
+def is_vlm_parameter(name: str) -> bool:
+    return canonical_name(name).startswith(VLM_PREFIXES)
+
+
+def _part(name: str) -> str:
+    plain = canonical_name(name)
+    if plain.startswith(VLM_PREFIXES):
+        return "vlm"
+    if plain.startswith(ACTION_EXPERT_PREFIXES):
+        return "action_expert"
+    raise ValueError(f"parameter {name!r} belongs to neither the VLM ({', '.join(VLM_PREFIXES)}) nor the action "
+                     f"expert ({', '.join(ACTION_EXPERT_PREFIXES)})")
+
+
+def _always_frozen(model: nn.Module) -> set[str]:
+    """Names (model's own spelling) of the parameters pi0 never trains: `frozen_parameter_names()` and
+    anything inside those modules (e.g. LoRA adapters wrapped around them)."""
+    inner = model
+    while not hasattr(inner, "frozen_parameter_names") and isinstance(getattr(inner, "module", None), nn.Module):
+        inner = inner.module  # DistributedDataParallel does not forward attributes
+    if not hasattr(inner, "frozen_parameter_names"):
+        raise TypeError(f"{type(model).__name__} has no frozen_parameter_names(); expected a PiZero (maybe wrapped)")
+    frozen = {canonical_name(n) for n in inner.frozen_parameter_names()}
+    module_prefixes = tuple(n.rsplit(".", 1)[0] + "." for n in frozen)
+    names = set()
+    for name, _ in model.named_parameters():
+        plain = canonical_name(name)
+        if plain in frozen or plain.startswith(module_prefixes):
+            names.add(name)
+    return names
+
+
+def freeze_parameters(model: nn.Module, train_vlm: bool) -> list[str]:
+    """Turn off gradients for `model.frozen_parameter_names()` (and, with `train_vlm=False`, every VLM
+    parameter). Parameters already frozen (e.g. by peft) stay frozen; nothing is unfrozen.
+
+    Returns the names of all parameters frozen after the call, in `named_parameters()` order.
+    """
+    always = _always_frozen(model)
+    frozen = []
+    for name, p in model.named_parameters():
+        if name in always or (not train_vlm and is_vlm_parameter(name)):
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            frozen.append(name)
+    return frozen
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """Biases, 1-D parameters (norm weights and the like) and embedding tables."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            names.update(f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters())
+    for name, p in model.named_parameters():
+        if p.ndim <= 1 or name.endswith(".bias"):
+            names.add(name)
+    return names
+
+
+def parameter_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
+    """Optimizer param groups over the trainable parameters (see the module docstring).
+
+    Leaves out parameters with `requires_grad=False`, the always-frozen ones, and with
+    `cfg.train_vlm=False` every VLM parameter. Each group: {"name", "params", "lr", "weight_decay"}.
+    """
+    always = _always_frozen(model)
+    no_decay = _no_decay_names(model)
+    settings = {"vlm": (cfg.vlm_lr, cfg.vlm_weight_decay),
+                "action_expert": (cfg.action_expert_lr, cfg.action_expert_weight_decay)}
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {(part, decay): [] for part in settings
+                                                           for decay in (True, False)}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or name in always or id(p) in seen:
+            continue
+        part = _part(name)
+        if part == "vlm" and not cfg.train_vlm:
+            continue
+        seen.add(id(p))
+        buckets[(part, name not in no_decay)].append(p)
+    groups = []
+    for (part, decay), params in buckets.items():
+        if params:
+            lr, weight_decay = settings[part]
+            groups.append({"name": f"{part}_{'decay' if decay else 'no_decay'}", "params": params, "lr": lr,
+                           "weight_decay": weight_decay if decay else 0.0})
+    if not groups:
+        raise ValueError("the model has no trainable parameters to optimize")
+    return groups
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Freeze what pi0 keeps frozen (`freeze_parameters(model, cfg.train_vlm)`), then AdamW over
+    `parameter_groups(model, cfg)`: torch's (fused kernel when every parameter is on CUDA, foreach
+    otherwise) or bitsandbytes' AdamW8bit (8-bit state for tensors of >= 4096 elements)."""
+    freeze_parameters(model, cfg.train_vlm)
+    groups = parameter_groups(model, cfg)
+    if cfg.name == "adamw8bit":
+        bnb = import_bitsandbytes()
+        return bnb.optim.AdamW8bit(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+    params = [p for g in groups for p in g["params"]]
+    on_cuda = all(p.device.type == "cuda" for p in params)
+    kernel = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
+                             **kernel)
+
+
+def clip_gradients(model_or_params: nn.Module | Iterable[torch.Tensor], max_norm: float | None) -> float:
+    """Total L2 norm of the gradients before clipping; scales them down to `max_norm` when above it.
+
+    `max_norm=None` only measures. A non-finite norm is returned as is (the caller may skip the step).
+    Parameters without gradients are ignored; with none at all the norm is 0.0.
+    """
+    if isinstance(model_or_params, nn.Module):
+        params = list(model_or_params.parameters())
+    elif isinstance(model_or_params, torch.Tensor):
+        params = [model_or_params]
+    else:
+        params = list(model_or_params)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm is None:
+        return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+    return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
