@@ -1,6 +1,6 @@
 """Normalization statistics and the normalize / unnormalize pair, without tensorflow.
 
-The statistics JSON (one per dataset; `config/statistics/*.json` are the published ones) holds
+The statistics JSON (one per dataset; `config/bridge_statistics.json` and `config/fractal_statistics.json` are the published ones) holds
 
     {"action":  {"mean": [...], "std": [...], "min": [...], "max": [...], "p01": [...], "p99": [...]},
      "proprio": {... same keys ...},
