@@ -47,7 +47,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -58,7 +57,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MIB = 1024 * 1024
+from pg_vla.utils.memory import current_rss_mib, peak_rss_mib
+
 
 
 def log(message: str) -> None:
@@ -66,22 +66,6 @@ def log(message: str) -> None:
 
 
 # ---- measurements inside one fresh process --------------------------------------------------------
-def current_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
 def rlds_kwargs(spec: dict) -> dict:
     return dict(data_path=spec["data_path"], mix=spec["mix"], split=spec["split"], train=True,
                 camera_roles=tuple(spec["camera_roles"]), image_size=spec["target_size"],

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import sys
 import time
@@ -54,6 +53,7 @@ import torch
 
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
+from pg_vla.utils.memory import current_rss_mib, peak_rss_mib
 
 MODES = ("sample_cached", "sample_uncached", "train_step")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -120,22 +120,6 @@ def total_memory_bytes(device: torch.device) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def current_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,0 +1,26 @@
+"""Process memory readings for benchmarks (Linux /proc and getrusage)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+MIB = 1024 * 1024
+
+
+def current_rss_mib() -> float | None:
+    """Resident set size of this process now, in MiB (None where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (a high-water mark that never goes down), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
