@@ -60,7 +60,6 @@ from typing import Any
 from pg_vla.utils.memory import current_rss_mib, peak_rss_mib
 
 
-
 def log(message: str) -> None:
     print(f"[bench-loader] {message}", file=sys.stderr, flush=True)
 
