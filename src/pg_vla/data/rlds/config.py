@@ -33,6 +33,7 @@ class RLDSConfig:
     mix: str = "bridge"  # a name in dataset_configs.MIXES
     split: str = "train"
     train: bool = True  # shuffle, augment and repeat forever; False: one ordered pass, no augmentation
+    deterministic: bool = False  # training stream reproducible from the seed (slower parallel maps); eval always is
     camera_roles: tuple[str, ...] = ("primary",)
     image_size: int = 224
     cond_steps: int = 1

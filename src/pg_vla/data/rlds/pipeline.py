@@ -94,7 +94,7 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
         traj["tfds_id"] = episode["tfds_id"]
         return traj
 
-    return ds.map(to_trajectory, num_parallel_calls=read_threads, deterministic=not shuffle)
+    return ds.map(to_trajectory, num_parallel_calls=read_threads, deterministic=None)
 
 
 def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_unlabeled: bool, shuffle: bool,
@@ -108,7 +108,7 @@ def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_u
 
     ds = read_trajectories(builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed,
                            camera_roles=camera_roles)
-    ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=not shuffle)
+    ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=None)
     ds = ds.filter(lambda t: tf.shape(t["action"])[0] > 0)
     if skip_unlabeled:
         ds = ds.filter(lambda t: tf.strings.length(t["language_instruction"][0]) > 0)
@@ -159,7 +159,7 @@ def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSCo
                                    read_threads=rlds.read_threads, seed=seed, camera_roles=rlds.camera_roles)
     if rlds.train:
         ds = ds.repeat()
-    ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=not rlds.train)
+    ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=None)
     return ds.flat_map(tf.data.Dataset.from_tensor_slices)
 
 
@@ -223,12 +223,12 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
 
     seeds = tf.data.Dataset.random(seed=seed).map(lambda s: tf.stack([s, s // 3 + 1]))
     ds = tf.data.Dataset.zip((ds, seeds)).map(decode, num_parallel_calls=rlds.transform_threads,
-                                              deterministic=not rlds.train)
+                                              deterministic=None)
     ds = ds.batch(rlds.batch_size, drop_remainder=rlds.train, num_parallel_calls=rlds.transform_threads)
     options = tf.data.Options()
     options.autotune.ram_budget = int(rlds.ram_budget_gb * (1 << 30))
     options.threading.private_threadpool_size = max(rlds.read_threads, rlds.transform_threads) + 1
-    options.deterministic = not rlds.train
+    options.deterministic = rlds.deterministic or not rlds.train  # governs every map above (deterministic=None)
     return ds.with_options(options).prefetch(2), info
 
 

@@ -1,0 +1,75 @@
+"""The Hydra entry point and the training loop, end to end on CPU (quickstart config, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pg_vla.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+def test_bridge_config_composes_without_data_and_takes_nested_overrides():
+    result = _run(["--config-name=bridge", "--cfg", "job", "data.mix=oxe_simple", "optimizer.vlm_lr=1e-4",
+                   "model.horizon_steps=8"])
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    assert "mix: oxe_simple" in printed and "vlm_lr: 0.0001" in printed and "horizon_steps: 8" in printed
+    assert "global_batch_size: 1024" in printed and "per_device_batch_size: 16" in printed
+
+
+def test_batch_sizes_must_divide(tmp_path):
+    cfg = TrainConfig(pretrained_model_path=str(tmp_path), data={}, log_dir=str(tmp_path), global_batch_size=48,
+                      per_device_batch_size=16)
+    assert cfg.gradient_accumulation(1) == 3
+    with pytest.raises(ValueError, match="not divisible by per_device_batch_size 16 x world size 2"):
+        cfg.gradient_accumulation(2)
+    with pytest.raises(ValueError, match="pretrained_model_path is not set"):
+        TrainConfig(pretrained_model_path="", data={}, log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="data.batch_size"):
+        TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4}, log_dir=str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """A 4-step quickstart run with a checkpoint every 2 steps, then resumed to step 6."""
+    root = tmp_path_factory.mktemp("quickstart")
+    env = {"VLA_CACHE_DIR": str(root / "cache")}
+    common = [f"log_dir={root / 'run'}", "quickstart.episodes=4", "quickstart.image_size=32", "save_every=2",
+              "log_every=1", "global_batch_size=4", "per_device_batch_size=2", "schedule.warmup_steps=1"]
+    first = _run(["--config-name=quickstart", "n_updates=4", *common], env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = _run(["--config-name=quickstart", "n_updates=6", *common], env)
+    assert second.returncode == 0, second.stderr[-4000:]
+    return root / "run"
+
+
+def test_quickstart_trains_logs_and_checkpoints(quickstart_run):
+    from pg_vla.model.checkpoint import load_model
+    from pg_vla.training.checkpoint import list_checkpoints, verify_checkpoint
+
+    records = [json.loads(line) for line in (quickstart_run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # two accumulation micro-batches per step, one record per step
+    resumed = [r for r in records if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] == 4
+    assert (quickstart_run / "loss_curve.png").stat().st_size > 0
+    checkpoints = list_checkpoints(quickstart_run / "checkpoints")
+    assert [p.name for p in checkpoints][-1] == "step_000006"
+    for path in checkpoints:
+        verify_checkpoint(path)
+    latest = checkpoints[-1]
+    assert (latest / "statistics" / "bridge_dataset.json").is_file()
+    model = load_model(latest / "model.safetensors")
+    assert model.config.proprio_dim == 7 and model.config.max_text_tokens == 12
