@@ -205,8 +205,14 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        steps, values = [s for s, _ in losses], [v for _, v in losses]
+        window = max(1, min(50, len(values) // 10))  # per-step losses are noisy (random flow times)
+        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                  for i in range(len(values))]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([s for s, _ in losses], [v for _, v in losses])
+        ax.plot(steps, values, alpha=0.35, label="per step")
+        ax.plot(steps, smooth, label=f"mean of last {window}")
+        ax.legend()
         ax.set_xlabel("step")
         ax.set_ylabel("flow-matching loss")
         ax.set_yscale("log")
