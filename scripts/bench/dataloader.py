@@ -57,7 +57,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pg_vla.utils.memory import current_rss_mib, peak_rss_mib
+from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
 
 
 def log(message: str) -> None:
@@ -218,17 +218,6 @@ def ensure_synthetic(args: argparse.Namespace) -> str:
             os.close(saved)
         log(f"wrote {folder} in {time.perf_counter() - start:.1f} s")
     return str(root)
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str | None:

@@ -53,7 +53,7 @@ import torch
 
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
-from pg_vla.utils.memory import current_rss_mib, peak_rss_mib
+from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
 
 MODES = ("sample_cached", "sample_uncached", "train_step")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,17 +66,6 @@ def log(message: str) -> None:
 
 
 # ---- environment ----------------------------------------------------------------------------------
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -1,7 +1,8 @@
-"""Process memory readings for benchmarks (Linux /proc and getrusage)."""
+"""Machine and process readings for benchmarks: CPU model, memory (Linux /proc and getrusage)."""
 
 from __future__ import annotations
 
+import platform
 import resource
 import sys
 
@@ -24,3 +25,14 @@ def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (a high-water mark that never goes down), in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
