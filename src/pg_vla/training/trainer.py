@@ -98,6 +98,8 @@ class Trainer:
             return 0
         state = load_training_state(path, self.model, optimizer=self.optimizer, schedulers=[self.scheduler],
                                     averaging=self.averaging)
+        if self.world_size > 1:  # the checkpoint holds rank 0's RNG: give the other ranks their own streams
+            torch.manual_seed(self.cfg.seed + self.rank + 1_000_003 * int(state["step"]))
         self.batches_consumed = int((state["data_state"] or {}).get("batches_consumed", 0))
         self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"]})
         return int(state["step"])
@@ -106,11 +108,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._init_distributed()
         self._build()
-        start_step = self._resume()
+        torch.manual_seed(self.cfg.seed + self.rank)  # each rank draws its own flow noise and times
         from pg_vla.data.dataloader import make_rlds_loader
 
         loader, self.statistics = make_rlds_loader(self.rlds, self.rank, self.world_size)
-        batches = iter(loader)
+        batches = iter(loader)  # draws its worker seed from the torch RNG: restore the saved RNG after this
+        start_step = self._resume()
         for _ in range(self.batches_consumed):  # the stream is seeded: skipping restores its position
             next(batches)
         progress = self._progress(start_step)
@@ -154,9 +157,9 @@ class Trainer:
             self.batches_consumed += 1
             last = micro == self.accumulation - 1
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
-            with sync, autocast:
-                loss = model(**inputs) / self.accumulation
-            with sync:
+            with sync:  # one no_sync() context (single use) spans forward and backward
+                with autocast:
+                    loss = model(**inputs) / self.accumulation
                 loss.backward()
             total += loss.item()
         grad_norm = clip_gradients(self.model, self.cfg.optimizer.grad_clip_norm)
