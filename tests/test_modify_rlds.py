@@ -15,6 +15,7 @@ from PIL import Image
 from pg_vla.data.rlds import synthetic
 from pg_vla.data.rlds.resize import check_output_dir, modify_rlds_dataset, resolve_input_dir
 from pg_vla.data.rlds.schemas import BRIDGE_NAME, BRIDGE_VERSION, FRACTAL_NAME, FRACTAL_VERSION
+from rlds_features import feature_leaves
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -47,21 +48,8 @@ def rewritten(tmp_path_factory) -> dict[str, tuple[Path, Path, int]]:
 # helpers (independent of the module under test)
 
 
-def _schema(feature, prefix: str = "") -> dict[str, tuple]:
-    """path -> (class, shape, dtype, image encoding, description) of every leaf of a features tree."""
-    if isinstance(feature, tfds.features.FeaturesDict):
-        out = {}
-        for key, sub in feature.items():
-            out.update(_schema(sub, f"{prefix}{key}/"))
-        return out
-    if isinstance(feature, tfds.features.Dataset):
-        return _schema(feature.feature, prefix)
-    return {prefix.rstrip("/"): (type(feature).__name__, tuple(feature.shape), np.dtype(feature.np_dtype).name,
-                                 getattr(feature, "_encoding_format", None), feature.doc.desc)}
-
-
 def _image_paths(features) -> list[str]:
-    return [path for path, leaf in _schema(features).items() if leaf[0] == "Image"]
+    return [path for path, leaf in feature_leaves(features).items() if leaf[0] == "Image"]
 
 
 def _read(folder: Path, split: str, raw_images: bool = False) -> list[dict]:
@@ -107,7 +95,8 @@ def _compare(source: Path, target: Path, new_size: int) -> None:
     assert image_paths
 
     # Schema: identical except the image shapes (and the encoding, JPEG already).
-    src_schema, out_schema = _schema(src_info.features), _schema(out_info.features)
+    src_schema = feature_leaves(src_info.features, with_description=True)
+    out_schema = feature_leaves(out_info.features, with_description=True)
     assert src_schema.keys() == out_schema.keys()
     for path, leaf in src_schema.items():
         if path in image_paths:
@@ -188,7 +177,7 @@ def test_resize_of_a_sized_image_and_errors(rewritten, tmp_path):
         modify_rlds_dataset(raw_root, BRIDGE_NAME, tmp_path / "same", image_size=32)
     replaced = modify_rlds_dataset(raw_root, BRIDGE_NAME, tmp_path / "same", image_size=32, splits=["val"],
                                    overwrite=True)
-    assert _schema(tfds.builder_from_directory(str(replaced)).info.features)["steps/observation/image_3"][1] == (
+    assert feature_leaves(tfds.builder_from_directory(str(replaced)).info.features)["steps/observation/image_3"][1] == (
         32, 32, 3)
     with pytest.raises(ValueError, match="overlaps"):
         check_output_dir(source, raw_root, overwrite=True)
@@ -241,7 +230,7 @@ def test_real_bridge_subset(tmp_path):
         pytest.skip(f"real bridge debug dataset not found at {folder}")
     target = modify_rlds_dataset(REAL_BRIDGE_ROOT, BRIDGE_NAME, tmp_path, image_size=32, num_workers=2)
     info = tfds.builder_from_directory(str(target)).info
-    assert _schema(info.features)["steps/observation/image_0"][1] == (32, 32, 3)
+    assert feature_leaves(info.features)["steps/observation/image_0"][1] == (32, 32, 3)
     for split in tfds.builder_from_directory(str(folder)).info.splits.keys():
         builder_in = tfds.builder_from_directory(str(folder))
         lengths = []

@@ -14,6 +14,7 @@ from pg_vla.data.rlds import synthetic
 from pg_vla.data.rlds.schemas import (BRIDGE_IMAGE_KEYS, BRIDGE_NAME, BRIDGE_VERSION, FRACTAL_NAME,
                                       FRACTAL_VERSION, bridge_features, fractal_features)
 from pg_vla.data.rlds.writer import write_rlds_dataset
+from rlds_features import feature_leaves
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -24,20 +25,6 @@ SMALL = dict(min_steps=4, max_steps=7, seed=3)
 BRIDGE_SIZE = (40, 48)
 FRACTAL_SIZE = (32, 40)
 EPISODES = 5
-
-
-def _leaves(feature, prefix: str = "") -> dict[str, tuple]:
-    """path -> (feature class, shape, dtype, image encoding) for every leaf of a features tree."""
-    if isinstance(feature, tfds.features.FeaturesDict):
-        out = {}
-        for key, sub in feature.items():
-            out.update(_leaves(sub, f"{prefix}{key}/"))
-        return out
-    if isinstance(feature, tfds.features.Dataset):
-        return _leaves(feature.feature, prefix)
-    encoding = getattr(feature, "_encoding_format", None)
-    return {prefix.rstrip("/"): (type(feature).__name__, tuple(feature.shape), np.dtype(feature.np_dtype).name,
-                                 encoding)}
 
 
 def _episodes(builder, split: str) -> list[dict]:
@@ -79,7 +66,7 @@ def test_bridge_schema_matches_release():
         pytest.skip(f"real bridge debug dataset not found at {REAL_BRIDGE} (only on CI/dev machines)")
     real = tfds.builder_from_directory(str(REAL_BRIDGE)).info.features
     mine = bridge_features(image_size=(64, 64))
-    assert _leaves(mine) == _leaves(real)
+    assert feature_leaves(mine) == feature_leaves(real)
     assert repr(mine) == repr(real)  # includes descriptions
     # And the serialized schema is byte-for-byte the release's features.json content.
     from google.protobuf import json_format
@@ -88,14 +75,14 @@ def test_bridge_schema_matches_release():
 
 
 def test_bridge_schema_image_size():
-    leaves = _leaves(bridge_features())
+    leaves = feature_leaves(bridge_features())
     for key in BRIDGE_IMAGE_KEYS:
         assert leaves[f"steps/observation/{key}"] == ("Image", (256, 256, 3), "uint8", "jpeg")
-    assert _leaves(bridge_features((128, 160)))["steps/observation/image_0"][1] == (128, 160, 3)
+    assert feature_leaves(bridge_features((128, 160)))["steps/observation/image_0"][1] == (128, 160, 3)
 
 
 def test_fractal_schema():
-    leaves = _leaves(fractal_features())
+    leaves = feature_leaves(fractal_features())
     assert leaves["steps/observation/image"] == ("Image", (256, 320, 3), "uint8", "jpeg")
     assert leaves["steps/observation/base_pose_tool_reached"] == ("Tensor", (7,), "float32", None)
     assert leaves["steps/observation/natural_language_instruction"] == ("Tensor", (), "object", None)
@@ -111,7 +98,7 @@ def test_fractal_schema():
     assert leaves["aspects/success"][2] == "bool" and leaves["attributes/env_name"][2] == "object"
     assert len([p for p in leaves if p.startswith("steps/observation/")]) == 14
     assert len([p for p in leaves if p.startswith("steps/action/")]) == 6
-    assert _leaves(fractal_features((64, 80)))["steps/observation/image"][1] == (64, 80, 3)
+    assert feature_leaves(fractal_features((64, 80)))["steps/observation/image"][1] == (64, 80, 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,7 +219,7 @@ def _fractal_expected(split: str, index: int) -> dict:
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_synthetic_bridge_round_trip(synthetic_dir, split):
     builder = tfds.builder_from_directory(str(synthetic_dir / BRIDGE_NAME / BRIDGE_VERSION))
-    assert _leaves(builder.info.features) == _leaves(bridge_features(BRIDGE_SIZE))
+    assert feature_leaves(builder.info.features) == feature_leaves(bridge_features(BRIDGE_SIZE))
     info = builder.info.splits[split]
     assert info.num_examples == EPISODES and info.num_shards == 2
     decoded = _episodes(builder, split)
@@ -284,7 +271,7 @@ def test_synthetic_fractal_round_trip(synthetic_dir, split):
     assert sorted(p.name for p in path.glob(f"*-{split}.tfrecord-*")) == [
         f"{FRACTAL_NAME}-{split}.tfrecord-0000{k}-of-00002" for k in range(2)]
     builder = tfds.builder_from_directory(str(path))
-    assert _leaves(builder.info.features) == _leaves(fractal_features(FRACTAL_SIZE))
+    assert feature_leaves(builder.info.features) == feature_leaves(fractal_features(FRACTAL_SIZE))
     assert builder.info.splits[split].num_examples == EPISODES
     decoded = _episodes(builder, split)
     expected = [_fractal_expected(split, i) for i in range(EPISODES)]
