@@ -27,6 +27,34 @@ def tiny_checkpoint_dir_odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_policy_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint_dir: Path) -> Path:
+    """A training checkpoint folder (as training writes it) of a random tiny pi0 for the bridge dataset:
+    1 camera, horizon 4, cond 1, 7-D proprio and actions, the published bridge statistics."""
+    return make_policy_checkpoint(tmp_path_factory.mktemp("tiny_policy") / "checkpoints", tiny_checkpoint_dir)
+
+
+def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, **model_overrides) -> Path:
+    import torch
+
+    from pg_vla.model.paligemma.processing import VLAProcessor
+    from pg_vla.model.vla.pizero import PiZero
+    from pg_vla.training.checkpoint import save_training_checkpoint
+
+    torch.manual_seed(seed)
+    overrides = {"proprio_dim": 7, "action_dim": 7, "horizon_steps": 4, "cond_steps": 1, "num_cameras": 1,
+                 "max_text_tokens": 12, **model_overrides}
+    model = PiZero.from_paligemma(paligemma_dir, **overrides)
+    cfg = model.config
+    processor = VLAProcessor.from_pretrained(paligemma_dir, max_text_tokens=cfg.max_text_tokens,
+                                             image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras)
+    statistics = Path(__file__).resolve().parents[1] / "config" / "bridge_statistics.json"
+    run_config = {"data": {"mix": "bridge", "camera_roles": ["primary"] * cfg.num_cameras, "normalization": "bounds"},
+                  "model": overrides, "seed": seed}
+    return save_training_checkpoint(ckpt_dir, 1, model, config=run_config, statistics={"bridge_dataset": statistics},
+                                    tokenizer=processor)
+
+
 # The suite runs in one process and uses both tensorflow (RLDS tests) and bitsandbytes; tensorflow
 # imported first makes a later bitsandbytes import abort, so bitsandbytes goes first.
 from pg_vla.utils.imports import import_bitsandbytes  # noqa: E402

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation: environment adapters, the evaluation agent, simulator benchmarks."""

@@ -1,0 +1,245 @@
+"""A trained pi0 policy from a checkpoint folder: raw observation in, action chunk in robot units out.
+
+Evaluation adapters, the policy server and the single-example inference command all go through
+`Policy`, so they share one preprocessing and postprocessing path with training:
+
+    images (uint8, any size)  -> resized to the model's image size, scaled to [-1, 1]   (VLAProcessor)
+    state  (robot units)      -> normalized with the run's statistics JSON, zero-padded to the model's proprio_dim
+    prompt (text)             -> tokenized like the training batches
+    flow-matching sample      -> normalized chunk (H, A_model) -> first A_dataset dims -> de-normalized
+
+A checkpoint folder is what training writes (`pg_vla.training.checkpoint`): model.safetensors (the
+averaged EMA/SWA weights when training kept an average), config.json, statistics/<dataset>.json and
+tokenizer/. `Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then
+takes the newest complete checkpoint. Nothing here imports tensorflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
+from pg_vla.model.checkpoint import load_model
+from pg_vla.model.paligemma.loading import CheckpointError
+from pg_vla.model.paligemma.processing import VLAProcessor
+from pg_vla.model.vla.pizero import PiZero
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Observation:
+    """One robot observation in its own units.
+
+    images: camera role -> uint8 RGB image (H, W, 3); roles are the run's `data.camera_roles`
+            (e.g. "primary", "wrist"), every one of them required.
+    state:  proprio in robot units, (P,) or (cond_steps, P) oldest first; P is the dataset's proprio size.
+            A single (P,) state is repeated over the history when the model has cond_steps > 1.
+    prompt: the language instruction.
+    """
+
+    images: Mapping[str, np.ndarray]
+    state: np.ndarray
+    prompt: str
+
+
+def resolve_checkpoint_folder(path: str | Path) -> Path:
+    """A checkpoint folder, a run's `checkpoints/` folder or its log_dir -> the checkpoint folder to load."""
+    from pg_vla.training.checkpoint import MODEL_FILE, find_latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if (path / MODEL_FILE).is_file():
+        return path
+    for candidate in (path, path / "checkpoints"):
+        if candidate.is_dir():
+            latest = find_latest_checkpoint(candidate)
+            if latest is not None:
+                return latest
+    raise CheckpointError(f"{path} holds no pg-vla checkpoint ({MODEL_FILE} not found, and no complete "
+                          "checkpoint under it or its checkpoints/ folder)")
+
+
+def _action_mask(dataset_name: str, action_dim: int, normalize_gripper: bool) -> list[bool] | None:
+    if normalize_gripper:
+        return None
+    from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
+
+    cfg = DATASET_CONFIGS.get(dataset_name)
+    if cfg is not None and len(cfg.action_normalization_mask) == action_dim:
+        return list(cfg.action_normalization_mask)
+    return default_action_mask(action_dim)
+
+
+class Policy:
+    """pi0 inference with the normalization and tokenization the model was trained with."""
+
+    def __init__(self, model: PiZero, processor: VLAProcessor, statistics: DatasetStatistics, *,
+                 dataset_name: str, camera_roles: Sequence[str], normalization: str = "bounds",
+                 normalize_gripper: bool = False, num_steps: int | None = None, name: str = "pg-vla"):
+        self.model = model.eval()
+        self.processor = processor
+        self.config = model.config
+        self.statistics = statistics
+        self.dataset_name = dataset_name
+        self.camera_roles = tuple(camera_roles)
+        self.num_steps = num_steps or self.config.num_inference_steps
+        self.name = name
+        self.state_dim = statistics.proprio.dim
+        self.action_dim = statistics.action.dim
+        if self.state_dim > self.config.proprio_dim or self.action_dim > self.config.action_dim:
+            raise CheckpointError(f"statistics of {dataset_name} (proprio {self.state_dim}, action {self.action_dim}) "
+                                  f"exceed the model's proprio_dim {self.config.proprio_dim} / action_dim "
+                                  f"{self.config.action_dim}")
+        if len(self.camera_roles) != self.config.num_cameras:
+            raise CheckpointError(f"camera roles {list(self.camera_roles)} do not match the model's num_cameras "
+                                  f"{self.config.num_cameras}")
+        self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
+        self.action_normalizer = Normalizer(statistics.action, normalization,
+                                            _action_mask(dataset_name, self.action_dim, normalize_gripper))
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype |
+                        None = None, dataset_name: str | None = None, num_steps: int | None = None,
+                        compile: bool = False) -> "Policy":
+        """Load a checkpoint folder written by training (see the module docstring).
+
+        dataset_name picks the statistics to de-normalize with when the run mixed several datasets.
+        dtype: float32 (default) or bfloat16 weights; compile: torch.compile the denoising step.
+        """
+        from pg_vla.training.checkpoint import CONFIG_FILE, MODEL_FILE, STATISTICS_DIR, TOKENIZER_DIR
+
+        folder = resolve_checkpoint_folder(path)
+        run = _read_json(folder / CONFIG_FILE)
+        data = run.get("data", {})
+        stats_dir = folder / STATISTICS_DIR
+        available = sorted(p.stem for p in stats_dir.glob("*.json")) if stats_dir.is_dir() else []
+        if not available:
+            raise CheckpointError(f"{folder} has no normalization statistics ({STATISTICS_DIR}/<dataset>.json)")
+        if dataset_name is None:
+            if len(available) > 1:
+                raise ValueError(f"{folder} was trained on several datasets {available}: choose the statistics "
+                                 "with dataset_name")
+            dataset_name = available[0]
+        elif dataset_name not in available:
+            raise ValueError(f"dataset_name {dataset_name!r} has no statistics in {folder}; choose from {available}")
+        statistics = DatasetStatistics.load(stats_dir / f"{dataset_name}.json")
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+            dtype = DTYPES[dtype]
+        model = load_model(folder / MODEL_FILE, device=device, dtype=dtype)
+        cfg = model.config
+        tokenizer_dir = folder / TOKENIZER_DIR
+        if not tokenizer_dir.is_dir():
+            raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ folder: the prompt cannot be tokenized")
+        processor = VLAProcessor.from_pretrained(tokenizer_dir, max_text_tokens=cfg.max_text_tokens,
+                                                 image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras)
+        roles = data.get("camera_roles") or ["primary"] * cfg.num_cameras
+        policy = cls(model, processor, statistics, dataset_name=dataset_name, camera_roles=roles,
+                     normalization=data.get("normalization", "bounds"),
+                     normalize_gripper=bool(data.get("normalize_gripper", False)), num_steps=num_steps,
+                     name=f"{folder.parent.parent.name}/{folder.name}")
+        if compile:
+            policy.compile()
+        return policy
+
+    def compile(self) -> None:
+        """torch.compile the prefix encoder and the denoising step (the first calls are slow)."""
+        for name in ("encode_prefix", "denoise_step"):
+            setattr(self.model, name, torch.compile(getattr(self.model, name)))
+
+    # ---- description -------------------------------------------------------------------------------
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon_steps
+
+    def observation_spec(self) -> dict[str, dict[str, Any]]:
+        """What `infer` reads: for each field its shape, dtype and kind (image / state / prompt)."""
+        size = self.config.vision.image_size
+        spec = {role: {"shape": [size, size, 3], "dtype": "uint8", "kind": "image",
+                       "note": "any H x W is resized"} for role in self.camera_roles}
+        spec["state"] = {"shape": [self.state_dim], "dtype": "float32", "kind": "state",
+                         "note": f"or [{self.config.cond_steps}, {self.state_dim}] with history"}
+        spec["prompt"] = {"shape": [], "dtype": "str", "kind": "prompt"}
+        return spec
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def prepare(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
+        """Observations -> model inputs (images (B, N, 3, S, S), text_ids/text_mask (B, L), proprio (B, C, P))."""
+        images, states = [], []
+        for obs in observations:
+            missing = [role for role in self.camera_roles if role not in obs.images]
+            if missing:
+                raise ValueError(f"observation lacks camera image(s) {missing}; the policy reads {list(self.camera_roles)}")
+            frames = [np.asarray(obs.images[role]) for role in self.camera_roles]
+            for role, frame in zip(self.camera_roles, frames):
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3 or 0 in frame.shape:
+                    raise ValueError(f"image {role!r} must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+            # each camera separately: cameras may differ in size; (N, 3, S, S) in [-1, 1]
+            images.append(torch.cat([self.processor.preprocess_images(frame)[0] for frame in frames]))
+            states.append(self.normalize_state(obs.state))
+        text = self.processor.tokenize([obs.prompt for obs in observations])
+        return {"images": torch.stack(images).to(self.device, self.dtype),
+                "text_ids": text["input_ids"].to(self.device), "text_mask": text["attention_mask"].to(self.device),
+                "proprio": torch.from_numpy(np.stack(states)).to(self.device)}
+
+    def normalize_state(self, state: Any) -> np.ndarray:
+        """Robot-unit state (P,) or (C, P) -> normalized, zero-padded (C, proprio_dim) float32."""
+        state = np.asarray(state, dtype=np.float64)
+        c, p = self.config.cond_steps, self.state_dim
+        if state.ndim == 1:
+            if state.shape[0] != p:
+                raise ValueError(f"state has {state.shape[0]} values, the policy expects {p} ({self.dataset_name})")
+            state = np.repeat(state[None], c, axis=0)
+        elif state.shape != (c, p):
+            raise ValueError(f"state must be ({p},) or ({c}, {p}), got {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise ValueError("state contains NaN or infinite values")
+        out = np.zeros((c, self.config.proprio_dim), dtype=np.float32)
+        out[:, :p] = self.proprio_normalizer.normalize(state)
+        return out
+
+    def noise(self, batch: int, seed: int | None) -> torch.Tensor:
+        """The flow's starting point (B, H, A_model); a seed makes it reproducible across processes."""
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        shape = (batch, self.config.horizon_steps, self.config.action_dim)
+        return torch.randn(shape, generator=generator).to(self.device)
+
+    @torch.no_grad()
+    def infer_batch(self, observations: Sequence[Observation], seed: int | None = None,
+                    noise: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """-> actions (B, H, A) in robot units, normalized_actions (B, H, A) as the model predicted them."""
+        if not observations:
+            raise ValueError("no observations given")
+        inputs = self.prepare(observations)
+        noise = self.noise(len(observations), seed) if noise is None else noise.to(self.device)
+        normalized = self.model.sample_actions(**inputs, noise=noise, num_steps=self.num_steps)
+        normalized = normalized[..., :self.action_dim].float().cpu().numpy()  # (B, H, A_dataset)
+        actions = self.action_normalizer.unnormalize(normalized.astype(np.float64)).astype(np.float32)
+        return {"actions": actions, "normalized_actions": normalized}
+
+    def infer(self, observation: Observation, seed: int | None = None) -> dict[str, np.ndarray]:
+        """One observation -> actions (H, A) in robot units (and normalized_actions)."""
+        out = self.infer_batch([observation], seed=seed)
+        return {key: value[0] for key, value in out.items()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a complete pg-vla checkpoint folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err

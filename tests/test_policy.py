@@ -1,0 +1,100 @@
+"""Policy: checkpoint folder -> actions in robot units, checked against a by-hand float64 pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pg_vla.model.paligemma.loading import CheckpointError
+from pg_vla.policy import Observation, Policy, resolve_checkpoint_folder
+
+PROMPT = "put the carrot on the plate"
+
+
+def _observation(rng: np.random.Generator, state_dim: int = 7, size=(48, 64)) -> Observation:
+    return Observation(images={"primary": rng.integers(0, 256, (*size, 3), dtype=np.uint8)},
+                       state=rng.normal(0, 0.1, state_dim), prompt=PROMPT)
+
+
+def test_infer_matches_hand_computed_normalization(tiny_policy_checkpoint: Path) -> None:
+    policy = Policy.from_checkpoint(tiny_policy_checkpoint)
+    stats = json.loads((tiny_policy_checkpoint / "statistics" / "bridge_dataset.json").read_text())
+    obs = _observation(np.random.default_rng(0))
+    out = policy.infer(obs, seed=3)
+
+    # state: bounds normalization from the JSON, in float64, clipped
+    p01, p99 = np.array(stats["proprio"]["p01"]), np.array(stats["proprio"]["p99"])
+    state = np.clip(2 * (obs.state - p01) / (p99 - p01) - 1, -1, 1)
+    text = policy.processor.tokenize([PROMPT])
+    images = policy.processor.preprocess_images(obs.images["primary"][None, None])
+    noise = torch.randn((1, 4, 7), generator=torch.Generator().manual_seed(3))
+    normalized = policy.model.sample_actions(images, text["input_ids"], text["attention_mask"],
+                                             torch.tensor(state, dtype=torch.float32)[None, None], noise=noise)
+    normalized = normalized[0].double().numpy()
+    np.testing.assert_allclose(out["normalized_actions"], normalized, atol=1e-5)
+
+    # actions: xyz + rpy de-normalized from [-1, 1], the gripper (last dim) left in 0..1
+    a01, a99 = np.array(stats["action"]["p01"]), np.array(stats["action"]["p99"])
+    expected = (np.clip(normalized, -1, 1) + 1) / 2 * (a99 - a01) + a01
+    expected[:, 6] = normalized[:, 6]
+    assert out["actions"].shape == (4, 7)
+    np.testing.assert_allclose(out["actions"], expected, atol=1e-5)
+
+
+def test_same_seed_same_actions_and_batch_equals_single(tiny_policy_checkpoint: Path) -> None:
+    policy = Policy.from_checkpoint(tiny_policy_checkpoint)
+    rng = np.random.default_rng(1)
+    a, b = _observation(rng), _observation(rng, size=(224, 224))
+    first, again = policy.infer(a, seed=7)["actions"], policy.infer(a, seed=7)["actions"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, policy.infer(a, seed=8)["actions"])
+    noise = torch.cat([policy.noise(1, 7), policy.noise(1, 9)])
+    batch = policy.infer_batch([a, b], noise=noise)["actions"]
+    np.testing.assert_allclose(batch[0], first, atol=1e-5)
+    np.testing.assert_allclose(batch[1], policy.infer(b, seed=9)["actions"], atol=1e-5)
+
+
+def test_bad_observations_are_named(tiny_policy_checkpoint: Path) -> None:
+    policy = Policy.from_checkpoint(tiny_policy_checkpoint)
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match="state has 5 values, the policy expects 7"):
+        policy.infer(_observation(rng, state_dim=5))
+    obs = _observation(rng)
+    with pytest.raises(ValueError, match="lacks camera image"):
+        policy.infer(Observation(images={"wrist": obs.images["primary"]}, state=obs.state, prompt=PROMPT))
+    with pytest.raises(ValueError, match="must be uint8"):
+        policy.infer(Observation(images={"primary": obs.images["primary"].astype(np.float32)}, state=obs.state,
+                                 prompt=PROMPT))
+    with pytest.raises(ValueError, match="NaN"):
+        policy.infer(Observation(images=obs.images, state=np.full(7, np.nan), prompt=PROMPT))
+
+
+def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
+    run_dir = tiny_policy_checkpoint.parent  # <run>/checkpoints
+    assert resolve_checkpoint_folder(run_dir) == tiny_policy_checkpoint
+    assert resolve_checkpoint_folder(run_dir.parent) == tiny_policy_checkpoint  # the run's log_dir
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Policy.from_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="holds no pg-vla checkpoint"):
+        Policy.from_checkpoint(tmp_path)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_policy_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError):
+        Policy.from_checkpoint(broken)
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_policy_checkpoint, mixed)
+    shutil.copy(Path(__file__).resolve().parents[1] / "config" / "fractal_statistics.json",
+                mixed / "statistics" / "fractal20220817_data.json")
+    with pytest.raises(ValueError, match="choose the statistics with dataset_name"):
+        Policy.from_checkpoint(mixed)
+    with pytest.raises(ValueError, match="no statistics"):
+        Policy.from_checkpoint(mixed, dataset_name="kuka")
+    assert Policy.from_checkpoint(mixed, dataset_name="bridge_dataset").action_dim == 7
