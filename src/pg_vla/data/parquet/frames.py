@@ -1,0 +1,159 @@
+"""Episodes -> frames (windows, normalization) -> batches, in numpy, with the RLDS path's conventions.
+
+Shapes: T steps of an episode, P proprio dim, A action dim, C cond steps, H horizon steps, B batch,
+N cameras, S image size.
+
+Windows (as `pg_vla.data.rlds.trajectory.add_windows`). Frame t gets
+    proprio  steps t-C+1 .. t      (C, P)  before the episode start: the first step repeated,
+                                           `proprio_mask` False there
+    actions  steps t .. t+H-1      (H, A)  past the episode end: the last action repeated,
+                                           `action_mask` False there
+Normalization is `Normalizer.normalize` evaluated in float32 like the RLDS path's `normalize_tf`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pg_vla.data.normalization import Normalizer
+from pg_vla.data.parquet.config import ParquetDataError
+from pg_vla.data.parquet.images import ImageDecodeError, decode_and_resize
+
+
+@dataclass
+class Episode:
+    """One episode's rows of a file, converted."""
+
+    file: str
+    start: int  # row of is_first within the file
+    name: str  # episode_id, or "<file name>:<start row>"
+    state: np.ndarray  # (T, P) float32
+    action: np.ndarray  # (T, A) float32
+    prompts: list[str | None]  # (T,)
+    images: dict[str, list[bytes | None]]  # logical image column -> (T,) encoded
+
+    @property
+    def language(self) -> str:
+        return self.prompts[0] or ""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class Frame:
+    """One sample before decoding: images still encoded (cheap to hold in a shuffle buffer)."""
+
+    images: tuple[bytes | None, ...]  # (N,) per camera role
+    image_sources: tuple[tuple[str, int, str] | None, ...]  # (file, row, column) per camera, for errors
+    proprio: np.ndarray  # (C, P) float32, normalized
+    proprio_mask: np.ndarray  # (C,) bool
+    actions: np.ndarray  # (H, A) float32, normalized
+    action_mask: np.ndarray  # (H,) bool
+    language: str
+    step: int
+    episode: str
+
+
+def normalize_f32(x: np.ndarray, normalizer: Normalizer) -> np.ndarray:
+    """`Normalizer.normalize` in float32 arithmetic (the RLDS path normalizes float32 tensors)."""
+    f32 = np.float32
+    low, high = normalizer.low.astype(f32), normalizer.high.astype(f32)
+    x = x.astype(f32)
+    if normalizer.mode == "bounds":
+        y = np.clip(f32(2.0) * (x - low) / np.where(normalizer.degenerate, f32(1.0), high - low) - f32(1.0),
+                    f32(-1.0), f32(1.0))
+    else:
+        y = (x - low) / np.where(normalizer.degenerate, f32(1.0), high)
+    y = np.where(normalizer.degenerate, f32(0.0), y)
+    return np.where(normalizer.mask, y, x).astype(f32)
+
+
+def windows(length: int, cond_steps: int, horizon_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step indices: history (T, C) (negative before the start) and chunk (T, H) (>= T past the end)."""
+    steps = np.arange(length)[:, None]
+    return steps + np.arange(-cond_steps + 1, 1)[None, :], steps + np.arange(horizon_steps)[None, :]
+
+
+def episode_frames(episode: Episode, proprio_norm: Normalizer, action_norm: Normalizer,
+                   role_columns: dict[str, str | None], column_names: dict[str, str], cond_steps: int,
+                   horizon_steps: int) -> list[Frame]:
+    """Every step of an episode as a frame (normalized windows, per-step language)."""
+    length = len(episode)
+    proprio = normalize_f32(episode.state, proprio_norm)  # (T, P)
+    action = normalize_f32(episode.action, action_norm)  # (T, A)
+    history, chunk = windows(length, cond_steps, horizon_steps)
+    proprio_windows = proprio[np.maximum(history, 0)]  # (T, C, P)
+    action_windows = action[np.minimum(chunk, length - 1)]  # (T, H, A)
+    proprio_mask, action_mask = history >= 0, chunk < length
+    frames = []
+    for t in range(length):
+        images, sources = [], []
+        for logical in role_columns.values():
+            column = episode.images.get(logical) if logical is not None else None
+            images.append(column[t] if column is not None else None)
+            sources.append((episode.file, episode.start + t, column_names[logical]) if column is not None else None)
+        frames.append(Frame(images=tuple(images), image_sources=tuple(sources), proprio=proprio_windows[t],
+                            proprio_mask=proprio_mask[t], actions=action_windows[t], action_mask=action_mask[t],
+                            language=episode.prompts[t] or episode.language, step=t, episode=episode.name))
+    return frames
+
+
+def decode_frame_images(frame: Frame, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> images (N, S, S, 3) uint8, image_mask (N,) bool; undecodable bytes name file, row, column."""
+    images, present = [], []
+    for encoded, source in zip(frame.images, frame.image_sources):
+        try:
+            image, ok = decode_and_resize(encoded, image_size)
+        except ImageDecodeError as err:
+            file, row, column = source
+            raise ParquetDataError(file, row, column, str(err)) from err
+        images.append(image)
+        present.append(ok)
+    return np.stack(images), np.asarray(present, bool)
+
+
+def make_batch(frames: list[Frame], image_size: int) -> dict[str, np.ndarray | list[str]]:
+    """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists)."""
+    decoded = [decode_frame_images(f, image_size) for f in frames]
+    return {
+        "images": np.stack([d[0] for d in decoded]),  # (B, N, S, S, 3) uint8
+        "image_mask": np.stack([d[1] for d in decoded]),  # (B, N)
+        "proprio": np.stack([f.proprio for f in frames]),  # (B, C, P) float32
+        "proprio_mask": np.stack([f.proprio_mask for f in frames]),  # (B, C)
+        "actions": np.stack([f.actions for f in frames]),  # (B, H, A) float32
+        "action_mask": np.stack([f.action_mask for f in frames]),  # (B, H)
+        "language": [f.language for f in frames],
+        "step": np.asarray([f.step for f in frames], np.int32),  # (B,)
+        "tfds_id": [f.episode for f in frames],
+        "dataset_index": np.zeros(len(frames), np.int32),  # (B,) one dataset
+    }
+
+
+def shuffled(frames: Iterable[Frame], buffer_size: int, rng: np.random.Generator) -> Iterator[Frame]:
+    """A shuffle buffer: fill to `buffer_size`, then emit a random element for each new one."""
+    buffer: list[Frame] = []
+    for frame in frames:
+        if len(buffer) < buffer_size:
+            buffer.append(frame)
+            continue
+        i = int(rng.integers(buffer_size))
+        out, buffer[i] = buffer[i], frame
+        yield out
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def batched(frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool
+            ) -> Iterator[dict[str, np.ndarray | list[str]]]:
+    pending: list[Frame] = []
+    for frame in frames:
+        pending.append(frame)
+        if len(pending) == batch_size:
+            yield make_batch(pending, image_size)
+            pending = []
+    if pending and not drop_remainder:
+        yield make_batch(pending, image_size)
