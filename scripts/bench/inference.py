@@ -54,6 +54,7 @@ import torch
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
+from pg_vla.utils.stdout import stdout_to_stderr
 
 MODES = ("sample_cached", "sample_uncached", "train_step")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -550,21 +551,6 @@ def header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         head["cuda_version"] = torch.version.cuda
         head["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return head
-
-
-@contextmanager
-def stdout_to_stderr():
-    """Route everything written to stdout (also by C extensions) to stderr; yields the real stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    real = os.fdopen(saved, "w")
-    try:
-        yield real
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        real.flush()
 
 
 def main(argv: list[str] | None = None) -> None:

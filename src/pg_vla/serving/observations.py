@@ -1,0 +1,236 @@
+"""Request dict <-> `Observation`: which request key feeds which camera, the state, the prompt and the seed.
+
+A robot's client sends a flat dict (msgpack map) per step, e.g. with the default keys
+
+    {"observation/image": uint8 (H, W, 3), "observation/state": float (P,), "prompt": str, "seed": int (optional)}
+
+`ObservationKeys` says which key is which (config/serve/*.yaml), `RequestDecoder` validates a request
+against the policy (every camera present as uint8 (H, W, 3), P state values, a string prompt, an
+integer seed) and raises `RequestError` naming the key and the problem. Keys the mapping does not
+name are ignored, so clients may send extra fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pg_vla.policy import Observation, Policy
+
+SEED_LIMIT = 2**63  # seeds are non-negative int64 values (torch.Generator.manual_seed)
+
+# The same mapping as config/serve/default.yaml (openpi's single-arm key names).
+DEFAULT_KEYS: dict[str, Any] = {
+    "images": {"observation/image": "primary", "observation/secondary_image": "secondary",
+               "observation/wrist_image": "wrist"},
+    "state": "observation/state",
+    "prompt": "prompt",
+    "seed": "seed",
+}
+
+
+class RequestError(ValueError):
+    """A request does not hold a valid observation for the served policy."""
+
+
+@dataclass(frozen=True)
+class ObservationKeys:
+    """Request keys: images (request key -> camera role), state keys (concatenated), prompt, seed (or None)."""
+
+    images: Mapping[str, str]
+    state: tuple[str, ...]
+    prompt: str
+    seed: str | None = "seed"
+
+    @classmethod
+    def from_mapping(cls, raw: Any, source: str = "observation keys") -> "ObservationKeys":
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{source}: expected a mapping with images, state, prompt (and seed), got "
+                             f"{type(raw).__name__}")
+        unknown = sorted(set(raw) - {"images", "state", "prompt", "seed"})
+        if unknown:
+            raise ValueError(f"{source}: unknown entries {unknown}; expected images, state, prompt, seed")
+        images = raw.get("images")
+        if not isinstance(images, Mapping) or not images or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
+            raise ValueError(f"{source}: 'images' must map request keys to camera roles "
+                             f"(e.g. observation/image: primary), got {images!r}")
+        state = raw.get("state")
+        state_keys = (state,) if isinstance(state, str) else tuple(state) if isinstance(state, list) else ()
+        if not state_keys or not all(isinstance(k, str) for k in state_keys):
+            raise ValueError(f"{source}: 'state' must be a request key or a list of keys, got {state!r}")
+        prompt, seed = raw.get("prompt"), raw.get("seed")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{source}: 'prompt' must be a request key, got {prompt!r}")
+        if seed is not None and not isinstance(seed, str):
+            raise ValueError(f"{source}: 'seed' must be a request key or null, got {seed!r}")
+        named = [*images, *state_keys, prompt, *([seed] if seed else [])]
+        repeated = sorted({k for k in named if named.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{source}: request keys {repeated} are used for more than one field")
+        return cls(images=dict(images), state=state_keys, prompt=prompt, seed=seed)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "ObservationKeys":
+        """Read a YAML mapping (config/serve/default.yaml's format); None -> the default keys."""
+        if path is None:
+            return cls.from_mapping(DEFAULT_KEYS, "default observation keys")
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"observation key file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"observation key file {path} is not valid YAML: {err}") from err
+        return cls.from_mapping(raw, str(path))
+
+    def image_keys_for(self, camera_roles: Sequence[str]) -> dict[str, str]:
+        """Camera role -> request key for each role the policy reads (a role may not be given twice)."""
+        keys: dict[str, str] = {}
+        for role in dict.fromkeys(camera_roles):
+            matching = [key for key, r in self.images.items() if r == role]
+            if len(matching) != 1:
+                raise ValueError(f"the policy reads camera role {role!r}, which the observation keys map from "
+                                 f"{'no request key' if not matching else f'several keys {matching}'}; "
+                                 f"mapped roles: {sorted(set(self.images.values()))}")
+            keys[role] = matching[0]
+        return keys
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A validated request: the observation and the optional noise seed."""
+
+    observation: Observation
+    seed: int | None = None
+
+
+@dataclass
+class RequestDecoder:
+    """Validates request dicts against what a policy reads and turns them into `InferenceRequest`s."""
+
+    keys: ObservationKeys
+    camera_keys: dict[str, str]  # camera role -> request key
+    state_dim: int
+    cond_steps: int
+    dataset_name: str = ""
+    _required: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._required = [*self.camera_keys.values(), *self.keys.state, self.keys.prompt]
+
+    @classmethod
+    def for_policy(cls, policy: Policy, keys: ObservationKeys) -> "RequestDecoder":
+        return cls(keys, keys.image_keys_for(policy.camera_roles), policy.state_dim, policy.config.cond_steps,
+                   policy.dataset_name)
+
+    def decode(self, message: Any) -> InferenceRequest:
+        if not isinstance(message, Mapping):
+            raise RequestError(f"a request must be a map of observation fields, got {type(message).__name__}")
+        missing = [key for key in self._required if key not in message]
+        if missing:
+            raise RequestError(f"request lacks key(s) {missing}; it has {sorted(map(str, message))}, the policy "
+                               f"reads {self._required}")
+        images = {role: self._image(message[key], key, role) for role, key in self.camera_keys.items()}
+        prompt = message[self.keys.prompt]
+        if not isinstance(prompt, str):
+            raise RequestError(f"{self.keys.prompt!r} must be a string (the instruction), got "
+                               f"{_describe(prompt)}")
+        return InferenceRequest(Observation(images=images, state=self._state(message), prompt=prompt),
+                                self._seed(message))
+
+    def _image(self, value: Any, key: str, role: str) -> np.ndarray:
+        if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and \
+                value.shape[-1] == 3 and 0 not in value.shape:
+            return value  # (H, W, 3)
+        hint = ""
+        if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[0] == 3 and value.shape[-1] != 3:
+            hint = " (channel-first images must be transposed to (H, W, 3))"
+        elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            hint = " (convert float images to uint8 0..255)"
+        raise RequestError(f"{key!r} (camera {role!r}) must be a uint8 array of shape (H, W, 3), got "
+                           f"{_describe(value)}{hint}")
+
+    def _state(self, message: Mapping[str, Any]) -> np.ndarray:
+        parts = [self._numeric(message[key], key) for key in self.keys.state]
+        if len(parts) == 1:
+            state = parts[0]
+        else:  # several keys: each flattened, concatenated in the mapping's order
+            state = np.concatenate([part.reshape(-1) for part in parts])
+        what = self.keys.state[0] if len(parts) == 1 else "+".join(self.keys.state)
+        p, c = self.state_dim, self.cond_steps
+        if state.ndim == 1 and state.shape[0] != p:
+            raise RequestError(f"{what!r} has {state.shape[0]} values, the policy expects {p}"
+                               f"{f' ({self.dataset_name})' if self.dataset_name else ''}")
+        if state.ndim != 1 and state.shape != (c, p):
+            raise RequestError(f"{what!r} must have shape ({p},) or ({c}, {p}), got {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise RequestError(f"{what!r} contains NaN or infinite values")
+        return state
+
+    @staticmethod
+    def _numeric(value: Any, key: str) -> np.ndarray:
+        if isinstance(value, (list, tuple, int, float, np.generic, np.ndarray)) and not isinstance(value, bool):
+            try:
+                array = np.asarray(value)
+            except ValueError as err:  # ragged nested lists
+                raise RequestError(f"{key!r} is not a rectangular array of numbers: {err}") from None
+            if array.dtype.kind in "iuf":
+                return array.astype(np.float64)
+        raise RequestError(f"{key!r} must be an array or list of numbers, got {_describe(value)}")
+
+    def _seed(self, message: Mapping[str, Any]) -> int | None:
+        key = self.keys.seed
+        if key is None or message.get(key) is None:
+            return None
+        value = message[key]
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and \
+                0 <= int(value) < SEED_LIMIT:
+            return int(value)
+        raise RequestError(f"{key!r} must be an integer in [0, 2**63) or absent, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__
+
+
+def server_metadata(policy: Policy, decoder: RequestDecoder, **extra: Any) -> dict[str, Any]:
+    """What the server sends first on every connection: the request fields it reads and what it returns."""
+    policy_spec = policy.observation_spec()
+    spec: dict[str, dict[str, Any]] = {}
+    for role, key in decoder.camera_keys.items():
+        spec[key] = {**policy_spec[role], "camera": role}
+    state_keys = list(decoder.keys.state)
+    if len(state_keys) == 1:
+        spec[state_keys[0]] = dict(policy_spec["state"])
+    else:  # several keys: each flattened, concatenated in order into the (P,) state
+        for key in state_keys:
+            spec[key] = {"kind": "state", "dtype": "float32",
+                         "note": f"flattened and concatenated in the order {state_keys} into the "
+                                 f"{policy.state_dim} state values"}
+    spec[decoder.keys.prompt] = policy_spec["prompt"]
+    if decoder.keys.seed:
+        spec[decoder.keys.seed] = {"shape": [], "dtype": "int64", "kind": "seed", "optional": True,
+                                   "note": "noise seed in [0, 2**63): the same seed and observation give the same "
+                                           "actions; absent -> fresh noise"}
+    return {
+        "policy_name": policy.name,
+        "dataset_name": policy.dataset_name,
+        "camera_roles": list(policy.camera_roles),
+        "observation_spec": spec,
+        "state_dim": policy.state_dim,
+        "action_horizon": policy.horizon,
+        "action_dim": policy.action_dim,
+        "action_units": "robot units (de-normalized with the checkpoint's statistics)",
+        **extra,
+    }

@@ -1,0 +1,151 @@
+"""Websocket policy server speaking openpi's protocol (the `openpi_client.websocket_client_policy` client).
+
+Per connection:
+
+    server -> client   binary msgpack: the metadata dict (observation_spec, action_horizon, action_dim, ...)
+    client -> server   binary msgpack: an observation dict (keys: see `pg_vla.serving.observations`)
+    server -> client   binary msgpack: {"actions": float32 (H, A) in robot units,
+                                        "policy_timing": {"infer_ms"}, "server_timing": {"infer_ms", ...}}
+                       or a text frame with the error message (the connection stays open)
+    ... one reply per request, in order, until the client closes.
+
+Limits: a message larger than `max_message_bytes` closes the connection with code 1009 (message too
+big) before it is read; at most `MAX_QUEUED_MESSAGES` received messages wait per connection; more than
+`max_connections` open connections are refused with HTTP 503. With an API key, the opening handshake
+must carry `Authorization: Api-Key <key>` (what openpi_client sends) or is refused with HTTP 401.
+`GET /healthz` answers 200 without opening a websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from pg_vla.policy import Policy
+from pg_vla.serving.batching import BatchingRunner
+from pg_vla.serving.codec import MessageError, packb, unpackb
+from pg_vla.serving.observations import ObservationKeys, RequestDecoder, RequestError, server_metadata
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MAX_QUEUED_MESSAGES = 2  # per connection; the protocol is lock-step, so one is the normal case
+PING_INTERVAL_S = 20.0  # websocket keepalive (the event loop never runs the model, so pings are answered)
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port (reported to `on_ready`)
+    api_key: str | None = None
+    max_message_bytes: int = 32 * MIB
+    max_batch_size: int = 8
+    max_connections: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+
+
+class PolicyServer:
+    """Serves one `Policy` to any number of websocket clients (see the module docstring)."""
+
+    def __init__(self, policy: Policy, keys: ObservationKeys, config: ServerConfig = ServerConfig(),
+                 checkpoint: str | None = None) -> None:
+        self.policy = policy
+        self.config = config
+        self.decoder = RequestDecoder.for_policy(policy, keys)
+        self.runner = BatchingRunner(policy, config.max_batch_size)
+        self.metadata = server_metadata(policy, self.decoder, checkpoint=checkpoint,
+                                        max_message_bytes=config.max_message_bytes,
+                                        max_batch_size=config.max_batch_size)
+        self._metadata_message = packb(self.metadata)
+        self._connections = 0
+
+    async def serve(self, stop: asyncio.Event, on_ready: Callable[[str, int], None] | None = None) -> None:
+        """Serve until `stop` is set; `on_ready(host, port)` runs once the socket listens."""
+        self.runner.start()
+        try:
+            async with serve(self._handle, self.config.host, self.config.port, process_request=self._admit,
+                             compression=None, max_size=self.config.max_message_bytes,
+                             max_queue=MAX_QUEUED_MESSAGES, ping_interval=PING_INTERVAL_S,
+                             ping_timeout=PING_INTERVAL_S) as server:
+                host, port = server.sockets[0].getsockname()[:2]
+                if on_ready is not None:
+                    on_ready(host, port)
+                await stop.wait()
+        finally:
+            await self.runner.close()
+
+    # ---- handshake --------------------------------------------------------------------------------
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Before the websocket opens: health check, API key, connection limit (None lets it through)."""
+        if request.path == HEALTH_PATH:
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        if self.config.api_key is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Api-Key {self.config.api_key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                log.warning("refused %s: %s API key", connection.remote_address, "wrong" if given else "no")
+                return connection.respond(HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
+        if self._connections >= self.config.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"the server already has {self._connections} connections (its limit)\n")
+        return None
+
+    # ---- one connection -----------------------------------------------------------------------------
+    async def _handle(self, websocket: ServerConnection) -> None:
+        peer = websocket.remote_address
+        self._connections += 1
+        log.info("connected: %s (%d open)", peer, self._connections)
+        try:
+            await websocket.send(self._metadata_message)
+            prev_total_ms: float | None = None
+            async for message in websocket:
+                received = time.perf_counter()
+                await websocket.send(await self._answer(message, received, prev_total_ms))
+                prev_total_ms = (time.perf_counter() - received) * 1000.0
+        except ConnectionClosed as closed:
+            log.info("connection %s closed: %s", peer, closed)
+        finally:
+            self._connections -= 1
+            log.info("disconnected: %s (%d open)", peer, self._connections)
+
+    async def _answer(self, message: str | bytes, received: float, prev_total_ms: float | None) -> str | bytes:
+        """One request -> packed reply, or the error text."""
+        try:
+            if isinstance(message, str):
+                raise RequestError("requests must be binary msgpack messages, got a text frame")
+            request = self.decoder.decode(unpackb(message))
+            result = await self.runner.infer(request)
+        except (MessageError, RequestError) as err:
+            log.info("invalid request: %s", err)
+            return f"invalid request: {err}"
+        except ValueError as err:  # raised by Policy for an observation it cannot read
+            log.info("invalid observation: %s", err)
+            return f"invalid observation: {err}"
+        except Exception as err:  # noqa: BLE001 - reported to this client, the server keeps serving
+            log.exception("inference failed")
+            return f"inference failed: {type(err).__name__}: {err}"
+        server_timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - received) * 1000.0,
+                                         "queue_ms": result.queue_ms, "batch_size": result.batch_size}
+        if prev_total_ms is not None:
+            server_timing["prev_total_ms"] = prev_total_ms
+        return packb({"actions": result.actions, "policy_timing": {"infer_ms": result.infer_ms},
+                      "server_timing": server_timing})
