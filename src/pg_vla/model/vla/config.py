@@ -6,6 +6,10 @@ Defaults are the published pi0 dimensions (PaliGemma-3B-pt-224 + the 0.3B action
     Gemma-2B                 hidden 2048, MLP 16384, 18 layers, 8 heads / 1 KV (PaliGemma config.json)
     action expert            hidden 1024, MLP 4096, same layer/head geometry    (pi0 paper, openpi)
 
+Action heads (`action_head`): `flow` (default) is pi0, the action expert and flow matching; `discrete`
+drops the action expert and classifies each action dimension of the chunk into `num_action_bins`
+uniform bins over `action_bounds` from learned readout tokens run through the VLM (discrete_head.py).
+
 Named presets (`PiZeroConfig.preset(name)`): `pi0` (full size), `small` (a few million parameters,
 runs on a laptop CPU) and `tiny` (for unit tests). `PiZeroConfig.from_paligemma(folder)` takes the
 vision and VLM dimensions from a PaliGemma checkpoint folder's config.json, so a tiny test checkpoint
@@ -22,6 +26,8 @@ from typing import Any, Literal
 
 TimeConditioning = Literal["mlp", "adaln", "adaln_zero"]
 TimeSampling = Literal["beta", "uniform"]
+ActionHead = Literal["flow", "discrete"]
+DiscreteDecoding = Literal["argmax", "expected"]
 
 
 @dataclass
@@ -106,6 +112,15 @@ class PiZeroConfig:
     time_min_period: float = 4e-3  # sinusoidal time embedding periods (pi0 / openpi)
     time_max_period: float = 4.0
     num_inference_steps: int = 10
+    # action head: pi0's flow matching, or per-dimension bin classification (no action expert)
+    action_head: ActionHead = "flow"
+    num_action_bins: int = 256  # uniform bins per action dimension (RT-1/RT-2/OpenVLA use 256)
+    action_bounds: tuple[float, float] = (-1.0, 1.0)  # binned range: the normalized action range by default
+    discrete_mlp_hidden_dims: tuple[int, ...] = (1024,)  # MLP from a readout token to A x bins logits
+    discrete_dropout: float = 0.0  # after each hidden layer of that MLP
+    discrete_use_proprio: bool = True  # the normalized proprio history joins every readout token's MLP input
+    discrete_decoding: DiscreteDecoding = "argmax"  # bin centre of the arg-max, or the expectation over bins
+    freeze_vision: bool = False  # keep the SigLIP tower fixed (the projector still trains)
 
     def __post_init__(self) -> None:
         # Hydra / JSON hand nested dicts: turn them into the typed sub-configs.
@@ -123,6 +138,27 @@ class PiZeroConfig:
             raise ValueError(f"time_sampling must be beta or uniform, got {self.time_sampling!r}")
         if not 0.0 < self.time_max <= 1.0:
             raise ValueError(f"time_max must be in (0, 1], got {self.time_max}")
+        self._check_action_head()
+
+    def _check_action_head(self) -> None:
+        # JSON and Hydra hand lists: restore the tuples.
+        self.action_bounds = tuple(float(v) for v in self.action_bounds)  # type: ignore[assignment]
+        self.discrete_mlp_hidden_dims = tuple(self.discrete_mlp_hidden_dims)
+        if self.action_head not in ("flow", "discrete"):
+            raise ValueError(f"action_head must be flow or discrete, got {self.action_head!r}")
+        if self.discrete_decoding not in ("argmax", "expected"):
+            raise ValueError(f"discrete_decoding must be argmax or expected, got {self.discrete_decoding!r}")
+        if not isinstance(self.num_action_bins, int) or self.num_action_bins < 2:
+            raise ValueError(f"num_action_bins must be an integer >= 2, got {self.num_action_bins!r}")
+        if len(self.action_bounds) != 2 or not self.action_bounds[0] < self.action_bounds[1]:
+            raise ValueError(f"action_bounds must be (low, high) with low < high, got {self.action_bounds}")
+        if not all(isinstance(d, int) and d > 0 for d in self.discrete_mlp_hidden_dims):
+            raise ValueError(f"discrete_mlp_hidden_dims must be positive integers, got {self.discrete_mlp_hidden_dims}")
+        if not 0.0 <= self.discrete_dropout < 1.0:
+            raise ValueError(f"discrete_dropout must be in [0, 1), got {self.discrete_dropout}")
+        for name in ("discrete_use_proprio", "freeze_vision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property

@@ -6,14 +6,21 @@ Sequence per sample, and which expert runs each token:
       \\_______________ VLM expert ______________________________/     \\________ action expert ________/
       block 0 (bidirectional prefix)                                   block 1             block 2
 
+With `action_head=discrete` there is no action expert: learned readout tokens follow the prefix in
+the VLM expert and an MLP classifies each action dimension into bins (discrete_head.py); the
+methods below keep their signatures, so training, validation and `Policy` run either head unchanged.
+
 The mask rule and its picture are in attention_mask.py. Rotary positions count valid tokens only
 (text padding is skipped), so action tokens sit right after the last real prefix token whatever the
 padding. Flow matching follows openpi's convention (flow_matching.py).
 
 Modes, one explicit method each:
     forward(...)         flow-matching loss (training); everything in one pass
+                         (discrete head: cross-entropy of the action bins)
     sample_actions(...)  Euler sampling; `use_cache=True` computes the image/text/proprio prefix once
                          (encode_prefix) and runs only action tokens per step (denoise_step)
+                         (discrete head: the decoded bins of one pass, noise and steps ignored)
+    bin_logits(...)      discrete head only: logits (B, H, A, K) of the action bins
     text_logits(...), generate_text(...)   PaliGemma prefix-LM with the VLM expert alone
 
 Shapes: B batch, N images per sample, S image size, L text tokens, C cond steps, H horizon,
@@ -21,7 +28,7 @@ A action dim, P proprio dim, T tokens, D hidden.
 
 Self-test (run this file):
     uv run src/pg_vla/model/vla/pizero.py                       # sample actions, small config, dummy inputs
-    uv run src/pg_vla/model/vla/pizero.py --count_params --config pi0
+    uv run src/pg_vla/model/vla/pizero.py --count_params --config pi0 [--action_head discrete]
     uv run src/pg_vla/model/vla/pizero.py --text_only --load_pretrained_weights \\
         --pretrained_model_path DIR --prompt "caption en" [--image PATH] [--max_tokens N] [--temperature T --top_p P]
 """
@@ -39,6 +46,7 @@ from pg_vla.model.paligemma.siglip import SiglipVisionTower
 from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, block_attention_mask,
                                              positions_from_valid)
 from pg_vla.model.vla.config import PiZeroConfig
+from pg_vla.model.vla.discrete_head import DiscreteActionHead
 from pg_vla.model.vla.flow_matching import euler_sample, interpolate, sample_time, target_velocity
 from pg_vla.model.vla.joint_model import Expert, JointTransformer, KVCache, Segment
 from pg_vla.model.vla.modules import ActionTimeEncoder, AdaLNActionEncoder
@@ -63,6 +71,11 @@ class PiZero(nn.Module):
         vlm_cfg, act_cfg = config.vlm, config.action_gemma()
         self.vision_tower = SiglipVisionTower(config.vision)
         self.multi_modal_projector = nn.Linear(config.vision.hidden_size, vlm_cfg.hidden_size)
+        if config.action_head == "discrete":  # no action expert, no flow encoders: nothing left unused (DDP)
+            self.joint = JointTransformer({"vlm": Expert(vlm_cfg, with_embedding=True)})
+            self.action_decoder = DiscreteActionHead(config)
+            self.apply(self._init_weights)
+            return
         adaln = config.time_conditioning != "mlp"
         width = act_cfg.hidden_size
         self.joint = JointTransformer({
@@ -107,7 +120,17 @@ class PiZero(nn.Module):
 
     @property
     def action_expert(self) -> Expert:
+        self._require_head("flow")
         return self.joint.experts["action"]
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.config.action_head == "discrete"
+
+    def _require_head(self, head: str) -> None:
+        if self.config.action_head != head:
+            raise RuntimeError(f"this method needs action_head={head!r}; the model has "
+                               f"action_head={self.config.action_head!r}")
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.joint.gradient_checkpointing = enabled
@@ -118,16 +141,24 @@ class PiZero(nn.Module):
 
         The last VLM layer's queries, output projection, post-attention norm and MLP only produce
         image/text outputs that nothing reads (action tokens read that layer's keys and values), and
-        the final norm only serves text generation.
+        the final norm only serves text generation. The discrete head reads the VLM's own outputs
+        (its readout tokens), so there only the token embeddings stay frozen. `freeze_vision` adds
+        the whole SigLIP tower.
         """
-        last = f"joint.experts.vlm.layers.{self.config.vlm.num_layers - 1}."
-        unread = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
-        names = ["joint.experts.vlm.embed_tokens.weight", "joint.experts.vlm.norm.weight"]
-        names += [n for n, _ in self.named_parameters() if n.startswith(last) and n[len(last):].startswith(unread)]
+        names = ["joint.experts.vlm.embed_tokens.weight"]
+        if not self.is_discrete:
+            last = f"joint.experts.vlm.layers.{self.config.vlm.num_layers - 1}."
+            unread = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
+            names.append("joint.experts.vlm.norm.weight")
+            names += [n for n, _ in self.named_parameters()
+                      if n.startswith(last) and n[len(last):].startswith(unread)]
+        if self.config.freeze_vision:
+            names += [n for n, _ in self.named_parameters() if n.startswith("vision_tower.")]
         return names
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part; works on the meta device."""
+        """Parameters per part; works on the meta device. `action_expert` counts everything outside the
+        VLM side: the action expert and its encoders/decoder, or the discrete head."""
         counts = dict.fromkeys(("vision", "projector", "vlm", "action_expert"), 0)
         for name, p in self.named_parameters():
             if name.startswith("vision_tower."):
@@ -199,6 +230,7 @@ class PiZero(nn.Module):
     def predict_velocity(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                          proprio: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
+        self._require_head("flow")
         prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
         proprio_tokens = self.embed_proprio(proprio)
         action_tokens, cond = self.embed_actions(x_t, t)
@@ -218,7 +250,11 @@ class PiZero(nn.Module):
 
         `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end); `noise`
         (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
+        Discrete head: the cross-entropy of the action bins instead (`noise` and `time` are ignored).
         """
+        if self.is_discrete:
+            logits = self.bin_logits(images, text_ids, text_mask, proprio)
+            return self.action_decoder.loss(logits, actions, action_mask)
         actions = actions.float()
         if noise is None:
             noise = torch.randn_like(actions)
@@ -238,6 +274,7 @@ class PiZero(nn.Module):
     def encode_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                       proprio: torch.Tensor) -> PrefixCache:
         """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
+        self._require_head("flow")
         prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
         proprio_tokens = self.embed_proprio(proprio).to(prefix.dtype)
         b, c, device = prefix.shape[0], proprio_tokens.shape[1], prefix.device
@@ -250,6 +287,7 @@ class PiZero(nn.Module):
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Action tokens only, against the cached prefix -> velocity (B, H, A) in float32."""
+        self._require_head("flow")
         action_tokens, cond = self.embed_actions(x_t, t)
         b, h, device = action_tokens.shape[0], action_tokens.shape[1], action_tokens.device
         query_blocks = self._blocks(b, [(ACTION_BLOCK, h)], device)
@@ -265,7 +303,12 @@ class PiZero(nn.Module):
     def sample_actions(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                        proprio: torch.Tensor, noise: torch.Tensor | None = None, num_steps: int | None = None,
                        use_cache: bool = True) -> torch.Tensor:
-        """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None)."""
+        """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None).
+
+        Discrete head: the decoded bins (`discrete_decoding`) of one pass; noise, steps and cache unused.
+        """
+        if self.is_discrete:
+            return self.action_decoder.decode(self.bin_logits(images, text_ids, text_mask, proprio))
         cfg = self.config
         b = images.shape[0]
         if noise is None:
@@ -276,6 +319,39 @@ class PiZero(nn.Module):
             return euler_sample(lambda x, t: self.denoise_step(prefix, x, t), noise.float(), num_steps)
         return euler_sample(lambda x, t: self.predict_velocity(images, text_ids, text_mask, proprio, x, t),
                             noise.float(), num_steps)
+
+    # ---- discrete head ---------------------------------------------------------------------------------
+    def bin_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+                   proprio: torch.Tensor) -> torch.Tensor:
+        """Discrete head: logits (B, H, A, K) float32 of each action dimension's bins.
+
+        [image | text | readout (H)] through the VLM expert; readout tokens form their own block after
+        the prefix (they see it, it does not see them) and sit right after the last valid text token.
+        """
+        self._require_head("discrete")
+        cfg = self.config
+        if proprio.ndim != 3 or proprio.shape[1:] != (cfg.cond_steps, cfg.proprio_dim):
+            raise ValueError(f"proprio must be (batch, {cfg.cond_steps}, {cfg.proprio_dim}), "
+                             f"got {tuple(proprio.shape)}")
+        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)  # (B, T, D), (B, T)
+        b, device = prefix.shape[0], prefix.device
+        readout = self.action_decoder.readout_tokens(b).to(prefix.dtype)  # (B, H, D)
+        h = readout.shape[1]
+        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (ACTION_BLOCK, h)], device)
+        valid = torch.cat((prefix_valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
+        segments = [Segment("vlm", prefix, needs_output=False), Segment("vlm", readout)]
+        outputs, _ = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid))
+        return self.action_decoder(outputs[-1], proprio)  # (B, H, A, K)
+
+    def action_bins(self, actions: torch.Tensor) -> torch.Tensor:
+        """Discrete head: normalized actions (..., A) -> their bin indices (..., A) long."""
+        self._require_head("discrete")
+        return self.action_decoder.to_bins(actions)
+
+    def decode_bin_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Discrete head: logits (B, H, A, K) -> the chunk `sample_actions` returns (B, H, A) float32."""
+        self._require_head("discrete")
+        return self.action_decoder.decode(logits)
 
     # ---- text mode (VLM expert alone) ----------------------------------------------------------------
     def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -349,17 +425,17 @@ def _choose_token(logits: torch.Tensor, temperature: float | None, top_p: float,
 
 
 # ---- self-test -----------------------------------------------------------------------------------------
-def _count_params(config_name: str) -> None:
+def _count_params(config_name: str, action_head: str = "flow") -> None:
     import json
 
     with torch.device("meta"):
-        model = PiZero(PiZeroConfig.preset(config_name))
+        model = PiZero(PiZeroConfig.preset(config_name, action_head=action_head))
     print(json.dumps(model.parameter_counts()))
 
 
-def _sample_dummy(config_name: str, seed: int) -> None:
+def _sample_dummy(config_name: str, seed: int, action_head: str = "flow") -> None:
     torch.manual_seed(seed)
-    cfg = PiZeroConfig.preset(config_name)
+    cfg = PiZeroConfig.preset(config_name, action_head=action_head)
     model = PiZero(cfg).eval()
     b = 2
     images = torch.rand(b, cfg.num_cameras, 3, cfg.vision.image_size, cfg.vision.image_size) * 2 - 1
@@ -407,6 +483,8 @@ def main() -> None:
                                                  "parameter counts.")
     parser.add_argument("--config", default="small", help="model preset (pi0, small, tiny)")
     parser.add_argument("--count_params", action="store_true", help="print parameter counts (meta device) as JSON")
+    parser.add_argument("--action_head", choices=("flow", "discrete"), default="flow",
+                        help="flow matching (pi0) or the discrete bin-classification head")
     parser.add_argument("--text_only", action="store_true", help="generate text with a PaliGemma checkpoint")
     parser.add_argument("--load_pretrained_weights", action="store_true")
     parser.add_argument("--pretrained_model_path", default=None)
@@ -419,11 +497,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.count_params:
-        _count_params(args.config)
+        _count_params(args.config, args.action_head)
     elif args.text_only:
         _generate_text(args)
     else:
-        _sample_dummy(args.config, args.seed)
+        _sample_dummy(args.config, args.seed, args.action_head)
 
 
 if __name__ == "__main__":
