@@ -43,7 +43,8 @@ def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, *
 
     torch.manual_seed(seed)
     overrides = {"proprio_dim": 7, "action_dim": 7, "horizon_steps": 4, "cond_steps": 1, "num_cameras": 1,
-                 "max_text_tokens": 12, **model_overrides}
+                 "max_text_tokens": 12, "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+                 **model_overrides}
     model = PiZero.from_paligemma(paligemma_dir, **overrides)
     cfg = model.config
     processor = VLAProcessor.from_pretrained(paligemma_dir, max_text_tokens=cfg.max_text_tokens,

@@ -29,9 +29,13 @@ cfg_path, out = sys.argv[1:3] if len(sys.argv) > 2 else (None, None)
 rank = int(os.environ.get("RANK", 0))
 seen = {"samples": 0, "micro_batches": 0, "batch_sizes": set()}
 
+def weights(model):  # FSDP holds shards (DTensors): gather them (a collective every rank makes)
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()}
+
 class Recording(Trainer):
     def _resume(self):
-        torch.save({n: p.detach().clone() for n, p in self.model.named_parameters()}, f"{out}/init_rank{rank}.pt")
+        torch.save(weights(self.model), f"{out}/init_rank{rank}.pt")
         return super()._resume()
 
     def _inputs(self, batch):
@@ -43,7 +47,8 @@ class Recording(Trainer):
 if __name__ == "__main__":  # the data workers are spawned and import this module again
     trainer = Recording(TrainConfig.from_dict(json.loads(open(cfg_path).read())))
     result = trainer.run()
-    torch.save({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, f"{out}/rank{rank}.pt")
+    if not any(hasattr(p, "full_tensor") for p in trainer.model.parameters()):  # FSDP: see its checkpoint
+        torch.save(weights(trainer.model), f"{out}/rank{rank}.pt")
     with open(f"{out}/seen_rank{rank}.json", "w") as f:
         json.dump({**seen, "batch_sizes": sorted(seen["batch_sizes"]), "result": result,
                    "world_size": int(os.environ.get("WORLD_SIZE", 1))}, f)
@@ -118,6 +123,73 @@ def test_torchrun_two_ranks_stay_in_sync(quickstart_inputs, tmp_path, global_bat
     assert [r["step"] for r in records if "loss" in r] == list(range(1, n_updates + 1))  # rank 0 logs alone
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert checkpoints == [f"step_{n_updates:06d}"]
+
+
+def _final_weights(tmp_path: Path, data_path: Path, model_path: Path, name: str, nproc: int, **overrides):
+    """Run the driver (torchrun with `nproc` ranks, or a plain process) and return rank 0's final weights."""
+    out = tmp_path / name
+    out.mkdir()
+    cfg_path = out / "cfg.json"
+    cfg_path.write_text(json.dumps(_config(data_path, model_path, out / "run", **overrides)))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                 f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable])
+    result = subprocess.run([*launcher, str(driver), str(cfg_path), str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=400, env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    final = out / "rank0.pt"
+    return (torch.load(final) if final.is_file() else None), out
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, tmp_path):
+    """DDP (and FSDP) over 2 ranks x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2: with the replicated
+    data stream both see the same 4 samples per step with the same flow noise, so only the gradient
+    averaging differs in how it is computed."""
+    _, data_path, model_path = quickstart_inputs
+    common = {"n_updates": 3, "global_batch_size": 4, "per_device_batch_size": 2, "data_stream": "replicated",
+              "data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
+                       "transform_threads": 1, "deterministic": True}}
+    single, _ = _final_weights(tmp_path, data_path, model_path, "single", 1, **common)
+    ddp, _ = _final_weights(tmp_path, data_path, model_path, "ddp", 2, **common)
+    _, fsdp_out = _final_weights(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **common)
+    initial = torch.load(tmp_path / "single" / "init_rank0.pt")
+    assert single.keys() == ddp.keys()
+    assert sum(not torch.equal(single[k], initial[k]) for k in single) > len(single) // 2
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], atol=2e-5, rtol=1e-4, msg=f"ddp: {name}")
+    # FSDP ranks hold shards: compare the full weights its checkpoint gathered at the last step
+    # Reduce-scatter sums in another order than DDP's all-reduce; Adam divides by the gradient's own scale,
+    # so rounding shows up at ~1% of a step (each step moves a weight by ~lr = 1e-3). Attention key biases
+    # get a gradient of exactly zero in exact arithmetic (a shift shared by all keys of a query leaves the
+    # softmax unchanged): Adam turns their pure rounding noise into full-size steps, so they are skipped.
+    fsdp = _raw_weights(fsdp_out / "run" / "checkpoints" / "step_000003")
+    for name in single:
+        if not name.endswith("k_proj.bias"):
+            torch.testing.assert_close(fsdp[name], single[name], atol=1e-4, rtol=1e-3, msg=f"fsdp: {name}")
+
+
+@pytest.mark.slow
+def test_two_rank_resume_continues_like_an_uninterrupted_run(quickstart_inputs, tmp_path):
+    _, data_path, model_path = quickstart_inputs
+    common = {"global_batch_size": 4, "per_device_batch_size": 2, "save_every": 2,
+              "data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
+                       "transform_threads": 1, "deterministic": True}}
+    straight, _ = _final_weights(tmp_path, data_path, model_path, "straight", 2, n_updates=4, **common)
+    first_half = tmp_path / "resumed"
+    _, out = _final_weights(tmp_path, data_path, model_path, "resumed", 2, n_updates=2, **common)
+    cfg = json.loads((out / "cfg.json").read_text())
+    cfg["n_updates"] = 4
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(tmp_path / "driver.py"), str(out / "cfg.json"), str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=ENV)
+    assert result.returncode == 0, result.stderr[-5000:]
+    resumed = torch.load(first_half / "rank0.pt")
+    assert "resumed" in (out / "run" / "log.jsonl").read_text()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
 
 def _run_args(cache: Path, log_dir: Path) -> list[str]:

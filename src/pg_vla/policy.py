@@ -156,8 +156,10 @@ class Policy:
         return policy
 
     def compile(self) -> None:
-        """torch.compile the prefix encoder and the denoising step (the first calls are slow)."""
-        for name in ("encode_prefix", "denoise_step"):
+        """torch.compile what sampling runs: the prefix encoder and the denoising step (flow head) or the
+        bin logits (discrete head). The first calls are slow."""
+        names = ("bin_logits",) if getattr(self.model, "is_discrete", False) else ("encode_prefix", "denoise_step")
+        for name in names:
             setattr(self.model, name, torch.compile(getattr(self.model, name)))
 
     # ---- description -------------------------------------------------------------------------------

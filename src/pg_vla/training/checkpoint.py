@@ -295,6 +295,7 @@ def save_training_checkpoint(
     tokenizer: Any = None,
     data_state: dict | None = None,
     inference_state_dict: Mapping[str, torch.Tensor] | None = None,
+    training_state_dict: Mapping[str, torch.Tensor] | None = None,
     keep_last_n: int | None = None,
 ) -> Path:
     """Write a complete checkpoint folder `<ckpt_dir>/step_<step>` atomically and point `latest` at it.
@@ -310,6 +311,10 @@ def save_training_checkpoint(
         data_state: picklable description of the data-stream position.
         inference_state_dict: the weights to publish in `model.safetensors` (e.g. the EMA weights); the
             raw training weights are then kept in `training_state.pt` when they differ.
+        training_state_dict: the training weights to keep for resuming when they are not the whole
+            `model.state_dict()`, e.g. only the trainable tensors of a LoRA run whose frozen base comes
+            again from the pretrained checkpoint; always stored, restored non-strictly (its keys must
+            exist in the model). `inference_state_dict` is then required.
         keep_last_n: if set, remove older checkpoints so that only this one and the newest
             `keep_last_n - 1` others remain.
 
@@ -334,7 +339,14 @@ def save_training_checkpoint(
     tmp.mkdir()
     try:
         raw_state = model.state_dict()
-        if inference_state_dict is not None:
+        partial = training_state_dict is not None
+        if partial:
+            if inference_state_dict is None:
+                raise ValueError("training_state_dict needs inference_state_dict (the weights to publish)")
+            save_model(_WeightsView(model.config, inference_state_dict), tmp / MODEL_FILE,  # type: ignore[arg-type]
+                       metadata={"step": str(step)})
+            raw_state, separate_raw = training_state_dict, True
+        elif inference_state_dict is not None:
             missing = sorted(set(raw_state) - set(inference_state_dict))
             unexpected = sorted(set(inference_state_dict) - set(raw_state))
             if missing or unexpected:
@@ -356,6 +368,7 @@ def save_training_checkpoint(
             "format": FORMAT,
             "step": step,
             "model": _cpu_state_dict(raw_state) if separate_raw else None,
+            "model_partial": partial,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "schedulers": [s.state_dict() for s in scheduler_list],
             "averaging": averaging.state_dict() if averaging is not None else None,
@@ -488,7 +501,8 @@ def _load_state_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.Tensor] | None) -> None:
+def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.Tensor] | None,
+                   partial: bool = False) -> None:
     if raw is None:
         read_metadata(path / MODEL_FILE)
         try:
@@ -500,6 +514,8 @@ def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.T
         source = f"{STATE_FILE} (raw training weights)"
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(raw)), sorted(set(raw) - set(expected))
+    if partial:  # only the trainable tensors were kept; the rest comes from the pretrained weights
+        missing = []
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path}: weights in {source} do not match the model: missing "
                               f"{missing[:20]}, unexpected {unexpected[:20]}")
@@ -507,7 +523,7 @@ def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.T
         if tensor.shape != expected[key].shape:
             raise CheckpointError(f"checkpoint {path}: {key} in {source} has shape {tuple(tensor.shape)}, the "
                                   f"model expects {tuple(expected[key].shape)}")
-    model.load_state_dict(raw, strict=True)
+    model.load_state_dict(raw, strict=not partial)
 
 
 def load_training_state(
@@ -533,7 +549,7 @@ def load_training_state(
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path}: {CONFIG_FILE} is not valid JSON: {err}") from err
 
-    _restore_model(path, model, state.get("model"))
+    _restore_model(path, model, state.get("model"), partial=bool(state.get("model_partial", False)))
 
     if optimizer is not None:
         if state.get("optimizer") is None:

@@ -7,8 +7,42 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pg_vla.training.averaging import AveragingConfig
+from pg_vla.training.lora import LoraSettings
 from pg_vla.training.optim import OptimizerConfig
 from pg_vla.training.schedules import ScheduleConfig
+
+
+PRECISIONS = ("fp32", "bf16", "bf16_pure")
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "pg-vla"
+    entity: str | None = None
+    run_name: str | None = None  # default: the log_dir's name
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"wandb.mode must be online, offline or disabled, got {self.mode!r}")
+        self.tags = tuple(self.tags)
+
+
+@dataclass
+class ValidationConfig:
+    every: int | None = None  # optimizer steps between validations (and after the last step); None: never
+    split: str = "val"
+    batches: int = 4  # per rank
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # in normalized action units
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"validation.every must be >= 1 or null, got {self.every}")
+        if self.batches < 1:
+            raise ValueError(f"validation.batches must be >= 1, got {self.batches}")
+        self.thresholds = tuple(float(t) for t in self.thresholds)
 
 
 @dataclass
@@ -24,8 +58,21 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", warmup_steps=0))
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
-    precision: str = "fp32"  # or "bf16" (autocast on CUDA and CPU)
+    precision: str = "fp32"  # "bf16": autocast (fp32 weights); "bf16_pure": bf16 weights and optimizer state
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the training forward
+    distributed: str = "ddp"  # "fsdp": shard parameters, gradients and optimizer state across ranks
+    data_stream: str = "sharded"  # "replicated": every rank reads the whole stream and keeps its share, so a
+    #                               step sees the same samples whatever the world size (reproducibility runs)
+    train_vlm: bool | None = None  # shortcut for optimizer.train_vlm
+    lora: bool = False  # peft LoRA adapters on the VLM (and vision tower) linears; action expert trains fully
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_vision: bool = True
+    quantize: bool = False  # QLoRA: 4-bit nf4 base weights (needs lora=true)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     resume: str | bool = "auto"  # auto: continue from the newest checkpoint in log_dir/checkpoints if any
     resume_checkpoint_path: str | None = None
     log_every: int = 10
@@ -34,7 +81,8 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available
 
     def __post_init__(self) -> None:
-        for name, cls in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig), ("averaging", AveragingConfig)):
+        for name, cls in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig), ("averaging", AveragingConfig),
+                          ("validation", ValidationConfig), ("wandb", WandbConfig)):
             value = getattr(self, name)
             if not isinstance(value, cls):
                 setattr(self, name, cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(value).items()}))
@@ -45,13 +93,35 @@ class TrainConfig:
             raise FileNotFoundError(f"pretrained_model_path {self.pretrained_model_path} does not exist")
         if not self.log_dir:
             raise ValueError("log_dir is not set (set VLA_LOG_DIR or pass log_dir=...)")
+        from pg_vla.data.sources import check_paths
+
+        check_paths(self.data)
+        if self.train_vlm is not None:
+            self.optimizer.train_vlm = bool(self.train_vlm)
+        if self.quantize and not self.lora:
+            raise ValueError("quantize=true (QLoRA) needs lora=true")
+        if self.lora and not self.optimizer.train_vlm:
+            raise ValueError("lora=true trains VLM adapters: it cannot be combined with train_vlm=false")
+        if self.lora:
+            self.lora_settings()  # validates r, alpha, dropout
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
+        if self.distributed == "fsdp" and (self.lora or self.averaging.kind != "none"):
+            raise ValueError("distributed=fsdp supports full fine-tuning without weight averaging; use ddp for "
+                             "lora/quantize or averaging")
+        if self.data_stream not in ("sharded", "replicated"):
+            raise ValueError(f"data_stream must be sharded or replicated, got {self.data_stream!r}")
         if "batch_size" in self.data:
             raise ValueError("set per_device_batch_size instead of data.batch_size")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("n_updates", "global_batch_size", "per_device_batch_size", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, vision=self.lora_vision,
+                            quantize=self.quantize)
 
     def gradient_accumulation(self, world_size: int) -> int:
         per_step = self.per_device_batch_size * world_size

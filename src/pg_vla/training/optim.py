@@ -206,5 +206,7 @@ def clip_gradients(model_or_params: nn.Module | Iterable[torch.Tensor], max_norm
     if not grads:
         return 0.0
     if max_norm is None:
-        return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
-    return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor norm

@@ -7,13 +7,18 @@ Per optimizer step every rank runs `gradient_accumulation` micro-batches of `per
 (gradients are all-reduced only on the last one), so a step sees `global_batch_size` samples. Rank 0
 alone logs and writes checkpoints. Data comes from `pg_vla.data.dataloader` (tensorflow stays in a
 spawned worker process).
+
+Randomness: the flow-matching noise and times of a step are drawn for the whole global batch from a
+generator seeded by (seed, step), and each rank takes the slice of its samples. With
+`data_stream=replicated` (every rank reads the same stream and keeps its share) a step therefore sees
+the same samples with the same noise at any world size, and resuming needs no per-rank RNG state.
+Global sample i of a step sits on micro-batch i // (per_device x world) of rank (i // per_device) % world.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,16 +26,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
+from pg_vla.data.sources import dataset_dims, make_loader
 from pg_vla.model.paligemma.processing import VLAProcessor
+from pg_vla.model.vla.flow_matching import sample_time
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training.averaging import make_weight_average
 from pg_vla.training.checkpoint import load_training_state, resolve_resume, save_training_checkpoint
 from pg_vla.training.config import TrainConfig
-from pg_vla.training.optim import clip_gradients, make_optimizer
+from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all_reduce_sum, init_distributed,
+                                         world, wrap_model)
+from pg_vla.training.optim import clip_gradients, freeze_parameters, make_optimizer
 from pg_vla.training.schedules import make_scheduler
+from pg_vla.training.validation import ValidationTotals, chunk_within_threshold
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -44,9 +52,7 @@ def train(cfg: Any) -> dict[str, Any]:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.rank, self.local_rank, self.world_size = world()
         self.accumulation = cfg.gradient_accumulation(self.world_size)
         if cfg.device == "auto":
             self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -54,25 +60,19 @@ class Trainer:
             self.device = torch.device(cfg.device)
         self.log_dir = Path(cfg.log_dir)
         self.ckpt_dir = self.log_dir / "checkpoints"
+        self.wandb_run = None
 
     # ---- set-up ----------------------------------------------------------------------------------
-    def _init_distributed(self) -> None:
-        if self.world_size > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend=backend)
-
     def _build(self) -> None:
         cfg = self.cfg
-        mix = get_mix(cfg.data.get("mix", "bridge"))
-        configs = [get_dataset_config(name) for name in mix]
-        roles = tuple(cfg.data.get("camera_roles", ("primary",)))
-        model_overrides = {"proprio_dim": max(c.proprio_dim for c in configs),
-                           "action_dim": max(c.action_dim for c in configs),
-                           "num_cameras": len(roles), **cfg.model}
+        proprio_dim, action_dim, roles = dataset_dims(cfg.data)
+        model_overrides = {"proprio_dim": proprio_dim, "action_dim": action_dim, "num_cameras": len(roles),
+                           **cfg.model}
         torch.manual_seed(cfg.seed)  # same initial action expert on every rank
-        self.model = PiZero.from_paligemma(cfg.pretrained_model_path, **model_overrides).to(self.device)
+        model = PiZero.from_paligemma(cfg.pretrained_model_path, **model_overrides)
+        if cfg.precision == "bf16_pure":
+            model = model.to(torch.bfloat16)
+        self.model = model.to(self.device)
         model_cfg = self.model.config
         if cfg.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
@@ -80,25 +80,30 @@ class Trainer:
                                                       max_text_tokens=model_cfg.max_text_tokens,
                                                       image_size=model_cfg.vision.image_size,
                                                       max_cameras=model_cfg.num_cameras)
-        self.optimizer = make_optimizer(self.model, cfg.optimizer)  # also freezes what training must not touch
+        if cfg.lora:
+            from pg_vla.training.lora import apply_lora
+
+            compute = torch.bfloat16 if cfg.precision != "fp32" else torch.float32
+            apply_lora(self.model, cfg.lora_settings(), compute_dtype=compute)
+        freeze_parameters(self.model, cfg.optimizer.train_vlm)
+        self.train_module = wrap_model(self.model, cfg.distributed, self.device)  # DDP / FSDP / the model
+        self.optimizer = make_optimizer(self.model, cfg.optimizer)  # after sharding: FSDP's parameters
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule)
         self.averaging = make_weight_average(cfg.averaging, self.model)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None) if self.world_size > 1 else None)
-        from pg_vla.data.dataloader import rlds_config
-
-        self.rlds = rlds_config(**{**cfg.data, "batch_size": cfg.per_device_batch_size,
-                                   "image_size": model_cfg.vision.image_size, "cond_steps": model_cfg.cond_steps,
-                                   "horizon_steps": model_cfg.horizon_steps, "seed": cfg.seed})
+        self.forward = torch.compile(self.train_module) if cfg.compile else self.train_module
+        self.data_options = {"batch_size": cfg.per_device_batch_size, "image_size": model_cfg.vision.image_size,
+                             "cond_steps": model_cfg.cond_steps, "horizon_steps": model_cfg.horizon_steps,
+                             "seed": cfg.seed}
 
     def _resume(self) -> int:
         path = resolve_resume(self.cfg.resume_checkpoint_path, self.ckpt_dir, self.cfg.resume)
         if path is None:
             self.batches_consumed = 0
             return 0
-        state = load_training_state(path, self.model, optimizer=self.optimizer, schedulers=[self.scheduler],
-                                    averaging=self.averaging)
-        if self.world_size > 1:  # the checkpoint holds rank 0's RNG: give the other ranks their own streams
+        state = load_training_state(path, FullStateModel(self.model, loading=True),  # type: ignore[arg-type]
+                                    optimizer=FullStateOptimizer(self.model, self.optimizer),  # type: ignore[arg-type]
+                                    schedulers=[self.scheduler], averaging=self.averaging)
+        if self.world_size > 1:  # the checkpoint holds rank 0's RNG (only dropout reads it): one stream per rank
             torch.manual_seed(self.cfg.seed + self.rank + 1_000_003 * int(state["step"]))
         self.batches_consumed = int((state["data_state"] or {}).get("batches_consumed", 0))
         self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"]})
@@ -106,60 +111,106 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._init_distributed()
+        init_distributed(self.device)
         self._build()
-        torch.manual_seed(self.cfg.seed + self.rank)  # each rank draws its own flow noise and times
-        from pg_vla.data.dataloader import make_rlds_loader
-
-        loader, self.statistics = make_rlds_loader(self.rlds, self.rank, self.world_size)
+        torch.manual_seed(self.cfg.seed + self.rank)
+        replicated = self.cfg.data_stream == "replicated"
+        loader, self.statistics = make_loader(self.cfg.data, **self.data_options,
+                                              rank=0 if replicated else self.rank,
+                                              world_size=1 if replicated else self.world_size)
         batches = iter(loader)  # draws its worker seed from the torch RNG: restore the saved RNG after this
         start_step = self._resume()
         for _ in range(self.batches_consumed):  # the stream is seeded: skipping restores its position
             next(batches)
+        self._start_wandb()
         progress = self._progress(start_step)
         losses: list[tuple[int, float]] = []
         tic = time.perf_counter()
         step = start_step
+        last_val: dict[str, float] = {}
         for step in range(start_step + 1, self.cfg.n_updates + 1):
             loss, grad_norm = self._optimizer_step(batches, step)
             losses.append((step, loss))
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}")
+            record: dict[str, Any] = {}
             if step % self.cfg.log_every == 0 or step == self.cfg.n_updates:
                 elapsed = time.perf_counter() - tic
                 samples = (step - start_step) * self.cfg.global_batch_size
-                self._log({"step": step, "loss": loss, "grad_norm": grad_norm,
-                           "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)})
+                record = {"step": step, "loss": loss, "grad_norm": grad_norm,
+                          "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)}
+            every = self.cfg.validation.every
+            if every and (step % every == 0 or step == self.cfg.n_updates):
+                last_val = self.validate(step)
+                record = {**record, "step": step, **last_val}
+            if record:
+                self._log(record)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", **({"val_loss": f"{last_val['val_loss']:.4f}"}
+                                                            if last_val else {}))
             if step % self.cfg.save_every == 0 or step == self.cfg.n_updates:
                 self._save(step)
         if progress is not None:
             progress.close()
         if self.rank == 0:
             self._plot(losses)
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
         if self.world_size > 1:
             dist.destroy_process_group()
-        return {"step": step, "loss": losses[-1][1] if losses else None}
+        return {"step": step, "loss": losses[-1][1] if losses else None, **last_val}
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         text = self.processor.tokenize(batch["language"])
-        return {"images": self.processor.preprocess_images(batch["images"]).to(self.device),
+        images = self.processor.preprocess_images(batch["images"])
+        if self.cfg.precision == "bf16_pure":
+            images = images.to(torch.bfloat16)
+        return {"images": images.to(self.device),
                 "text_ids": text["input_ids"].to(self.device), "text_mask": text["attention_mask"].to(self.device),
                 "proprio": batch["proprio"].to(self.device), "actions": batch["actions"].to(self.device),
                 "action_mask": batch["action_mask"].to(self.device)}
 
-    def _optimizer_step(self, batches, step: int) -> tuple[float, float]:
-        model = self.ddp or self.model
-        total = 0.0
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+    def _step_noise(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow noise (G, H, A) and times (G,) of every sample of the step's global batch."""
+        cfg = self.model.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + step)
+            noise = torch.randn(self.cfg.global_batch_size, cfg.horizon_steps, cfg.action_dim)
+            times = sample_time(self.cfg.global_batch_size, cfg.time_sampling, alpha=cfg.time_beta_alpha,
+                                beta=cfg.time_beta_beta, time_max=cfg.time_max)
+        return noise, times
+
+    def _micro_batches(self, batches):
+        """This rank's `accumulation` micro-batches of the step, each with its global sample offset."""
+        per_device = self.cfg.per_device_batch_size
         for micro in range(self.accumulation):
-            inputs = self._inputs(next(batches))
-            self.batches_consumed += 1
+            if self.cfg.data_stream == "replicated":  # every rank reads all ranks' batches, keeps its own
+                for r in range(self.world_size):
+                    batch = next(batches)
+                    self.batches_consumed += 1
+                    if r == self.rank:
+                        mine = batch
+            else:
+                mine = next(batches)
+                self.batches_consumed += 1
+            yield micro, mine, (micro * self.world_size + self.rank) * per_device
+
+    def _optimizer_step(self, batches, step: int) -> tuple[float, float]:
+        total = 0.0
+        noise, times = self._step_noise(step)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        ddp = self.train_module if self.train_module is not self.model and self.cfg.distributed == "ddp" else None
+        for micro, batch, offset in self._micro_batches(batches):
+            inputs = self._inputs(batch)
+            b = inputs["actions"].shape[0]
+            inputs["noise"] = noise[offset:offset + b].to(self.device)
+            inputs["time"] = times[offset:offset + b].to(self.device)
             last = micro == self.accumulation - 1
-            sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            sync = contextlib.nullcontext() if ddp is None or last else ddp.no_sync()
+            if self.cfg.distributed == "fsdp" and self.world_size > 1:
+                self.model.set_requires_gradient_sync(last)  # FSDP's counterpart of no_sync
             with sync:  # one no_sync() context (single use) spans forward and backward
                 with autocast:
-                    loss = model(**inputs) / self.accumulation
+                    loss = self.forward(**inputs) / self.accumulation
                 loss.backward()
             total += loss.item()
         grad_norm = clip_gradients(self.model, self.cfg.optimizer.grad_clip_norm)
@@ -174,17 +225,75 @@ class Trainer:
             total = mean.item() / self.world_size
         return total, float(grad_norm)
 
+    # ---- validation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, float]:
+        """Flow-matching loss and chunk accuracy at thresholds on the first `validation.batches` batches
+        of each rank's validation shard, with the averaged (EMA/SWA) weights when there are some."""
+        cfg = self.cfg.validation
+        loader, _ = make_loader(self.cfg.data, **self.data_options, rank=self.rank, world_size=self.world_size,
+                                validation=True, val_split=cfg.split, train_statistics=self.statistics)
+        totals = ValidationTotals(cfg.thresholds)
+        averaged = self.averaging.swapped_in(self.model) if self.averaging is not None else contextlib.nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        self.model.eval()
+        sharded = self.cfg.distributed == "fsdp" and self.world_size > 1
+        if sharded:  # sampling calls submodules directly, past FSDP's root hooks: gather the weights first
+            self.model.unshard()
+        with averaged, autocast, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 7919 * (self.rank + 1))  # the same noise at every validation
+            for index, batch in enumerate(loader):
+                if index >= cfg.batches:
+                    break
+                inputs = self._inputs(batch)
+                actions, mask = inputs.pop("actions"), inputs.pop("action_mask")
+                loss = self.model(**inputs, actions=actions, action_mask=mask)
+                predicted = self.model.sample_actions(**inputs)
+                totals.add(float(loss), chunk_within_threshold(predicted, actions, mask, cfg.thresholds))
+        if sharded:
+            self.model.reshard()
+        self.model.train()
+        del loader
+        packed = all_reduce_sum(totals.as_tensor(), self.device)
+        return ValidationTotals.from_tensor(cfg.thresholds, packed).metrics()
+
     # ---- outputs (rank 0) --------------------------------------------------------------------------
     def _save(self, step: int) -> None:
+        full = FullStateModel(self.model)
+        optimizer = FullStateOptimizer(self.model, self.optimizer)
+        if full.sharded:  # gathering the shards is a collective: every rank takes part
+            weights, optimizer_state = full.state_dict(), optimizer.state_dict()
         if self.rank == 0:
+            from pg_vla.training.lora import merged_state_dict, trainable_state_dict
+
             inference = self.averaging.averaged_state_dict(self.model) if self.averaging is not None else None
-            save_training_checkpoint(self.ckpt_dir, step, self.model, optimizer=self.optimizer,
+            training_weights = None
+            if self.cfg.lora:  # publish merged adapters; resuming needs only the trainable tensors
+                inference = merged_state_dict(self.model, inference)
+                training_weights = trainable_state_dict(self.model)
+            model: Any = self.model
+            if full.sharded:
+                model, optimizer = _Frozen(self.model.config, weights), _Frozen(None, optimizer_state)
+            save_training_checkpoint(self.ckpt_dir, step, model, optimizer=optimizer,  # type: ignore[arg-type]
                                      schedulers=[self.scheduler], averaging=self.averaging,
                                      config=_plain(asdict(self.cfg)), statistics=self.statistics,
                                      tokenizer=self.processor, data_state={"batches_consumed": self.batches_consumed},
-                                     inference_state_dict=inference, keep_last_n=self.cfg.keep_last_n)
+                                     inference_state_dict=inference, training_state_dict=training_weights,
+                                     keep_last_n=self.cfg.keep_last_n)
         if self.world_size > 1:
             dist.barrier()
+
+    def _start_wandb(self) -> None:
+        settings = self.cfg.wandb
+        if self.rank != 0 or settings.mode == "disabled":
+            return
+        import wandb
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.wandb_run = wandb.init(mode=settings.mode, project=settings.project, entity=settings.entity,
+                                    name=settings.run_name or self.log_dir.name, tags=list(settings.tags),
+                                    dir=str(self.log_dir), config=_plain(asdict(self.cfg)), resume="allow",
+                                    id=_wandb_id(self.log_dir))
 
     def _progress(self, start_step: int):
         if self.rank != 0:
@@ -199,6 +308,8 @@ class Trainer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        if self.wandb_run is not None and "step" in record:
+            self.wandb_run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
     def _plot(self, losses: list[tuple[int, float]]) -> None:
         if not losses:
@@ -217,7 +328,7 @@ class Trainer:
         ax.plot(steps, smooth, label=f"mean of last {window}")
         ax.legend()
         ax.set_xlabel("step")
-        ax.set_ylabel("flow-matching loss")
+        ax.set_ylabel("training loss")
         ax.set_yscale("log")
         fig.tight_layout()
         fig.savefig(self.log_dir / "loss_curve.png", dpi=100)
@@ -232,3 +343,25 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
+
+
+class _Frozen:
+    """A fixed state (gathered from FSDP shards) standing in for a model or optimizer when saving."""
+
+    def __init__(self, config: Any, state: dict[str, Any]):
+        self.config, self._state = config, state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+def _wandb_id(log_dir: Path) -> str:
+    """One wandb run per log_dir, kept across resumes (stored in log_dir/wandb_run_id)."""
+    path = log_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id)
+    return run_id

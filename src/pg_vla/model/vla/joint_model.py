@@ -102,6 +102,14 @@ class ExpertLayer(nn.Module):
             return which.modulate(x, cond)
         return which(x), None
 
+    def attention_inputs(self, x: torch.Tensor, cond: torch.Tensor | None, need_query: bool
+                         ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) -> (attention gate or None, keys, values (B, K, T, Dh), queries (B, H, T, Dh) or None),
+        before rotary embedding. With `finish`, the two entry points a joint layer calls (FSDP hooks both)."""
+        normed, gate = self.norm(self.input_layernorm, x, cond)
+        k, v = self.self_attn.key_value(normed)
+        return gate, k, v, (self.self_attn.query(normed) if need_query else None)
+
     def finish(self, x: torch.Tensor, attn: torch.Tensor, cond: torch.Tensor | None,
                attn_gate: torch.Tensor | None) -> torch.Tensor:
         """Residual stream after attention: x (B, T, D), attn (B, T, H*Dh) -> (B, T, D)."""
@@ -192,13 +200,13 @@ class JointTransformer(nn.Module):
         for seg, x in zip(segments, hidden):
             n = x.shape[1]
             layer: ExpertLayer = self.experts[seg.expert].layers[layer_idx]
-            normed, gate = layer.norm(layer.input_layernorm, x, seg.cond)
             seg_cos, seg_sin = cos[:, :, start:start + n], sin[:, :, start:start + n]
-            k, v = layer.self_attn.key_value(normed)
+            need_query = seg.needs_output or not last
+            gate, k, v, q = layer.attention_inputs(x, seg.cond, need_query)
             keys.append(apply_rotary(k, seg_cos, seg_sin))
             values.append(v)
-            if seg.needs_output or not last:
-                queries.append(apply_rotary(layer.self_attn.query(normed), seg_cos, seg_sin))
+            if need_query:
+                queries.append(apply_rotary(q, seg_cos, seg_sin))
                 query_rows.append((start, start + n))
             gates.append(gate)
             start += n

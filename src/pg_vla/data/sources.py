@@ -1,0 +1,115 @@
+"""Training data behind one call, whatever the storage: RLDS/TFDS or Parquet episodes.
+
+The run config's `data` section picks the source with `source` (default `rlds`); the other keys are
+the source's own config (`pg_vla.data.rlds.config.RLDSConfig` or `pg_vla.data.parquet.ParquetConfig`)
+minus what the model fixes (batch size, image size, history and chunk lengths, seed). Both sources
+yield the same batch layout (see `pg_vla.data.parquet.loader`) and the same statistics dict, so the
+trainer and evaluation never know which one they read.
+
+    data: {source: rlds, data_path: ..., mix: bridge, ...}
+    data: {source: parquet, paths: [train/*.parquet], val_paths: [val/*.parquet], dataset_name: my_robot, ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from pg_vla.data.normalization import DatasetStatistics
+
+SOURCES = ("rlds", "parquet")
+# RLDS keys the shared training defaults set; a Parquet run ignores them (any other unknown key is an error)
+RLDS_ONLY = ("data_path", "mix", "split", "deterministic", "read_threads", "transform_threads", "ram_budget_gb",
+             "statistics_split", "statistics_paths", "augment")
+
+
+def source_of(data: Mapping[str, Any]) -> str:
+    source = data.get("source", "rlds")
+    if source not in SOURCES:
+        raise ValueError(f"unknown data.source {source!r}; choose from {SOURCES}")
+    return source
+
+
+def check_paths(data: Mapping[str, Any]) -> None:
+    """Clear errors for data locations that are unset or missing (before anything heavy starts)."""
+    import os
+
+    if source_of(data) == "parquet":
+        if not data.get("paths"):
+            raise ValueError("data.paths is not set: list the Parquet files, globs or folders to train on")
+        return
+    if not data.get("data_path"):
+        raise ValueError("data.data_path is not set: set VLA_DATA_DIR to the folder holding the RLDS datasets "
+                         "or pass data.data_path=...")
+    if not os.path.isdir(data["data_path"]):
+        raise FileNotFoundError(f"data.data_path {data['data_path']} does not exist")
+
+
+def _parquet_config(data: Mapping[str, Any], **fixed: Any):
+    from pg_vla.data.parquet import ParquetConfig
+
+    options = {k: v for k, v in data.items() if k not in ("source", "val_paths", *RLDS_ONLY)}
+    return ParquetConfig(**{**options, **fixed})
+
+
+def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
+    """(proprio_dim, action_dim, camera roles) the model must have for this data."""
+    if source_of(data) == "parquet":
+        from pg_vla.data.parquet.loader import ParquetSource
+        from pg_vla.data.parquet.statistics import load_or_compute_statistics
+
+        cfg = _parquet_config(data)
+        source = ParquetSource.open(cfg)
+        stats, _ = load_or_compute_statistics(cfg, source.files, source.indexes, source.plans)
+        return stats.proprio.dim, stats.action.dim, tuple(cfg.camera_roles)
+    from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
+
+    configs = [get_dataset_config(name) for name in get_mix(data.get("mix", "bridge"))]
+    return (max(c.proprio_dim for c in configs), max(c.action_dim for c in configs),
+            tuple(data.get("camera_roles", ("primary",))))
+
+
+def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
+                seed: int, rank: int = 0, world_size: int = 1, validation: bool = False, val_split: str = "val",
+                train_statistics: Mapping[str, DatasetStatistics] | None = None
+                ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+    """A loader of this rank's batches and the statistics they are normalized with.
+
+    validation=True: one ordered pass over the validation data (RLDS: `val_split` of the same datasets,
+    normalized with the training split's statistics; Parquet: `data.val_paths`, normalized with
+    `train_statistics`).
+    """
+    fixed = {"batch_size": batch_size, "image_size": image_size, "cond_steps": cond_steps,
+             "horizon_steps": horizon_steps, "seed": seed}
+    if source_of(data) == "parquet":
+        from pg_vla.data.parquet import make_parquet_loader
+
+        if validation:
+            if not data.get("val_paths"):
+                raise ValueError("validation needs data.val_paths (Parquet files of the validation episodes)")
+            stats = dict(train_statistics or {})
+            name = data.get("dataset_name", "parquet")
+            path = _statistics_file(stats.get(name)) if name in stats else None
+            cfg = _parquet_config({**data, "paths": data["val_paths"]}, train=False, statistics_path=path, **fixed)
+        else:
+            cfg = _parquet_config(data, **fixed)
+        return make_parquet_loader(cfg, rank, world_size)
+    from pg_vla.data.dataloader import make_rlds_loader, rlds_config
+
+    options = {k: v for k, v in data.items() if k != "source"}
+    if validation:
+        options.update(split=val_split, train=False)
+    return make_rlds_loader(rlds_config(**options, **fixed), rank, world_size)
+
+
+def _statistics_file(stats: DatasetStatistics | str | None) -> str | None:
+    """The statistics as a JSON path (the Parquet loader takes a path): in-memory ones go to a temporary file."""
+    if stats is None or not isinstance(stats, DatasetStatistics):
+        return None if stats is None else str(stats)
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    handle.close()
+    return str(stats.save(handle.name))
