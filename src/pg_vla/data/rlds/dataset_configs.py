@@ -76,6 +76,23 @@ DATASET_CONFIGS: dict[str, DatasetConfig] = {
         standardize_fn="fractal",
         action_normalization_mask=(True,) * 6 + (False,),
     ),
+    # Meta-World scripted demonstrations (scripts/data/make_metaworld_demos.py). Actions are the
+    # environment's own 4-D commands, clipped to [-1, 1]: xyz hand motion (normalized from p01/p99)
+    # and the gripper effort (-1 open .. +1 close), already in the model's range and left as it is so
+    # that its few discrete levels (0, 0.6, +-1) keep their meaning across tasks.
+    "metaworld": DatasetConfig(
+        name="metaworld",
+        version="1.0.0",
+        image_keys={"primary": "image", "secondary": None, "wrist": None},
+        language_key="language_instruction",
+        proprio_encoding="hand xyz, gripper opening (Meta-World observation[0:4])",
+        proprio_dim=4,
+        action_encoding="hand xyz motion, gripper effort (-1 open, +1 close), clipped to [-1, 1]",
+        action_dim=4,
+        standardize_fn="metaworld",
+        action_normalization_mask=(True, True, True, False),
+        gripper_convention="effort: -1 open, +1 close (Meta-World)",
+    ),
 }
 
 
@@ -90,6 +107,7 @@ MIXES: dict[str, dict[str, float]] = {
     "bridge": {"bridge_dataset": 1.0},
     "fractal": {"fractal20220817_data": 1.0},
     "oxe_simple": {"fractal20220817_data": 1.0, "bridge_dataset": 1.0},
+    "metaworld": {"metaworld": 1.0},
 }
 
 

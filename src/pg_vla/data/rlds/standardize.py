@@ -89,9 +89,16 @@ def standardize_fractal(traj: dict, cfg: DatasetConfig) -> dict:
             "action": tf.cast(action, tf.float32), "language_instruction": _path(traj, cfg.language_key)}
 
 
+def standardize_metaworld(traj: dict, cfg: DatasetConfig) -> dict:
+    """Meta-World demonstrations: stored proprio (hand xyz, gripper opening) and clipped 4-D actions as they are."""
+    return {"observation": {**_images(traj, cfg), "proprio": tf.cast(traj["observation"]["state"], tf.float32)},
+            "action": tf.cast(traj["action"], tf.float32), "language_instruction": _path(traj, cfg.language_key)}
+
+
 STANDARDIZE_FNS: dict[str, Callable[[dict, DatasetConfig], dict]] = {
     "bridge": standardize_bridge,
     "fractal": standardize_fractal,
+    "metaworld": standardize_metaworld,
 }
 
 

@@ -1,0 +1,67 @@
+"""The evaluation agent is not the bottleneck: the scripted expert run through it keeps its known 100%
+success, doing nothing scores 0, and the outputs (JSONL, summary, chart, videos) are written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metaworld_subprocess import run_python
+from pg_vla.eval.agent import EvalConfig
+from pg_vla.eval.report import EpisodeResult, summarize
+
+_EVALUATE = """
+import json
+from pg_vla.eval.agent import evaluate
+out = {{}}
+for policy, episodes, n_video in (("expert", 5, 1), ("zero", 1, 0)):
+    out[policy] = evaluate({{"policy": policy, "env": {{"name": "metaworld", "tasks": ["reach-v3", "push-v3"]}},
+                            "n_eval_episode": episodes, "eval_seed_start": 100000, "n_video": n_video,
+                            "num_envs": 3, "log_dir": "{log_dir}/" + policy}})
+print(json.dumps(out))
+"""
+
+
+def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
+    pytest.importorskip("metaworld")
+    out = run_python(_EVALUATE.format(log_dir=tmp_path))
+    assert out["expert"]["per_task"] == {"reach-v3": 1.0, "push-v3": 1.0}  # Meta-World's experts: 20/20 measured
+    assert out["zero"]["per_task"] == {"reach-v3": 0.0, "push-v3": 0.0}
+    assert out["expert"]["mean"] == 1.0 and out["zero"]["mean"] == 0.0
+
+    lines = [json.loads(line) for line in (tmp_path / "expert" / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((r["task"], r["seed"]) for r in lines) == sorted(
+        (task, 100000 + i) for task in ("reach-v3", "push-v3") for i in range(5))
+    assert all(r["success"] and 0 < r["steps"] < 200 for r in lines)
+    assert {r["instruction"] for r in lines} == {"reach the red target", "push the puck to the green target"}
+    zero = [json.loads(line) for line in (tmp_path / "zero" / "episodes.jsonl").read_text().splitlines()]
+    assert all(r["steps"] == 200 and not r["success"] for r in zero)  # the step cap ends failed episodes
+
+    summary = json.loads((tmp_path / "expert" / "summary.json").read_text())
+    assert summary["per_task"] == {"reach-v3": 1.0, "push-v3": 1.0} and summary["mean"] == 1.0
+    videos = sorted(p.name for p in (tmp_path / "expert" / "videos").iterdir())
+    assert [v.rsplit(".", 1)[0] for v in videos] == ["push-v3_seed100000_success", "reach-v3_seed100000_success"]
+    assert (tmp_path / "expert" / "success.png").stat().st_size > 0
+    assert not (tmp_path / "zero" / "videos").exists()
+
+
+def test_summary_rates_are_per_task_means():
+    results = [EpisodeResult("a", 0, True, 5, "x"), EpisodeResult("a", 1, False, 200, "x"),
+               EpisodeResult("b", 0, True, 7, "y")]
+    summary = summarize(results, ["a", "b"])
+    assert summary["per_task"] == {"a": 0.5, "b": 1.0}
+    assert summary["mean"] == 0.75
+    assert summary["episodes"] == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"policy": "oracle"}, "policy must be one of"),
+    ({"policy": "checkpoint"}, "checkpoint_path"),
+    ({"n_eval_episode": 0}, "n_eval_episode"),
+    ({"unknown_key": 1}, "unknown evaluation config keys"),
+])
+def test_config_errors_are_clear(tmp_path, overrides, message):
+    data = {"policy": "zero", "log_dir": str(tmp_path), **overrides}
+    with pytest.raises(ValueError, match=message):
+        EvalConfig.from_dict(data)
