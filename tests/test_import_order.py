@@ -7,7 +7,7 @@ import sys
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
 
 
 def test_bitsandbytes_after_tensorflow_is_a_clear_error_not_an_abort():

@@ -28,7 +28,8 @@ def test_demos_train_evaluate(tmp_path: Path, tiny_checkpoint_dir: Path):
     run_script(["scripts/run.py", "--config-name=metaworld", f"data.data_path={data}",
                 f"pretrained_model_path={tiny_checkpoint_dir}", f"metaworld.cache_dir={tmp_path / 'cache'}",
                 "n_updates=2", "global_batch_size=4", "per_device_batch_size=4", "schedule.warmup_steps=1",
-                "averaging.kind=none", "save_every=2", "log_every=1", "data.shuffle_buffer=50", f"log_dir={run}"])
+                "averaging.kind=none", "save_every=2", "log_every=1", "data.shuffle_buffer=50", "validation.every=null",
+                f"log_dir={run}"])
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [r["step"] for r in log] == [1, 2]
     assert not (tmp_path / "cache").exists()  # given data and model: nothing generated

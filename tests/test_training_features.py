@@ -95,7 +95,8 @@ def test_qlora_trains_adapters_only_and_resumes_from_trainable_state(cache: Path
         delta = merged_3[key].double() - merged_2[key].double()
         if key.endswith(".weight") and key.split(".")[-2] in linears:
             adapted += int(delta.abs().max() > 0)
-            assert torch.linalg.matrix_rank(delta, atol=1e-7).item() <= 4, key
+            singular = torch.linalg.svdvals(delta)  # float32 rounding of the merged weights adds a tiny tail
+            assert singular[4] <= 1e-3 * singular[0], f"{key}: {singular[:6].tolist()}"
         else:
             assert torch.equal(merged_3[key], merged_2[key]), f"{key} changed"
     assert adapted > 5
@@ -136,7 +137,7 @@ def test_parquet_source_trains_validates_and_serves(cache: Path, tmp_path: Path)
     _write_parquet_episodes(tmp_path / "train", 4, seed=0)
     _write_parquet_episodes(tmp_path / "val", 2, seed=1)
     run = tmp_path / "parquet_run"
-    _run(cache, f"log_dir={run}", "n_updates=2", "validation.every=2", "data.source=parquet",
+    _run(cache, f"log_dir={run}", "n_updates=2", "validation.every=2", "+data.source=parquet",
          f"+data.paths=[{tmp_path / 'train'}]", f"+data.val_paths=[{tmp_path / 'val'}]", "+data.dataset_name=lab",
          "+data.num_workers=0")
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

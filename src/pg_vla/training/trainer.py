@@ -105,6 +105,14 @@ class Trainer:
                                     schedulers=[self.scheduler], averaging=self.averaging)
         if self.world_size > 1:  # the checkpoint holds rank 0's RNG (only dropout reads it): one stream per rank
             torch.manual_seed(self.cfg.seed + self.rank + 1_000_003 * int(state["step"]))
+        # The optimizer came back with the learning rates of the saved run's schedule; a resumed run may
+        # schedule differently (e.g. a larger n_updates): apply this run's schedule at the restored step.
+        from pg_vla.training.schedules import lr_factor
+
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg.schedule)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.batches_consumed = int((state["data_state"] or {}).get("batches_consumed", 0))
         self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"]})
         return int(state["step"])
