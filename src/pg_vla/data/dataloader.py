@@ -115,15 +115,21 @@ def main() -> None:
     loader, stats = make_rlds_loader(rlds)
     for name, path in rlds_statistics_paths(loader).items():
         print(path)
+    time_batches(loader, args.num_batches)
+
+
+def time_batches(loader: DataLoader, num_batches: int) -> None:
+    """Print the first batch's layout, then the throughput of the next `num_batches` (the first batch
+    includes start-up: workers, pipeline, shuffle buffer fill)."""
     start, frames = None, 0
     for i, batch in enumerate(loader):
         if i == 0:
-            start = time.perf_counter()  # the first batch includes pipeline start-up
+            start = time.perf_counter()
             print("batch:", {k: (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else f"list[{len(v)}]"
                              for k, v in batch.items()}, flush=True)
         else:
             frames += len(batch["language"])
-        if i == args.num_batches:
+        if i == num_batches:
             break
     elapsed = time.perf_counter() - start
     print(f"{frames} frames in {elapsed:.2f} s after the first batch: {frames / elapsed:.1f} frames/s")

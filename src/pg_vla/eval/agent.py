@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pg_vla.eval.controllers import (POLICIES, CheckpointController, Controller,
                                      RandomController, ReplayController, Request, ZeroController)
 from pg_vla.eval.report import EpisodeResult, JsonlWriter, plot_success, summarize, write_video
 from pg_vla.eval.suite import EnvSuite, get_suite
+from pg_vla.utils.configs import dataclass_from_dict
 
 
 @dataclass
@@ -68,11 +69,7 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"_target_"})
-        if unknown:
-            raise ValueError(f"unknown evaluation config keys: {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_dict(cls, data, "evaluation")
 
 
 def evaluate(cfg: Any) -> dict[str, Any]:

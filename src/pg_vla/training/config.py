@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from pg_vla.training.averaging import AveragingConfig
 from pg_vla.training.lora import LoraSettings
 from pg_vla.training.optim import OptimizerConfig
 from pg_vla.training.schedules import ScheduleConfig
+from pg_vla.utils.configs import dataclass_from_dict
 
 
 PRECISIONS = ("fp32", "bf16", "bf16_pure")
@@ -132,8 +133,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"_target_"})
-        if unknown:
-            raise ValueError(f"unknown training config keys: {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_dict(cls, data, "training")

@@ -16,7 +16,6 @@ times a few batches):
 from __future__ import annotations
 
 import multiprocessing
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,18 +133,9 @@ def main() -> None:
                         statistics_dir=args.statistics_dir)
     loader, _ = make_parquet_loader(cfg)
     print(loader.dataset.statistics_path)
-    start, frames = None, 0
-    for i, batch in enumerate(loader):
-        if i == 0:
-            start = time.perf_counter()  # the first batch includes worker start-up and the shuffle buffer fill
-            print("batch:", {k: (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else f"list[{len(v)}]"
-                             for k, v in batch.items()}, flush=True)
-        else:
-            frames += len(batch["language"])
-        if i == args.num_batches:
-            break
-    elapsed = time.perf_counter() - start
-    print(f"{frames} frames in {elapsed:.2f} s after the first batch: {frames / elapsed:.1f} frames/s")
+    from pg_vla.data.dataloader import time_batches
+
+    time_batches(loader, args.num_batches)
 
 
 if __name__ == "__main__":
