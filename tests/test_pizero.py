@@ -259,3 +259,40 @@ def test_loss_is_the_masked_mean_squared_velocity_error():
     assert full.item() == pytest.approx(expected_full.item(), rel=1e-5)
     assert masked.item() == pytest.approx(expected_masked.item(), rel=1e-5)
     assert abs(masked.item() - full.item()) > 1e-4
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
+def test_grouped_query_attention_matches_float64_per_head_softmax(heads, kv_heads):
+    """Folding the query heads of a KV group into the query axis equals attention written out per head:
+    query head h reads KV head h // (heads / kv_heads), masked keys get zero weight."""
+    from pg_vla.model.vla.joint_model import grouped_query_attention
+
+    gen = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    b, tq, tk, dh = 2, 5, 7, 8
+    q = torch.randn(b, heads, tq, dh, generator=gen)
+    k = torch.randn(b, kv_heads, tk, dh, generator=gen)
+    v = torch.randn(b, kv_heads, tk, dh, generator=gen)
+    mask = torch.rand(b, 1, tq, tk, generator=gen) > 0.4
+    mask[..., 0] = True  # every query row reads at least one key
+    out = grouped_query_attention(q, k, v, mask)
+
+    expected = torch.empty(b, heads, tq, dh, dtype=torch.float64)
+    group = heads // kv_heads
+    for i in range(b):
+        for h in range(heads):
+            kh = h // group
+            scores = q[i, h].double() @ k[i, kh].double().T / dh**0.5  # (tq, tk)
+            scores = scores.masked_fill(~mask[i, 0], float("-inf"))
+            expected[i, h] = scores.softmax(dim=-1) @ v[i, kh].double()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_denoise_step_rejects_a_chunk_of_another_length():
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg)
+    with torch.no_grad():
+        prefix = model.encode_prefix(images, text_ids, text_mask, proprio)
+        with pytest.raises(ValueError, match="action steps"):
+            model.denoise_step(prefix, noise[:, :-1], torch.ones(noise.shape[0]))

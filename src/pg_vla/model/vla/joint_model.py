@@ -62,6 +62,27 @@ class KVCache:
                        [torch.cat(p, dim=2) for p in zip(self.values, other.values)])
 
 
+def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention where each KV head serves H / K query heads (Gemma-2B: 8 query heads, 1 KV head).
+
+    q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), mask (B, 1, Tq, Tk) bool (True = may attend) -> (B, H, Tq, Dh).
+    Query head h reads KV head h // (H / K). The G = H / K query heads of a group are folded into the
+    query axis, (B, H, Tq, Dh) -> (B, K, G * Tq, Dh), so the keys and values are never repeated per
+    head and one ordinary masked attention call (any fused backend that takes a mask) does the work;
+    the mask rows are repeated G times instead ((B, 1, G * Tq, Tk) bool).
+    """
+    b, h, tq, dh = q.shape
+    kv_heads, tk = k.shape[1], k.shape[2]
+    if kv_heads == h:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if h % kv_heads:
+        raise ValueError(f"{h} query heads cannot share {kv_heads} KV heads evenly")
+    g = h // kv_heads
+    folded_mask = mask.unsqueeze(2).expand(b, 1, g, tq, tk).reshape(b, 1, g * tq, tk)
+    out = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * tq, dh), k, v, attn_mask=folded_mask)
+    return out.reshape(b, h, tq, dh)
+
+
 class AttentionProjections(nn.Module):
     def __init__(self, hidden_size: int, cfg: GemmaConfig):
         super().__init__()
@@ -151,7 +172,6 @@ class JointTransformer(nn.Module):
         self.experts = nn.ModuleDict(experts)
         cfg = next(iter(experts.values())).config
         self.num_layers = cfg.num_layers
-        self.grouped_query = cfg.num_heads != cfg.num_kv_heads
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
 
@@ -220,8 +240,7 @@ class JointTransformer(nn.Module):
         if len(query_rows) != len(segments):
             mask = torch.cat([attn_mask[:, :, a:b] for a, b in query_rows], dim=2)
         q = torch.cat(queries, dim=2)  # (B, H, Tq, Dh)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.grouped_query)
-        attn = rearrange(attn, "b h t e -> b t (h e)")
+        attn = rearrange(grouped_query_attention(q, k, v, mask), "b h t e -> b t (h e)")
         out: list[torch.Tensor | None] = []
         offset = 0
         for seg, x, gate in zip(segments, hidden, gates):

@@ -59,9 +59,12 @@ class PrefixCache:
     """What denoising steps need from the image/text/proprio prefix."""
 
     kv: KVCache  # per layer (B, K, T_prefix, Dh)
-    key_valid: torch.Tensor  # (B, T_prefix) bool
-    key_blocks: torch.Tensor  # (B, T_prefix) long
-    next_position: torch.Tensor  # (B,) rotary position of the first action token
+    action_mask: torch.Tensor  # (B, 1, H, T_prefix + H) bool: what the action tokens of every step attend
+    action_positions: torch.Tensor  # (B, H) rotary positions of the action tokens
+
+    @property
+    def horizon(self) -> int:
+        return self.action_positions.shape[1]
 
 
 class PiZero(nn.Module):
@@ -283,20 +286,26 @@ class PiZero(nn.Module):
         segments = [Segment("vlm", prefix, needs_output=False), Segment("action", proprio_tokens, needs_output=False)]
         _, kv = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid),
                            return_cache=True)
-        return PrefixCache(kv=kv, key_valid=valid, key_blocks=blocks, next_position=valid.long().sum(dim=1))
+        # The action tokens' mask and positions are the same at every flow step: built once here,
+        # not in the denoising loop.
+        h = self.config.horizon_steps
+        query_blocks = self._blocks(b, [(ACTION_BLOCK, h)], device)
+        key_blocks = torch.cat((blocks, query_blocks), dim=1)
+        key_valid = torch.cat((valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
+        positions = valid.long().sum(dim=1, keepdim=True) + torch.arange(h, device=device)
+        return PrefixCache(kv=kv, action_mask=block_attention_mask(query_blocks, key_blocks, key_valid),
+                           action_positions=positions)
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Action tokens only, against the cached prefix -> velocity (B, H, A) in float32."""
+        """Action tokens x_t (B, H, A) at flow time t (B,), against the cached prefix -> velocity (B, H, A)
+        in float32."""
         self._require_head("flow")
+        if x_t.shape[1] != prefix.horizon:
+            raise ValueError(f"x_t has {x_t.shape[1]} action steps, the prefix cache was built for {prefix.horizon}")
         action_tokens, cond = self.embed_actions(x_t, t)
-        b, h, device = action_tokens.shape[0], action_tokens.shape[1], action_tokens.device
-        query_blocks = self._blocks(b, [(ACTION_BLOCK, h)], device)
-        key_blocks = torch.cat((prefix.key_blocks, query_blocks), dim=1)
-        key_valid = torch.cat((prefix.key_valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
-        positions = prefix.next_position.unsqueeze(1) + torch.arange(h, device=device)
         dtype = prefix.kv.keys[0].dtype
-        outputs, _ = self.joint([Segment("action", action_tokens.to(dtype), cond=cond)], positions,
-                                block_attention_mask(query_blocks, key_blocks, key_valid), past=prefix.kv)
+        outputs, _ = self.joint([Segment("action", action_tokens.to(dtype), cond=cond)], prefix.action_positions,
+                                prefix.action_mask, past=prefix.kv)
         return self.action_decoder(outputs[0]).float()
 
     @torch.no_grad()
