@@ -717,31 +717,27 @@ def _elapsed_ms(fn: Callable[[], Any], device: torch.device) -> float:
     return start_event.elapsed_time(end_event)
 
 
-def _model_attention(gqa: bool) -> tuple[Callable[..., torch.Tensor], str]:
-    """The joint model's attention function (q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), bool mask), so the
-    backends see exactly the scaled_dot_product_attention call the model makes; a plain SDPA call with
-    enable_gqa where joint_model.py has no such function."""
+def _attention_functions(gqa: bool) -> dict[str, Callable[..., torch.Tensor]]:
+    """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), bool mask -> (B, H, Tq, Dh): the model's attention
+    (query heads of a KV group folded into the query axis) and, for comparison, the plain SDPA call
+    with enable_gqa that it replaces."""
     import torch.nn.functional as F
 
-    try:
-        from pg_vla.model.vla.joint_model import grouped_query_attention
-    except ImportError:
-        def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    from pg_vla.model.vla.joint_model import grouped_query_attention
 
-        return sdpa, f"F.scaled_dot_product_attention(enable_gqa={gqa})"
-    return grouped_query_attention, "pg_vla.model.vla.joint_model.grouped_query_attention"
+    def sdpa_enable_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+    return {"grouped_query_attention (model)": grouped_query_attention, "sdpa_enable_gqa": sdpa_enable_gqa}
 
 
 def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
     """sdpa_backends' work on any device (the CPU only has flash and math kernels)."""
-    import warnings
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
     vlm = cfg.vlm
     gqa = vlm.num_heads != vlm.num_kv_heads
-    attend, function = _model_attention(gqa)
+    functions = _attention_functions(gqa)
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
     lengths = torch.full((batch,), cfg.max_text_tokens)
@@ -751,7 +747,7 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
                             torch.full((cfg.horizon_steps,), ACTION_BLOCK)]).expand(batch, -1)
     valid_all = torch.cat((torch.ones(batch, cfg.num_image_tokens, dtype=torch.bool), text_valid,
                            torch.ones(batch, cfg.cond_steps + cfg.horizon_steps, dtype=torch.bool)), dim=1)
-    out: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch."), "batch_size": batch, "function": function,
+    out: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch."), "batch_size": batch,
                            "num_heads": vlm.num_heads, "num_kv_heads": vlm.num_kv_heads, "head_dim": vlm.head_dim}
     generator = torch.Generator(device=device).manual_seed(0)
     for name, (q_len, k_len, backward) in attention_calls(cfg, batch).items():
@@ -765,31 +761,44 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
 
         q, k, v = tensor(vlm.num_heads, q_len), tensor(vlm.num_kv_heads, k_len), tensor(vlm.num_kv_heads, k_len)
 
-        def call() -> None:
-            o = attend(q, k, v, mask)
-            if backward:
-                o.sum().backward()
-
         row: dict[str, Any] = {"query_tokens": q_len, "key_tokens": k_len, "backward": backward,
                                "mask": f"bool {tuple(mask.shape)}"}
-        for backend_name, backend in backends.items():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    with sdpa_kernel(backend):
-                        call()
-                        synchronize(device)
-                        timings = [_elapsed_ms(call, device) for _ in range(5)]
-                    row[backend_name] = {"accepted": True, "median_ms": round(float(np.median(timings)), 4)}
-                except Exception as error:  # noqa: BLE001 - "not accepted" is the answer
-                    reasons = [str(w.message).strip().splitlines()[0] for w in caught][:3]
-                    row[backend_name] = {"accepted": False, "error": (str(error).strip().splitlines() or [""])[0][:300],
-                                         "reasons": reasons}
-            for t in (q, k, v):
-                t.grad = None
+        for function_name, attend in functions.items():
+            row[function_name] = _backend_row(attend, q, k, v, mask, backward, backends, device)
         out[name] = row
     free_memory(device)
     return out
+
+
+def _backend_row(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 mask: torch.Tensor, backward: bool, backends: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """backend name -> {"accepted": True, "median_ms"} or {"accepted": False, "error", "reasons"}."""
+    import warnings
+
+    from torch.nn.attention import sdpa_kernel
+
+    def call() -> None:
+        o = attend(q, k, v, mask)
+        if backward:
+            o.sum().backward()
+
+    row: dict[str, Any] = {}
+    for backend_name, backend in backends.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_kernel(backend):
+                    call()
+                    synchronize(device)
+                    timings = [_elapsed_ms(call, device) for _ in range(5)]
+                row[backend_name] = {"accepted": True, "median_ms": round(float(np.median(timings)), 4)}
+            except Exception as error:  # noqa: BLE001 - "not accepted" is the answer
+                reasons = [str(w.message).strip().splitlines()[0] for w in caught][:3]
+                row[backend_name] = {"accepted": False, "error": (str(error).strip().splitlines() or [""])[0][:300],
+                                     "reasons": reasons}
+        for t in (q, k, v):
+            t.grad = None
+    return row
 
 
 # ---- one combination ---------------------------------------------------------------------------------------------------
