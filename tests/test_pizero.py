@@ -265,7 +265,7 @@ def test_loss_is_the_masked_mean_squared_velocity_error():
 def test_grouped_query_attention_matches_float64_per_head_softmax(heads, kv_heads):
     """Folding the query heads of a KV group into the query axis equals attention written out per head:
     query head h reads KV head h // (heads / kv_heads), masked keys get zero weight."""
-    from pg_vla.model.vla.joint_model import grouped_query_attention
+    from pg_vla.model.vla.joint_model import fold_query_groups, grouped_query_attention
 
     gen = torch.Generator().manual_seed(heads * 10 + kv_heads)
     b, tq, tk, dh = 2, 5, 7, 8
@@ -274,7 +274,7 @@ def test_grouped_query_attention_matches_float64_per_head_softmax(heads, kv_head
     v = torch.randn(b, kv_heads, tk, dh, generator=gen)
     mask = torch.rand(b, 1, tq, tk, generator=gen) > 0.4
     mask[..., 0] = True  # every query row reads at least one key
-    out = grouped_query_attention(q, k, v, mask)
+    out = grouped_query_attention(q, k, v, fold_query_groups(mask, heads // kv_heads))
 
     expected = torch.empty(b, heads, tq, dh, dtype=torch.float64)
     group = heads // kv_heads

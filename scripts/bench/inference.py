@@ -723,12 +723,15 @@ def _attention_functions(gqa: bool) -> dict[str, Callable[..., torch.Tensor]]:
     with enable_gqa that it replaces."""
     import torch.nn.functional as F
 
-    from pg_vla.model.vla.joint_model import grouped_query_attention
+    from pg_vla.model.vla.joint_model import fold_query_groups, grouped_query_attention
+
+    def model_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return grouped_query_attention(q, k, v, fold_query_groups(mask, q.shape[1] // k.shape[1]))
 
     def sdpa_enable_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
-    return {"grouped_query_attention (model)": grouped_query_attention, "sdpa_enable_gqa": sdpa_enable_gqa}
+    return {"grouped_query_attention (model)": model_attention, "sdpa_enable_gqa": sdpa_enable_gqa}
 
 
 def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:

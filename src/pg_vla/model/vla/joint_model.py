@@ -62,24 +62,31 @@ class KVCache:
                        [torch.cat(p, dim=2) for p in zip(self.values, other.values)])
 
 
-def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax attention where each KV head serves H / K query heads (Gemma-2B: 8 query heads, 1 KV head).
+def fold_query_groups(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """mask (B, 1, Tq, Tk) bool -> (B, 1, groups * Tq, Tk): the mask of `grouped_query_attention`, whose
+    query axis holds the `groups` query heads that share a KV head one after the other."""
+    if groups == 1:
+        return mask
+    b, _, tq, tk = mask.shape
+    return mask.unsqueeze(2).expand(b, 1, groups, tq, tk).reshape(b, 1, groups * tq, tk)
 
-    q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), mask (B, 1, Tq, Tk) bool (True = may attend) -> (B, H, Tq, Dh).
-    Query head h reads KV head h // (H / K). The G = H / K query heads of a group are folded into the
-    query axis, (B, H, Tq, Dh) -> (B, K, G * Tq, Dh), so the keys and values are never repeated per
-    head and one ordinary masked attention call (any fused backend that takes a mask) does the work;
-    the mask rows are repeated G times instead ((B, 1, G * Tq, Tk) bool).
+
+def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, folded_mask: torch.Tensor
+                            ) -> torch.Tensor:
+    """Softmax attention where each KV head serves G = H / K query heads (Gemma-2B: 8 query heads, 1 KV head).
+
+    q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), folded_mask = fold_query_groups(mask (B, 1, Tq, Tk), G) bool
+    (True = may attend) -> (B, H, Tq, Dh). Query head h reads KV head h // G. The G query heads of a
+    group are folded into the query axis, (B, H, Tq, Dh) -> (B, K, G * Tq, Dh), so the keys and values
+    are never repeated per head and one ordinary masked attention call (any fused backend that takes a
+    mask) does the work. The folded mask is the same in every layer: the caller folds it once.
     """
     b, h, tq, dh = q.shape
-    kv_heads, tk = k.shape[1], k.shape[2]
-    if kv_heads == h:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    kv_heads = k.shape[1]
     if h % kv_heads:
         raise ValueError(f"{h} query heads cannot share {kv_heads} KV heads evenly")
-    g = h // kv_heads
-    folded_mask = mask.unsqueeze(2).expand(b, 1, g, tq, tk).reshape(b, 1, g * tq, tk)
-    out = F.scaled_dot_product_attention(q.reshape(b, kv_heads, g * tq, dh), k, v, attn_mask=folded_mask)
+    out = F.scaled_dot_product_attention(q.reshape(b, kv_heads, (h // kv_heads) * tq, dh), k, v,
+                                         attn_mask=folded_mask)
     return out.reshape(b, h, tq, dh)
 
 
@@ -172,6 +179,7 @@ class JointTransformer(nn.Module):
         self.experts = nn.ModuleDict(experts)
         cfg = next(iter(experts.values())).config
         self.num_layers = cfg.num_layers
+        self.query_groups = cfg.num_heads // cfg.num_kv_heads
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
 
@@ -196,10 +204,11 @@ class JointTransformer(nn.Module):
         hidden = [s.hidden for s in segments]
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
+        folded_masks: dict[tuple, torch.Tensor] = {}  # query rows -> folded mask, built once for all layers
         for layer_idx in range(self.num_layers):
             last = layer_idx == self.num_layers - 1
             past_kv = None if past is None else (past.keys[layer_idx], past.values[layer_idx])
-            args = (layer_idx, segments, hidden, cos, sin, attn_mask, past_kv, last)
+            args = (layer_idx, segments, hidden, cos, sin, attn_mask, folded_masks, past_kv, last)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden, k, v = checkpoint(self._layer, *args, use_reentrant=False)
             else:
@@ -212,7 +221,7 @@ class JointTransformer(nn.Module):
         return outputs, (KVCache(keys, values) if return_cache else None)
 
     def _layer(self, layer_idx: int, segments: list[Segment], hidden: list[torch.Tensor | None],
-               cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor,
+               cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor, folded_masks: dict[tuple, torch.Tensor],
                past_kv: tuple[torch.Tensor, torch.Tensor] | None, last: bool):
         """One joint layer. Returns (new hidden per segment, this layer's new keys, values (B, K, T, Dh))."""
         queries, keys, values, gates, query_rows = [], [], [], [], []
@@ -236,11 +245,14 @@ class JointTransformer(nn.Module):
         k, v = new_k, new_v
         if past_kv is not None:
             k, v = torch.cat((past_kv[0], k), dim=2), torch.cat((past_kv[1], v), dim=2)
-        mask = attn_mask
-        if len(query_rows) != len(segments):
-            mask = torch.cat([attn_mask[:, :, a:b] for a, b in query_rows], dim=2)
+        rows = tuple(query_rows)
+        if rows not in folded_masks:
+            mask = attn_mask
+            if len(query_rows) != len(segments):
+                mask = torch.cat([attn_mask[:, :, a:b] for a, b in query_rows], dim=2)
+            folded_masks[rows] = fold_query_groups(mask, self.query_groups)
         q = torch.cat(queries, dim=2)  # (B, H, Tq, Dh)
-        attn = rearrange(grouped_query_attention(q, k, v, mask), "b h t e -> b t (h e)")
+        attn = rearrange(grouped_query_attention(q, k, v, folded_masks[rows]), "b h t e -> b t (h e)")
         out: list[torch.Tensor | None] = []
         offset = 0
         for seg, x, gate in zip(segments, hidden, gates):
