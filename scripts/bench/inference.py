@@ -78,6 +78,7 @@ from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PRO
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.flops import sampling_flops, train_step_flops
 from pg_vla.model.vla.pizero import PiZero
+from pg_vla.training.optim import freeze_parameters
 from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
 from pg_vla.utils.stdout import stdout_to_stderr
 
@@ -285,8 +286,9 @@ def parameter_counts(cfg: PiZeroConfig) -> tuple[dict[str, int], int]:
 
 
 def trainable_count(model: PiZero) -> int:
-    frozen = set(model.frozen_parameter_names())
-    return sum(p.numel() for n, p in model.named_parameters() if n not in frozen)
+    """Parameters a full fine-tuning trains: everything but `frozen_parameter_names()`."""
+    counts = model.parameter_counts()
+    return counts["vlm_trainable"] + counts["action_expert"]
 
 
 def train_extra_bytes(trainable: int, dtype: torch.dtype, optimizer: str) -> int:
@@ -354,14 +356,9 @@ def compile_model(model: PiZero, mode: str) -> None:
 
 
 def trainable_parameters(model: PiZero) -> list[torch.nn.Parameter]:
-    """Freeze model.frozen_parameter_names(), unfreeze the rest; -> the trainable parameters."""
-    frozen = set(model.frozen_parameter_names())
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen)
-        if name not in frozen:
-            params.append(p)
-    return params
+    """Freeze what the trainer freezes for full fine-tuning; -> the trainable parameters."""
+    frozen = set(freeze_parameters(model, train_vlm=True))
+    return [p for name, p in model.named_parameters() if name not in frozen]
 
 
 # ---- dense matmul peak and FLOP rates ----------------------------------------------------------------------
