@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -51,18 +52,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PiZero:
-    """Rebuild the model from a checkpoint written by `save_model`; every tensor must match."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               config_overrides: dict[str, Any] | None = None) -> PiZero:
+    """Rebuild the model from a checkpoint written by `save_model`; every tensor must match.
+
+    Built on the meta device and filled tensor by tensor in `dtype`; `config_overrides` may change
+    what the weights do not fix (a contradicting one fails the shape check, naming the tensor)."""
     path = Path(path)
     meta = read_metadata(path)
     config = PiZeroConfig.from_dict(json.loads(meta["pg_vla_config"]))
+    if config_overrides:
+        config = config.with_overrides(**config_overrides)
     with torch.device("meta"):
         model = PiZero(config)
     state = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             for key in handle.keys():
-                state[key] = handle.get_tensor(key)
+                tensor = handle.get_tensor(key)
+                state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     except Exception as err:
         raise CheckpointError(f"cannot read tensors of {path}: {err}") from err
     expected = set(model.state_dict())
@@ -74,7 +82,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, expected "
                                   f"{tuple(model.state_dict()[key].shape)}")
     model.load_state_dict(state, assign=True)
-    if dtype is not None:
-        model = model.to(dtype)
     return model.eval()
 

@@ -206,6 +206,10 @@ class PiZeroConfig:
                     image_token_id=image_token_id, pad_token_id=pad_token_id)
         return cls(**_deep_update(base, overrides))
 
+    def with_overrides(self, **overrides: Any) -> "PiZeroConfig":
+        """A copy with `overrides` applied (nested sub-configs as dicts); unknown keys raise."""
+        return type(self)(**_deep_update(dataclasses.asdict(self), overrides))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -14,13 +14,19 @@ from torch import nn
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
-    """t (B,) -> (B, dim): [sin, cos] of t at periods spaced geometrically from min to max period."""
+    """t (B,) -> (B, dim): [sin, cos] of t at periods spaced geometrically from min to max period.
+
+    Computed in float32 in pi0's order (frequencies 2 pi / period, then t x frequency), as openpi and
+    transformers' PI0 do: pi0's weights were trained on exactly these values (a float64 angle differs by
+    up to ~1e-4 rad at the shortest period).
+    """
     if dim % 2:
         raise ValueError(f"sinusoidal embedding needs an even dim, got {dim}")
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
-    angles = t.double().unsqueeze(-1) * (2 * math.pi / period)  # (B, dim/2), float64 then cast
-    return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
+    frequency = 1.0 / period * 2 * math.pi  # (dim/2,)
+    angles = t.float().unsqueeze(-1) * frequency  # (B, dim/2)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)
 
 
 class ActionTimeEncoder(nn.Module):

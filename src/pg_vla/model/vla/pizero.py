@@ -31,6 +31,8 @@ Self-test (run this file):
     uv run src/pg_vla/model/vla/pizero.py --count_params --config pi0 [--action_head discrete]
     uv run src/pg_vla/model/vla/pizero.py --text_only --load_pretrained_weights \\
         --pretrained_model_path DIR --prompt "caption en" [--image PATH] [--max_tokens N] [--temperature T --top_p P]
+    uv run src/pg_vla/model/vla/pizero.py --load_pretrained_weights --pretrained_model_path DIR \\
+        --inputs IN.npz --output OUT.npz [--dtype bfloat16]          # velocity + sample, for parity checks
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ class PiZero(nn.Module):
             model = model.to(dtype)
         load_paligemma_weights(model, folder)
         return model
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                        **config_overrides) -> "PiZero":
+        """Any model folder: a pg-vla checkpoint (or run), a pi0 folder (openpi, LeRobot, transformers) or a
+        PaliGemma folder (pg_vla.model.pretrained). `config_overrides` set what the weights do not fix."""
+        from pg_vla.model.pretrained import load_pretrained
+
+        return load_pretrained(folder, dtype=dtype, device=device, **config_overrides)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -311,8 +322,9 @@ class PiZero(nn.Module):
     @torch.no_grad()
     def sample_actions(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                        proprio: torch.Tensor, noise: torch.Tensor | None = None, num_steps: int | None = None,
-                       use_cache: bool = True) -> torch.Tensor:
-        """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None).
+                       use_cache: bool = True, clip: bool = True) -> torch.Tensor:
+        """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None); `clip=False`
+        returns the integral as it is (pi0's own sampler does not clip).
 
         Discrete head: the decoded bins (`discrete_decoding`) of one pass; noise, steps and cache unused.
         """
@@ -325,9 +337,10 @@ class PiZero(nn.Module):
         num_steps = num_steps or cfg.num_inference_steps
         if use_cache:
             prefix = self.encode_prefix(images, text_ids, text_mask, proprio)
-            return euler_sample(lambda x, t: self.denoise_step(prefix, x, t), noise.float(), num_steps)
+            return euler_sample(lambda x, t: self.denoise_step(prefix, x, t), noise.float(), num_steps,
+                                clip=1.0 if clip else None)
         return euler_sample(lambda x, t: self.predict_velocity(images, text_ids, text_mask, proprio, x, t),
-                            noise.float(), num_steps)
+                            noise.float(), num_steps, clip=1.0 if clip else None)
 
     # ---- discrete head ---------------------------------------------------------------------------------
     def bin_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
@@ -485,6 +498,62 @@ def _generate_text(args) -> None:
     print(processor.decode(tokens[0]).replace("\n", "\\n"))
 
 
+PARITY_INPUTS = {  # name -> (ndim, kind) of the --inputs npz arrays
+    "images": (5, "f"), "text_ids": (2, "i"), "text_mask": (2, "b"), "state": (2, "f"), "noise": (3, "f"),
+    "actions": (3, "f"), "time": (1, "f"),
+}
+
+
+def _parity_io(args) -> None:
+    """--inputs IN.npz -> --output OUT.npz with the velocity at x_t and the unclipped Euler sample."""
+    import numpy as np
+
+    if not args.load_pretrained_weights or not args.pretrained_model_path:
+        raise SystemExit("--inputs needs --load_pretrained_weights and --pretrained_model_path DIR")
+    if not args.output:
+        raise SystemExit("--inputs needs --output OUT.npz")
+    try:
+        with np.load(args.inputs) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"cannot read --inputs {args.inputs}: {err}")
+    for name, (ndim, kind) in PARITY_INPUTS.items():
+        if name not in arrays:
+            raise SystemExit(f"{args.inputs} lacks {name!r}; it needs {sorted(PARITY_INPUTS)}")
+        value = arrays[name]
+        if value.ndim != ndim or value.dtype.kind != kind and not (kind == "i" and value.dtype.kind == "u"):
+            raise SystemExit(f"{args.inputs}: {name!r} must be a {ndim}-d {dict(f='float', i='integer', b='bool')[kind]}"
+                             f" array, got {value.dtype} of shape {value.shape}")
+    b, n, _, size, _ = arrays["images"].shape
+    length, (h, a), p = arrays["text_ids"].shape[1], arrays["noise"].shape[1:], arrays["state"].shape[1]
+    expected = {"images": (b, n, 3, size, size), "text_ids": (b, length), "text_mask": (b, length), "state": (b, p),
+                "noise": (b, h, a), "actions": (b, h, a), "time": (b,)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise SystemExit(f"{args.inputs}: {name!r} has shape {arrays[name].shape}, the other inputs imply {shape}")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = PiZero.from_pretrained(args.pretrained_model_path, dtype=dtype, num_cameras=n, horizon_steps=h)
+    cfg = model.config
+    if model.is_discrete:
+        raise SystemExit(f"{args.pretrained_model_path} has the discrete action head; --inputs compares flow velocities")
+    checks = [("image size", size, cfg.vision.image_size), ("action dim", a, cfg.action_dim),
+              ("state dim", p, cfg.proprio_dim)]
+    for what, got, want in checks:
+        if got != want:
+            raise SystemExit(f"{args.inputs}: {what} {got} does not match the checkpoint's {want}")
+    if length > cfg.max_text_tokens:
+        raise SystemExit(f"{args.inputs}: {length} text tokens exceed the checkpoint's {cfg.max_text_tokens}")
+    t = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+    images, text_ids, text_mask = t["images"].to(dtype), t["text_ids"].long(), t["text_mask"]
+    proprio, time = t["state"].float()[:, None], t["time"].float()
+    noise, actions = t["noise"].float(), t["actions"].float()
+    with torch.no_grad():
+        velocity = model.predict_velocity(images, text_ids, text_mask, proprio, interpolate(actions, noise, time), time)
+        sampled = model.sample_actions(images, text_ids, text_mask, proprio, noise=noise, clip=False)
+    np.savez(args.output, velocity=velocity.float().numpy(), sampled=sampled.float().numpy())
+    print(f"wrote {args.output}: velocity and sampled of shape {tuple(velocity.shape)}")
+
+
 def main() -> None:
     import argparse
 
@@ -504,8 +573,13 @@ def main() -> None:
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", default=None, help="npz of images, text_ids, text_mask, state, noise, actions, "
+                        "time: write --output with the velocity at x_t and the 10-step sample (no clipping)")
+    parser.add_argument("--output", default=None, help="npz to write with --inputs")
     args = parser.parse_args()
-    if args.count_params:
+    if args.inputs:
+        _parity_io(args)
+    elif args.count_params:
         _count_params(args.config, args.action_head)
     elif args.text_only:
         _generate_text(args)

@@ -1,0 +1,1 @@
+"""Builders of random test models and folders (no hub downloads)."""
