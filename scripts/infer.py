@@ -17,12 +17,13 @@ Inputs:
     --state_vector  required: the robot's current proprio state in robot units, exactly as many values
                     as the checkpoint's statistics have (7 for bridge: xyz, rpy, gripper). A missing or
                     wrong-sized vector stops with an error naming the expected length.
-    --seed          noise seed; without it a random seed is drawn and reported, so every printed
-                    prediction can be reproduced.
+    --seed          noise seed, an integer in [0, 2**63) (the policy server's rule); without it a
+                    random seed is drawn and reported, so every printed prediction can be reproduced.
 
 stdout gets one JSON document: the actions (H x A, robot units), the normalized actions, the seed and
 the inputs. With --save_predictions it is also written to DIR/prediction.json with the actions in
-DIR/actions.npy (float32 (H, A)). Errors go to stderr with exit status 2.
+DIR/actions.npy (float32 (H, A)). Errors go to stderr with exit status 2 (a bad --seed is refused by
+argparse before the checkpoint loads).
 """
 
 from __future__ import annotations
@@ -38,11 +39,20 @@ from typing import Any
 
 import numpy as np
 
+from pg_vla.utils.seeds import SEED_RULE, check_seed
 from pg_vla.utils.stdout import stdout_to_stderr
 
 
 class InputError(ValueError):
     """Bad command-line input: reported as 'error: ...' with exit status 2."""
+
+
+def seed_argument(text: str) -> int:
+    """--seed's argparse type: the same rule as the policy server's request seed."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {SEED_RULE}, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="the language instruction")
     parser.add_argument("--state_vector", nargs="+", type=float, default=None,
                         help="proprio state in robot units (required; the checkpoint's state size)")
-    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: a random one, reported)")
+    parser.add_argument("--seed", type=seed_argument, default=None,
+                        help=f"noise seed, {SEED_RULE} (default: a random one, reported)")
     parser.add_argument("--output_dir", default="runs/infer", help="where --save_predictions writes")
     parser.add_argument("--save_predictions", action="store_true", help="write prediction.json and actions.npy")
     parser.add_argument("--dataset_name", default=None, help="statistics to use when the run mixed datasets")

@@ -131,3 +131,21 @@ def test_cameras_and_state_are_checked_against_the_checkpoint(two_camera_checkpo
     # a one-camera checkpoint has no use for --image2_paths
     with pytest.raises(script.InputError, match="reads 1 camera \\['primary'\\]; --image2_paths has no camera"):
         script.match_cameras([[first], [second]], ["primary"])
+
+
+def test_seed_outside_the_servers_rule_is_an_argument_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seed follows the policy server's rule, an integer in [0, 2**63), and is checked before anything loads."""
+    missing = str(tmp_path / "no_checkpoint")  # never read: argparse stops first
+    done = _run("--checkpoint_path", missing, "--image1_paths", "frame.png", "--prompt", PROMPT, "--seed", "-1")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "argument --seed: must be an integer in [0, 2**63), got '-1'" in done.stderr
+
+    script = _load_script()
+    base = ["--checkpoint_path", missing, "--image1_paths", "frame.png", "--prompt", PROMPT, "--seed"]
+    for text in ("-1", "9223372036854775808", "1.5", "seven"):
+        with pytest.raises(SystemExit) as stopped:
+            script.main([*base, text])
+        assert stopped.value.code == 2
+        assert f"argument --seed: must be an integer in [0, 2**63), got '{text}'" in capsys.readouterr().err
+    for text, seed in (("0", 0), ("9223372036854775807", 2**63 - 1)):
+        assert script.parse_args([*base, text]).seed == seed

@@ -191,6 +191,45 @@ def test_bad_key_mappings_are_named(tmp_path: Path) -> None:
         ObservationKeys.load(tmp_path / "missing.yaml")
 
 
+SEED_ERROR = "'seed' must be an integer in [0, 2**63) or absent, got "
+
+
+def _history_decoder() -> RequestDecoder:
+    """The default keys for one camera, 7 state values and a 2-step state history."""
+    return RequestDecoder(ObservationKeys.load(None), {"primary": "observation/image"}, state_dim=7, cond_steps=2)
+
+
+@pytest.mark.parametrize("seed, expected", [
+    (None, None), (0, 0), (2**63 - 1, 2**63 - 1), (np.int64(3), 3), (np.int32(4), 4), (np.uint64(2**63 - 1), 2**63 - 1),
+    (np.zeros((), np.int64), 0), (np.array(5, np.int64), 5), (np.array(6, np.uint8), 6),
+])
+@pytest.mark.parametrize("state", [np.zeros(7, np.float32), np.zeros((2, 7), np.float32), [[0.0] * 7] * 2])
+def test_values_of_the_advertised_spec_are_accepted(seed: Any, expected: int | None, state: Any) -> None:
+    request = {"observation/image": np.zeros((32, 32, 3), np.uint8), "observation/state": state, "prompt": PROMPT}
+    if seed is not None:
+        request["seed"] = seed
+    decoded = _history_decoder().decode(request)
+    assert decoded.seed == expected and (expected is None or type(decoded.seed) is int)
+    assert decoded.observation.state.shape == np.shape(state)
+
+
+@pytest.mark.parametrize("seed, described", [
+    (True, "bool"), (np.bool_(False), "bool"), (np.array(True), "bool array of shape () holding True"),
+    (3.0, "float 3.0"), (np.float64(3.0), "float64 3.0"), (np.array(3.0), "float64 array of shape () holding 3.0"),
+    (-1, "int -1"), (np.int64(-1), "int64 -1"), (np.array(-1, np.int64), "int64 array of shape () holding -1"),
+    (2**63, "int 9223372036854775808"), (np.uint64(2**63), "uint64 9223372036854775808"),
+    (np.array(2**63, np.uint64), "uint64 array of shape () holding 9223372036854775808"),
+    (np.array([3]), "int64 array of shape (1,)"), (np.zeros((1, 1), np.int64), "int64 array of shape (1, 1)"),
+    ("7", "str"), (b"7", "bytes"),
+])
+def test_seeds_outside_the_spec_are_refused_with_the_key_named(seed: Any, described: str) -> None:
+    request = {"observation/image": np.zeros((32, 32, 3), np.uint8), "observation/state": np.zeros(7),
+               "prompt": PROMPT, "seed": seed}
+    with pytest.raises(RequestError) as refused:
+        _history_decoder().decode(request)
+    assert str(refused.value) == SEED_ERROR + described
+
+
 def test_batches_match_single_inference_and_isolate_bad_requests(policy: Policy) -> None:
     """The batch path the server uses, driven directly: same actions as Policy.infer, errors stay per request."""
     rng = np.random.default_rng(3)
@@ -280,6 +319,42 @@ def test_openpi_client_gets_metadata_and_the_in_process_actions(plain: ServerPro
     assert not np.allclose(client.infer(unseeded)["actions"], client.infer(unseeded)["actions"])
 
 
+def _value_for(entry: dict[str, Any], shape: str = "shape") -> Any:
+    """A value for one advertised field from its spec entry alone: the prompt's text, zeros of the shape and dtype."""
+    if entry["kind"] == "prompt":
+        assert entry["dtype"] == "str"
+        return PROMPT
+    return np.zeros(entry[shape], dtype=np.dtype(entry["dtype"]))
+
+
+def test_a_request_built_from_the_advertised_spec_alone_is_answered(plain: ServerProcess, policy: Policy) -> None:
+    client = WebsocketClientPolicy(plain.host, plain.port)
+    meta = client.get_server_metadata()
+    spec = meta["observation_spec"]
+    request = {key: _value_for(entry) for key, entry in spec.items()}  # every key, the optional seed too
+    assert sorted(request) == ["observation/image", "observation/state", "prompt", "seed"]
+    assert request["seed"].shape == () and request["seed"].dtype == np.int64  # sent as a 0-d array
+    action_shape = (meta["action_horizon"], meta["action_dim"])
+    assert action_shape == (4, 7)  # the tiny checkpoint's horizon and bridge's action size
+
+    blank = Observation(images={"primary": np.zeros((32, 32, 3), np.uint8)}, state=np.zeros(7), prompt=PROMPT)
+    expected = {seed: policy.infer(blank, seed=seed)["actions"] for seed in (0, 3)}
+    reply = client.infer(request)
+    assert reply["actions"].shape == action_shape and reply["actions"].dtype == np.float32
+    np.testing.assert_allclose(reply["actions"], expected[0], atol=ACTION_ATOL)
+
+    # the state's history form, then the seed as a numpy scalar, a Python int and a nonzero 0-d array
+    state_spec = spec["observation/state"]
+    assert state_spec["history_shape"] == [1, 7]  # cond_steps 1, 7 state values
+    variants = [({"observation/state": _value_for(state_spec, "history_shape")}, 0),
+                ({"seed": np.int64(0)}, 0), ({"seed": 0}, 0), ({"seed": np.array(3, np.int64)}, 3)]
+    for change, seed in variants:
+        actions = client.infer({**request, **change})["actions"]
+        assert actions.shape == action_shape
+        np.testing.assert_allclose(actions, expected[seed], atol=ACTION_ATOL)
+    assert not np.allclose(expected[0], expected[3])  # the seed did reach the noise
+
+
 def test_messages_above_one_mib_pass_and_oversized_ones_are_refused(plain: ServerProcess) -> None:
     rng = np.random.default_rng(1)
     client = WebsocketClientPolicy(plain.host, plain.port)
@@ -323,8 +398,12 @@ def _malformed_requests() -> list[tuple[str | bytes, str]]:
         (edit(observation__state=np.full(7, np.nan)), "contains NaN"),
         (edit(prompt=5), "'prompt' must be a string (the instruction), got int 5"),
         (edit(prompt=b"bytes"), "'prompt' must be a string (the instruction), got bytes"),
-        (edit(seed=-1), "'seed' must be an integer in [0, 2**63)"),
-        (edit(seed="7"), "'seed' must be an integer in [0, 2**63)"),
+        (edit(seed=-1), SEED_ERROR + "int -1"),
+        (edit(seed="7"), SEED_ERROR + "str"),
+        (edit(seed=True), SEED_ERROR + "bool"),
+        (edit(seed=np.array(2**63, np.uint64)), SEED_ERROR + "uint64 array of shape () holding 9223372036854775808"),
+        (edit(seed=np.array(3.0)), SEED_ERROR + "float64 array of shape () holding 3.0"),
+        (edit(seed=np.array([3])), SEED_ERROR + "int64 array of shape (1,)"),
         (msgpack.packb({**{k: v for k, v in valid.items() if k != "observation/state"},
                         "observation/state": {b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f8",
                                               b"shape": [7]}}, default=client_msgpack.pack_array),

@@ -168,12 +168,14 @@ class Policy:
         return self.config.horizon_steps
 
     def observation_spec(self) -> dict[str, dict[str, Any]]:
-        """What `infer` reads: for each field its shape, dtype and kind (image / state / prompt)."""
+        """What `infer` reads: for each field its shape, dtype and kind (image / state / prompt); the state's
+        history_shape is the other accepted form, (cond_steps, P)."""
         size = self.config.vision.image_size
         spec = {role: {"shape": [size, size, 3], "dtype": "uint8", "kind": "image",
                        "note": "any H x W is resized"} for role in self.camera_roles}
-        spec["state"] = {"shape": [self.state_dim], "dtype": "float32", "kind": "state",
-                         "note": f"or [{self.config.cond_steps}, {self.state_dim}] with history"}
+        history = [self.config.cond_steps, self.state_dim]
+        spec["state"] = {"shape": [self.state_dim], "dtype": "float32", "kind": "state", "history_shape": history,
+                         "note": f"or {history} with history (history_shape, oldest first)"}
         spec["prompt"] = {"shape": [], "dtype": "str", "kind": "prompt"}
         return spec
 

@@ -6,8 +6,8 @@ A robot's client sends a flat dict (msgpack map) per step, e.g. with the default
 
 `ObservationKeys` says which key is which (config/serve/*.yaml), `RequestDecoder` validates a request
 against the policy (every camera present as uint8 (H, W, 3), P state values, a string prompt, an
-integer seed) and raises `RequestError` naming the key and the problem. Keys the mapping does not
-name are ignored, so clients may send extra fields.
+integer seed by `pg_vla.utils.seeds`' rule) and raises `RequestError` naming the key and the problem.
+Keys the mapping does not name are ignored, so clients may send extra fields.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from pg_vla.policy import Observation, Policy
-
-SEED_LIMIT = 2**63  # seeds are non-negative int64 values (torch.Generator.manual_seed)
+from pg_vla.utils.seeds import SEED_RULE, check_seed
 
 # The same mapping as config/serve/default.yaml (openpi's single-arm key names).
 DEFAULT_KEYS: dict[str, Any] = {
@@ -189,16 +188,19 @@ class RequestDecoder:
         key = self.keys.seed
         if key is None or message.get(key) is None:
             return None
-        value = message[key]
-        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and \
-                0 <= int(value) < SEED_LIMIT:
-            return int(value)
-        raise RequestError(f"{key!r} must be an integer in [0, 2**63) or absent, got {_describe(value)}")
+        value = message[key]  # an int, a numpy integer or a 0-d integer array
+        try:
+            return check_seed(value)
+        except ValueError:
+            raise RequestError(f"{key!r} must be {SEED_RULE} or absent, got {_describe(value)}") from None
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {value.shape}"
+        held = f" holding {value.item()!r}" if value.ndim == 0 else ""
+        return f"{value.dtype} array of shape {value.shape}{held}"
+    if isinstance(value, np.number):  # before float: np.float64 is a float
+        return f"{value.dtype} {value.item()!r}"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{type(value).__name__} {value!r}"
     return type(value).__name__
@@ -221,8 +223,9 @@ def server_metadata(policy: Policy, decoder: RequestDecoder, **extra: Any) -> di
     spec[decoder.keys.prompt] = policy_spec["prompt"]
     if decoder.keys.seed:
         spec[decoder.keys.seed] = {"shape": [], "dtype": "int64", "kind": "seed", "optional": True,
-                                   "note": "noise seed in [0, 2**63): the same seed and observation give the same "
-                                           "actions; absent -> fresh noise"}
+                                   "note": f"noise seed, {SEED_RULE} (a 0-d array, numpy or Python integer): "
+                                           "the same seed and observation give the same actions; absent -> fresh "
+                                           "noise"}
     return {
         "policy_name": policy.name,
         "dataset_name": policy.dataset_name,
