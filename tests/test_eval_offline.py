@@ -189,6 +189,44 @@ def test_rlds_data_config_uses_the_checkpoint_statistics(episodes, tiny_policy_c
                                       mix="oxe_simple"), policy, tiny_policy_checkpoint)
 
 
+def test_run_config_normalization_and_image_resize_carry_over(episodes, tiny_policy_checkpoint, tmp_path):
+    """A checkpoint trained with data.normalization=quantile and data.image_resize=pad: the eval data is read
+    with both, truths normalized with openpi's pi0.5 formula (by hand) and de-normalized back exactly."""
+    import shutil
+
+    from pg_vla.eval.offline import OfflineEvalConfig, data_config, run
+    from pg_vla.policy import Policy
+
+    data, raw_actions = episodes
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_policy_checkpoint, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["data"].update(normalization="quantile", image_resize="pad")
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    cfg = OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(data)],
+                            output_dir=str(tmp_path / "out"), batch_size=4, num_workers=0, save_predictions=True)
+    policy = Policy.from_checkpoint(checkpoint)
+    options = data_config(cfg, policy, checkpoint)
+    assert options["normalization"] == "quantile" and options["image_resize"] == "pad"
+    rlds = data_config(OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(tmp_path)],
+                                         output_dir="y"), policy, checkpoint)
+    assert rlds["normalization"] == "quantile" and rlds["image_resize"] == "pad"
+    run(cfg)
+    p = _read_predictions(tmp_path / "out" / "predictions.csv")
+    stats = json.loads(BRIDGE_STATISTICS.read_text())["action"]
+    low, high = np.array(stats["p01"]), np.array(stats["p99"])
+    for i, (episode, step) in enumerate(zip(p["episode_id"], p["step"])):
+        action = raw_actions[int(episode[2:])].astype(np.float64)
+        chunk = action[np.minimum(step + np.arange(HORIZON), len(action) - 1)]  # (H, A)
+        expected = 2 * (chunk - low) / (high - low + 1e-6) - 1
+        expected[:, -1] = chunk[:, -1]  # the gripper is not normalized
+        np.testing.assert_allclose(p["true_norm"][i], expected, atol=FLOAT32)
+        np.testing.assert_allclose(p["true"][i], chunk, atol=FLOAT32)
+    unnormalized = (p["pred_norm"] + 1) / 2 * (high - low + 1e-6) + low  # not clipped
+    unnormalized[..., -1] = p["pred_norm"][..., -1]
+    np.testing.assert_allclose(p["pred"], unnormalized, atol=1e-9)
+
+
 def test_discrete_head_trains_and_serves_without_code_changes(episodes, tiny_checkpoint_dir, tmp_path):
     """`model.action_head=discrete` through the trainer (with validation) and Policy, nothing else changed."""
     from pg_vla.model.checkpoint import load_model

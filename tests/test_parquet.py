@@ -239,7 +239,8 @@ def handmade(tmp_path) -> tuple[Path, list]:
     return tmp_path / "data", episodes
 
 
-@pytest.mark.parametrize("normalization, normalize_gripper", [("bounds", False), ("gaussian", True)])
+@pytest.mark.parametrize("normalization, normalize_gripper", [("bounds", False), ("gaussian", True),
+                                                              ("mean_std", False), ("quantile", True)])
 def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalization, normalize_gripper):
     folder, episodes = handmade
     cond, horizon = 2, 3
@@ -257,11 +258,13 @@ def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalizati
     np.testing.assert_allclose(st.action.std, actions.std(0), rtol=1e-12)
 
     def norm(x, values, mask):
+        low, high = np.quantile(values, 0.01, axis=0), np.quantile(values, 0.99, axis=0)
         if normalization == "bounds":
-            low, high = np.quantile(values, 0.01, axis=0), np.quantile(values, 0.99, axis=0)
             y = np.clip(2 * (x - low) / (high - low) - 1, -1, 1)
-        else:
-            y = (x - values.mean(0)) / values.std(0)
+        elif normalization == "quantile":  # openpi pi0.5: not clipped
+            y = 2 * (x - low) / (high - low + 1e-6) - 1
+        else:  # mean_std (openpi pi0), gaussian its other name
+            y = (x - values.mean(0)) / (values.std(0) + 1e-6)
         return np.where(mask, y, x)
 
     gripper_mask = np.array([True, True, normalize_gripper])

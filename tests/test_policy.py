@@ -98,3 +98,52 @@ def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path
     with pytest.raises(ValueError, match="no statistics"):
         Policy.from_checkpoint(mixed, dataset_name="kuka")
     assert Policy.from_checkpoint(mixed, dataset_name="bridge_dataset").action_dim == 7
+
+
+def _with_data_settings(checkpoint: Path, folder: Path, **data) -> Path:
+    """A copy of `checkpoint` whose run config says `data.<key>=<value>` for the given keys."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["data"].update(data)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("normalization", ["mean_std", "quantile", "gaussian"])
+def test_run_config_modes_reach_inference(tiny_policy_checkpoint: Path, tmp_path: Path, normalization: str) -> None:
+    """data.normalization and data.image_resize=pad of the run config: the state normalized and the actions
+    de-normalized with openpi's formulas (float64 by hand), images padded black."""
+    assert Policy.from_checkpoint(tiny_policy_checkpoint).processor.image_resize == "stretch"  # no key: stretch
+    folder = _with_data_settings(tiny_policy_checkpoint, tmp_path / "ckpt", normalization=normalization,
+                                 image_resize="pad")
+    policy = Policy.from_checkpoint(folder)
+    assert policy.processor.image_resize == "pad"
+    stats = json.loads((folder / "statistics" / "bridge_dataset.json").read_text())
+    obs = _observation(np.random.default_rng(4), size=(24, 64))  # wide: padded above and below
+    out = policy.infer(obs, seed=5)
+
+    def by_hand(kind: str, x: np.ndarray) -> np.ndarray:
+        st = {k: np.array(v) for k, v in stats[kind].items()}
+        if normalization == "quantile":
+            return 2 * (x - st["p01"]) / (st["p99"] - st["p01"] + 1e-6) - 1
+        return (x - st["mean"]) / (st["std"] + 1e-6)
+
+    state = by_hand("proprio", obs.state)
+    np.testing.assert_allclose(policy.normalize_state(obs.state)[0], state, rtol=1e-6, atol=1e-6)
+    images = policy.processor.preprocess_images(obs.images["primary"][None, None])  # (1, 1, 3, 32, 32)
+    assert policy.config.vision.image_size == 32  # 24x64 -> 12x32 content, 10 black rows above and below
+    assert torch.all(images[..., :10, :] == -1.0) and torch.all(images[..., 22:, :] == -1.0)
+    assert (images[0, 0, :, 10:22, :] != -1.0).any(dim=0).any(dim=-1).all()  # every content row has content
+    text = policy.processor.tokenize([PROMPT])
+    noise = torch.randn((1, 4, 7), generator=torch.Generator().manual_seed(5))
+    normalized = policy.model.sample_actions(images, text["input_ids"], text["attention_mask"],
+                                             torch.tensor(state, dtype=torch.float32)[None, None], noise=noise)
+    normalized = normalized[0].double().numpy()
+    np.testing.assert_allclose(out["normalized_actions"], normalized, atol=1e-5)
+    st = {k: np.array(v) for k, v in stats["action"].items()}
+    if normalization == "quantile":
+        expected = (normalized + 1) / 2 * (st["p99"] - st["p01"] + 1e-6) + st["p01"]
+    else:
+        expected = normalized * (st["std"] + 1e-6) + st["mean"]
+    expected[:, 6] = normalized[:, 6]  # the gripper stays as the model predicted it
+    np.testing.assert_allclose(out["actions"], expected, rtol=1e-5, atol=1e-5)

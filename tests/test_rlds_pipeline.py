@@ -403,9 +403,10 @@ def test_train_batch_shapes_dtypes_ranges(real_root, stats_dir):
     assert info.datasets == [BRIDGE] and info.proprio_dim == 7 and info.action_dim == 7
 
 
-@pytest.mark.parametrize("normalization", ["bounds", "gaussian"])
+@pytest.mark.parametrize("normalization", ["bounds", "gaussian", "mean_std", "quantile"])
 def test_normalization_options(synth_root, stats_dir, normalization):
-    """normalize_gripper=True normalizes the gripper action too; "gaussian" is (x - mean) / std, unclipped."""
+    """normalize_gripper=True normalizes the gripper action too; mean_std (= gaussian) is (x - mean) / (std + 1e-6)
+    and quantile 2 (x - p01) / (p99 - p01 + 1e-6) - 1, both unclipped (openpi's pi0 and pi0.5)."""
     batch, _ = collect(config(synth_root, "bridge", stats_dir, normalization=normalization, normalize_gripper=True,
                               cond_steps=1, horizon_steps=1))
     episodes = reference(synth_root, BRIDGE)
@@ -414,10 +415,13 @@ def test_normalization_options(synth_root, stats_dir, normalization):
     raw_proprio = np.stack([episodes[k].proprio[t] for k, t in zip(batch["tfds_id"], batch["step"])])
     for got, raw, st in ((batch["actions"][:, 0], raw_action, ref["action"]),
                          (batch["proprio"][:, 0], raw_proprio, ref["proprio"])):
+        raw = raw.astype(np.float64)
         if normalization == "bounds":
-            expected = ref_bounds(raw.astype(np.float64), st, True)
+            expected = ref_bounds(raw, st, True)
+        elif normalization == "quantile":
+            expected = 2 * (raw - st["p01"]) / (st["p99"] - st["p01"] + 1e-6) - 1
         else:
-            expected = (raw - st["mean"]) / st["std"]
+            expected = (raw - st["mean"]) / (st["std"] + 1e-6)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
     if normalization == "bounds":  # synthetic gripper actions are 0/1: p01 = 0, p99 = 1
         assert set(np.unique(batch["actions"][:, 0, 6])) == {-1.0, 1.0}

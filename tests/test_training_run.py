@@ -41,6 +41,19 @@ def test_batch_sizes_must_divide(tmp_path):
         TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4, "data_path": str(tmp_path)}, log_dir=str(tmp_path))
 
 
+def test_tokenizer_path_must_be_a_folder_holding_a_tokenizer(tmp_path):
+    common = dict(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path))
+    assert TrainConfig(**common).tokenizer_path is None  # default: the tokenizer of pretrained_model_path
+    with pytest.raises(FileNotFoundError, match="tokenizer_path .*missing does not exist"):
+        TrainConfig(**common, tokenizer_path=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+        TrainConfig(**common, tokenizer_path=str(tmp_path / "empty"))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.model").write_bytes(b"")
+    assert TrainConfig(**common, tokenizer_path=str(tmp_path / "tok")).tokenizer_path == str(tmp_path / "tok")
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     """A 4-step quickstart run with a checkpoint every 2 steps, then resumed to step 6."""

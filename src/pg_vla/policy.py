@@ -3,14 +3,18 @@
 Evaluation adapters, the policy server and the single-example inference command all go through
 `Policy`, so they share one preprocessing and postprocessing path with training:
 
-    images (uint8, any size)  -> resized to the model's image size, scaled to [-1, 1]   (VLAProcessor)
-    state  (robot units)      -> normalized with the run's statistics JSON, zero-padded to the model's proprio_dim
+    images (uint8, any size)  -> resized to the model's image size as the run's `data.image_resize` says
+                                 (stretch, or pad: aspect kept, black borders), scaled to [-1, 1]   (VLAProcessor)
+    state  (robot units)      -> normalized with the run's statistics JSON and `data.normalization` mode,
+                                 zero-padded to the model's proprio_dim
     prompt (text)             -> tokenized like the training batches
-    flow-matching sample      -> normalized chunk (H, A_model) -> first A_dataset dims -> de-normalized
+    flow-matching sample      -> normalized chunk (H, A_model) -> first A_dataset dims -> de-normalized (the
+                                 inverse of the training normalization)
 
 A checkpoint folder is what training writes (`pg_vla.training.checkpoint`): model.safetensors (the
 averaged EMA/SWA weights when training kept an average), config.json, statistics/<dataset>.json and
-tokenizer/. `Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then
+tokenizer/. Run configs without `data.normalization` / `data.image_resize` mean bounds / stretch (the
+defaults). `Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then
 takes the newest complete checkpoint. Nothing here imports tensorflow.
 """
 
@@ -145,7 +149,8 @@ class Policy:
         if not tokenizer_dir.is_dir():
             raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ folder: the prompt cannot be tokenized")
         processor = VLAProcessor.from_pretrained(tokenizer_dir, max_text_tokens=cfg.max_text_tokens,
-                                                 image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras)
+                                                 image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras,
+                                                 image_resize=data.get("image_resize", "stretch"))
         roles = data.get("camera_roles") or ["primary"] * cfg.num_cameras
         policy = cls(model, processor, statistics, dataset_name=dataset_name, camera_roles=roles,
                      normalization=data.get("normalization", "bounds"),

@@ -6,14 +6,26 @@ The statistics JSON (one per dataset; `config/bridge_statistics.json` and `confi
      "proprio": {... same keys ...},
      "num_transitions": int, "num_trajectories": int}
 
-Two normalizations:
-    bounds    x -> 2 (x - p01) / (p99 - p01) - 1, clipped to [-1, 1]   (pi0 / open-pi-zero default)
-    gaussian  x -> (x - mean) / std
+Normalization modes (`data.normalization`), each an affine map per dimension with its exact inverse:
+
+    mode       normalize x -> y                                    unnormalize y -> x
+    bounds     2 (x - p01) / (p99 - p01) - 1, clipped to [-1, 1]   (clip(y, -1, 1) + 1) / 2 (p99 - p01) + p01
+    mean_std   (x - mean) / (std + 1e-6)                           y (std + 1e-6) + mean                  openpi pi0
+    quantile   2 (x - p01) / (p99 - p01 + 1e-6) - 1, not clipped   (y + 1) / 2 (p99 - p01 + 1e-6) + p01   openpi pi0.5
+    gaussian   another name of mean_std (accepted in older run configs)
+
+All three are one table per statistics (`NormalizationParams`): y = (x - offset) * gain + bias,
+clipped to [-1, 1] when the mode clips, and x = (y - bias) * scale + offset (y clipped first when the
+mode clips), with offset p01 or mean, bias -1 or 0, gain 2 / (p99 - p01 [+ 1e-6]) or 1 / (std + 1e-6)
+and scale its reciprocal. numpy and torch (`Normalizer`, in the input's float type) and tensorflow
+(`pg_vla.data.rlds.trajectory.normalize_tf`, float32) evaluate that same table. Constant dimensions:
+under `bounds` a dimension whose bounds coincide (p99 - p01 < 1e-8) gets gain 0 and bias 0, so it
+maps to 0 and back to its constant; under `mean_std` and `quantile` the 1e-6 keeps the map finite
+(the constant maps to 0 under mean_std and to -1 under quantile, as in openpi) and the inverse holds.
 
 A per-dimension mask leaves some dimensions as they are: by default the gripper action keeps its
-0 (closed) .. 1 (open) convention. Dimensions whose bounds coincide (p99 == p01, e.g. a constant
-joint) map to 0 and unnormalize back to that constant. Training, evaluation and serving read the
-statistics through this module with plain JSON, so none of them needs tensorflow.
+0 (closed) .. 1 (open) convention. Training, evaluation and serving read the statistics through this
+module with plain JSON, so none of them needs tensorflow.
 """
 
 from __future__ import annotations
@@ -27,9 +39,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-NormalizationMode = Literal["bounds", "gaussian"]
+NormalizationMode = Literal["bounds", "mean_std", "quantile", "gaussian"]
+NORMALIZATIONS = ("bounds", "mean_std", "quantile")
+ALIASES = {"gaussian": "mean_std"}
 STAT_KEYS = ("mean", "std", "min", "max", "p01", "p99")
-EPS = 1e-8
+EPS = 1e-8  # bounds: narrower ranges count as constant
+OPENPI_EPS = 1e-6  # mean_std and quantile: added to the denominator (openpi's transforms.Normalize)
 
 
 @dataclass
@@ -112,29 +127,79 @@ class DatasetStatistics:
                    extra=extra)
 
 
-class Normalizer:
-    """normalize / unnormalize for one array kind; works on numpy arrays and torch tensors (..., D)."""
+def normalization_mode(mode: str) -> str:
+    """The canonical name of a `data.normalization` value (aliases resolved); ValueError names the accepted ones."""
+    if mode in NORMALIZATIONS:
+        return mode
+    if mode in ALIASES:
+        return ALIASES[mode]
+    accepted = ", ".join([*NORMALIZATIONS, *(f"{a} (= {c})" for a, c in ALIASES.items())])
+    raise ValueError(f"unknown normalization {mode!r}; accepted: {accepted}")
 
-    def __init__(self, stats: ArrayStatistics, mode: NormalizationMode = "bounds", mask: list[bool] | None = None):
-        if mode not in ("bounds", "gaussian"):
-            raise ValueError(f"unknown normalization {mode!r} (bounds or gaussian)")
+
+@dataclass(frozen=True)
+class NormalizationParams:
+    """The affine table of one mode and statistics; every field but `clip` has shape (D,).
+
+    normalize    y = (x - offset) * gain + bias, clipped to [-1, 1] if `clip`; x where `mask` is False
+    unnormalize  x = (y - bias) * scale + offset (y clipped to [-1, 1] first if `clip`); y where `mask` is False
+
+    Subtracting the statistic itself (p01 or mean) first keeps openpi's order of operations, so a
+    constant dimension lands exactly on -1 (quantile) or 0 (mean_std) in float32 too.
+    """
+
+    offset: np.ndarray  # float64: p01 (bounds, quantile) or mean (mean_std)
+    gain: np.ndarray  # float64: 2 / (p99 - p01 [+ 1e-6]) or 1 / (std + 1e-6); 0 on a constant bounds dimension
+    bias: np.ndarray  # float64: -1 (bounds, quantile) or 0 (mean_std, a constant bounds dimension)
+    scale: np.ndarray  # float64: 1 / gain, (p99 - p01) / 2 on a constant bounds dimension
+    mask: np.ndarray  # bool, True where the dimension is normalized
+    clip: bool
+
+    @classmethod
+    def from_statistics(cls, stats: ArrayStatistics, mode: str, mask: list[bool] | None = None
+                        ) -> "NormalizationParams":
+        mode = normalization_mode(mode)
         mask = [True] * stats.dim if mask is None else list(mask)
         if len(mask) != stats.dim:
             raise ValueError(f"normalization mask has {len(mask)} entries for {stats.dim} dimensions")
-        self.mode = mode
-        self.mask = np.asarray(mask, dtype=bool)
-        if mode == "bounds":
-            self.low, self.high = stats.p01, stats.p99
-            self.degenerate = (self.high - self.low) < EPS
+        if mode == "mean_std":
+            offset, scale, bias = stats.mean, stats.std + OPENPI_EPS, 0.0
+            gain = 1.0 / scale
         else:
-            self.low, self.high = stats.mean, stats.std  # centre, scale
-            self.degenerate = self.high < EPS
+            eps = OPENPI_EPS if mode == "quantile" else 0.0
+            constant = (stats.p99 - stats.p01) < EPS if mode == "bounds" else np.zeros(stats.dim, bool)
+            offset, scale, bias = stats.p01, (stats.p99 - stats.p01 + eps) / 2.0, np.where(constant, 0.0, -1.0)
+            gain = np.where(constant, 0.0, 2.0 / np.where(constant, 1.0, stats.p99 - stats.p01 + eps))
+        f64 = lambda a: np.broadcast_to(np.asarray(a, np.float64), (stats.dim,)).copy()  # noqa: E731
+        return cls(offset=f64(offset), gain=f64(gain), bias=f64(bias), scale=f64(scale), mask=np.asarray(mask, bool),
+                   clip=mode == "bounds")
 
-    def _params(self, like):
+
+class Normalizer:
+    """normalize / unnormalize for one array kind: numpy arrays and torch tensors (..., D).
+
+    Floating inputs are computed in their own dtype (float32 batches in float32, like the tf pipeline);
+    other inputs in float64.
+    """
+
+    def __init__(self, stats: ArrayStatistics, mode: NormalizationMode = "bounds", mask: list[bool] | None = None):
+        self.mode = normalization_mode(mode)
+        self.params = NormalizationParams.from_statistics(stats, self.mode, mask)
+        self.mask = self.params.mask
+
+    def _table(self, like):
+        """(x, offset, gain, bias, scale, mask, clip, where) in the array library and float type of `like`."""
+        p = self.params
         if isinstance(like, torch.Tensor):
-            to = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
-            return to(self.low), to(self.high), to(self.mask), to(self.degenerate), torch.clamp, torch.where
-        return self.low, self.high, self.mask, self.degenerate, np.clip, np.where
+            dtype = like.dtype if like.is_floating_point() else torch.float64
+            to = lambda a: torch.as_tensor(a, dtype=dtype, device=like.device)  # noqa: E731
+            return (like.to(dtype), to(p.offset), to(p.gain), to(p.bias), to(p.scale),
+                    torch.as_tensor(p.mask, device=like.device), torch.clamp, torch.where)
+        like = np.asarray(like)
+        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+        to = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+        return (like.astype(dtype, copy=False), to(p.offset), to(p.gain), to(p.bias), to(p.scale), p.mask, np.clip,
+                np.where)
 
     def _check(self, x) -> None:
         if x.shape[-1] != len(self.mask):
@@ -142,22 +207,17 @@ class Normalizer:
 
     def normalize(self, x):
         self._check(x)
-        low, high, mask, degenerate, clip, where = self._params(x)
-        if self.mode == "bounds":
-            y = clip(2.0 * (x - low) / where(degenerate > 0, 1.0, high - low) - 1.0, -1.0, 1.0)
-        else:
-            y = (x - low) / where(degenerate > 0, 1.0, high)
-        y = where(degenerate > 0, 0.0 * x, y)
-        return where(mask > 0, y, x)
+        x, offset, gain, bias, _, mask, clip, where = self._table(x)
+        y = (x - offset) * gain + bias
+        if self.params.clip:
+            y = clip(y, -1.0, 1.0)
+        return where(mask, y, x)
 
     def unnormalize(self, y):
         self._check(y)
-        low, high, mask, degenerate, clip, where = self._params(y)
-        if self.mode == "bounds":
-            x = (clip(y, -1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
-        else:
-            x = y * high + low
-        return where(mask > 0, x, y)
+        y, offset, _, bias, scale, mask, clip, where = self._table(y)
+        x = ((clip(y, -1.0, 1.0) if self.params.clip else y) - bias) * scale + offset
+        return where(mask, x, y)
 
 
 def default_action_mask(action_dim: int, gripper_dims: int = 1) -> list[bool]:

@@ -51,6 +51,8 @@ class TrainConfig:
     pretrained_model_path: str  # PaliGemma checkpoint folder (weights, tokenizer, config.json)
     data: dict[str, Any]  # RLDSConfig fields except batch_size (per_device_batch_size sets it)
     log_dir: str
+    tokenizer_path: str | None = None  # PaliGemma tokenizer folder (tokenizer.json / tokenizer.model), for a
+    #                                    pretrained_model_path without one (pi0 weights); None: the tokenizer there
     n_updates: int = 1000
     seed: int = 0
     global_batch_size: int = 1024
@@ -92,6 +94,14 @@ class TrainConfig:
                              "(or set TRANSFORMERS_CACHE / the config's default)")
         if not os.path.isdir(self.pretrained_model_path):
             raise FileNotFoundError(f"pretrained_model_path {self.pretrained_model_path} does not exist")
+        if self.tokenizer_path:  # "" as null
+            from pg_vla.model.paligemma.processing import TOKENIZER_FILES
+
+            if not os.path.isdir(self.tokenizer_path):
+                raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} does not exist")
+            if not any(os.path.isfile(os.path.join(self.tokenizer_path, name)) for name in TOKENIZER_FILES):
+                raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} holds no tokenizer (expected one of "
+                                        f"{TOKENIZER_FILES}, e.g. a google/paligemma-3b-pt-224 folder)")
         if not self.log_dir:
             raise ValueError("log_dir is not set (set VLA_LOG_DIR or pass log_dir=...)")
         from pg_vla.data.sources import check_paths

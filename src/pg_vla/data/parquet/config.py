@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pg_vla.data.image_resize import image_resize_mode
+from pg_vla.data.normalization import normalization_mode
 from pg_vla.data.rlds.dataset_configs import CAMERA_ROLES
 
 LOGICAL_COLUMNS = ("image_1", "image_2", "state", "action", "is_first", "is_last", "is_terminal", "prompt",
                    "episode_id")
 REQUIRED_COLUMNS = ("image_1", "state", "action", "is_first", "prompt")
-NORMALIZATIONS = ("bounds", "gaussian")
 
 
 @dataclass
@@ -47,11 +48,12 @@ class ParquetConfig:
     action_dim: int | None = None
     train: bool = True  # shuffle and repeat forever; False: one ordered pass
     image_size: int = 224
+    image_resize: str = "stretch"  # or "pad": aspect ratio kept, black padding (pi0); see data/image_resize.py
     cond_steps: int = 1
     horizon_steps: int = 4
     batch_size: int = 16
     skip_unlabeled: bool = True  # drop episodes whose first prompt is empty, as the RLDS path does
-    normalization: str = "bounds"  # or "gaussian"
+    normalization: str = "bounds"  # or mean_std (pi0), quantile (pi0.5); gaussian = mean_std. See normalization.py
     normalize_gripper: bool = False  # the trailing `gripper_dims` action dims keep their 0..1 unless set
     gripper_dims: int = 1
     statistics_path: str | None = None  # fixed statistics JSON (e.g. the training set's for validation)
@@ -80,8 +82,8 @@ class ParquetConfig:
             raise ValueError("camera_roles is empty")
         if self.image_1_role == self.image_2_role:
             raise ValueError(f"image_1 and image_2 both have the camera role {self.image_1_role!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {self.normalization!r}; known: {NORMALIZATIONS}")
+        normalization_mode(self.normalization)
+        image_resize_mode(self.image_resize)
         for name in ("cond_steps", "horizon_steps", "batch_size", "image_size", "shuffle_buffer", "cycle_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -59,17 +59,8 @@ class Frame:
 
 
 def normalize_f32(x: np.ndarray, normalizer: Normalizer) -> np.ndarray:
-    """`Normalizer.normalize` in float32 arithmetic (the RLDS path normalizes float32 tensors)."""
-    f32 = np.float32
-    low, high = normalizer.low.astype(f32), normalizer.high.astype(f32)
-    x = x.astype(f32)
-    if normalizer.mode == "bounds":
-        y = np.clip(f32(2.0) * (x - low) / np.where(normalizer.degenerate, f32(1.0), high - low) - f32(1.0),
-                    f32(-1.0), f32(1.0))
-    else:
-        y = (x - low) / np.where(normalizer.degenerate, f32(1.0), high)
-    y = np.where(normalizer.degenerate, f32(0.0), y)
-    return np.where(normalizer.mask, y, x).astype(f32)
+    """`Normalizer.normalize` in float32 arithmetic, as the RLDS path normalizes its float32 tensors."""
+    return normalizer.normalize(np.asarray(x, np.float32))
 
 
 def windows(length: int, cond_steps: int, horizon_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +93,12 @@ def episode_frames(episode: Episode, proprio_norm: Normalizer, action_norm: Norm
     return frames
 
 
-def decode_frame_images(frame: Frame, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_frame_images(frame: Frame, image_size: int, image_resize: str = "stretch") -> tuple[np.ndarray, np.ndarray]:
     """-> images (N, S, S, 3) uint8, image_mask (N,) bool; undecodable bytes name file, row, column."""
     images, present = [], []
     for encoded, source in zip(frame.images, frame.image_sources):
         try:
-            image, ok = decode_and_resize(encoded, image_size)
+            image, ok = decode_and_resize(encoded, image_size, image_resize)
         except ImageDecodeError as err:
             file, row, column = source
             raise ParquetDataError(file, row, column, str(err)) from err
@@ -116,9 +107,10 @@ def decode_frame_images(frame: Frame, image_size: int) -> tuple[np.ndarray, np.n
     return np.stack(images), np.asarray(present, bool)
 
 
-def make_batch(frames: list[Frame], image_size: int) -> dict[str, np.ndarray | list[str]]:
+def make_batch(frames: list[Frame], image_size: int, image_resize: str = "stretch"
+               ) -> dict[str, np.ndarray | list[str]]:
     """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists)."""
-    decoded = [decode_frame_images(f, image_size) for f in frames]
+    decoded = [decode_frame_images(f, image_size, image_resize) for f in frames]
     return {
         "images": np.stack([d[0] for d in decoded]),  # (B, N, S, S, 3) uint8
         "image_mask": np.stack([d[1] for d in decoded]),  # (B, N)
@@ -147,13 +139,13 @@ def shuffled(frames: Iterable[Frame], buffer_size: int, rng: np.random.Generator
     yield from buffer
 
 
-def batched(frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool
-            ) -> Iterator[dict[str, np.ndarray | list[str]]]:
+def batched(frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool,
+            image_resize: str = "stretch") -> Iterator[dict[str, np.ndarray | list[str]]]:
     pending: list[Frame] = []
     for frame in frames:
         pending.append(frame)
         if len(pending) == batch_size:
-            yield make_batch(pending, image_size)
+            yield make_batch(pending, image_size, image_resize)
             pending = []
     if pending and not drop_remainder:
-        yield make_batch(pending, image_size)
+        yield make_batch(pending, image_size, image_resize)

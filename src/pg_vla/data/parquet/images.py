@@ -3,7 +3,8 @@
 The RLDS pipeline (`pg_vla.data.rlds.frames.decode_and_resize`) decodes with
 `tf.io.decode_image(channels=3)` and, when the frame is not `size x size`, resizes with
 `tf.image.resize(float32, method="bilinear", antialias=True)`, rounds half to even, clips to
-0..255 and casts to uint8. Both are reproduced here exactly:
+0..255 and casts to uint8; with `image_resize="pad"` it resizes to the content box of
+`pg_vla.data.image_resize.pad_box` and pads with black. All of it is reproduced here exactly:
 
 - JPEG: TensorFlow's decoder (libjpeg-turbo) uses the fast integer inverse DCT, then "fancy"
   (triangle-filter) chroma upsampling and the integer YCbCr -> RGB conversion. Pillow's own decode
@@ -27,6 +28,8 @@ import io
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from pg_vla.data.image_resize import image_resize_mode, pad_box
 
 Image.MAX_IMAGE_PIXELS = None  # robot frames are trusted data; no decompression-bomb warning
 
@@ -195,19 +198,30 @@ def _gather(image: np.ndarray, axis: int, output_size: int) -> np.ndarray:
     return out
 
 
-def resize_like_tensorflow(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (S, S, 3) uint8, as `frames._resize` computes it."""
+def resize_like_tensorflow(image: np.ndarray, size: int, width: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, width or size, 3) uint8, as `frames._resize` computes it."""
     x = image.astype(np.float32)
     x = _gather(x, 0, size)  # (S, W, 3): rows first, as TensorFlow's kernel does
-    x = _gather(x, 1, size)  # (S, S, 3)
+    x = _gather(x, 1, size if width is None else width)  # (S, width or S, 3)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def decode_and_resize(encoded: bytes | None, size: int) -> tuple[np.ndarray, bool]:
-    """Encoded image (None or b"": absent camera) -> ((S, S, 3) uint8, present)."""
+def resize_with_pad_like_tensorflow(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (S, S, 3) uint8: the content resized into `pad_box`, black around it."""
+    box = pad_box(image.shape[0], image.shape[1], size)
+    out = np.zeros((size, size, 3), np.uint8)
+    content = resize_like_tensorflow(image, box.height, box.width)  # (h, w, 3)
+    out[box.top:box.top + box.height, box.left:box.left + box.width] = content
+    return out
+
+
+def decode_and_resize(encoded: bytes | None, size: int, image_resize: str = "stretch") -> tuple[np.ndarray, bool]:
+    """Encoded image (None or b"": absent camera) -> ((S, S, 3) uint8, present); `image_resize` stretch or pad."""
+    resizers = {"stretch": resize_like_tensorflow, "pad": resize_with_pad_like_tensorflow}
+    resize = resizers[image_resize_mode(image_resize)]
     if not encoded:
         return np.zeros((size, size, 3), np.uint8), False
     image = decode_rgb(encoded)
     if image.shape[0] != size or image.shape[1] != size:
-        image = resize_like_tensorflow(image, size)
+        image = resize(image, size)
     return image, True

@@ -86,7 +86,7 @@ class ParquetBatches(IterableDataset):
             frames = shuffled(frames, cfg.shuffle_buffer, np.random.default_rng([seed, 1]))
         else:
             frames = ordered_frames(self.reader(), units)
-        return batched(frames, cfg.batch_size, cfg.image_size, drop_remainder=cfg.train)
+        return batched(frames, cfg.batch_size, cfg.image_size, drop_remainder=cfg.train, image_resize=cfg.image_resize)
 
     def __iter__(self):
         for batch in self.numpy_batches():

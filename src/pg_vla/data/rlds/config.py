@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pg_vla.data.image_resize import image_resize_mode
+from pg_vla.data.normalization import normalization_mode
 from pg_vla.data.rlds.dataset_configs import CAMERA_ROLES, get_mix
 
 
@@ -36,10 +38,11 @@ class RLDSConfig:
     deterministic: bool = False  # training stream reproducible from the seed (slower parallel maps); eval always is
     camera_roles: tuple[str, ...] = ("primary",)
     image_size: int = 224
+    image_resize: str = "stretch"  # or "pad": aspect ratio kept, black padding (pi0); see data/image_resize.py
     cond_steps: int = 1
     horizon_steps: int = 4
     skip_unlabeled: bool = True
-    normalization: str = "bounds"  # or "gaussian"
+    normalization: str = "bounds"  # or mean_std (pi0), quantile (pi0.5); gaussian = mean_std. See normalization.py
     normalize_gripper: bool = False  # the gripper action keeps 0..1 unless set
     batch_size: int = 16
     shuffle_buffer: int = 10_000  # frames (encoded)
@@ -63,6 +66,8 @@ class RLDSConfig:
         if unknown or not self.camera_roles:
             raise ValueError(f"camera_roles must be a non-empty subset of {CAMERA_ROLES}, got {self.camera_roles}")
         get_mix(self.mix)  # validates the name
+        normalization_mode(self.normalization)
+        image_resize_mode(self.image_resize)
         for name, value in (("cond_steps", self.cond_steps), ("horizon_steps", self.horizon_steps),
                             ("batch_size", self.batch_size), ("image_size", self.image_size)):
             if value < 1:

@@ -211,7 +211,7 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
     def decode(frame: dict, frame_seed: tf.Tensor) -> dict:
         images, present = [], []
         for i, role in enumerate(rlds.camera_roles):
-            image, ok = decode_and_resize(frame["images"][role], rlds.image_size)
+            image, ok = decode_and_resize(frame["images"][role], rlds.image_size, rlds.image_resize)
             if augments[role] != NO_AUGMENT:  # an absent camera stays black
                 image = tf.where(ok, augment(image, augments[role], frame_seed + i), image)
             images.append(image)

@@ -20,17 +20,13 @@ from pg_vla.data.normalization import Normalizer
 
 
 def normalize_tf(x: tf.Tensor, normalizer: Normalizer) -> tf.Tensor:
-    """The tensorflow twin of `Normalizer.normalize` (same formulas, constants from the statistics)."""
-    low = tf.constant(normalizer.low, tf.float32)
-    high = tf.constant(normalizer.high, tf.float32)
-    mask = tf.constant(normalizer.mask)
-    degenerate = tf.constant(normalizer.degenerate)
-    if normalizer.mode == "bounds":
-        y = tf.clip_by_value(2.0 * (x - low) / tf.where(degenerate, 1.0, high - low) - 1.0, -1.0, 1.0)
-    else:
-        y = (x - low) / tf.where(degenerate, 1.0, high)
-    y = tf.where(degenerate, tf.zeros_like(y), y)
-    return tf.where(mask, y, x)
+    """The tensorflow twin of `Normalizer.normalize`: the same table (`NormalizationParams`), in float32."""
+    params = normalizer.params
+    y = (x - tf.constant(params.offset, tf.float32)) * tf.constant(params.gain, tf.float32) + tf.constant(
+        params.bias, tf.float32)
+    if params.clip:
+        y = tf.clip_by_value(y, -1.0, 1.0)
+    return tf.where(tf.constant(params.mask), y, x)
 
 
 def add_windows(traj: dict, cond_steps: int, horizon_steps: int) -> dict:

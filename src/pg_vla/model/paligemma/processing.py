@@ -6,11 +6,19 @@ are not part of it: the model places the image embeddings in front of the text b
 
 Images. SigLIP expects RGB images of ``image_size x image_size`` scaled to [-1, 1]
 (``x / 255 * 2 - 1``, i.e. rescale 1/255, mean 0.5, std 0.5). Only ``uint8`` images are accepted
-(see :meth:`VLAProcessor.preprocess_images` for the accepted layouts); other sizes are resized to the
-square (aspect ratio not kept, as in PaliGemma) with antialiased bicubic interpolation in torch, rounded
-back to 0..255 like an 8-bit resize. That is close to, but not bit-identical with, the PIL bicubic resize
-of the transformers image processor (within about 1 grey level when downsizing; single pixels at sharp
-edges can differ more when upsizing). Images already at ``image_size`` are not resampled.
+(see :meth:`VLAProcessor.preprocess_images` for the accepted layouts); by default
+(``image_resize="stretch"``) other sizes are resized to the square (aspect ratio not kept, as in
+PaliGemma) with antialiased bicubic interpolation in torch, rounded back to 0..255 like an 8-bit
+resize. That is close to, but not bit-identical with, the PIL bicubic resize of the transformers image
+processor (within about 1 grey level when downsizing; single pixels at sharp edges can differ more when
+upsizing). Images already at ``image_size`` are not resampled.
+
+``image_resize="pad"`` (pi0's convention, the run config's ``data.image_resize``) keeps the aspect
+ratio instead: the image is resized into the content box of :func:`pg_vla.data.image_resize.pad_box`
+(the longer side becomes ``image_size``) with antialiased bilinear interpolation, rounded back to
+0..255, and the rest is black, i.e. exactly -1 after scaling. Bilinear is the filter of the training
+loaders' resize (``tf.image.resize(bilinear, antialias)``) and of openpi's ``resize_with_pad``; the
+torch result agrees with them to within 1 grey level.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from pg_vla.data.image_resize import image_resize_mode, pad_box
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 IMAGE_MEAN = 0.5
@@ -39,6 +49,8 @@ class VLAProcessor:
         image_size: side S of the square SigLIP input.
         max_text_tokens: length T of the padded text block, ``<bos>`` and the final newline included (>= 2).
         max_cameras: if given, images with more cameras than this are rejected.
+        image_resize: ``"stretch"`` (to the square, aspect ratio not kept) or ``"pad"`` (aspect ratio kept,
+            black padding; pi0).
     """
 
     def __init__(
@@ -48,6 +60,7 @@ class VLAProcessor:
         image_size: int,
         max_text_tokens: int,
         max_cameras: int | None = None,
+        image_resize: str = "stretch",
     ) -> None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(tokenizer, name, None) is None:
@@ -67,6 +80,7 @@ class VLAProcessor:
         self.image_size = int(image_size)
         self.max_text_tokens = int(max_text_tokens)
         self.max_cameras = max_cameras
+        self.image_resize = image_resize_mode(image_resize)
 
     # ------------------------------------------------------------------------------------------------------
     # Loading
@@ -80,6 +94,7 @@ class VLAProcessor:
         max_text_tokens: int,
         image_size: int | None = None,
         max_cameras: int | None = None,
+        image_resize: str = "stretch",
     ) -> VLAProcessor:
         """Load the tokenizer of a local PaliGemma folder with ``AutoTokenizer``.
 
@@ -100,7 +115,8 @@ class VLAProcessor:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         if image_size is None:
             image_size = read_image_size(path)
-        return cls(tokenizer, image_size=image_size, max_text_tokens=max_text_tokens, max_cameras=max_cameras)
+        return cls(tokenizer, image_size=image_size, max_text_tokens=max_text_tokens, max_cameras=max_cameras,
+                   image_resize=image_resize)
 
     # ------------------------------------------------------------------------------------------------------
     # Text
@@ -239,12 +255,21 @@ class VLAProcessor:
         return channel_first
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(M, 3, H, W) float 0..255 -> (M, 3, S, S); antialiased bicubic, rounded and clamped to 0..255."""
+        """(M, 3, H, W) float 0..255 -> (M, 3, S, S), rounded and clamped to 0..255.
+
+        stretch: antialiased bicubic to S x S; pad: antialiased bilinear into the content box, zeros around it.
+        """
         size = self.image_size
         if pixels.shape[-2:] == (size, size):
             return pixels
-        resized = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        return resized.round().clamp(0.0, 255.0)
+        if self.image_resize == "stretch":
+            resized = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            return resized.round().clamp(0.0, 255.0)
+        box = pad_box(pixels.shape[-2], pixels.shape[-1], size)
+        content = F.interpolate(pixels, size=(box.height, box.width), mode="bilinear", antialias=True,
+                                align_corners=False)  # (M, 3, h, w)
+        padding = (box.left, size - box.width - box.left, box.top, size - box.height - box.top)
+        return F.pad(content.round().clamp(0.0, 255.0), padding, value=0.0)  # (M, 3, S, S)
 
     # ------------------------------------------------------------------------------------------------------
     # Both
@@ -266,7 +291,7 @@ class VLAProcessor:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, max_text_tokens={self.max_text_tokens}, "
-            f"max_cameras={self.max_cameras}, vocab={len(self.tokenizer)})"
+            f"max_cameras={self.max_cameras}, image_resize={self.image_resize!r}, vocab={len(self.tokenizer)})"
         )
 
 
