@@ -37,6 +37,7 @@ class ValidationConfig:
     split: str = "val"
     batches: int = 4  # per rank
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # in normalized action units
+    at_start: bool = False  # also validate the starting weights (logged as step 0): a fine-tuning run's baseline
 
     def __post_init__(self) -> None:
         if self.every is not None and self.every < 1:

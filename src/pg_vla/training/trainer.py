@@ -28,11 +28,12 @@ import torch
 import torch.distributed as dist
 
 from pg_vla.data.sources import dataset_dims, make_loader
-from pg_vla.model.paligemma.processing import VLAProcessor
+from pg_vla.model.paligemma.processing import TOKENIZER_FILES, VLAProcessor
+from pg_vla.model.pretrained import detect_layout
 from pg_vla.model.vla.flow_matching import sample_time
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training.averaging import make_weight_average
-from pg_vla.training.checkpoint import load_training_state, resolve_resume, save_training_checkpoint
+from pg_vla.training.checkpoint import TOKENIZER_DIR, load_training_state, resolve_resume, save_training_checkpoint
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all_reduce_sum, init_distributed,
                                          world, wrap_model)
@@ -65,19 +66,16 @@ class Trainer:
     # ---- set-up ----------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
-        proprio_dim, action_dim, roles = dataset_dims(cfg.data)
-        model_overrides = {"proprio_dim": proprio_dim, "action_dim": action_dim, "num_cameras": len(roles),
-                           **cfg.model}
+        self.data_dims = proprio_dim, action_dim, roles = dataset_dims(cfg.data)
         torch.manual_seed(cfg.seed)  # same initial action expert on every rank
-        model = PiZero.from_paligemma(cfg.pretrained_model_path, **model_overrides)
+        model = self._load_pretrained(proprio_dim, action_dim, len(roles))
         if cfg.precision == "bf16_pure":
             model = model.to(torch.bfloat16)
         self.model = model.to(self.device)
         model_cfg = self.model.config
         if cfg.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
-        self.processor = VLAProcessor.from_pretrained(cfg.pretrained_model_path,
-                                                      max_text_tokens=model_cfg.max_text_tokens,
+        self.processor = VLAProcessor.from_pretrained(self.tokenizer_folder, max_text_tokens=model_cfg.max_text_tokens,
                                                       image_size=model_cfg.vision.image_size,
                                                       max_cameras=model_cfg.num_cameras)
         if cfg.lora:
@@ -94,6 +92,26 @@ class Trainer:
         self.data_options = {"batch_size": cfg.per_device_batch_size, "image_size": model_cfg.vision.image_size,
                              "cond_steps": model_cfg.cond_steps, "horizon_steps": model_cfg.horizon_steps,
                              "seed": cfg.seed}
+
+    def _load_pretrained(self, proprio_dim: int, action_dim: int, num_cameras: int) -> PiZero:
+        """The model `pretrained_model_path` holds (pg_vla.model.pretrained). A PaliGemma folder gets an
+        action expert sized to the data; a pi0 or pg-vla folder keeps the state/action sizes of its
+        weights, and the data is zero-padded up to them (`_inputs`), the padded dims masked out of the loss."""
+        cfg = self.cfg
+        layout, source = detect_layout(cfg.pretrained_model_path)
+        overrides: dict[str, Any] = {"num_cameras": num_cameras}
+        if layout == "paligemma":
+            overrides.update(proprio_dim=proprio_dim, action_dim=action_dim)
+        model = PiZero.from_pretrained(source, **{**overrides, **cfg.model})
+        if model.config.proprio_dim < proprio_dim or model.config.action_dim < action_dim:
+            raise ValueError(f"the data has {proprio_dim}-D state and {action_dim}-D actions, more than the "
+                             f"{model.config.proprio_dim} / {model.config.action_dim} dims of {source}")
+        default_tokenizer = source / TOKENIZER_DIR if layout == "pg-vla" else Path(cfg.pretrained_model_path)
+        self.tokenizer_folder = Path(cfg.tokenizer_path) if cfg.tokenizer_path else default_tokenizer
+        if not any((self.tokenizer_folder / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{self.tokenizer_folder} holds no tokenizer (pi0 folders usually have none): set "
+                                    "tokenizer_path to a PaliGemma folder, e.g. google/paligemma-3b-pt-224")
+        return model
 
     def _resume(self) -> int:
         path = resolve_resume(self.cfg.resume_checkpoint_path, self.ckpt_dir, self.cfg.resume)
@@ -136,6 +154,8 @@ class Trainer:
         tic = time.perf_counter()
         step = start_step
         last_val: dict[str, float] = {}
+        if self.cfg.validation.every and self.cfg.validation.at_start and start_step == 0:
+            self._log({"step": 0, **self.validate(0)})
         for step in range(start_step + 1, self.cfg.n_updates + 1):
             loss, grad_norm = self._optimizer_step(batches, step)
             losses.append((step, loss))
@@ -168,14 +188,22 @@ class Trainer:
         return {"step": step, "loss": losses[-1][1] if losses else None, **last_val}
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """A loader batch -> model inputs. State (B, C, P) and actions (B, H, A) are zero-padded to the
+        model's dims (pi0 weights: 32); then `action_mask` (B, H, A_model) leaves the padded dims out of the loss."""
         text = self.processor.tokenize(batch["language"])
         images = self.processor.preprocess_images(batch["images"])
         if self.cfg.precision == "bf16_pure":
             images = images.to(torch.bfloat16)
+        cfg = self.model.config
+        proprio, actions, mask = batch["proprio"], batch["actions"], batch["action_mask"]  # mask (B, H)
+        data_action_dim = actions.shape[-1]
+        if data_action_dim < cfg.action_dim:
+            dims = torch.arange(cfg.action_dim) < data_action_dim
+            mask = mask[..., None] & dims  # (B, H, A_model)
         return {"images": images.to(self.device),
                 "text_ids": text["input_ids"].to(self.device), "text_mask": text["attention_mask"].to(self.device),
-                "proprio": batch["proprio"].to(self.device), "actions": batch["actions"].to(self.device),
-                "action_mask": batch["action_mask"].to(self.device)}
+                "proprio": _pad_last(proprio, cfg.proprio_dim).to(self.device),
+                "actions": _pad_last(actions, cfg.action_dim).to(self.device), "action_mask": mask.to(self.device)}
 
     def _step_noise(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow noise (G, H, A) and times (G,) of every sample of the step's global batch."""
@@ -257,7 +285,10 @@ class Trainer:
                 actions, mask = inputs.pop("actions"), inputs.pop("action_mask")
                 loss = self.model(**inputs, actions=actions, action_mask=mask)
                 predicted = self.model.sample_actions(**inputs)
-                totals.add(float(loss), chunk_within_threshold(predicted, actions, mask, cfg.thresholds))
+                dims = self.data_dims[1]  # the padded dims are not the data's
+                steps = mask if mask.ndim == 2 else mask[..., 0]
+                totals.add(float(loss), chunk_within_threshold(predicted[..., :dims], actions[..., :dims], steps,
+                                                               cfg.thresholds))
         if sharded:
             self.model.reshard()
         self.model.train()
@@ -373,3 +404,8 @@ def _wandb_id(log_dir: Path) -> str:
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id)
     return run_id
+
+
+def _pad_last(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., D) -> (..., size), zeros after the first D."""
+    return x if x.shape[-1] == size else torch.nn.functional.pad(x, (0, size - x.shape[-1]))

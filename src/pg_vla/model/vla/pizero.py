@@ -262,7 +262,8 @@ class PiZero(nn.Module):
                 time: torch.Tensor | None = None, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
 
-        `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end); `noise`
+        `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end), (B, H, A) also
+        padded action dims (data with fewer dims than pi0's 32); `noise`
         (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
         Discrete head: the cross-entropy of the action bins instead (`noise` and `time` are ignored).
         """
@@ -281,7 +282,8 @@ class PiZero(nn.Module):
         error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
         if action_mask is None:
             return error.mean()
-        weight = action_mask.to(error.dtype).unsqueeze(-1).expand_as(error)
+        weight = action_mask.to(error.dtype)  # (B, H) chunk steps, or (B, H, A) steps and dims
+        weight = (weight.unsqueeze(-1) if weight.ndim == 2 else weight).expand_as(error)
         return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
