@@ -96,9 +96,10 @@ def test_padded_dims_carry_no_loss(pi0_folder):
     assert decoder_grad[data_dims:].abs().max() == 0 and decoder_grad[:data_dims].abs().max() > 0
 
 
-def test_lora_on_a_pi0_model_changes_only_adapters_and_the_action_expert(pi0_folder):
+@pytest.mark.parametrize("quantize", [False, True], ids=["lora", "qlora"])
+def test_lora_on_a_pi0_model_changes_only_adapters_and_the_action_expert(pi0_folder, quantize):
     model = PiZero.from_pretrained(pi0_folder, horizon_steps=4)
-    adapted = apply_lora(model, LoraSettings(r=4, alpha=8))
+    adapted = apply_lora(model, LoraSettings(r=4, alpha=8, quantize=quantize))
     assert adapted
     cfg, b = model.config, 2
     g = torch.Generator().manual_seed(1)
