@@ -48,7 +48,11 @@ def test_target_suite_on_cpu(tmp_path: Path):
         entry = result["modes"]["sample_cached"]
         cfg = PiZeroConfig.preset("tiny", num_cameras=cameras, horizon_steps=horizon, max_text_tokens=20)
         assert entry["flops"] == sampling_flops(cfg, 10, use_cache=True, batch=batch)
-        assert entry["median_ms"] > 0 and entry["achieved_tflops"] > 0 and 0 < entry["mfu"] < 1.5
+        assert entry["median_ms"] > 0 and entry["achieved_tflops"] > 0 and entry["mfu"] > 0
+        # MFU is achieved over the measured matmul peak of the same dtype; on a CPU without native bf16 (no
+        # AMX / AVX512-BF16) that "peak" is an emulated 2048^2 matmul and can be below what a tiny model's
+        # small ops reach, so only the ratio is checked, not a bound.
+        assert math.isclose(entry["mfu"], entry["achieved_tflops"] / result["peak_matmul"]["tflops"], rel_tol=2e-2)
         assert entry["profile"]["top_ops"] and Path(entry["profile"]["trace"]).is_file()
         assert {"name", "calls", "self_cpu_ms"} <= set(entry["profile"]["top_ops"][0])
 
@@ -64,7 +68,9 @@ def test_target_suite_on_cpu(tmp_path: Path):
         entry = results[target]["modes"]["train_step"]
         assert (entry["batch_size"], entry["optimizer"], entry["gradient_checkpointing"]) == (batch, "adamw8bit", False)
         assert entry["flops_per_sample"] == train_step_flops(train_cfg)
-        assert 0 < entry["mfu"] < 1.5 and entry["achieved_tflops"] > 0 and entry["peak_memory_mib"] > 0
+        assert entry["mfu"] > 0 and entry["achieved_tflops"] > 0 and entry["peak_memory_mib"] > 0
+        peak = results[target]["peak_matmul"]["tflops"]
+        assert math.isclose(entry["mfu"], entry["achieved_tflops"] / peak, rel_tol=2e-2)  # no bound: see above
         assert math.isfinite(entry["last_loss"])
 
     searched = results["max_batch"]["max_batch"]
