@@ -137,9 +137,9 @@ def test_parquet_source_trains_validates_and_serves(cache: Path, tmp_path: Path)
     _write_parquet_episodes(tmp_path / "train", 4, seed=0)
     _write_parquet_episodes(tmp_path / "val", 2, seed=1)
     run = tmp_path / "parquet_run"
-    _run(cache, f"log_dir={run}", "n_updates=2", "validation.every=2", "+data.source=parquet",
-         f"+data.paths=[{tmp_path / 'train'}]", f"+data.val_paths=[{tmp_path / 'val'}]", "+data.dataset_name=lab",
-         "+data.num_workers=0")
+    _run(cache, f"log_dir={run}", "n_updates=2", "validation.every=2", "data.source=parquet",
+         f"data.paths=[{tmp_path / 'train'}]", f"data.val_paths=[{tmp_path / 'val'}]", "data.dataset_name=lab",
+         "data.num_workers=0")  # the README's keys, no Hydra '+': they are in the config schema
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [2]
     policy = Policy.from_checkpoint(run)

@@ -8,11 +8,18 @@ trainer and evaluation never know which one they read.
 
     data: {source: rlds, data_path: ..., mix: bridge, ...}
     data: {source: parquet, paths: [train/*.parquet], val_paths: [val/*.parquet], dataset_name: my_robot, ...}
+
+The shared training defaults (config/train/_train.yaml) list every key of both sources at the
+loaders' defaults (RLDS's `augment` aside), so any of them is overridden without Hydra's `+`. A
+run reads one source; the other source's own keys are dropped before the loader is built (an
+RLDS run refuses a Parquet key changed from its default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import MISSING, fields
+from functools import cache
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -20,9 +27,31 @@ from torch.utils.data import DataLoader
 from pg_vla.data.normalization import DatasetStatistics
 
 SOURCES = ("rlds", "parquet")
-# RLDS keys the shared training defaults set; a Parquet run ignores them (any other unknown key is an error)
-RLDS_ONLY = ("data_path", "mix", "split", "deterministic", "read_threads", "transform_threads", "ram_budget_gb",
-             "statistics_split", "statistics_paths", "augment")
+# loader fields the model and the trainer fix (not data.* keys)
+FIXED = ("batch_size", "image_size", "cond_steps", "horizon_steps", "seed", "train")
+PARQUET_EXTRA = {"val_paths": None}  # data.* keys of the Parquet source that are not ParquetConfig fields
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """field -> default (None for required fields, null in the YAML; factories called) of a config dataclass."""
+    out = {}
+    for f in fields(cls):
+        if f.name not in FIXED:
+            out[f.name] = (f.default_factory() if f.default_factory is not MISSING
+                           else None if f.default is MISSING else f.default)
+    return out
+
+
+@cache
+def source_keys() -> dict[str, dict[str, Any]]:
+    """source -> {data.* key: its default} of the keys only that source reads (the shared ones excluded)."""
+    from pg_vla.data.parquet.config import ParquetConfig
+    from pg_vla.data.rlds.config import RLDSConfig
+
+    rlds, parquet = _defaults(RLDSConfig), {**_defaults(ParquetConfig), **PARQUET_EXTRA}
+    shared = set(rlds) & set(parquet)
+    return {"rlds": {k: v for k, v in rlds.items() if k not in shared},
+            "parquet": {k: v for k, v in parquet.items() if k not in shared}}
 
 
 def source_of(data: Mapping[str, Any]) -> str:
@@ -30,6 +59,32 @@ def source_of(data: Mapping[str, Any]) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; choose from {SOURCES}")
     return source
+
+
+def source_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data section without `source` and without the other source's own keys.
+
+    A Parquet run ignores the RLDS keys (run configs such as bridge.yaml set them); an RLDS run
+    refuses a Parquet key changed from its default, which would otherwise be silently unused."""
+    source = source_of(data)
+    other = next(s for s in SOURCES if s != source)
+    foreign = source_keys()[other]
+    if source == "rlds":
+        changed = sorted(k for k in foreign if k in data and _plain(data[k]) != _plain(foreign[k]))
+        if changed:
+            raise ValueError(f"data.{changed[0]} is an option of data.source=parquet, but this run reads "
+                             f"data.source=rlds (changed Parquet keys: {changed}); set data.source=parquet "
+                             "or leave them at their defaults")
+    return {k: v for k, v in data.items() if k != "source" and k not in foreign}
+
+
+def _plain(value: Any) -> Any:
+    """Hydra lists/tuples and dicts compared by value."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def check_paths(data: Mapping[str, Any]) -> None:
@@ -50,7 +105,7 @@ def check_paths(data: Mapping[str, Any]) -> None:
 def _parquet_config(data: Mapping[str, Any], **fixed: Any):
     from pg_vla.data.parquet import ParquetConfig
 
-    options = {k: v for k, v in data.items() if k not in ("source", "val_paths", *RLDS_ONLY)}
+    options = {k: v for k, v in source_options(data).items() if k not in PARQUET_EXTRA}
     return ParquetConfig(**{**options, **fixed})
 
 
@@ -98,7 +153,7 @@ def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, co
         return make_parquet_loader(cfg, rank, world_size)
     from pg_vla.data.dataloader import make_rlds_loader, rlds_config
 
-    options = {k: v for k, v in data.items() if k != "source"}
+    options = source_options(data)
     if validation:
         options.update(split=val_split, train=False)
     return make_rlds_loader(rlds_config(**options, **fixed), rank, world_size)

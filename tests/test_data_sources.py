@@ -1,0 +1,63 @@
+"""The run config's data section: every key of both loaders is in the shared defaults (no Hydra `+`), at the
+loaders' own defaults, and each source gets only its keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pg_vla.data.parquet.config import ParquetConfig
+from pg_vla.data.rlds.config import RLDSConfig
+from pg_vla.data.sources import FIXED, source_options
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _yaml_data() -> dict:
+    cfg = OmegaConf.load(ROOT / "config" / "train" / "_train.yaml")
+    cfg.data.data_path = None  # an environment interpolation
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def _defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = None
+    return out
+
+
+def test_every_loader_key_is_in_the_yaml_at_its_default() -> None:
+    data = _yaml_data()
+    expected = {**_defaults(RLDSConfig), **_defaults(ParquetConfig)}
+    for name in (*FIXED, "augment"):  # set by the trainer from the model / nested dataclasses (+data.augment)
+        expected.pop(name)
+    assert set(data) == set(expected) | {"source", "val_paths"}
+    for key, default in expected.items():
+        value = data[key]
+        value = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
+        assert value == default, key
+    assert data["source"] == "rlds" and data["val_paths"] is None
+
+
+def test_each_source_gets_its_own_keys() -> None:
+    data = _yaml_data()
+    rlds = source_options({**data, "data_path": "/d"})
+    RLDSConfig(**rlds, batch_size=2)  # accepted as they are
+    assert "paths" not in rlds and "gripper_dims" not in rlds and "source" not in rlds
+    parquet = source_options({**data, "source": "parquet", "paths": ["/p"], "mix": "fractal", "read_threads": 1})
+    assert "mix" not in parquet and "read_threads" not in parquet and parquet["paths"] == ["/p"]
+    ParquetConfig(**{k: v for k, v in parquet.items() if k != "val_paths"})
+
+
+@pytest.mark.parametrize("key,value", [("paths", ["/p"]), ("gripper_dims", 2), ("columns", {"state": "s"})])
+def test_an_rlds_run_refuses_a_changed_parquet_key(key: str, value) -> None:
+    with pytest.raises(ValueError, match=rf"data\.{key} is an option of data.source=parquet"):
+        source_options({**_yaml_data(), "data_path": "/d", key: value})
