@@ -11,11 +11,20 @@ and a numpy scalar (other than float64, which msgpack packs as a plain float) as
 Decoding checks every array map (dtype kind, shape, byte count) and raises `MessageError` naming the
 problem, so a malformed request never reaches the model. Decoded arrays are writable copies that do
 not keep the received message alive.
+
+`unpackb(data, limits)` first walks the message's msgpack headers without building anything and
+raises `LimitError` (a `MessageError`) naming the first `DecodeLimits` field it exceeds: the length of
+one str, bin, ext, array or map, the nesting depth, or the number of objects in the whole message.
+The walk costs O(1) per object and stops at the first object past `max_objects`, so a message of
+millions of one-byte objects (e.g. `0xdd` + length + `0x90` * n: an array of n empty arrays, each a
+Python list once decoded) is refused after reading its headers, never expanded. Bytes payloads
+(str, bin) are skipped, not read. The same per-container bounds go to `msgpack.unpackb` as well.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Any
 
 import msgpack
@@ -29,6 +38,115 @@ _ARRAY_MARK, _SCALAR_MARK = b"__ndarray__", b"__npgeneric__"
 
 class MessageError(ValueError):
     """A received message is not valid msgpack or holds a malformed array."""
+
+
+class LimitError(MessageError):
+    """A received message exceeds one of the `DecodeLimits` (the message names which)."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on one received message, checked before any object is built (see the module docstring).
+
+    Lengths count bytes (str, bin, ext payloads), elements (arrays) or key/value pairs (maps);
+    `max_depth` counts nested containers (a top-level map of arrays is depth 2); `max_objects` counts
+    every value in the message, map keys and containers included.
+    """
+
+    max_str_len: int = 64 * 1024
+    max_bin_len: int = 32 * 1024 * 1024
+    max_array_len: int = 1024
+    max_map_len: int = 256
+    max_ext_len: int = 0  # the protocol has no extension types
+    max_depth: int = 16
+    max_objects: int = 8192
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if f.name == "max_ext_len" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"DecodeLimits.{f.name} must be an integer >= {least}, got {value!r}")
+
+    def msgpack_kwargs(self) -> dict[str, int]:
+        return {"max_str_len": self.max_str_len, "max_bin_len": self.max_bin_len,
+                "max_array_len": self.max_array_len, "max_map_len": self.max_map_len,
+                "max_ext_len": self.max_ext_len}
+
+
+# First bytes of msgpack's fixed-size scalars -> payload bytes after the first byte
+# (float 32/64, uint 8..64, int 8..64).
+_SCALAR_PAYLOAD = {0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+
+
+def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> None:
+    """Walk the msgpack headers of `data`; raise LimitError at the first value beyond `limits`.
+
+    Malformed structure (truncation, the unused byte 0xc1, trailing bytes) is left for msgpack to
+    report: the walk just stops there.
+    """
+    end, pos, objects = len(data), 0, 0
+    remaining = [1]  # values still to read in each open container; the bottom entry is the message itself
+
+    def length(size: int) -> int | None:
+        nonlocal pos
+        if pos + size > end:
+            return None
+        value = int.from_bytes(data[pos:pos + size], "big")
+        pos += size
+        return value
+
+    while remaining:
+        if remaining[-1] == 0:
+            remaining.pop()
+            continue
+        remaining[-1] -= 1
+        if pos >= end:
+            return
+        first = data[pos]
+        pos += 1
+        objects += 1
+        if objects > limits.max_objects:
+            raise LimitError(f"the message holds more than max_objects={limits.max_objects} values")
+        if first <= 0x7f or first >= 0xe0 or first in (0xc0, 0xc2, 0xc3):  # fixint, nil, bool
+            continue
+        if first in _SCALAR_PAYLOAD:
+            pos += _SCALAR_PAYLOAD[first]
+            continue
+        count: int | None
+        if 0x80 <= first <= 0x9f or first in (0xdc, 0xdd, 0xde, 0xdf):  # map or array
+            is_map = first <= 0x8f or first >= 0xde
+            if first <= 0x9f:
+                count = first & 0x0f
+            else:
+                count = length(2 if first in (0xdc, 0xde) else 4)
+                if count is None:
+                    return
+            name, limit = ("map", limits.max_map_len) if is_map else ("array", limits.max_array_len)
+            if count > limit:
+                unit = "entries" if is_map else "elements"
+                raise LimitError(f"{name} of {count} {unit} exceeds max_{name}_len={limit}")
+            if len(remaining) > limits.max_depth:
+                raise LimitError(f"containers nested deeper than max_depth={limits.max_depth}")
+            if count:
+                remaining.append(2 * count if is_map else count)
+            continue
+        if 0xa0 <= first <= 0xbf or 0xd9 <= first <= 0xdb:  # str
+            count = first & 0x1f if first <= 0xbf else length(1 << (first - 0xd9))
+            name, limit = "str", limits.max_str_len
+        elif 0xc4 <= first <= 0xc6:  # bin
+            count, name, limit = length(1 << (first - 0xc4)), "bin", limits.max_bin_len
+        elif 0xc7 <= first <= 0xc9 or 0xd4 <= first <= 0xd8:  # ext (one type byte after the length)
+            count = length(1 << (first - 0xc7)) if first <= 0xc9 else 1 << (first - 0xd4)
+            name, limit = "ext", limits.max_ext_len
+            pos += 1
+        else:  # 0xc1: never used in msgpack
+            return
+        if count is None:
+            return
+        if count > limit:
+            raise LimitError(f"{name} of {count} bytes exceeds max_{name}_len={limit}")
+        pos += count
 
 
 def _check_kind(dtype: np.dtype, what: str) -> None:
@@ -110,12 +228,17 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
-    """msgpack bytes -> Python/numpy object; raises MessageError on anything malformed."""
+def unpackb(data: bytes, limits: DecodeLimits | None = None) -> Any:
+    """msgpack bytes -> Python/numpy object; raises MessageError on anything malformed, LimitError
+    (before decoding) on a message beyond `limits` (None: msgpack's own bounds, the message's length)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError(f"expected a binary msgpack message, got {type(data).__name__}")
+    bounds: dict[str, int] = {}
+    if limits is not None:
+        check_limits(data, limits)
+        bounds = limits.msgpack_kwargs()
     try:
-        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=True, **bounds)
     except MessageError:
         raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as err:

@@ -8,6 +8,12 @@ A robot's client sends a flat dict (msgpack map) per step, e.g. with the default
 against the policy (every camera present as uint8 (H, W, 3), P state values, a string prompt, an
 integer seed by `pg_vla.utils.seeds`' rule) and raises `RequestError` naming the key and the problem.
 Keys the mapping does not name are ignored, so clients may send extra fields.
+
+`RequestDecoder.decode_limits` sizes the msgpack limits a request is decoded under (see
+`pg_vla.serving.codec.DecodeLimits`) from what the policy reads: a bin may be as large as the
+message (images of any size are resized), arrays hold at most max(256, cond_steps x P) elements (the
+state as nested lists), the top-level map the fields read plus 64 more, strings 64 KiB (the prompt),
+nesting 16 deep, and the whole message at most 4096 values beyond what the fields read themselves need.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pg_vla.policy import Observation, Policy
+from pg_vla.serving.codec import DecodeLimits
 from pg_vla.utils.seeds import SEED_RULE, check_seed
 
 # The same mapping as config/serve/default.yaml (openpi's single-arm key names).
@@ -30,6 +37,14 @@ DEFAULT_KEYS: dict[str, Any] = {
     "prompt": "prompt",
     "seed": "seed",
 }
+
+
+# Room left by `RequestDecoder.decode_limits` for fields the policy does not read (they are ignored).
+SPARE_MAP_ENTRIES = 64
+SPARE_OBJECTS = 4096
+MIN_ARRAY_LEN = 256  # also covers ndarray shape lists (numpy allows at most 64 dimensions)
+MAX_STR_LEN = 64 * 1024  # the prompt, key names, dtype strings
+MAX_DEPTH = 16  # a request is a map of arrays or nested lists: depth 3 for a (cond_steps, P) list state
 
 
 class RequestError(ValueError):
@@ -128,6 +143,16 @@ class RequestDecoder:
     def for_policy(cls, policy: Policy, keys: ObservationKeys) -> "RequestDecoder":
         return cls(keys, keys.image_keys_for(policy.camera_roles), policy.state_dim, policy.config.cond_steps,
                    policy.dataset_name)
+
+    def decode_limits(self, max_message_bytes: int) -> DecodeLimits:
+        """msgpack limits for one request to this policy (see the module docstring)."""
+        history = self.cond_steps * self.state_dim  # the longest list a field read here needs
+        fields = len(self._required) + (1 if self.keys.seed else 0)
+        # per field: an ndarray map is 9 values plus its shape; a list state 1 + cond_steps + values
+        needed = fields * (9 + 4) + len(self.keys.state) * (1 + self.cond_steps + history)
+        return DecodeLimits(max_str_len=MAX_STR_LEN, max_bin_len=max_message_bytes,
+                            max_array_len=max(MIN_ARRAY_LEN, history), max_map_len=fields + SPARE_MAP_ENTRIES,
+                            max_ext_len=0, max_depth=MAX_DEPTH, max_objects=SPARE_OBJECTS + needed)
 
     def decode(self, message: Any) -> InferenceRequest:
         if not isinstance(message, Mapping):

@@ -14,6 +14,18 @@ big) before it is read; at most `MAX_QUEUED_MESSAGES` received messages wait per
 `max_connections` open connections are refused with HTTP 503. With an API key, the opening handshake
 must carry `Authorization: Api-Key <key>` (what openpi_client sends) or is refused with HTTP 401.
 `GET /healthz` answers 200 without opening a websocket.
+
+Decoding: each request is decoded and validated in a pool of `decode_threads` worker threads, never
+on the event loop, under msgpack limits sized to the observation spec
+(`RequestDecoder.decode_limits`: lengths of strings, bins, arrays and maps, nesting depth, values per
+message). The limits are checked from the message's headers before anything is built, so a message
+beyond them costs the server no more than reading it; it gets the text reply `invalid request: <what>
+exceeds <limit>=<value>` and the connection stays usable. After `max_limit_violations` such messages
+on one connection the server sends that reply and closes the connection with code 1008 (policy
+violation). Each connection also has a budget of `connection_bytes_per_s` request bytes (bursts up
+to `max_message_bytes`) and `connection_messages_per_s` requests (bursts of one second's worth): a
+request beyond it waits before decoding (and, while it waits, the connection is not read further),
+so one client cannot monopolise the decoder; the wait counts in its `server_timing.infer_ms`.
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -33,8 +46,9 @@ from websockets.http11 import Request, Response
 
 from pg_vla.policy import Policy
 from pg_vla.serving.batching import BatchingRunner
-from pg_vla.serving.codec import MessageError, packb, unpackb
-from pg_vla.serving.observations import ObservationKeys, RequestDecoder, RequestError, server_metadata
+from pg_vla.serving.codec import LimitError, MessageError, packb, unpackb
+from pg_vla.serving.observations import (InferenceRequest, ObservationKeys, RequestDecoder, RequestError,
+                                         server_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +56,7 @@ MIB = 1024 * 1024
 MAX_QUEUED_MESSAGES = 2  # per connection; the protocol is lock-step, so one is the normal case
 PING_INTERVAL_S = 20.0  # websocket keepalive (the event loop never runs the model, so pings are answered)
 HEALTH_PATH = "/healthz"
+POLICY_VIOLATION = 1008  # websocket close code for a connection that keeps exceeding the decoding limits
 
 
 @dataclass(frozen=True)
@@ -52,14 +67,50 @@ class ServerConfig:
     max_message_bytes: int = 32 * MIB
     max_batch_size: int = 8
     max_connections: int = 64
+    decode_threads: int = 2  # worker threads that decode and validate requests (shared by all connections)
+    connection_bytes_per_s: float = 128 * MIB  # per connection, sustained; bursts up to max_message_bytes
+    connection_messages_per_s: float = 200.0  # per connection, sustained; bursts of one second's worth
+    max_limit_violations: int = 3  # messages beyond the decoding limits before a connection is closed (1008)
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
+        for name in ("connection_bytes_per_s", "connection_messages_per_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_limit_violations < 1:
+            raise ValueError(f"max_limit_violations must be >= 1, got {self.max_limit_violations}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty")
+
+
+class ConnectionBudget:
+    """Token buckets for one connection's request bytes and requests: `charge` -> seconds to wait first.
+
+    A request is always charged (a bucket may go into debt); the wait is the time the refill takes to
+    pay the debt back, so a client that waits before sending its next request is charged its rate.
+    """
+
+    def __init__(self, bytes_per_s: float, messages_per_s: float, burst_bytes: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rates = (float(bytes_per_s), float(messages_per_s))
+        self._capacity = (max(float(burst_bytes), float(bytes_per_s)), max(1.0, float(messages_per_s)))
+        self._tokens = list(self._capacity)
+        self._last = clock()
+
+    def charge(self, nbytes: int) -> float:
+        now = self._clock()
+        elapsed, self._last = max(0.0, now - self._last), now
+        wait = 0.0
+        for i, cost in enumerate((float(nbytes), 1.0)):
+            self._tokens[i] = min(self._capacity[i], self._tokens[i] + elapsed * self._rates[i]) - cost
+            wait = max(wait, -self._tokens[i] / self._rates[i])
+        return wait
 
 
 class PolicyServer:
@@ -70,12 +121,14 @@ class PolicyServer:
         self.policy = policy
         self.config = config
         self.decoder = RequestDecoder.for_policy(policy, keys)
+        self.limits = self.decoder.decode_limits(config.max_message_bytes)
         self.runner = BatchingRunner(policy, config.max_batch_size)
         self.metadata = server_metadata(policy, self.decoder, checkpoint=checkpoint,
                                         max_message_bytes=config.max_message_bytes,
-                                        max_batch_size=config.max_batch_size)
+                                        max_batch_size=config.max_batch_size, decode_limits=asdict(self.limits))
         self._metadata_message = packb(self.metadata)
         self._connections = 0
+        self._decode_pool: ThreadPoolExecutor | None = None
 
     async def serve(self, stop: asyncio.Event, on_ready: Callable[[str, int], None] | None = None) -> None:
         """Serve until `stop` is set; `on_ready(host, port)` runs once the socket listens."""
@@ -91,6 +144,17 @@ class PolicyServer:
                 await stop.wait()
         finally:
             await self.runner.close()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the decoding threads (a later request starts new ones)."""
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool = None
+
+    def decode_request(self, message: bytes) -> InferenceRequest:
+        """Received bytes -> validated request (in a decoding thread); MessageError/RequestError if not."""
+        return self.decoder.decode(unpackb(message, self.limits))
 
     # ---- handshake --------------------------------------------------------------------------------
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -114,38 +178,55 @@ class PolicyServer:
         peer = websocket.remote_address
         self._connections += 1
         log.info("connected: %s (%d open)", peer, self._connections)
+        config = self.config
+        budget = ConnectionBudget(config.connection_bytes_per_s, config.connection_messages_per_s,
+                                  burst_bytes=config.max_message_bytes)
+        violations = 0
         try:
             await websocket.send(self._metadata_message)
             prev_total_ms: float | None = None
             async for message in websocket:
                 received = time.perf_counter()
-                await websocket.send(await self._answer(message, received, prev_total_ms))
+                wait = budget.charge(len(message))
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                reply, beyond_limits = await self.answer(message, received, prev_total_ms)
+                await websocket.send(reply)
                 prev_total_ms = (time.perf_counter() - received) * 1000.0
+                violations += beyond_limits
+                if violations >= config.max_limit_violations:
+                    log.warning("closing %s: %d messages beyond the decoding limits", peer, violations)
+                    await websocket.close(POLICY_VIOLATION, f"{violations} messages exceeded the decoding limits")
+                    break
         except ConnectionClosed as closed:
             log.info("connection %s closed: %s", peer, closed)
         finally:
             self._connections -= 1
             log.info("disconnected: %s (%d open)", peer, self._connections)
 
-    async def _answer(self, message: str | bytes, received: float, prev_total_ms: float | None) -> str | bytes:
-        """One request -> packed reply, or the error text."""
+    async def answer(self, message: str | bytes, received: float,
+                     prev_total_ms: float | None) -> tuple[str | bytes, bool]:
+        """One request -> (packed reply or the error text, whether it exceeded the decoding limits)."""
         try:
             if isinstance(message, str):
                 raise RequestError("requests must be binary msgpack messages, got a text frame")
-            request = self.decoder.decode(unpackb(message))
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
+            request = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.decode_request,
+                                                                       message)
             result = await self.runner.infer(request)
         except (MessageError, RequestError) as err:
             log.info("invalid request: %s", err)
-            return f"invalid request: {err}"
+            return f"invalid request: {err}", isinstance(err, LimitError)
         except ValueError as err:  # raised by Policy for an observation it cannot read
             log.info("invalid observation: %s", err)
-            return f"invalid observation: {err}"
+            return f"invalid observation: {err}", False
         except Exception as err:  # noqa: BLE001 - reported to this client, the server keeps serving
             log.exception("inference failed")
-            return f"inference failed: {type(err).__name__}: {err}"
+            return f"inference failed: {type(err).__name__}: {err}", False
         server_timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - received) * 1000.0,
                                          "queue_ms": result.queue_ms, "batch_size": result.batch_size}
         if prev_total_ms is not None:
             server_timing["prev_total_ms"] = prev_total_ms
         return packb({"actions": result.actions, "policy_timing": {"infer_ms": result.infer_ms},
-                      "server_timing": server_timing})
+                      "server_timing": server_timing}), False
