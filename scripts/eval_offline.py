@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0, ...")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--num_workers", type=int, default=1, help="Parquet reader processes (0: in this process)")
+    parser.add_argument("--no_verify", dest="verify", action="store_false",
+                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
     parser.add_argument("--plot_episodes", type=int, default=3, help="episodes drawn in trajectories.png")
     return parser.parse_args(argv)
 

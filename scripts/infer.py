@@ -3,7 +3,7 @@
 Usage:
     uv run scripts/infer.py --checkpoint_path CKPT --image1_paths IMG [IMG ...] [--image2_paths IMG ...]
         --prompt TEXT --state_vector F [F ...] [--seed S] [--output_dir DIR] [--save_predictions]
-        [--dataset_name NAME] [--device cpu|cuda] [--use_bf16]
+        [--dataset_name NAME] [--device cpu|cuda] [--use_bf16] [--no_verify]
 
 Example:
     uv run scripts/infer.py --checkpoint_path runs/bridge/checkpoints --image1_paths frame.png \
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -45,6 +46,10 @@ from pg_vla.utils.stdout import stdout_to_stderr
 
 class InputError(ValueError):
     """Bad command-line input: reported as 'error: ...' with exit status 2."""
+
+
+class OutputError(RuntimeError):
+    """The model gave no usable actions (non-finite values): reported as 'error: ...' with exit status 2."""
 
 
 def seed_argument(text: str) -> int:
@@ -69,8 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="runs/infer", help="where --save_predictions writes")
     parser.add_argument("--save_predictions", action="store_true", help="write prediction.json and actions.npy")
     parser.add_argument("--dataset_name", default=None, help="statistics to use when the run mixed datasets")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
     parser.add_argument("--use_bf16", action="store_true", help="bfloat16 weights")
+    parser.add_argument("--no_verify", action="store_true",
+                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
     return parser.parse_args(argv)
 
 
@@ -79,10 +86,12 @@ def read_image(path: str, flag: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # Pillow refuses images over 2x Image.MAX_IMAGE_PIXELS (a decompression bomb)
             return np.array(image.convert("RGB"), dtype=np.uint8)  # writable copy
     except FileNotFoundError:
         raise InputError(f"{flag}: image file {path} does not exist") from None
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{flag}: image {path} is too large to decode safely: {err}") from None
     except (UnidentifiedImageError, OSError) as err:
         raise InputError(f"{flag}: cannot read image {path}: {err}") from None
 
@@ -126,16 +135,22 @@ def check_state(state: Sequence[float] | None, state_dim: int, dataset_name: str
 
 def predict(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray]:
     """-> (the JSON document, actions (H, A) float32)."""
-    cameras = read_cameras(args.image1_paths, args.image2_paths)  # before the model loads: fail fast
-    from pg_vla.policy import Observation, Policy
+    if args.save_predictions:  # before the model loads: fail fast
+        check_output_dir(Path(args.output_dir))
+    cameras = read_cameras(args.image1_paths, args.image2_paths)
+    from pg_vla.policy import NonFiniteActionsError, Observation, Policy
 
     policy = Policy.from_checkpoint(args.checkpoint_path, device=args.device,
-                                    dtype="bfloat16" if args.use_bf16 else None, dataset_name=args.dataset_name)
+                                    dtype="bfloat16" if args.use_bf16 else None, dataset_name=args.dataset_name,
+                                    verify=not args.no_verify)
     images = match_cameras(cameras, policy.camera_roles)
     state = check_state(args.state_vector, policy.state_dim, policy.dataset_name)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     start = time.perf_counter()
-    out = policy.infer(Observation(images=images, state=state, prompt=args.prompt), seed=seed)
+    try:
+        out = policy.infer(Observation(images=images, state=state, prompt=args.prompt), seed=seed)
+    except NonFiniteActionsError as err:
+        raise OutputError(f"{args.checkpoint_path}: {err}") from None
     infer_ms = (time.perf_counter() - start) * 1000.0
     actions = out["actions"]  # (H, A) float32, robot units
     paths = [args.image1_paths, args.image2_paths]
@@ -156,8 +171,22 @@ def predict(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray]:
     return document, actions
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """--output_dir must be a folder or creatable as one (no file in the way, on it or above it)."""
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"--output_dir {output_dir}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"--output_dir {output_dir}: {folder} is not writable")
+            return
+
+
 def save(document: dict[str, Any], actions: np.ndarray, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--output_dir {output_dir}: cannot create it: {err}") from None
     (output_dir / "prediction.json").write_text(json.dumps(document, indent=1) + "\n")
     np.save(output_dir / "actions.npy", actions)
 
@@ -170,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.save_predictions:
                 save(document, actions, Path(args.output_dir))
         except (InputError, FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OutputError as err:  # never print NaN actions (nor invalid JSON)
             print(f"error: {err}", file=sys.stderr)
             return 2
         stdout.write(json.dumps(document) + "\n")

@@ -4,7 +4,7 @@ Usage:
     uv run scripts/serve_policy.py --checkpoint_path CKPT [--host 127.0.0.1] [--port 8000] [--use_bf16]
         [--use_torch_compile] [--api_key KEY] [--max_message_mb 32] [--dataset_name NAME]
         [--obs_keys config/serve/default.yaml] [--max_batch_size 8] [--max_connections 64] [--device cpu|cuda]
-        [--num_threads N]
+        [--num_threads N] [--no_verify]
 
 Clients: `openpi_client.websocket_client_policy.WebsocketClientPolicy(host, port, api_key=KEY)`;
 `get_server_metadata()` describes the request keys, `infer(obs)` returns {"actions": (H, A), ...}.
@@ -32,6 +32,7 @@ import torch
 from pg_vla.policy import Observation, Policy
 from pg_vla.serving.observations import ObservationKeys
 from pg_vla.serving.server import MIB, PolicyServer, ServerConfig
+from pg_vla.utils.devices import resolve_device
 
 DEFAULT_OBS_KEYS = Path(__file__).resolve().parents[1] / "config" / "serve" / "default.yaml"
 log = logging.getLogger("serve_policy")
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_connections", type=int, default=64, help="open connections beyond this get HTTP 503")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no_verify", action="store_true",
+                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -87,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        device = resolve_device(args.device)
         keys = ObservationKeys.load(args.obs_keys)
         config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
                               max_message_bytes=int(args.max_message_mb * MIB), max_batch_size=args.max_batch_size,
                               max_connections=args.max_connections)
         policy = Policy.from_checkpoint(args.checkpoint_path, device=device,
                                         dtype="bfloat16" if args.use_bf16 else None, compile=args.use_torch_compile,
-                                        dataset_name=args.dataset_name)
+                                        dataset_name=args.dataset_name, verify=not args.no_verify)
         server = PolicyServer(policy, keys, config, checkpoint=str(args.checkpoint_path))
     except (OSError, ValueError) as err:  # missing files, bad checkpoint (CheckpointError), bad key file
         print(f"error: {err}", file=sys.stderr)

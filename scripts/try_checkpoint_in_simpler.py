@@ -94,6 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run_to_time_limit", action="store_true",
                         help="do not stop at the first success; report success at the last step (SimplerEnv's protocol)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--no_verify", action="store_true",
+                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
     return parser.parse_args(argv)
 
 
@@ -111,15 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pg_vla.policy import Policy, resolve_checkpoint_folder
     from pg_vla.training.checkpoint import STATISTICS_DIR
+    from pg_vla.utils.devices import resolve_device
 
     torch.manual_seed(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    folder = resolve_checkpoint_folder(args.checkpoint_path)
-    available = {path.stem for path in (folder / STATISTICS_DIR).glob("*.json")}
-    # this robot's dataset statistics when the run has them (a mix); otherwise the run's only statistics
-    dataset_name = adapter.dataset_name if adapter.dataset_name in available else None
-    policy = Policy.from_checkpoint(folder, device=device, dtype="bfloat16" if args.use_bf16 else "float32",
-                                    compile=args.use_torch_compile, dataset_name=dataset_name)
+    try:
+        device = resolve_device(args.device)
+        folder = resolve_checkpoint_folder(args.checkpoint_path, verify=not args.no_verify)
+        available = {path.stem for path in (folder / STATISTICS_DIR).glob("*.json")}
+        # this robot's dataset statistics when the run has them (a mix); otherwise the run's only statistics
+        dataset_name = adapter.dataset_name if adapter.dataset_name in available else None
+        policy = Policy.from_checkpoint(folder, device=device, dtype="bfloat16" if args.use_bf16 else "float32",
+                                        compile=args.use_torch_compile, dataset_name=dataset_name, verify=False)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        env.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if policy.state_dim != adapter.state_dim:
         print(f"error: the checkpoint's {policy.dataset_name} statistics have proprio dim {policy.state_dim}; the "
               f"{robot} adapter gives {adapter.state_dim} ({adapter.dataset_name})", file=sys.stderr)

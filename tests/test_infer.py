@@ -94,6 +94,7 @@ def two_camera_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpo
 
     folder = make_policy_checkpoint(tmp_path_factory.mktemp("two_cameras") / "checkpoints", tiny_checkpoint_dir,
                                     num_cameras=2, action_expert={"hidden_size": 32, "intermediate_size": 64})
+    (folder / "manifest.json").unlink()  # edited below: the manifest would no longer match
     config = json.loads((folder / "config.json").read_text())
     config["data"]["camera_roles"] = ["primary", "wrist"]
     (folder / "config.json").write_text(json.dumps(config))
@@ -149,3 +150,70 @@ def test_seed_outside_the_servers_rule_is_an_argument_error(tmp_path: Path, caps
         assert f"argument --seed: must be an integer in [0, 2**63), got '{text}'" in capsys.readouterr().err
     for text, seed in (("0", 0), ("9223372036854775807", 2**63 - 1)):
         assert script.parse_args([*base, text]).seed == seed
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height (one empty data chunk): what a decompression bomb looks like
+    to a reader before it decodes anything."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+
+
+def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoint: Path, tmp_path: Path,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    script = _load_script()
+    _write_image(tmp_path / "frame.png", seed=4)
+    _png_header_only(tmp_path / "bomb.png", 15000, 15000)
+    (tmp_path / "a_file").write_text("")
+    base = ["--checkpoint_path", str(tiny_policy_checkpoint), "--prompt", PROMPT, "--state_vector", *map(str, STATE)]
+    frame = ["--image1_paths", str(tmp_path / "frame.png")]
+    cases = [
+        (["--image1_paths", str(tmp_path / "bomb.png")],
+         f"error: --image1_paths: image {tmp_path / 'bomb.png'} is too large to decode safely"),
+        ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file")],
+         f"error: --output_dir {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file, not a folder"),
+        ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file" / "below")],
+         f"is a file, not a folder"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*frame, "--device", "cuda"], "error: device 'cuda': no CUDA device is visible"))
+    for extra, message in cases:
+        assert script.main([*base, *extra]) == 2, extra
+        captured = capfd.readouterr()
+        assert message in captured.err and captured.out == "", captured.err
+        assert "Traceback" not in captured.err
+
+
+def test_a_checkpoint_that_yields_nan_prints_an_error_not_nan(tiny_policy_checkpoint: Path, tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan_checkpoint"
+    import shutil
+
+    shutil.copytree(tiny_policy_checkpoint, folder)
+    (folder / "manifest.json").unlink()  # edited below
+    model_file = folder / "model.safetensors"
+    with safe_open(str(model_file), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(model_file))
+    state["action_decoder.bias"][0] = float("nan")
+    save_file(state, str(model_file), metadata=metadata)
+    _write_image(tmp_path / "frame.png", seed=5)
+    script = _load_script()
+    argv = ["--checkpoint_path", str(folder), "--prompt", PROMPT, "--state_vector", *map(str, STATE),
+            "--image1_paths", str(tmp_path / "frame.png"), "--seed", "0"]
+    assert script.main(argv) == 2
+    captured = capfd.readouterr()
+    assert "error: " in captured.err and "non-finite action values" in captured.err
+    assert captured.out == ""  # no NaN (nor invalid JSON) on stdout

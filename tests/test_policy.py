@@ -38,10 +38,11 @@ def test_infer_matches_hand_computed_normalization(tiny_policy_checkpoint: Path)
     normalized = normalized[0].double().numpy()
     np.testing.assert_allclose(out["normalized_actions"], normalized, atol=1e-5)
 
-    # actions: xyz + rpy de-normalized from [-1, 1], the gripper (last dim) left in 0..1
+    # actions: xyz + rpy de-normalized from [-1, 1], the gripper (last dim) not normalized, clipped to its
+    # data range [min, max]
     a01, a99 = np.array(stats["action"]["p01"]), np.array(stats["action"]["p99"])
     expected = (np.clip(normalized, -1, 1) + 1) / 2 * (a99 - a01) + a01
-    expected[:, 6] = normalized[:, 6]
+    expected[:, 6] = np.clip(normalized[:, 6], stats["action"]["min"][6], stats["action"]["max"][6])
     assert out["actions"].shape == (4, 7)
     np.testing.assert_allclose(out["actions"], expected, atol=1e-5)
 
@@ -80,7 +81,7 @@ def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path
     assert resolve_checkpoint_folder(run_dir.parent) == tiny_policy_checkpoint  # the run's log_dir
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Policy.from_checkpoint(tmp_path / "nowhere")
-    with pytest.raises(CheckpointError, match="holds no pg-vla checkpoint"):
+    with pytest.raises(CheckpointError, match="not a model folder pg-vla knows"):
         Policy.from_checkpoint(tmp_path)
 
     broken = tmp_path / "broken"
@@ -101,8 +102,10 @@ def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path
 
 
 def _with_data_settings(checkpoint: Path, folder: Path, **data) -> Path:
-    """A copy of `checkpoint` whose run config says `data.<key>=<value>` for the given keys."""
+    """A copy of `checkpoint` whose run config says `data.<key>=<value>` for the given keys (an edited
+    folder: its manifest, which no longer matches, removed)."""
     shutil.copytree(checkpoint, folder)
+    (folder / "manifest.json").unlink()
     config = json.loads((folder / "config.json").read_text())
     config["data"].update(data)
     (folder / "config.json").write_text(json.dumps(config))
@@ -145,5 +148,89 @@ def test_run_config_modes_reach_inference(tiny_policy_checkpoint: Path, tmp_path
         expected = (normalized + 1) / 2 * (st["p99"] - st["p01"] + 1e-6) + st["p01"]
     else:
         expected = normalized * (st["std"] + 1e-6) + st["mean"]
-    expected[:, 6] = normalized[:, 6]  # the gripper stays as the model predicted it
+    expected[:, 6] = np.clip(normalized[:, 6], st["min"][6], st["max"][6])  # the gripper: not normalized, clipped
     np.testing.assert_allclose(out["actions"], expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- hardening: damaged weights, non-finite outputs, the gripper's range, devices -------------------------
+def _flip_tensor_bytes(model_file: Path, count: int = 64) -> None:
+    """Flip `count` bytes inside the tensor data (after the safetensors header), keeping the file's size."""
+    data = bytearray(model_file.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    for i in range(count):
+        data[header + 1000 + 37 * i] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_step_folder_are_refused_by_every_loader(tiny_policy_checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    from pg_vla.model.export import export_pi0
+    from pg_vla.model.vla.pizero import PiZero
+
+    folder = tmp_path / "checkpoints" / tiny_policy_checkpoint.name
+    shutil.copytree(tiny_policy_checkpoint, folder)
+    _flip_tensor_bytes(folder / "model.safetensors")
+    for load in (lambda: Policy.from_checkpoint(folder), lambda: Policy.from_checkpoint(folder.parent),
+                 lambda: PiZero.from_pretrained(folder), lambda: export_pi0(folder, tmp_path / "export")):
+        with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupted: sha256"):
+            load()
+    assert not (tmp_path / "export").exists()
+
+    # verify=False (--no_verify) reads it anyway: the flipped bytes really change the actions
+    obs = _observation(np.random.default_rng(5))
+    damaged = Policy.from_checkpoint(folder, verify=False).infer(obs, seed=0)["actions"]
+    intact = Policy.from_checkpoint(tiny_policy_checkpoint).infer(obs, seed=0)["actions"]
+    assert not np.array_equal(damaged, intact)
+
+
+def _edited_weights(checkpoint: Path, folder: Path, edit) -> Path:
+    """A copy of `checkpoint` whose model.safetensors went through `edit(state_dict)`; no manifest (an
+    edited folder cannot match it), so the loader has nothing to verify."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, folder)
+    (folder / "manifest.json").unlink()
+    model_file = folder / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(model_file), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(model_file))
+    edit(state)
+    save_file(state, str(model_file), metadata=metadata)
+    return folder
+
+
+def test_non_finite_actions_are_never_returned(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
+    from pg_vla.policy import NonFiniteActionsError
+
+    def poison(state: dict) -> None:
+        state["action_decoder.bias"][2] = float("nan")
+
+    policy = Policy.from_checkpoint(_edited_weights(tiny_policy_checkpoint, tmp_path / "nan", poison))
+    with pytest.raises(NonFiniteActionsError, match=r"non-finite action values of 28 \(NaN or inf\)"):
+        policy.infer(_observation(np.random.default_rng(6)), seed=0)
+
+
+def test_unnormalized_gripper_is_clipped_to_its_data_range(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
+    """A constant velocity on the gripper dim drives the sample to -1 (sample_actions clips to [-1, 1]); the
+    gripper is not normalized, so -1 would reach the robot as -1 for a 0..1 range: it gets the minimum."""
+    def push(state: dict) -> None:
+        state["action_decoder.weight"][6] = 0.0
+        state["action_decoder.bias"][6] = 3.0
+
+    policy = Policy.from_checkpoint(_edited_weights(tiny_policy_checkpoint, tmp_path / "push", push))
+    stats = json.loads((tiny_policy_checkpoint / "statistics" / "bridge_dataset.json").read_text())
+    low, high = stats["action"]["min"][6], stats["action"]["max"][6]
+    assert (low, high) == (0.0, 1.0)
+    out = policy.infer(_observation(np.random.default_rng(7)), seed=1)
+    np.testing.assert_array_equal(out["normalized_actions"][:, 6], -1.0)
+    np.testing.assert_array_equal(out["actions"][:, 6], 0.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_missing_gpu_is_named_before_the_checkpoint_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no CUDA device is visible on this machine"):
+        Policy.from_checkpoint(tmp_path / "nowhere", device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        Policy.from_checkpoint(tmp_path / "nowhere", device="gpu")

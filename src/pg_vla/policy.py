@@ -9,13 +9,16 @@ Evaluation adapters, the policy server and the single-example inference command 
                                  zero-padded to the model's proprio_dim
     prompt (text)             -> tokenized like the training batches
     flow-matching sample      -> normalized chunk (H, A_model) -> first A_dataset dims -> de-normalized (the
-                                 inverse of the training normalization)
+                                 inverse of the training normalization); the dimensions kept unnormalized
+                                 (the gripper) clipped to their [min, max] in the statistics
+    non-finite actions        -> NonFiniteActionsError, never returned (a robot must not receive NaN)
 
 A checkpoint folder is what training writes (`pg_vla.training.checkpoint`): model.safetensors (the
 averaged EMA/SWA weights when training kept an average), config.json, statistics/<dataset>.json and
 tokenizer/. Run configs without `data.normalization` / `data.image_resize` mean bounds / stretch (the
 defaults). `Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then
-takes the newest complete checkpoint. Nothing here imports tensorflow.
+takes the newest intact checkpoint; a folder with a manifest.json is checked against it before it is
+read (`verify=False` skips that). Nothing here imports tensorflow.
 """
 
 from __future__ import annotations
@@ -54,22 +57,16 @@ class Observation:
     prompt: str
 
 
-def resolve_checkpoint_folder(path: str | Path) -> Path:
-    """A checkpoint folder, a run's `checkpoints/` folder or its log_dir -> the checkpoint folder to load."""
-    from pg_vla.training.checkpoint import MODEL_FILE, find_latest_checkpoint
+def resolve_checkpoint_folder(path: str | Path, verify: bool = True) -> Path:
+    """A checkpoint folder, a run's `checkpoints/` folder or its log_dir -> the checkpoint folder to load,
+    checked against its manifest.json (sizes and sha256) unless `verify` is False."""
+    from pg_vla.model.pretrained import detect_layout
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if (path / MODEL_FILE).is_file():
-        return path
-    for candidate in (path, path / "checkpoints"):
-        if candidate.is_dir():
-            latest = find_latest_checkpoint(candidate)
-            if latest is not None:
-                return latest
-    raise CheckpointError(f"{path} holds no pg-vla checkpoint ({MODEL_FILE} not found, and no complete "
-                          "checkpoint under it or its checkpoints/ folder)")
+    layout, folder = detect_layout(path, verify)
+    if layout != "pg-vla":
+        raise CheckpointError(f"{path} is a {layout} folder, not a pg-vla checkpoint: a policy loads what training "
+                              "wrote (fine-tune from this folder with pretrained_model_path=...)")
+    return folder
 
 
 def _action_mask(dataset_name: str, action_dim: int, normalize_gripper: bool) -> list[bool] | None:
@@ -81,6 +78,10 @@ def _action_mask(dataset_name: str, action_dim: int, normalize_gripper: bool) ->
     if cfg is not None and len(cfg.action_normalization_mask) == action_dim:
         return list(cfg.action_normalization_mask)
     return default_action_mask(action_dim)
+
+
+class NonFiniteActionsError(RuntimeError):
+    """The model produced NaN or infinite actions: the weights (or the input) are broken; nothing is returned."""
 
 
 class Policy:
@@ -109,6 +110,9 @@ class Policy:
         self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
         self.action_normalizer = Normalizer(statistics.action, normalization,
                                             _action_mask(dataset_name, self.action_dim, normalize_gripper))
+        kept = ~self.action_normalizer.mask  # unnormalized dims: the model's output is in robot units already
+        self._kept_dims = np.flatnonzero(kept)
+        self._kept_range = (statistics.action.min[kept], statistics.action.max[kept])
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
@@ -116,15 +120,19 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype |
                         None = None, dataset_name: str | None = None, num_steps: int | None = None,
-                        compile: bool = False) -> "Policy":
+                        compile: bool = False, verify: bool = True) -> "Policy":
         """Load a checkpoint folder written by training (see the module docstring).
 
         dataset_name picks the statistics to de-normalize with when the run mixed several datasets.
-        dtype: float32 (default) or bfloat16 weights; compile: torch.compile the denoising step.
+        dtype: float32 (default) or bfloat16 weights; compile: torch.compile the denoising step;
+        verify: check every file against the checkpoint's manifest.json first (False: skip the hashing).
         """
         from pg_vla.training.checkpoint import CONFIG_FILE, MODEL_FILE, STATISTICS_DIR, TOKENIZER_DIR
 
-        folder = resolve_checkpoint_folder(path)
+        from pg_vla.utils.devices import resolve_device
+
+        device = resolve_device(device)  # a missing GPU is named as such, before the checkpoint is read
+        folder = resolve_checkpoint_folder(path, verify)
         run = _read_json(folder / CONFIG_FILE)
         data = run.get("data", {})
         stats_dir = folder / STATISTICS_DIR
@@ -236,8 +244,15 @@ class Policy:
         noise = self.noise(len(observations), seed) if noise is None else noise.to(self.device)
         normalized = self.model.sample_actions(**inputs, noise=noise, num_steps=self.num_steps)
         normalized = normalized[..., :self.action_dim].float().cpu().numpy()  # (B, H, A_dataset)
-        actions = self.action_normalizer.unnormalize(normalized.astype(np.float64)).astype(np.float32)
-        return {"actions": actions, "normalized_actions": normalized}
+        bad = ~np.isfinite(normalized)
+        if bad.any():
+            raise NonFiniteActionsError(
+                f"the model produced {int(bad.sum())} non-finite action values of {bad.size} (NaN or inf) for "
+                f"{len(observations)} observation(s): its weights or inputs are broken; no actions are returned")
+        actions = self.action_normalizer.unnormalize(normalized.astype(np.float64))
+        low, high = self._kept_range  # e.g. a gripper in 0..1 stays in 0..1
+        actions[..., self._kept_dims] = np.clip(actions[..., self._kept_dims], low, high)
+        return {"actions": actions.astype(np.float32), "normalized_actions": normalized}
 
     def infer(self, observation: Observation, seed: int | None = None) -> dict[str, np.ndarray]:
         """One observation -> actions (H, A) in robot units (and normalized_actions)."""

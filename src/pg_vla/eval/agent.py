@@ -49,6 +49,7 @@ class EvalConfig:
     device: str = "cpu"
     seed: int = 0  # flow-matching noise and random baseline
     dataset_name: str | None = None  # statistics to de-normalize with when the checkpoint has several
+    verify: bool = True  # check the checkpoint against its manifest.json before loading it
     replay_seed_offset: int = 1_000_000
 
     def __post_init__(self) -> None:
@@ -111,7 +112,7 @@ class Evaluator:
             from pg_vla.policy import Policy
 
             policy = Policy.from_checkpoint(cfg.checkpoint_path, device=cfg.device, dataset_name=cfg.dataset_name,
-                                            dtype="bfloat16" if cfg.use_bf16 else None)
+                                            dtype="bfloat16" if cfg.use_bf16 else None, verify=cfg.verify)
             return CheckpointController(policy, self.adapters, cfg.act_steps, cfg.seed)
         if cfg.policy == "expert":
             return ExpertController(self.suite)

@@ -39,6 +39,7 @@ import torch
 
 from pg_vla.eval.metrics import DEFAULT_THRESHOLDS, ActionMetrics
 from pg_vla.policy import Policy, resolve_checkpoint_folder
+from pg_vla.utils.devices import resolve_device
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -66,6 +67,7 @@ class OfflineEvalConfig:
     dtype: str | None = None  # float32 (default) or bfloat16
     num_workers: int = 1  # Parquet reader processes (0: in this process)
     plot_episodes: int = 3
+    verify: bool = True  # check the checkpoint against its manifest.json first
     thresholds: tuple[float, ...] = field(default=DEFAULT_THRESHOLDS)
 
     def __post_init__(self) -> None:
@@ -257,9 +259,10 @@ def run(cfg: OfflineEvalConfig) -> dict[str, Any]:
 
     from pg_vla.data.sources import make_loader
 
-    checkpoint = resolve_checkpoint_folder(cfg.checkpoint_path)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = Policy.from_checkpoint(checkpoint, device=device, dtype=cfg.dtype, dataset_name=cfg.dataset_name)
+    checkpoint = resolve_checkpoint_folder(cfg.checkpoint_path, cfg.verify)
+    device = resolve_device(cfg.device)
+    policy = Policy.from_checkpoint(checkpoint, device=device, dtype=cfg.dtype, dataset_name=cfg.dataset_name,
+                                    verify=False)  # checked just above
     model_cfg = policy.config
     data = data_config(cfg, policy, checkpoint)
     loader, _ = make_loader(data, batch_size=cfg.batch_size, image_size=model_cfg.vision.image_size,

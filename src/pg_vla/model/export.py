@@ -30,9 +30,11 @@ from pg_vla.model.pretrained import PG_VLA_MODEL_FILE, detect_layout
 TRAINING_CONFIG_FILE = "pg_vla_training_config.json"
 
 
-def export_pi0(checkpoint_path: str | Path, output_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """pg-vla checkpoint (step folder, checkpoints/ folder or log_dir) -> a pi0 folder at `output_dir`."""
-    layout, folder = detect_layout(checkpoint_path)
+def export_pi0(checkpoint_path: str | Path, output_dir: str | Path, dtype: torch.dtype | None = None,
+               verify: bool = True) -> Path:
+    """pg-vla checkpoint (step folder, checkpoints/ folder or log_dir) -> a pi0 folder at `output_dir`.
+    verify: check the checkpoint against its manifest first."""
+    layout, folder = detect_layout(checkpoint_path, verify)
     if layout != "pg-vla":
         raise CheckpointError(f"{checkpoint_path} is a {layout} folder, not a pg-vla checkpoint: nothing to export")
     out = Path(output_dir)

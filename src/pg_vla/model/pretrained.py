@@ -36,8 +36,12 @@ LAYOUTS = ("pg-vla", "pi0", "paligemma")
 PG_VLA_MODEL_FILE = "model.safetensors"
 
 
-def detect_layout(folder: str | Path) -> tuple[str, Path]:
-    """-> (layout, the folder to read): one of LAYOUTS. Raises naming what the folder lacks."""
+def detect_layout(folder: str | Path, verify: bool = True) -> tuple[str, Path]:
+    """-> (layout, the folder to read): one of LAYOUTS. Raises naming what the folder lacks.
+
+    verify: a pg-vla checkpoint folder with a manifest.json is checked against it (every file's size
+    and sha256) before anything reads it; a damaged one raises CheckpointError naming the file. A run
+    folder resolves to its newest intact checkpoint. False skips the hashing (`--no_verify`)."""
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -46,7 +50,7 @@ def detect_layout(folder: str | Path) -> tuple[str, Path]:
     config_file = folder / "config.json"
     model_file = folder / PG_VLA_MODEL_FILE
     if model_file.is_file() and _is_pg_vla_model_file(model_file):
-        return "pg-vla", folder
+        return "pg-vla", _verified(folder, verify)
     if config_file.is_file():
         try:
             raw = json.loads(config_file.read_text())
@@ -57,7 +61,7 @@ def detect_layout(folder: str | Path) -> tuple[str, Path]:
         if isinstance(raw, dict) and raw.get("model_type") == "paligemma":
             return "paligemma", folder
     for candidate in (folder, folder / "checkpoints"):  # a run's log_dir or its checkpoints/ folder
-        latest = _latest_checkpoint(candidate)
+        latest = _latest_checkpoint(candidate, verify)
         if latest is not None:
             return "pg-vla", latest
     raise CheckpointError(
@@ -68,10 +72,10 @@ def detect_layout(folder: str | Path) -> tuple[str, Path]:
 
 
 def load_pretrained(folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    **config_overrides: Any) -> PiZero:
-    """The model of any folder `detect_layout` knows, in `dtype` (default: float32 for PaliGemma, the
-    checkpoint's own dtype otherwise) on `device`."""
-    layout, path = detect_layout(folder)
+                    verify: bool = True, **config_overrides: Any) -> PiZero:
+    """The model of any folder `detect_layout` knows (verified as it says), in `dtype` (default: float32
+    for PaliGemma, the checkpoint's own dtype otherwise) on `device`."""
+    layout, path = detect_layout(folder, verify)
     if layout == "paligemma":
         return PiZero.from_paligemma(path, dtype=dtype, **config_overrides).to(device)
     if layout == "pg-vla":
@@ -180,10 +184,29 @@ def _is_pg_vla_model_file(path: Path) -> bool:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
+def _latest_checkpoint(folder: Path, verify: bool) -> Path | None:
+    """The newest intact step folder under `folder`; None when it holds none; an error when it holds
+    step folders of which none is intact (naming the newest one's damage)."""
     if not folder.is_dir():
         return None
-    from pg_vla.training.checkpoint import find_latest_checkpoint
+    from pg_vla.training.checkpoint import find_latest_checkpoint, list_checkpoints, verify_checkpoint
 
-    return find_latest_checkpoint(folder)
+    found = find_latest_checkpoint(folder, verify=verify)
+    candidates = list_checkpoints(folder)
+    if found is None and candidates:
+        try:
+            verify_checkpoint(candidates[-1])
+        except CheckpointError as err:
+            raise CheckpointError(f"{folder} holds {len(candidates)} checkpoint(s), none of them intact; the newest: "
+                                  f"{err}") from None
+    return found
+
+
+def _verified(folder: Path, verify: bool) -> Path:
+    """`folder`, after checking it against its manifest when it has one and `verify` is set."""
+    from pg_vla.training.checkpoint import MANIFEST_FILE, verify_checkpoint
+
+    if verify and (folder / MANIFEST_FILE).is_file():
+        verify_checkpoint(folder)
+    return folder
 

@@ -111,12 +111,13 @@ class PiZero(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                        **config_overrides) -> "PiZero":
+                        verify: bool = True, **config_overrides) -> "PiZero":
         """Any model folder: a pg-vla checkpoint (or run), a pi0 folder (openpi, LeRobot, transformers) or a
-        PaliGemma folder (pg_vla.model.pretrained). `config_overrides` set what the weights do not fix."""
+        PaliGemma folder (pg_vla.model.pretrained). `config_overrides` set what the weights do not fix;
+        verify: check a pg-vla checkpoint against its manifest first."""
         from pg_vla.model.pretrained import load_pretrained
 
-        return load_pretrained(folder, dtype=dtype, device=device, **config_overrides)
+        return load_pretrained(folder, dtype=dtype, device=device, verify=verify, **config_overrides)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
