@@ -102,7 +102,7 @@ class Trainer:
         overrides: dict[str, Any] = {"num_cameras": num_cameras}
         if layout == "paligemma":
             overrides.update(proprio_dim=proprio_dim, action_dim=action_dim)
-        model = PiZero.from_pretrained(source, **{**overrides, **cfg.model})
+        model = PiZero.from_pretrained(source, verify=False, **{**overrides, **cfg.model})  # verified just above
         if model.config.proprio_dim < proprio_dim or model.config.action_dim < action_dim:
             raise ValueError(f"the data has {proprio_dim}-D state and {action_dim}-D actions, more than the "
                              f"{model.config.proprio_dim} / {model.config.action_dim} dims of {source}")
