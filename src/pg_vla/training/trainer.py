@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -132,6 +133,8 @@ class Trainer:
             group["lr"] = base * factor
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.batches_consumed = int((state["data_state"] or {}).get("batches_consumed", 0))
+        if self.rank == 0:  # the steps after the checkpoint are trained again: drop their old records
+            _truncate_log(self.log_dir / "log.jsonl", int(state["step"]))
         self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"]})
         return int(state["step"])
 
@@ -392,6 +395,29 @@ class _Frozen:
 
     def state_dict(self) -> dict[str, Any]:
         return self._state
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the records of `path` (JSON lines) up to `step`, and those without a step; drop later steps
+    and lines that do not parse (a record cut off by a crash). Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line + "\n")
+    if not dropped:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _wandb_id(log_dir: Path) -> str:
