@@ -212,7 +212,9 @@ def _losses(log_dir: Path) -> dict[int, float]:
 def _raw_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
+    from pg_vla.training.checkpoint import read_training_state
+
+    state = read_training_state(checkpoint)
     return state["model"] if state["model"] is not None else load_file(str(checkpoint / "model.safetensors"))
 
 

@@ -30,7 +30,9 @@ def _run(cache: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _checkpoint(run: Path, step: int) -> tuple[dict[str, torch.Tensor], dict]:
     folder = run / "checkpoints" / f"step_{step:06d}"
-    return load_file(str(folder / "model.safetensors")), torch.load(folder / "training_state.pt", weights_only=False)
+    from pg_vla.training.checkpoint import read_training_state
+
+    return load_file(str(folder / "model.safetensors")), read_training_state(folder)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_ema_checkpoints_validation_and_wandb_offline(cache: Path, tmp_path: Pat
     _run(cache, f"log_dir={run}", "n_updates=3", "averaging.kind=ema", "averaging.decay=0.5",
          "validation.every=3", "wandb.mode=offline")
 
-    # model.safetensors holds the EMA, training_state.pt the raw weights: ema_1 = raw_1,
+    # model.safetensors holds the EMA, the training state the raw weights: ema_1 = raw_1,
     # ema_k = 0.5 ema_(k-1) + 0.5 raw_k for every trained tensor; frozen tensors are the raw ones.
     emas, states = zip(*[_checkpoint(run, k) for k in (1, 2, 3)])
     # raw weights are stored apart only when they differ from the published ones (at step 1 they do not)

@@ -64,6 +64,9 @@ class ArrayStatistics:
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[0] == 0:
             raise ValueError(f"statistics need a non-empty (N, D) array, got shape {values.shape}")
+        if not np.isfinite(values).all():
+            row, dim = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
+            raise ValueError(f"statistics over non-finite values: value {values[row, dim]} at row {row}, dimension {dim}")
         return cls(mean=values.mean(0), std=values.std(0), min=values.min(0), max=values.max(0),
                    p01=np.quantile(values, 0.01, axis=0), p99=np.quantile(values, 0.99, axis=0))
 

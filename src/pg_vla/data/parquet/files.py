@@ -130,6 +130,11 @@ class FileIndex:
     def row_group_of(self, row: int) -> int:
         return int(np.searchsorted(self.row_group_starts, row, side="right")) - 1
 
+    def episode_step(self, row: int) -> tuple[int, int]:
+        """(episode index in this file, step within it) of a row."""
+        episode = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return episode, row - int(self.starts[episode])
+
 
 def index_file(path: Path, cfg: ParquetConfig) -> tuple[FileIndex, ColumnPlan]:
     """Read `is_first` (and `is_last` when present) by row group; check the episode structure."""
@@ -223,7 +228,7 @@ def iter_row_blocks(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan,
         for table in pieces:
             lo, hi = max(start, offset), min(stop, offset + table.num_rows)
             if lo < hi:
-                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images)
+                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images, index)
             offset += table.num_rows
             del table
 
@@ -239,20 +244,22 @@ def _leaf_columns(parquet: pq.ParquetFile, top_level: list[str]) -> list[int]:
     return out
 
 
-def _convert(plan: ColumnPlan, table: pa.Table, start: int, dims: dict[str, int | None], with_images: bool
-             ) -> RowBlock:
+def _convert(plan: ColumnPlan, table: pa.Table, start: int, dims: dict[str, int | None], with_images: bool,
+             index: FileIndex) -> RowBlock:
     names = ("image_1", "image_2") if with_images else ()
     images = {name: _binary(plan, table, name, start) for name in names if plan.has(name)}
     return RowBlock(start=start,
-                    state=_vectors(plan, table, "state", start, dims),
-                    action=_vectors(plan, table, "action", start, dims),
+                    state=_vectors(plan, table, "state", start, dims, index),
+                    action=_vectors(plan, table, "action", start, dims, index),
                     prompt=_strings(plan, table, "prompt", start),
                     images=images,
                     episode_id=_strings(plan, table, "episode_id", start) if plan.has("episode_id") else None)
 
 
-def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: dict[str, int | None]) -> np.ndarray:
-    """A list<float> column -> (n, D) float32, every row of length dims[logical]."""
+def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: dict[str, int | None],
+             index: FileIndex) -> np.ndarray:
+    """A list<float> column -> (n, D) float32, every row of length dims[logical] and every value finite
+    (statistics and samples both read through here, so NaN/inf never reaches either)."""
     name = plan.names[logical]
     array = plan.extract(table, logical)
     kind = array.type
@@ -277,7 +284,15 @@ def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: 
         flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
     except (pa.ArrowInvalid, TypeError, ValueError) as err:
         raise ParquetDataError(plan.file, start, name, f"values are not numbers ({values.type}): {err}") from err
-    return flat.reshape(len(lengths), expected)
+    out = flat.reshape(len(lengths), expected)
+    finite = np.isfinite(out)
+    if not finite.all():
+        row, dim = (int(i) for i in np.argwhere(~finite)[0])
+        episode, step = index.episode_step(start + row)
+        raise ParquetDataError(plan.file, start + row, name,
+                               f"non-finite value {out[row, dim]} in dimension {dim} (episode {episode} of the file, "
+                               f"step {step}; {int((~finite).sum())} such values in rows {start}..{start + len(out) - 1})")
+    return out
 
 
 def _binary(plan: ColumnPlan, table: pa.Table, logical: str, start: int) -> list[bytes | None]:

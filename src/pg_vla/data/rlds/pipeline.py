@@ -104,6 +104,15 @@ def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_u
     def apply(traj: dict) -> dict:
         out = standardize(traj, cfg)
         out["tfds_id"] = traj["tfds_id"]
+        checks = []
+        for key, values in (("action", out["action"]), ("proprio", out["observation"]["proprio"])):
+            finite = tf.reduce_all(tf.math.is_finite(values), axis=-1)  # (T,)
+            checks.append(tf.debugging.Assert(tf.reduce_all(finite), [
+                f"{NON_FINITE_MARK} {key} value in {cfg.name} split {split}, episode", traj["tfds_id"],
+                "step", tf.argmin(tf.cast(finite, tf.int32))], summarize=1))
+        with tf.control_dependencies(checks):  # the checks run before anything reads the values
+            out["action"] = tf.identity(out["action"])
+            out["observation"] = {**out["observation"], "proprio": tf.identity(out["observation"]["proprio"])}
         return out
 
     ds = read_trajectories(builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed,
@@ -236,6 +245,23 @@ class CorruptDatasetError(RuntimeError):
     """A tfrecord file of a dataset could not be read."""
 
 
+NON_FINITE_MARK = "non-finite"  # starts the message of the finite-values assertion in standardized_trajectories
+
+
+class NonFiniteDataError(ValueError):
+    """A standardized action or proprio value is NaN or infinite; names the dataset, episode and step."""
+
+
+def non_finite_data_error(err: tf.errors.InvalidArgumentError) -> NonFiniteDataError | None:
+    """The NonFiniteDataError an assertion of standardized_trajectories raised, else None."""
+    message = getattr(err, "message", str(err))
+    if NON_FINITE_MARK not in message:
+        return None
+    detail = message[message.index(NON_FINITE_MARK):].splitlines()[0]
+    return NonFiniteDataError(f"{detail.replace('] [', ' ').strip('[]')}: fix or drop that episode (statistics and "
+                              "training refuse NaN/inf)")
+
+
 def corrupt_data_error(err: Exception, where: str) -> CorruptDatasetError:
     return CorruptDatasetError(f"corrupt or truncated tfrecord data in {where}: {getattr(err, 'message', err)}. "
                                f"Re-copy or regenerate the dataset files.")
@@ -254,6 +280,8 @@ def iterate_numpy_batches(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, 
             folders = ", ".join(f"{name} ({dataset_folder(rlds.data_path, get_dataset_config(name))}, split "
                                 f"{rlds.split!r})" for name in info.datasets)
             raise corrupt_data_error(err, folders) from err
+        except tf.errors.InvalidArgumentError as err:
+            raise (non_finite_data_error(err) or err) from err
         yield to_numpy_batch(batch)
 
 

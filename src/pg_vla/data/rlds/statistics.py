@@ -50,7 +50,7 @@ def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, sk
     ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"]})
     import tensorflow as tf
 
-    from pg_vla.data.rlds.pipeline import corrupt_data_error, dataset_folder
+    from pg_vla.data.rlds.pipeline import corrupt_data_error, dataset_folder, non_finite_data_error
 
     actions, proprios = [], []
     try:
@@ -59,6 +59,8 @@ def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, sk
             proprios.append(traj["proprio"])
     except tf.errors.DataLossError as err:
         raise corrupt_data_error(err, f"{cfg.name} ({dataset_folder(data_path, cfg)}, split {split!r})") from err
+    except tf.errors.InvalidArgumentError as err:
+        raise (non_finite_data_error(err) or err) from err
     if not actions:
         raise ValueError(f"{cfg.name} split {split!r} has no usable episodes (all empty or unlabeled)")
     action, proprio = np.concatenate(actions), np.concatenate(proprios)
