@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pg_vla.policy import Observation, Policy
+from pg_vla.policy import NonFiniteActionsError, Observation, Policy
 from pg_vla.serving.observations import ObservationKeys
 from pg_vla.serving.server import MIB, PolicyServer, ServerConfig
 from pg_vla.utils.devices import resolve_device
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log.info("loaded %s on %s (%s); warming up", policy.name, device, policy.dtype)
-    log.info("warm-up inference: %.1f ms", warm_up(policy))
+    try:
+        log.info("warm-up inference: %.1f ms", warm_up(policy))
+    except NonFiniteActionsError as err:  # a broken model is refused before any robot connects
+        print(f"error: {args.checkpoint_path}: {err} (on a blank observation); not serving it", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run(server))
     except OSError as err:  # e.g. the port is taken

@@ -8,6 +8,8 @@ with a 2 MiB message limit and one that requires an API key.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -70,6 +72,24 @@ def servers(tiny_policy_checkpoint: Path,
     finally:
         for server in started.values():
             server.stop()
+
+
+def _nan_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of the tiny policy whose action decoder has one NaN bias (no manifest: an edited folder)."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, folder)
+    (folder / "manifest.json").unlink()
+    model_file = folder / "model.safetensors"
+    with safe_open(str(model_file), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(model_file))
+    state["action_decoder.bias"][3] = float("nan")
+    save_file(state, str(model_file), metadata=metadata)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -505,3 +525,42 @@ def test_api_key_is_required_when_set(servers: dict[str, ServerProcess]) -> None
     # the plain server needs no key and ignores one
     plain = servers["plain"]
     assert WebsocketClientPolicy(plain.host, plain.port, api_key="anything").get_server_metadata()["action_dim"] == 7
+
+
+def test_non_finite_actions_are_never_sent(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
+    """A policy whose weights hold a NaN: serve_policy.py refuses to start (its warm-up sees NaN actions); served
+    anyway (a server built in-process, on loopback), every request gets an error reply naming the problem,
+    never NaN actions, and the connection keeps serving."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    from pg_vla.serving.observations import ObservationKeys
+    from pg_vla.serving.server import PolicyServer, ServerConfig
+
+    nan = _nan_checkpoint(tiny_policy_checkpoint, tmp_path / "nan_policy" / "step_000001")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "serve_policy.py"), "--checkpoint_path", str(nan),
+                           "--port", "0", "--num_threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "non-finite action values" in done.stderr and "not serving it" in done.stderr
+    assert "listening" not in done.stdout
+
+    server = PolicyServer(Policy.from_checkpoint(nan), ObservationKeys.load(None), ServerConfig(port=0))
+    loop, address = asyncio.new_event_loop(), {}
+    stop = asyncio.Event()
+    ready = threading.Event()
+
+    def on_ready(host: str, port: int) -> None:
+        address.update(host=host, port=port)
+        ready.set()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve(stop, on_ready)), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(60)
+        client = WebsocketClientPolicy(address["host"], address["port"])
+        rng = np.random.default_rng(11)
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="inference failed: NonFiniteActionsError: the model produced 28 "
+                                                   "non-finite action values of 28"):
+                client.infer(_request(rng, seed=0))
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
