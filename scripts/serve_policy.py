@@ -4,7 +4,8 @@ Usage:
     uv run scripts/serve_policy.py --checkpoint_path CKPT [--host 127.0.0.1] [--port 8000] [--use_bf16]
         [--use_torch_compile] [--api_key KEY] [--max_message_mb 32] [--dataset_name NAME]
         [--obs_keys config/serve/default.yaml] [--max_batch_size 8] [--max_connections 64] [--device cpu|cuda]
-        [--num_threads N] [--no_verify]
+        [--num_threads N] [--decode_threads 2] [--connection_mb_per_s 128] [--connection_requests_per_s 200]
+        [--max_limit_violations 3] [--no_verify]
 
 Clients: `openpi_client.websocket_client_policy.WebsocketClientPolicy(host, port, api_key=KEY)`;
 `get_server_metadata()` describes the request keys, `infer(obs)` returns {"actions": (H, A), ...}.
@@ -52,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--obs_keys", default=str(DEFAULT_OBS_KEYS), help="YAML mapping of request keys")
     parser.add_argument("--max_batch_size", type=int, default=8, help="most waiting requests run as one batch")
     parser.add_argument("--max_connections", type=int, default=64, help="open connections beyond this get HTTP 503")
+    parser.add_argument("--decode_threads", type=int, default=2, help="threads decoding requests (all connections)")
+    parser.add_argument("--connection_mb_per_s", type=float, default=128.0,
+                        help="MiB per second one connection may send, sustained")
+    parser.add_argument("--connection_requests_per_s", type=float, default=200.0,
+                        help="requests per second one connection may send, sustained")
+    parser.add_argument("--max_limit_violations", type=int, default=3,
+                        help="messages beyond the decoding limits before a connection is closed (code 1008)")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no_verify", action="store_true",
@@ -95,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         keys = ObservationKeys.load(args.obs_keys)
         config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
                               max_message_bytes=int(args.max_message_mb * MIB), max_batch_size=args.max_batch_size,
-                              max_connections=args.max_connections)
+                              max_connections=args.max_connections, decode_threads=args.decode_threads,
+                              connection_bytes_per_s=args.connection_mb_per_s * MIB,
+                              connection_messages_per_s=args.connection_requests_per_s,
+                              max_limit_violations=args.max_limit_violations)
         policy = Policy.from_checkpoint(args.checkpoint_path, device=device,
                                         dtype="bfloat16" if args.use_bf16 else None, compile=args.use_torch_compile,
                                         dataset_name=args.dataset_name, verify=not args.no_verify)

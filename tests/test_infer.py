@@ -143,7 +143,7 @@ def test_seed_outside_the_servers_rule_is_an_argument_error(tmp_path: Path, caps
 
     script = _load_script()
     base = ["--checkpoint_path", missing, "--image1_paths", "frame.png", "--prompt", PROMPT, "--seed"]
-    for text in ("-1", "9223372036854775808", "1.5", "seven"):
+    for text in ("-1", "9223372036854775808", "1.5", "1e20", "seven"):
         with pytest.raises(SystemExit) as stopped:
             script.main([*base, text])
         assert stopped.value.code == 2

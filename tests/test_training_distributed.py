@@ -85,23 +85,29 @@ def _config(data_path: Path, model_path: Path, log_dir: Path, **overrides) -> di
     return cfg
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("global_batch_size,micro_batches", [(4, 1), (8, 2)])
-def test_torchrun_two_ranks_stay_in_sync(quickstart_inputs, tmp_path, global_batch_size, micro_batches):
-    _, data_path, model_path = quickstart_inputs
-    n_updates = 2
-    out = tmp_path / "out"
+def _run_driver(tmp_path: Path, data_path: Path, model_path: Path, name: str, nproc: int, **overrides) -> Path:
+    """Run the driver (torchrun with `nproc` ranks, or a plain process) on a config -> its output folder."""
+    out = tmp_path / name
     out.mkdir()
-    cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(_config(data_path, model_path, tmp_path / "run", n_updates=n_updates,
-                                           global_batch_size=global_batch_size)))
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(driver), str(cfg_path), str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    cfg_path = out / "cfg.json"
+    cfg_path.write_text(json.dumps(_config(data_path, model_path, out / "run", **overrides)))
+    return _launch(out, nproc)
 
+
+def _launch(out: Path, nproc: int) -> Path:
+    driver = out.parent / "driver.py"
+    driver.write_text(DRIVER)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                 f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable])
+    result = subprocess.run([*launcher, str(driver), str(out / "cfg.json"), str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=400, env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out
+
+
+def _check_ranks_in_sync(out: Path, n_updates: int, global_batch_size: int, micro_batches: int) -> None:
+    """Both ranks trained their share of every step and end with identical weights (which, as they read
+    disjoint or differently ordered samples, needs the gradient all-reduce)."""
     seen = [json.loads((out / f"seen_rank{r}.json").read_text()) for r in (0, 1)]
     for s in seen:
         assert s["world_size"] == 2
@@ -115,45 +121,53 @@ def test_torchrun_two_ranks_stay_in_sync(quickstart_inputs, tmp_path, global_bat
     for name in init[0]:
         assert torch.equal(init[0][name], init[1][name]), f"{name} starts differently on the two ranks"
         assert torch.equal(final[0][name], final[1][name]), f"{name} diverged between the ranks"
-    # The ranks read disjoint episodes, so identical weights after training need the gradient all-reduce.
     changed = [n for n in final[0] if not torch.equal(final[0][n], init[0][n])]
     assert len(changed) > len(final[0]) // 2, f"only {len(changed)} of {len(final[0])} tensors were updated"
 
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, n_updates + 1))  # rank 0 logs alone
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
-    assert checkpoints == [f"step_{n_updates:06d}"]
-
-
-def _final_weights(tmp_path: Path, data_path: Path, model_path: Path, name: str, nproc: int, **overrides):
-    """Run the driver (torchrun with `nproc` ranks, or a plain process) and return rank 0's final weights."""
-    out = tmp_path / name
-    out.mkdir()
-    cfg_path = out / "cfg.json"
-    cfg_path.write_text(json.dumps(_config(data_path, model_path, out / "run", **overrides)))
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                 f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable])
-    result = subprocess.run([*launcher, str(driver), str(cfg_path), str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=400, env=ENV)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    final = out / "rank0.pt"
-    return (torch.load(final) if final.is_file() else None), out
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, tmp_path):
+def test_torchrun_two_ranks_accumulate_and_stay_in_sync(quickstart_inputs, tmp_path):
+    """2 ranks x 2 micro-batches of 2 per step (global batch 8), the sharded stream: disjoint episodes per rank."""
+    _, data_path, model_path = quickstart_inputs
+    out = _run_driver(tmp_path, data_path, model_path, "accumulate", 2, n_updates=2, global_batch_size=8)
+    _check_ranks_in_sync(out, n_updates=2, global_batch_size=8, micro_batches=2)
+    checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert checkpoints == ["step_000002"]
+
+
+# One 2-rank DDP run serves as the reference of the single-process, FSDP and resume tests: 4 steps of global
+# batch 4 (1 micro-batch of 2 per rank), the replicated deterministic stream, a checkpoint every 2 steps.
+REFERENCE = {"n_updates": 4, "global_batch_size": 4, "per_device_batch_size": 2, "data_stream": "replicated",
+             "save_every": 2}
+
+
+def _reference_data(data_path: Path) -> dict:
+    return {"data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
+                     "transform_threads": 1, "deterministic": True}}
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(quickstart_inputs, tmp_path_factory) -> Path:
+    _, data_path, model_path = quickstart_inputs
+    return _run_driver(tmp_path_factory.mktemp("ddp_reference"), data_path, model_path, "ddp", 2, **REFERENCE,
+                       **_reference_data(data_path))
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, ddp_reference, tmp_path):
     """DDP (and FSDP) over 2 ranks x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2: with the replicated
     data stream both see the same 4 samples per step with the same flow noise, so only the gradient
     averaging differs in how it is computed."""
     _, data_path, model_path = quickstart_inputs
-    common = {"n_updates": 3, "global_batch_size": 4, "per_device_batch_size": 2, "data_stream": "replicated",
-              "data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
-                       "transform_threads": 1, "deterministic": True}}
-    single, _ = _final_weights(tmp_path, data_path, model_path, "single", 1, **common)
-    ddp, _ = _final_weights(tmp_path, data_path, model_path, "ddp", 2, **common)
-    _, fsdp_out = _final_weights(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **common)
+    _check_ranks_in_sync(ddp_reference, n_updates=4, global_batch_size=4, micro_batches=1)
+    ddp = torch.load(ddp_reference / "rank0.pt")
+    single = torch.load(_run_driver(tmp_path, data_path, model_path, "single", 1, **REFERENCE,
+                                    **_reference_data(data_path)) / "rank0.pt")
+    fsdp_out = _run_driver(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **REFERENCE,
+                           **_reference_data(data_path))
     initial = torch.load(tmp_path / "single" / "init_rank0.pt")
     assert single.keys() == ddp.keys()
     assert sum(not torch.equal(single[k], initial[k]) for k in single) > len(single) // 2
@@ -164,30 +178,29 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_input
     # so rounding shows up at ~1% of a step (each step moves a weight by ~lr = 1e-3). Attention key biases
     # get a gradient of exactly zero in exact arithmetic (a shift shared by all keys of a query leaves the
     # softmax unchanged): Adam turns their pure rounding noise into full-size steps, so they are skipped.
-    fsdp = _raw_weights(fsdp_out / "run" / "checkpoints" / "step_000003")
+    fsdp = _raw_weights(fsdp_out / "run" / "checkpoints" / "step_000004")
     for name in single:
         if not name.endswith("k_proj.bias"):
             torch.testing.assert_close(fsdp[name], single[name], atol=1e-4, rtol=1e-3, msg=f"fsdp: {name}")
 
 
 @pytest.mark.slow
-def test_two_rank_resume_continues_like_an_uninterrupted_run(quickstart_inputs, tmp_path):
-    _, data_path, model_path = quickstart_inputs
-    common = {"global_batch_size": 4, "per_device_batch_size": 2, "save_every": 2,
-              "data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
-                       "transform_threads": 1, "deterministic": True}}
-    straight, _ = _final_weights(tmp_path, data_path, model_path, "straight", 2, n_updates=4, **common)
-    first_half = tmp_path / "resumed"
-    _, out = _final_weights(tmp_path, data_path, model_path, "resumed", 2, n_updates=2, **common)
-    cfg = json.loads((out / "cfg.json").read_text())
-    cfg["n_updates"] = 4
+def test_two_rank_resume_continues_like_an_uninterrupted_run(ddp_reference, tmp_path):
+    """The reference run's step-2 checkpoint, resumed by 2 ranks to step 4, ends with its step-4 weights."""
+    import shutil
+
+    out = tmp_path / "resumed"
+    (out / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ddp_reference / "run" / "checkpoints" / "step_000002", out / "run" / "checkpoints" / "step_000002")
+    (out / "run" / "checkpoints" / "latest").write_text("step_000002\n")
+    cfg = json.loads((ddp_reference / "cfg.json").read_text())
+    cfg["log_dir"] = str(out / "run")
     (out / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(tmp_path / "driver.py"), str(out / "cfg.json"), str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=ENV)
-    assert result.returncode == 0, result.stderr[-5000:]
-    resumed = torch.load(first_half / "rank0.pt")
-    assert "resumed" in (out / "run" / "log.jsonl").read_text()
+    _launch(out, 2)
+    records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("event") == "resumed"] == [2]
+    assert [r["step"] for r in records if "loss" in r] == [3, 4]
+    straight, resumed = torch.load(ddp_reference / "rank0.pt"), torch.load(out / "rank0.pt")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
@@ -200,13 +213,11 @@ def _run_args(cache: Path, log_dir: Path) -> list[str]:
 
 
 def _losses(log_dir: Path) -> dict[int, float]:
-    """step -> loss of the last record of that step (a resumed run logs the repeated steps again)."""
-    losses = {}
-    for line in (log_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            losses[record["step"]] = record["loss"]
-    return losses
+    """step -> loss; each step is logged once, also by a run that resumed and trained some steps again."""
+    steps = [json.loads(line) for line in (log_dir / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert sorted(r["step"] for r in steps) == sorted({r["step"] for r in steps}), "a step is logged twice"
+    return {r["step"]: r["loss"] for r in steps}
 
 
 def _raw_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

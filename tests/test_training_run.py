@@ -41,6 +41,29 @@ def test_batch_sizes_must_divide(tmp_path):
         TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4, "data_path": str(tmp_path)}, log_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize("override,valid,message", [
+    ("n_updates=abc", "n_updates=1000", "training config key 'n_updates' must be an integer, got 'abc' (str)"),
+    ("seed=1.5", "seed=1", "training config key 'seed' must be an integer, got 1.5 (float)"),
+    ("precision=3", "precision=fp32", "training config key 'precision' must be a string, got 3 (int)"),
+    ("gradient_checkpointing=2", "gradient_checkpointing=true",
+     "training config key 'gradient_checkpointing' must be true or false, got 2 (int)"),
+])
+def test_config_values_of_the_wrong_kind_are_named(tmp_path, override, valid, message):
+    """The key given is named, not a later config derived from it (n_updates=abc once read as a bad
+    schedule.total_steps); the same key with a value of the right kind builds."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    paths = [f"pretrained_model_path={tmp_path}", f"data.data_path={tmp_path}", f"log_dir={tmp_path / 'run'}"]
+    with initialize_config_dir(str(ROOT / "config" / "train"), version_base=None):
+        bad, good = (OmegaConf.to_container(compose("bridge", overrides=[o, *paths]), resolve=True)
+                     for o in (override, valid))
+    with pytest.raises(ValueError) as raised:
+        TrainConfig.from_dict(bad)
+    assert str(raised.value) == message
+    TrainConfig.from_dict(good)
+
+
 def test_tokenizer_path_must_be_a_folder_holding_a_tokenizer(tmp_path):
     common = dict(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path))
     assert TrainConfig(**common).tokenizer_path is None  # default: the tokenizer of pretrained_model_path
