@@ -68,7 +68,8 @@ def test_output_equals_in_process_policy(tiny_policy_checkpoint: Path, tmp_path:
     assert json.loads((out_dir / "prediction.json").read_text())["actions"] == printed["actions"]
 
 
-def test_bad_inputs_exit_with_named_errors(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
+def test_bad_inputs_exit_with_named_errors(tiny_policy_checkpoint: Path, tmp_path: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
     _write_image(tmp_path / "frame.png", seed=1)
     (tmp_path / "broken.png").write_text("not an image")
     common = ["--checkpoint_path", str(tiny_policy_checkpoint), "--prompt", PROMPT]
@@ -80,11 +81,12 @@ def test_bad_inputs_exit_with_named_errors(tiny_policy_checkpoint: Path, tmp_pat
         (["--image1_paths", str(tmp_path / "missing.png"), "--state_vector", *map(str, STATE)],
          f"error: --image1_paths: image file {tmp_path / 'missing.png'} does not exist"),
     ]
+    script = _load_script()  # the command's main, in-process (the subprocess path is tested above)
     for args, message in cases:
-        done = _run(*common, *args)
-        assert done.returncode == 2, done.stderr
-        assert message in done.stderr
-        assert done.stdout == ""
+        assert script.main([*common, *args]) == 2
+        captured = capfd.readouterr()
+        assert message in captured.err, captured.err
+        assert captured.out == ""
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ Self-test (run this file):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -512,20 +513,20 @@ def _parity_io(args) -> None:
     import numpy as np
 
     if not args.load_pretrained_weights or not args.pretrained_model_path:
-        raise SystemExit("--inputs needs --load_pretrained_weights and --pretrained_model_path DIR")
+        raise ValueError("--inputs needs --load_pretrained_weights and --pretrained_model_path DIR")
     if not args.output:
-        raise SystemExit("--inputs needs --output OUT.npz")
+        raise ValueError("--inputs needs --output OUT.npz")
     try:
         with np.load(args.inputs) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError) as err:
-        raise SystemExit(f"cannot read --inputs {args.inputs}: {err}")
+        raise ValueError(f"cannot read --inputs {args.inputs}: {err}")
     for name, (ndim, kind) in PARITY_INPUTS.items():
         if name not in arrays:
-            raise SystemExit(f"{args.inputs} lacks {name!r}; it needs {sorted(PARITY_INPUTS)}")
+            raise ValueError(f"{args.inputs} lacks {name!r}; it needs {sorted(PARITY_INPUTS)}")
         value = arrays[name]
         if value.ndim != ndim or value.dtype.kind != kind and not (kind == "i" and value.dtype.kind == "u"):
-            raise SystemExit(f"{args.inputs}: {name!r} must be a {ndim}-d {dict(f='float', i='integer', b='bool')[kind]}"
+            raise ValueError(f"{args.inputs}: {name!r} must be a {ndim}-d {dict(f='float', i='integer', b='bool')[kind]}"
                              f" array, got {value.dtype} of shape {value.shape}")
     b, n, _, size, _ = arrays["images"].shape
     length, (h, a), p = arrays["text_ids"].shape[1], arrays["noise"].shape[1:], arrays["state"].shape[1]
@@ -533,19 +534,19 @@ def _parity_io(args) -> None:
                 "noise": (b, h, a), "actions": (b, h, a), "time": (b,)}
     for name, shape in expected.items():
         if arrays[name].shape != shape:
-            raise SystemExit(f"{args.inputs}: {name!r} has shape {arrays[name].shape}, the other inputs imply {shape}")
+            raise ValueError(f"{args.inputs}: {name!r} has shape {arrays[name].shape}, the other inputs imply {shape}")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = PiZero.from_pretrained(args.pretrained_model_path, dtype=dtype, num_cameras=n, horizon_steps=h)
     cfg = model.config
     if model.is_discrete:
-        raise SystemExit(f"{args.pretrained_model_path} has the discrete action head; --inputs compares flow velocities")
+        raise ValueError(f"{args.pretrained_model_path} has the discrete action head; --inputs compares flow velocities")
     checks = [("image size", size, cfg.vision.image_size), ("action dim", a, cfg.action_dim),
               ("state dim", p, cfg.proprio_dim)]
     for what, got, want in checks:
         if got != want:
-            raise SystemExit(f"{args.inputs}: {what} {got} does not match the checkpoint's {want}")
+            raise ValueError(f"{args.inputs}: {what} {got} does not match the checkpoint's {want}")
     if length > cfg.max_text_tokens:
-        raise SystemExit(f"{args.inputs}: {length} text tokens exceed the checkpoint's {cfg.max_text_tokens}")
+        raise ValueError(f"{args.inputs}: {length} text tokens exceed the checkpoint's {cfg.max_text_tokens}")
     t = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
     images, text_ids, text_mask = t["images"].to(dtype), t["text_ids"].long(), t["text_mask"]
     proprio, time = t["state"].float()[:, None], t["time"].float()
@@ -557,7 +558,8 @@ def _parity_io(args) -> None:
     print(f"wrote {args.output}: velocity and sampled of shape {tuple(velocity.shape)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The self-test command; bad input (missing folder, mismatched inputs, ...) -> `error: ...`, status 2."""
     import argparse
 
     parser = argparse.ArgumentParser(description="pi0 model self-test: action sampling, text generation, "
@@ -579,16 +581,21 @@ def main() -> None:
     parser.add_argument("--inputs", default=None, help="npz of images, text_ids, text_mask, state, noise, actions, "
                         "time: write --output with the velocity at x_t and the 10-step sample (no clipping)")
     parser.add_argument("--output", default=None, help="npz to write with --inputs")
-    args = parser.parse_args()
-    if args.inputs:
-        _parity_io(args)
-    elif args.count_params:
-        _count_params(args.config, args.action_head)
-    elif args.text_only:
-        _generate_text(args)
-    else:
-        _sample_dummy(args.config, args.seed, args.action_head)
+    args = parser.parse_args(argv)
+    try:
+        if args.inputs:
+            _parity_io(args)
+        elif args.count_params:
+            _count_params(args.config, args.action_head)
+        elif args.text_only:
+            _generate_text(args)
+        else:
+            _sample_dummy(args.config, args.seed, args.action_head)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
