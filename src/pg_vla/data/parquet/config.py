@@ -53,6 +53,7 @@ class ParquetConfig:
     horizon_steps: int = 4
     batch_size: int = 16
     skip_unlabeled: bool = True  # drop episodes whose first prompt is empty, as the RLDS path does
+    skip_non_finite: bool = False  # leave out (and count) episodes with NaN/inf state or action; False: refuse
     normalization: str = "bounds"  # or mean_std (pi0), quantile (pi0.5); gaussian = mean_std. See normalization.py
     normalize_gripper: bool = False  # the trailing `gripper_dims` action dims keep their 0..1 unless set
     gripper_dims: int = 1

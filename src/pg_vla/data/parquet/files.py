@@ -1,7 +1,8 @@
 """Parquet files: discovery, column resolution, the episode index, and reading rows by row group.
 
 Rows are read with pyarrow one row group at a time (or in slices of a row group larger than the
-budget), never a whole file. The episode index reads only the `is_first` column.
+budget), never a whole file. The episode index reads only the `is_first` column (and, with
+`skip_non_finite`, the state and action values, to find the episodes holding NaN/inf).
 
 Shapes: n rows of a block, P state dim, A action dim.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,7 @@ class FileIndex:
     num_rows: int
     row_group_starts: tuple[int, ...]  # (G + 1,) first row of each row group, then num_rows
     starts: np.ndarray  # (E + 1,) int64
+    non_finite: tuple[int, ...] = ()  # episodes with a NaN/inf state or action (skip_non_finite), left out
 
     @property
     def num_episodes(self) -> int:
@@ -134,6 +136,10 @@ class FileIndex:
         """(episode index in this file, step within it) of a row."""
         episode = int(np.searchsorted(self.starts, row, side="right")) - 1
         return episode, row - int(self.starts[episode])
+
+    def describe(self, episode: int) -> str:
+        """'<file>, episode e (rows a..b)', for messages."""
+        return f"{self.path}, episode {episode} (rows {int(self.starts[episode])}..{int(self.starts[episode + 1]) - 1})"
 
 
 def index_file(path: Path, cfg: ParquetConfig) -> tuple[FileIndex, ColumnPlan]:
@@ -171,7 +177,30 @@ def index_file(path: Path, cfg: ParquetConfig) -> tuple[FileIndex, ColumnPlan]:
             what = ("is_last=True but the next row does not start an episode" if is_last[row]
                     else "is_last=False on an episode's last row (the next row has is_first=True or the file ends)")
             raise ParquetDataError(str(path), row, plan.names["is_last"], what)
-    return FileIndex(str(path), num_rows, tuple(int(s) for s in group_starts), starts), plan
+    index = FileIndex(str(path), num_rows, tuple(int(s) for s in group_starts), starts)
+    if cfg.skip_non_finite:
+        index = replace(index, non_finite=non_finite_episodes(parquet, index, plan, cfg))
+    return index, plan
+
+
+NAMED_SKIPS = 10  # skipped episodes named in warnings and in the statistics JSON
+
+
+def skipped_episodes(indexes: list[FileIndex]) -> list[str]:
+    """Every episode left out for NaN/inf values (`FileIndex.non_finite`), named by file and episode."""
+    return [index.describe(e) for index in indexes for e in index.non_finite]
+
+
+def non_finite_episodes(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan, cfg: ParquetConfig
+                        ) -> tuple[int, ...]:
+    """The episodes of a file holding a NaN/inf state or action value (images are not read)."""
+    dims = {"state": cfg.state_dim, "action": cfg.action_dim}
+    bad: set[int] = set()
+    for block in iter_row_blocks(parquet, index, plan, 0, index.num_rows, dims, cfg.row_group_budget_bytes,
+                                 with_images=False, allow_non_finite=True):
+        rows = np.flatnonzero(~(np.isfinite(block.state).all(axis=1) & np.isfinite(block.action).all(axis=1)))
+        bad.update(int(e) for e in np.searchsorted(index.starts, block.start + rows, side="right") - 1)
+    return tuple(sorted(bad))
 
 
 def _bools(plan: ColumnPlan, table: pa.Table, logical: str, offset: int) -> np.ndarray:
@@ -205,11 +234,13 @@ class RowBlock:
 
 def iter_row_blocks(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan, start: int, stop: int,
                     dims: dict[str, int | None], budget_bytes: int, with_images: bool = True,
-                    ) -> Iterator[RowBlock]:
+                    allow_non_finite: bool = False) -> Iterator[RowBlock]:
     """Blocks covering rows [start, stop) (whole row groups, cut to the range), read one at a time.
 
     A row group whose selected columns exceed `budget_bytes` decoded is read in slices. `dims`
     gives the expected state/action lengths; None entries are set from the first row read.
+    NaN/inf is an error outside the episodes in `index.non_finite` (whose rows come back as they
+    are, for the caller to leave out), anywhere with `allow_non_finite`.
     """
     logicals = ("state", "action", "prompt", "episode_id") + (("image_1", "image_2") if with_images else ())
     columns = plan.top_level(logicals)
@@ -228,7 +259,8 @@ def iter_row_blocks(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan,
         for table in pieces:
             lo, hi = max(start, offset), min(stop, offset + table.num_rows)
             if lo < hi:
-                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images, index)
+                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images, index,
+                               allow_non_finite)
             offset += table.num_rows
             del table
 
@@ -245,21 +277,22 @@ def _leaf_columns(parquet: pq.ParquetFile, top_level: list[str]) -> list[int]:
 
 
 def _convert(plan: ColumnPlan, table: pa.Table, start: int, dims: dict[str, int | None], with_images: bool,
-             index: FileIndex) -> RowBlock:
+             index: FileIndex, allow_non_finite: bool = False) -> RowBlock:
     names = ("image_1", "image_2") if with_images else ()
     images = {name: _binary(plan, table, name, start) for name in names if plan.has(name)}
     return RowBlock(start=start,
-                    state=_vectors(plan, table, "state", start, dims, index),
-                    action=_vectors(plan, table, "action", start, dims, index),
+                    state=_vectors(plan, table, "state", start, dims, index, allow_non_finite),
+                    action=_vectors(plan, table, "action", start, dims, index, allow_non_finite),
                     prompt=_strings(plan, table, "prompt", start),
                     images=images,
                     episode_id=_strings(plan, table, "episode_id", start) if plan.has("episode_id") else None)
 
 
 def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: dict[str, int | None],
-             index: FileIndex) -> np.ndarray:
+             index: FileIndex, allow_non_finite: bool = False) -> np.ndarray:
     """A list<float> column -> (n, D) float32, every row of length dims[logical] and every value finite
-    (statistics and samples both read through here, so NaN/inf never reaches either)."""
+    (statistics and samples both read through here, so NaN/inf never reaches either). Rows of the
+    episodes in `index.non_finite` (left out by every reader) are returned as they are."""
     name = plan.names[logical]
     array = plan.extract(table, logical)
     kind = array.type
@@ -286,12 +319,18 @@ def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: 
         raise ParquetDataError(plan.file, start, name, f"values are not numbers ({values.type}): {err}") from err
     out = flat.reshape(len(lengths), expected)
     finite = np.isfinite(out)
-    if not finite.all():
-        row, dim = (int(i) for i in np.argwhere(~finite)[0])
-        episode, step = index.episode_step(start + row)
-        raise ParquetDataError(plan.file, start + row, name,
-                               f"non-finite value {out[row, dim]} in dimension {dim} (episode {episode} of the file, "
-                               f"step {step}; {int((~finite).sum())} such values in rows {start}..{start + len(out) - 1})")
+    if not allow_non_finite and not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        episodes = np.searchsorted(index.starts, start + rows, side="right") - 1
+        unexpected = rows[~np.isin(episodes, index.non_finite)]
+        if len(unexpected):
+            row = int(unexpected[0])
+            dim = int(np.flatnonzero(~finite[row])[0])
+            episode, step = index.episode_step(start + row)
+            raise ParquetDataError(plan.file, start + row, name,
+                                   f"non-finite value {out[row, dim]} in dimension {dim} (episode {episode} of the "
+                                   f"file, step {step}; {int((~finite).sum())} such values in rows {start}.."
+                                   f"{start + len(out) - 1}); skip_non_finite=true leaves such episodes out")
     return out
 
 

@@ -15,6 +15,7 @@ times a few batches):
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +26,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
 from pg_vla.data.parquet.config import ParquetConfig
-from pg_vla.data.parquet.files import ColumnPlan, FileIndex, index_file, resolve_files
+from pg_vla.data.parquet.files import NAMED_SKIPS, ColumnPlan, FileIndex, index_file, resolve_files, skipped_episodes
 from pg_vla.data.parquet.frames import batched, shuffled
 from pg_vla.data.parquet.statistics import load_or_compute_statistics
 from pg_vla.data.parquet.stream import (EpisodeReader, ReadUnit, ordered_frames, rank_episodes, read_units,
                                         training_frames)
 
 SPAWN = multiprocessing.get_context("spawn")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ParquetSource:
-    """The files of a config, indexed: what every rank and worker shares."""
+    """The files of a config, indexed: what every rank and worker shares.
+
+    With `skip_non_finite` the index lists each file's episodes holding NaN/inf state or action
+    values; statistics and samples leave them out, and opening warns how many (and which).
+    """
 
     files: list[Path]
     indexes: list[FileIndex]
@@ -46,7 +52,15 @@ class ParquetSource:
     def open(cls, cfg: ParquetConfig) -> "ParquetSource":
         files = resolve_files(cfg.paths)
         indexed = [index_file(f, cfg) for f in files]
-        return cls(files, [i for i, _ in indexed], [p for _, p in indexed])
+        source = cls(files, [i for i, _ in indexed], [p for _, p in indexed])
+        skipped = skipped_episodes(source.indexes)
+        if skipped:
+            more = f"; and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
+            logger.warning("%s: skipped %d of %d Parquet episodes holding NaN/inf state or action values "
+                           "(skip_non_finite=true; left out of the statistics and the samples): %s%s",
+                           cfg.dataset_name, len(skipped), source.num_episodes, "; ".join(skipped[:NAMED_SKIPS]),
+                           more)
+        return source
 
     @property
     def num_episodes(self) -> int:

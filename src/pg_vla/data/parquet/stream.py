@@ -6,7 +6,9 @@ training shuffles their order every epoch and interleaves `cycle_length` of them
 shuffle buffer, while an ordered pass reads them in file order.
 
 Ranks take contiguous, disjoint slices of the episodes of all files (in file order), like
-`tfds.even_splits` does for RLDS splits; DataLoader workers of a rank take every k-th unit.
+`tfds.even_splits` does for RLDS splits; DataLoader workers of a rank take every k-th unit. Episodes
+holding NaN/inf (`FileIndex.non_finite`, with `skip_non_finite`) are in no share; their rows may
+still be read with a neighbour's row group, but never become frames.
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ class ReadUnit:
 
 
 def rank_episodes(indexes: list[FileIndex], rank: int, world_size: int) -> list[tuple[int, int]]:
-    """This rank's contiguous share of all (file, episode) pairs."""
+    """This rank's contiguous share of all (file, episode) pairs, the non-finite episodes left out."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
-    pairs = [(f, e) for f, index in enumerate(indexes) for e in range(index.num_episodes)]
+    pairs = []
+    for f, index in enumerate(indexes):
+        skip = set(index.non_finite)
+        pairs.extend((f, e) for e in range(index.num_episodes) if e not in skip)
     if len(pairs) < world_size:
-        raise ValueError(f"{len(pairs)} episodes cannot be shared by {world_size} ranks")
+        skipped = sum(len(index.non_finite) for index in indexes)
+        left_out = f" ({skipped} left out for NaN/inf values)" if skipped else ""
+        raise ValueError(f"{len(pairs)} episodes{left_out} cannot be shared by {world_size} ranks")
     lo, hi = rank * len(pairs) // world_size, (rank + 1) * len(pairs) // world_size
     return pairs[lo:hi]
 
@@ -129,5 +136,5 @@ def training_frames(reader: EpisodeReader, units: list[ReadUnit], cycle_length: 
                 produced += len(frames)
                 yield from frames
         if produced == 0:
-            raise ValueError(f"{where}: no usable episode to train on (all empty or unlabeled)")
+            raise ValueError(f"{where}: no usable episode to train on (all empty, unlabeled or non-finite)")
         epoch += 1

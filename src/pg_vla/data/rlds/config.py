@@ -42,6 +42,7 @@ class RLDSConfig:
     cond_steps: int = 1
     horizon_steps: int = 4
     skip_unlabeled: bool = True
+    skip_non_finite: bool = False  # leave out (and count) episodes with NaN/inf action or proprio; False: refuse
     normalization: str = "bounds"  # or mean_std (pi0), quantile (pi0.5); gaussian = mean_std. See normalization.py
     normalize_gripper: bool = False  # the gripper action keeps 0..1 unless set
     batch_size: int = 16

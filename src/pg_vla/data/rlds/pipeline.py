@@ -1,7 +1,8 @@
 """The RLDS input pipeline on tf.data: read, standardize, normalize, window, mix, shuffle, decode, batch.
 
     per dataset   read episodes (this rank's slice of the split) -> trajectories (steps batched)
-                  -> standardize -> drop unlabeled -> normalize -> windows/chunks -> frames
+                  -> standardize -> refuse (or, with skip_non_finite, drop) NaN/inf -> drop unlabeled
+                  -> normalize -> windows/chunks -> frames
     mix           sample frames from the datasets by weight (each dataset repeated when training)
     then          shuffle buffer of encoded frames -> decode + resize (+ augment) -> batch -> prefetch
 
@@ -13,6 +14,7 @@ read disjoint episodes whose union is the split. Statistics are computed once pe
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,9 @@ from pg_vla.data.rlds.standardize import standardize
 from pg_vla.data.rlds.trajectory import add_windows, normalize_tf
 
 MAX_EPISODE_STEPS = 1 << 14
+NON_FINITE_MODES = ("raise", "skip", "keep")
+NAMED_SKIPS = 10  # skipped episodes named one by one in warnings and in the statistics JSON
+logger = logging.getLogger(__name__)
 
 tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; the GPUs belong to torch
 
@@ -98,12 +103,22 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
 
 
 def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_unlabeled: bool, shuffle: bool,
-                              read_threads: int, seed: int, camera_roles: tuple[str, ...] = ()) -> tf.data.Dataset:
-    """Standardized trajectories; cameras outside `camera_roles` come out as empty strings."""
+                              read_threads: int, seed: int, camera_roles: tuple[str, ...] = (),
+                              non_finite: str = "raise") -> tf.data.Dataset:
+    """Standardized trajectories; cameras outside `camera_roles` come out as empty strings.
+
+    A NaN/inf action or proprio value: `non_finite="raise"` fails the pass (NonFiniteDataError via
+    `non_finite_data_error`), "skip" drops the episode (each dropped episode is logged, the first
+    few by id), "keep" passes it on for the caller to deal with (statistics count them).
+    """
+    if non_finite not in NON_FINITE_MODES:
+        raise ValueError(f"non_finite must be one of {NON_FINITE_MODES}, got {non_finite!r}")
 
     def apply(traj: dict) -> dict:
         out = standardize(traj, cfg)
         out["tfds_id"] = traj["tfds_id"]
+        if non_finite != "raise":
+            return out
         checks = []
         for key, values in (("action", out["action"]), ("proprio", out["observation"]["proprio"])):
             finite = tf.reduce_all(tf.math.is_finite(values), axis=-1)  # (T,)
@@ -119,9 +134,50 @@ def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_u
                            camera_roles=camera_roles)
     ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=None)
     ds = ds.filter(lambda t: tf.shape(t["action"])[0] > 0)
+    if non_finite == "skip":
+        report = SkipReport(f"{cfg.name} split {split}")
+
+        def keep(t: dict) -> tf.Tensor:
+            ok = all_finite(t["action"], t["observation"]["proprio"])
+
+            def dropped() -> tf.Tensor:
+                out = tf.py_function(report, [t["tfds_id"]], tf.bool)
+                out.set_shape([])
+                return out
+
+            return tf.cond(ok, lambda: tf.constant(True), dropped)
+
+        ds = ds.filter(keep)
     if skip_unlabeled:
         ds = ds.filter(lambda t: tf.strings.length(t["language_instruction"][0]) > 0)
     return ds
+
+
+def all_finite(action: tf.Tensor, proprio: tf.Tensor) -> tf.Tensor:
+    """Scalar bool: every action and proprio value of a trajectory is finite (the numpy twin is in statistics.py)."""
+    return tf.reduce_all(tf.math.is_finite(action)) & tf.reduce_all(tf.math.is_finite(proprio))
+
+
+class SkipReport:
+    """Called (through tf.py_function) for each episode the stream drops for NaN/inf: logs the first
+    `NAMED_SKIPS` by id, then the running count at 10x steps; an episode seen again (the next epoch) is
+    not counted twice. Returns False, the filter's verdict."""
+
+    def __init__(self, where: str):
+        self.where, self.seen = where, set()
+
+    def __call__(self, tfds_id: tf.Tensor) -> bool:
+        name = tfds_id.numpy().decode()
+        if name not in self.seen:
+            self.seen.add(name)
+            n = len(self.seen)
+            if n <= NAMED_SKIPS:
+                logger.warning("%s: skipped episode %s (NaN/inf action or proprio; skip_non_finite=true), "
+                               "%d skipped so far", self.where, name, n)
+            elif str(n).rstrip("0") == "1":
+                logger.warning("%s: %d episodes skipped so far for NaN/inf action or proprio (skip_non_finite=true)",
+                               self.where, n)
+        return False
 
 
 def dataset_statistics(data_path: str | Path, cfg: DatasetConfig, rlds: RLDSConfig) -> tuple[DatasetStatistics, Path]:
@@ -132,7 +188,7 @@ def dataset_statistics(data_path: str | Path, cfg: DatasetConfig, rlds: RLDSConf
         return DatasetStatistics.load(fixed), Path(fixed)
     return load_or_compute_statistics(data_path, cfg, split=rlds.statistics_split,
                                       skip_unlabeled=rlds.skip_unlabeled, statistics_dir=rlds.statistics_dir,
-                                      read_threads=rlds.read_threads)
+                                      read_threads=rlds.read_threads, skip_non_finite=rlds.skip_non_finite)
 
 
 def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSConfig, index: int,
@@ -165,7 +221,8 @@ def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSCo
 
     ds = standardized_trajectories(builder, cfg, rank_split(rlds.split, rank, world_size),
                                    skip_unlabeled=rlds.skip_unlabeled, shuffle=rlds.train,
-                                   read_threads=rlds.read_threads, seed=seed, camera_roles=rlds.camera_roles)
+                                   read_threads=rlds.read_threads, seed=seed, camera_roles=rlds.camera_roles,
+                                   non_finite="skip" if rlds.skip_non_finite else "raise")
     if rlds.train:
         ds = ds.repeat()
     ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=None)
@@ -259,7 +316,7 @@ def non_finite_data_error(err: tf.errors.InvalidArgumentError) -> NonFiniteDataE
         return None
     detail = message[message.index(NON_FINITE_MARK):].splitlines()[0]
     return NonFiniteDataError(f"{detail.replace('] [', ' ').strip('[]')}: fix or drop that episode (statistics and "
-                              "training refuse NaN/inf)")
+                              "training refuse NaN/inf), or set skip_non_finite=true to leave such episodes out")
 
 
 def corrupt_data_error(err: Exception, where: str) -> CorruptDatasetError:

@@ -1,16 +1,17 @@
 """Normalization statistics of a dataset's standardized steps: computed once, cached by config hash.
 
 The cache key hashes the dataset config (keys, conventions, standardization), the split, the
-`skip_unlabeled` choice and the split's size on disk, so a changed config or a rewritten dataset
-gets a new file instead of reusing a stale one. Files go to `statistics_dir` when given, else next
-to the data (`<data_path>/<name>/<version>/pg_vla_statistics/`) when that folder is writable, else
-to `$VLA_CACHE_DIR/statistics` (default `~/.cache/pg_vla/statistics`).
+`skip_unlabeled` and `skip_non_finite` choices and the split's size on disk, so a changed config or a
+rewritten dataset gets a new file instead of reusing a stale one. Files go to `statistics_dir` when
+given, else next to the data (`<data_path>/<name>/<version>/pg_vla_statistics/`) when that folder is
+writable, else to `$VLA_CACHE_DIR/statistics` (default `~/.cache/pg_vla/statistics`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,11 +20,15 @@ import numpy as np
 from pg_vla.data.normalization import ArrayStatistics, DatasetStatistics
 from pg_vla.data.rlds.dataset_configs import DatasetConfig
 
+logger = logging.getLogger(__name__)
 
-def statistics_key(cfg: DatasetConfig, split: str, skip_unlabeled: bool, split_info: dict) -> str:
-    payload = json.dumps({"config": cfg.config_hash(), "split": split, "skip_unlabeled": skip_unlabeled,
-                          "split_info": split_info}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+def statistics_key(cfg: DatasetConfig, split: str, skip_unlabeled: bool, split_info: dict,
+                   skip_non_finite: bool = False) -> str:
+    payload = {"config": cfg.config_hash(), "split": split, "skip_unlabeled": skip_unlabeled, "split_info": split_info}
+    if skip_non_finite:  # only when set, so the keys of earlier statistics stay valid
+        payload["skip_non_finite"] = True
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def statistics_file(data_path: str | Path, cfg: DatasetConfig, split: str, key: str,
@@ -40,37 +45,60 @@ def statistics_file(data_path: str | Path, cfg: DatasetConfig, split: str, key: 
 
 
 def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, skip_unlabeled: bool,
-                       read_threads: int = 4) -> DatasetStatistics:
-    """Statistics over every standardized step of `split` (images are dropped unread)."""
-    from pg_vla.data.rlds.pipeline import open_builder, standardized_trajectories
+                       read_threads: int = 4, skip_non_finite: bool = False) -> DatasetStatistics:
+    """Statistics over every standardized step of `split` (images are dropped unread).
 
-    builder = open_builder(data_path, cfg)
-    ds = standardized_trajectories(builder, cfg, split, skip_unlabeled=skip_unlabeled, shuffle=False,
-                                   read_threads=read_threads, seed=0)
-    ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"]})
+    NaN/inf in an action or proprio raises NonFiniteDataError, unless `skip_non_finite`: then such
+    episodes are left out, in the same order as the training stream drops them (before unlabeled
+    ones), warned about, and counted in `extra` (`skipped_non_finite_episodes`, and the first few
+    tfds ids in `skipped_non_finite_first`).
+    """
     import tensorflow as tf
 
-    from pg_vla.data.rlds.pipeline import corrupt_data_error, dataset_folder, non_finite_data_error
+    from pg_vla.data.rlds.pipeline import (NAMED_SKIPS, corrupt_data_error, dataset_folder, non_finite_data_error,
+                                           open_builder, standardized_trajectories)
 
-    actions, proprios = [], []
+    builder = open_builder(data_path, cfg)
+    # skipping: every non-empty trajectory comes as it is; non-finite, then unlabeled ones are dropped below
+    ds = standardized_trajectories(builder, cfg, split, skip_unlabeled=skip_unlabeled and not skip_non_finite,
+                                   shuffle=False, read_threads=read_threads, seed=0,
+                                   non_finite="keep" if skip_non_finite else "raise")
+    ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"], "tfds_id": t["tfds_id"],
+                           "labeled": tf.strings.length(t["language_instruction"][0]) > 0})
+
+    actions, proprios, skipped = [], [], []
     try:
         for traj in ds.as_numpy_iterator():
+            if skip_non_finite and not (np.isfinite(traj["action"]).all() and np.isfinite(traj["proprio"]).all()):
+                skipped.append(traj["tfds_id"].decode())
+                continue
+            if skip_unlabeled and not traj["labeled"]:
+                continue
             actions.append(traj["action"])
             proprios.append(traj["proprio"])
     except tf.errors.DataLossError as err:
         raise corrupt_data_error(err, f"{cfg.name} ({dataset_folder(data_path, cfg)}, split {split!r})") from err
     except tf.errors.InvalidArgumentError as err:
         raise (non_finite_data_error(err) or err) from err
+    extra = {}
+    if skip_non_finite:
+        extra = {"skipped_non_finite_episodes": len(skipped), "skipped_non_finite_first": skipped[:NAMED_SKIPS]}
+        if skipped:
+            more = f", and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
+            logger.warning("%s split %s: skipped %d episode(s) holding NaN/inf action or proprio values "
+                           "(skip_non_finite=true; left out of the statistics and of training): %s%s",
+                           cfg.name, split, len(skipped), ", ".join(skipped[:NAMED_SKIPS]), more)
     if not actions:
-        raise ValueError(f"{cfg.name} split {split!r} has no usable episodes (all empty or unlabeled)")
+        non_finite = f", {len(skipped)} with NaN/inf values" if skipped else ""
+        raise ValueError(f"{cfg.name} split {split!r} has no usable episodes (all empty or unlabeled{non_finite})")
     action, proprio = np.concatenate(actions), np.concatenate(proprios)
     return DatasetStatistics(action=ArrayStatistics.from_values(action), proprio=ArrayStatistics.from_values(proprio),
-                             num_transitions=len(action), num_trajectories=len(actions))
+                             num_transitions=len(action), num_trajectories=len(actions), extra=extra)
 
 
 def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str = "train",
                                skip_unlabeled: bool = True, statistics_dir: str | Path | None = None,
-                               read_threads: int = 4) -> tuple[DatasetStatistics, Path]:
+                               read_threads: int = 4, skip_non_finite: bool = False) -> tuple[DatasetStatistics, Path]:
     from pg_vla.data.rlds.pipeline import open_builder
 
     builder = open_builder(data_path, cfg)
@@ -79,10 +107,10 @@ def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split:
     split_info = builder.info.splits[split]
     info = {"num_examples": int(split_info.num_examples), "num_bytes": int(split_info.num_bytes),
             "shard_lengths": [int(n) for n in split_info.shard_lengths]}
-    key = statistics_key(cfg, split, skip_unlabeled, info)
+    key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
     path = statistics_file(data_path, cfg, split, key, statistics_dir)
     if path.is_file():
         return DatasetStatistics.load(path), path
-    stats = compute_statistics(data_path, cfg, split, skip_unlabeled, read_threads)
-    stats.extra = {"dataset": cfg.name, "split": split, "statistics_key": key}
+    stats = compute_statistics(data_path, cfg, split, skip_unlabeled, read_threads, skip_non_finite)
+    stats.extra = {"dataset": cfg.name, "split": split, "statistics_key": key, **stats.extra}
     return stats, stats.save(path)
