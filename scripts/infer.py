@@ -81,12 +81,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192: far above any camera frame, far below a decompression bomb
+
+
 def read_image(path: str, flag: str) -> np.ndarray:
-    """An image file -> uint8 RGB (H, W, 3)."""
+    """An image file -> uint8 RGB (H, W, 3); its header's size is checked before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:  # Pillow refuses images over 2x Image.MAX_IMAGE_PIXELS (a decompression bomb)
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InputError(f"{flag}: image {path} is too large to decode safely: {width} x {height} pixels, "
+                                 f"more than {MAX_IMAGE_PIXELS}")
             return np.array(image.convert("RGB"), dtype=np.uint8)  # writable copy
     except FileNotFoundError:
         raise InputError(f"{flag}: image file {path} does not exist") from None

@@ -56,6 +56,26 @@ def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, *
                                     tokenizer=processor)
 
 
+def edited_copy(checkpoint: Path, folder: Path, edit_weights=None) -> Path:
+    """A copy of a checkpoint folder whose model.safetensors went through `edit_weights(state_dict)` (in place);
+    its manifest is removed, as an edited folder no longer matches it (loaders then have nothing to verify)."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, folder)
+    (folder / "manifest.json").unlink()
+    if edit_weights is not None:
+        model_file = folder / "model.safetensors"
+        with safe_open(str(model_file), framework="pt") as handle:
+            metadata = handle.metadata()
+        state = load_file(str(model_file))
+        edit_weights(state)
+        save_file(state, str(model_file), metadata=metadata)
+    return folder
+
+
 # The suite runs in one process and uses both tensorflow (RLDS tests) and bitsandbytes; tensorflow
 # imported first makes a later bitsandbytes import abort, so bitsandbytes goes first.
 from pg_vla.utils.imports import import_bitsandbytes  # noqa: E402

@@ -192,15 +192,14 @@ def test_rlds_data_config_uses_the_checkpoint_statistics(episodes, tiny_policy_c
 def test_run_config_normalization_and_image_resize_carry_over(episodes, tiny_policy_checkpoint, tmp_path):
     """A checkpoint trained with data.normalization=quantile and data.image_resize=pad: the eval data is read
     with both, truths normalized with openpi's pi0.5 formula (by hand) and de-normalized back exactly."""
-    import shutil
-
     from pg_vla.eval.offline import OfflineEvalConfig, data_config, run
     from pg_vla.policy import Policy
 
     data, raw_actions = episodes
     checkpoint = tmp_path / "ckpt"
-    shutil.copytree(tiny_policy_checkpoint, checkpoint)
-    (checkpoint / "manifest.json").unlink()  # edited below: the manifest would no longer match
+    from conftest import edited_copy
+
+    edited_copy(tiny_policy_checkpoint, checkpoint)  # its config edited below
     config = json.loads((checkpoint / "config.json").read_text())
     config["data"].update(normalization="quantile", image_resize="pad")
     (checkpoint / "config.json").write_text(json.dumps(config))

@@ -197,20 +197,12 @@ def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoin
 
 def test_a_checkpoint_that_yields_nan_prints_an_error_not_nan(tiny_policy_checkpoint: Path, tmp_path: Path,
                                                               capfd: pytest.CaptureFixture[str]) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from conftest import edited_copy
 
-    folder = tmp_path / "nan_checkpoint"
-    import shutil
+    def poison(state: dict) -> None:
+        state["action_decoder.bias"][0] = float("nan")
 
-    shutil.copytree(tiny_policy_checkpoint, folder)
-    (folder / "manifest.json").unlink()  # edited below
-    model_file = folder / "model.safetensors"
-    with safe_open(str(model_file), framework="pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(str(model_file))
-    state["action_decoder.bias"][0] = float("nan")
-    save_file(state, str(model_file), metadata=metadata)
+    folder = edited_copy(tiny_policy_checkpoint, tmp_path / "nan_checkpoint", poison)
     _write_image(tmp_path / "frame.png", seed=5)
     script = _load_script()
     argv = ["--checkpoint_path", str(folder), "--prompt", PROMPT, "--state_vector", *map(str, STATE),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import edited_copy
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.policy import Observation, Policy, resolve_checkpoint_folder
 
@@ -102,10 +103,8 @@ def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path
 
 
 def _with_data_settings(checkpoint: Path, folder: Path, **data) -> Path:
-    """A copy of `checkpoint` whose run config says `data.<key>=<value>` for the given keys (an edited
-    folder: its manifest, which no longer matches, removed)."""
-    shutil.copytree(checkpoint, folder)
-    (folder / "manifest.json").unlink()
+    """A copy of `checkpoint` whose run config says `data.<key>=<value>` for the given keys."""
+    edited_copy(checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
     config["data"].update(data)
     (folder / "config.json").write_text(json.dumps(config))
@@ -183,31 +182,13 @@ def test_flipped_bytes_in_a_step_folder_are_refused_by_every_loader(tiny_policy_
     assert not np.array_equal(damaged, intact)
 
 
-def _edited_weights(checkpoint: Path, folder: Path, edit) -> Path:
-    """A copy of `checkpoint` whose model.safetensors went through `edit(state_dict)`; no manifest (an
-    edited folder cannot match it), so the loader has nothing to verify."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(checkpoint, folder)
-    (folder / "manifest.json").unlink()
-    model_file = folder / "model.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(str(model_file), framework="pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(str(model_file))
-    edit(state)
-    save_file(state, str(model_file), metadata=metadata)
-    return folder
-
-
 def test_non_finite_actions_are_never_returned(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
     from pg_vla.policy import NonFiniteActionsError
 
     def poison(state: dict) -> None:
         state["action_decoder.bias"][2] = float("nan")
 
-    policy = Policy.from_checkpoint(_edited_weights(tiny_policy_checkpoint, tmp_path / "nan", poison))
+    policy = Policy.from_checkpoint(edited_copy(tiny_policy_checkpoint, tmp_path / "nan", poison))
     with pytest.raises(NonFiniteActionsError, match=r"non-finite action values of 28 \(NaN or inf\)"):
         policy.infer(_observation(np.random.default_rng(6)), seed=0)
 
@@ -219,7 +200,7 @@ def test_unnormalized_gripper_is_clipped_to_its_data_range(tiny_policy_checkpoin
         state["action_decoder.weight"][6] = 0.0
         state["action_decoder.bias"][6] = 3.0
 
-    policy = Policy.from_checkpoint(_edited_weights(tiny_policy_checkpoint, tmp_path / "push", push))
+    policy = Policy.from_checkpoint(edited_copy(tiny_policy_checkpoint, tmp_path / "push", push))
     stats = json.loads((tiny_policy_checkpoint / "statistics" / "bridge_dataset.json").read_text())
     low, high = stats["action"]["min"][6], stats["action"]["max"][6]
     assert (low, high) == (0.0, 1.0)

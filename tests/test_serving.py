@@ -75,21 +75,13 @@ def servers(tiny_policy_checkpoint: Path,
 
 
 def _nan_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """A copy of the tiny policy whose action decoder has one NaN bias (no manifest: an edited folder)."""
-    import shutil
+    """A copy of the tiny policy whose action decoder has one NaN bias."""
+    from conftest import edited_copy
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    def poison(state: dict) -> None:
+        state["action_decoder.bias"][3] = float("nan")
 
-    shutil.copytree(checkpoint, folder)
-    (folder / "manifest.json").unlink()
-    model_file = folder / "model.safetensors"
-    with safe_open(str(model_file), framework="pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(str(model_file))
-    state["action_decoder.bias"][3] = float("nan")
-    save_file(state, str(model_file), metadata=metadata)
-    return folder
+    return edited_copy(checkpoint, folder, poison)
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,6 @@ from PIL import Image, UnidentifiedImageError
 
 from pg_vla.data.image_resize import image_resize_mode, pad_box
 
-Image.MAX_IMAGE_PIXELS = None  # robot frames are trusted data; no decompression-bomb warning
-
 
 class ImageDecodeError(ValueError):
     """Encoded bytes that are not a decodable image."""
