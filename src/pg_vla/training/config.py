@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 1000
     keep_last_n: int | None = 3
+    max_nonfinite_steps: int = 3  # a step whose loss or gradient norm is NaN/inf is skipped; this many in a row stop
     device: str = "auto"  # auto: cuda when available
 
     def __post_init__(self) -> None:
@@ -127,7 +128,8 @@ class TrainConfig:
             raise ValueError("set per_device_batch_size instead of data.batch_size")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("n_updates", "global_batch_size", "per_device_batch_size", "log_every", "save_every"):
+        for name in ("n_updates", "global_batch_size", "per_device_batch_size", "log_every", "save_every",
+                     "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

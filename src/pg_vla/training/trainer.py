@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict
@@ -41,6 +42,10 @@ from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all
 from pg_vla.training.optim import clip_gradients, freeze_parameters, make_optimizer
 from pg_vla.training.schedules import make_scheduler
 from pg_vla.training.validation import ValidationTotals, chunk_within_threshold
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the gradients stayed NaN/inf for `max_nonfinite_steps` steps in a row: training stops."""
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -159,14 +164,28 @@ class Trainer:
         last_val: dict[str, float] = {}
         if self.cfg.validation.every and self.cfg.validation.at_start and start_step == 0:
             self._log({"step": 0, **self.validate(0)})
+        skipped = 0  # consecutive steps whose loss or gradients were not finite
         for step in range(start_step + 1, self.cfg.n_updates + 1):
             loss, grad_norm = self._optimizer_step(batches, step)
-            losses.append((step, loss))
             record: dict[str, Any] = {}
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                skipped += 1
+                self._log({"step": step, "event": "skipped_non_finite", "loss": _finite_or_none(loss),
+                           "grad_norm": _finite_or_none(grad_norm), "consecutive": skipped})
+                if skipped >= self.cfg.max_nonfinite_steps:
+                    last = self.ckpt_dir / "latest"
+                    raise NonFiniteTrainingError(
+                        f"loss or gradients non-finite (loss {loss}, grad norm {grad_norm}) at {skipped} steps in a "
+                        f"row, {step - skipped + 1}..{step}: training stopped (max_nonfinite_steps="
+                        f"{self.cfg.max_nonfinite_steps}); the weights were not updated by those steps, and the last "
+                        f"checkpoint ({last.read_text().strip() if last.is_file() else 'none'}) is intact")
+            else:
+                skipped = 0
+                losses.append((step, loss))
             if step % self.cfg.log_every == 0 or step == self.cfg.n_updates:
                 elapsed = time.perf_counter() - tic
                 samples = (step - start_step) * self.cfg.global_batch_size
-                record = {"step": step, "loss": loss, "grad_norm": grad_norm,
+                record = {"step": step, "loss": _finite_or_none(loss), "grad_norm": _finite_or_none(grad_norm),
                           "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)}
             every = self.cfg.validation.every
             if every and (step % every == 0 or step == self.cfg.n_updates):
@@ -252,17 +271,19 @@ class Trainer:
                     loss = self.forward(**inputs) / self.accumulation
                 loss.backward()
             total += loss.item()
-        grad_norm = clip_gradients(self.model, self.cfg.optimizer.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.averaging is not None:
-            self.averaging.update(self.model, step)
-        if self.world_size > 1:  # report the mean loss over ranks
+        grad_norm = float(clip_gradients(self.model, self.cfg.optimizer.grad_clip_norm))  # global over ranks
+        if self.world_size > 1:  # the mean loss over ranks (NaN on any rank makes it NaN: all ranks agree)
             mean = torch.tensor([total], device=self.device)
             dist.all_reduce(mean)
             total = mean.item() / self.world_size
-        return total, float(grad_norm)
+        if math.isfinite(total) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            if self.averaging is not None:
+                self.averaging.update(self.model, step)
+        # else: the step is skipped (weights, optimizer state and average untouched); the schedule moves on
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, grad_norm
 
     # ---- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -395,6 +416,11 @@ class _Frozen:
 
     def state_dict(self) -> dict[str, Any]:
         return self._state
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A metric for log.jsonl: NaN/inf would make the line invalid strict JSON."""
+    return value if math.isfinite(value) else None
 
 
 def _truncate_log(path: Path, step: int) -> None:
