@@ -1,5 +1,6 @@
-"""Training options end to end through scripts/run.py (quickstart config, tiny sizes): EMA weights in the
-saved checkpoints, validation metrics, wandb offline/disabled, QLoRA with a partial resume state."""
+"""Training options end to end: EMA weights in the saved checkpoints, validation metrics, wandb
+offline/disabled, QLoRA with a partial resume state (the trainer in-process on tiny Parquet episodes), and
+data.source=parquet through scripts/run.py with the README's keys."""
 
 from __future__ import annotations
 
@@ -40,11 +41,41 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("features_cache")
 
 
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory) -> Path:
+    """train/ (4 episodes) and val/ (2) of 5-D state, 4-D actions, 32x32 frames."""
+    root = tmp_path_factory.mktemp("feature_episodes")
+    _write_parquet_episodes(root / "train", 4, seed=0)
+    _write_parquet_episodes(root / "val", 2, seed=1)
+    return root
+
+
+def _train(episodes: Path, paligemma: Path, log_dir: Path, **overrides) -> None:
+    """The trainer in-process (no interpreter or data-worker start-up), tiny sizes, Parquet data."""
+    from pg_vla.training.config import TrainConfig
+    from pg_vla.training.trainer import Trainer
+
+    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "seed": 0, "global_batch_size": 2,
+           "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1, "keep_last_n": None,
+           "model": {"max_text_tokens": 12, "horizon_steps": 4,
+                     "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
+           "optimizer": {"name": "adamw", "vlm_lr": 3e-4, "action_expert_lr": 1e-3},
+           "schedule": {"kind": "cosine", "warmup_steps": 1, "total_steps": overrides["n_updates"]},
+           "validation": {"every": None, "batches": 1},
+           "data": {"source": "parquet", "paths": [str(episodes / "train")], "val_paths": [str(episodes / "val")],
+                    "num_workers": 0, "shuffle_buffer": 20}}
+    for key, value in overrides.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    Trainer(TrainConfig.from_dict(cfg)).run()
+
+
 @pytest.mark.slow
-def test_ema_checkpoints_validation_and_wandb_offline(cache: Path, tmp_path: Path) -> None:
+def test_ema_checkpoints_validation_and_wandb_offline(episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config decides
     run = tmp_path / "ema"
-    _run(cache, f"log_dir={run}", "n_updates=3", "averaging.kind=ema", "averaging.decay=0.5",
-         "validation.every=3", "wandb.mode=offline")
+    _train(episodes, tiny_checkpoint_dir, run, n_updates=3, averaging={"kind": "ema", "decay": 0.5},
+           validation={"every": 3}, wandb={"mode": "offline"})
 
     # model.safetensors holds the EMA, the training state the raw weights: ema_1 = raw_1,
     # ema_k = 0.5 ema_(k-1) + 0.5 raw_k for every trained tensor; frozen tensors are the raw ones.
@@ -73,12 +104,15 @@ def test_ema_checkpoints_validation_and_wandb_offline(cache: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_qlora_trains_adapters_only_and_resumes_from_trainable_state(cache: Path, tmp_path: Path) -> None:
+def test_qlora_trains_adapters_only_and_resumes_from_trainable_state(episodes: Path, tiny_checkpoint_dir: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config decides
     run = tmp_path / "qlora"
-    common = [f"log_dir={run}", "lora=true", "quantize=true", "lora_r=2", "lora_alpha=4",
-              "optimizer.vlm_lr=1e-2", "validation.every=null", "wandb.mode=disabled"]
-    _run(cache, *common, "n_updates=2")
-    _run(cache, *common, "n_updates=3")
+    common = {"lora": True, "quantize": True, "lora_r": 2, "lora_alpha": 4, "optimizer": {"vlm_lr": 1e-2},
+              "wandb": {"mode": "disabled"}}
+    _train(episodes, tiny_checkpoint_dir, run, n_updates=2, **common)
+    _train(episodes, tiny_checkpoint_dir, run, n_updates=3, **common)
     assert not (run / "wandb").exists()  # disabled: nothing written
 
     (merged_2, _), (merged_3, state_3) = _checkpoint(run, 2), _checkpoint(run, 3)
