@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pg_vla.model.vla.attention_mask import block_attention_mask, positions_from_valid
+import numpy as np
+
+from pg_vla.model.vla.attention_mask import block_attention_mask, mask_and_positions, positions_from_valid
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
 
@@ -49,6 +51,66 @@ def test_block_mask_every_block_pair():
     assert mask.shape == (1, 1, 9, 9)
     assert torch.equal(mask[0, 0], expected)
     assert torch.equal(positions_from_valid(valid)[0], torch.tensor([0, 1, 2, 3, 3, 4, 5, 6, 7]))
+
+
+def numpy_mask_and_positions(valid: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rule written out per entry: (B, T) -> mask (B, T, T), positions (B, T)."""
+    b, t = valid.shape
+    mask = np.zeros((b, t, t), dtype=bool)
+    positions = np.zeros((b, t), dtype=np.int64)
+    for n in range(b):
+        count = 0
+        for i in range(t):
+            mask[n, i] = [valid[n, j] and blocks[n, j] <= blocks[n, i] for j in range(t)]
+            count += int(valid[n, i])
+            positions[n, i] = max(count - 1, 0)
+    return mask, positions
+
+
+def test_mask_and_positions_match_a_numpy_construction_with_and_without_a_cache():
+    gen = np.random.default_rng(0)
+    valid = gen.random((3, 11)) < 0.7
+    valid[:, 0] = True
+    blocks = np.sort(gen.integers(0, 4, (3, 11)), axis=1)
+    mask, positions = mask_and_positions(torch.from_numpy(valid), torch.from_numpy(blocks))
+    want_mask, want_positions = numpy_mask_and_positions(valid, blocks)
+    assert mask.shape == (3, 1, 11, 11) and mask.dtype == torch.bool
+    assert np.array_equal(mask[:, 0].numpy(), want_mask)
+    assert np.array_equal(positions.numpy(), want_positions)
+    # the last 4 tokens as new queries against the first 7 as cached keys: the full mask's bottom rows
+    split = 7
+    mask, positions = mask_and_positions(torch.from_numpy(valid[:, split:]), torch.from_numpy(blocks[:, split:]),
+                                         torch.from_numpy(valid[:, :split]), torch.from_numpy(blocks[:, :split]))
+    assert np.array_equal(mask[:, 0].numpy(), want_mask[:, split:])
+    assert np.array_equal(positions.numpy(), want_positions[:, split:])
+
+
+@pytest.mark.parametrize("time_conditioning", ["mlp", "adaln"])
+def test_embed_prefix_and_suffix_valid_and_blocks(time_conditioning):
+    """[2 cameras x 4 patches | 4 text, the second sample padded after 2] [proprio x2] [actions x3]."""
+    cfg = PiZeroConfig.preset("tiny", num_cameras=2, max_text_tokens=4, cond_steps=2, horizon_steps=3,
+                              time_conditioning=time_conditioning)
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, actions, _ = make_batch(cfg, batch=2, text_lengths=(4, 2))
+    patches = cfg.vision.num_patches
+    with torch.no_grad():
+        tokens, valid, blocks = model.embed_prefix(images, text_ids, text_mask)
+        assert tokens.shape == (2, 2 * patches + 4, cfg.vlm.hidden_size)
+        assert valid.tolist() == [[True] * (2 * patches + 4), [True] * (2 * patches + 2) + [False] * 2]
+        assert blocks.tolist() == [[0] * (2 * patches + 4)] * 2
+        t = torch.tensor([0.2, 0.9])
+        segments, valid, blocks = model.embed_suffix(proprio, actions, t, tokens.dtype)
+        assert valid.tolist() == [[True] * 5] * 2 and blocks.tolist() == [[1, 1, 2, 2, 2]] * 2
+        assert all(s.expert == "action" for s in segments)
+        if time_conditioning == "mlp":  # pi0: one segment, the time is inside the action tokens
+            assert [s.hidden.shape[1] for s in segments] == [5] and segments[0].cond is None
+        else:  # adaLN: proprio tokens unconditioned, action tokens conditioned on the time
+            assert [s.hidden.shape[1] for s in segments] == [2, 3]
+            assert segments[0].cond is None and segments[1].cond.shape == (2, cfg.action_expert.hidden_size)
+        segments, valid, blocks = model.embed_suffix(proprio, None, None, tokens.dtype)  # the cached prefix's part
+        assert [s.hidden.shape[1] for s in segments] == [2] and blocks.tolist() == [[1, 1]] * 2
+        segments, valid, blocks = model.embed_suffix(None, actions, t, tokens.dtype)  # one denoising step's part
+        assert [s.hidden.shape[1] for s in segments] == [3] and blocks.tolist() == [[2, 2, 2]] * 2
 
 
 @pytest.mark.parametrize("time_conditioning", ["mlp", "adaln", "adaln_zero"])

@@ -20,6 +20,10 @@ earlier blocks. pi0's sequence uses three blocks:
                  act         1    1    0  |  1   |  1   1
                  act         1    1    0  |  1   |  1   1
 
+`mask_and_positions` turns the (valid, block) flags of a sequence into both the mask and the rotary
+positions; every forward mode of the model (training, KV-cached prefix and denoising steps, text
+logits and generation) builds them through it.
+
 Text generation uses the same rule: the image + prompt prefix is block 0 and every generated
 token opens a new block, which is exactly causal decoding after a bidirectional prefix.
 No query row is ever empty as long as block 0 holds a valid token, so softmax never sees a row
@@ -56,3 +60,21 @@ def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | int = 0) ->
     if isinstance(offset, torch.Tensor):
         offset = offset.unsqueeze(1)
     return positions.clamp(min=0) + offset
+
+
+def mask_and_positions(valid: torch.Tensor, blocks: torch.Tensor, past_valid: torch.Tensor | None = None,
+                       past_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mask and rotary positions of T new tokens that follow T_past cached ones.
+
+    valid (B, T) bool, blocks (B, T) int of the new tokens; past_valid, past_blocks (B, T_past) those of
+    the cached keys (None: no cache) -> mask (B, 1, T, T_past + T) bool (the rule above), positions (B, T)
+    long (valid tokens counted from the start of the whole sequence, `positions_from_valid`).
+    """
+    if (past_valid is None) != (past_blocks is None):
+        raise ValueError("past_valid and past_blocks go together")
+    key_valid, key_blocks = valid, blocks
+    if past_valid is not None:
+        key_valid, key_blocks = torch.cat((past_valid, valid), dim=1), torch.cat((past_blocks, blocks), dim=1)
+    mask = block_attention_mask(blocks, key_blocks, key_valid)
+    positions = positions_from_valid(key_valid)[:, key_valid.shape[1] - valid.shape[1]:]
+    return mask, positions

@@ -38,7 +38,7 @@ Self-test (run this file):
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,8 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pg_vla.model.paligemma.siglip import SiglipVisionTower
-from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, block_attention_mask,
-                                             positions_from_valid)
+from pg_vla.model.vla.attention_mask import ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, mask_and_positions
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.discrete_head import DiscreteActionHead
 from pg_vla.model.vla.flow_matching import euler_sample, interpolate, sample_time, target_velocity
@@ -202,8 +201,9 @@ class PiZero(nn.Module):
         return tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
 
     def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> prefix tokens (B, N*P + L, D_vlm), valid (B, N*P + L) bool."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> prefix tokens (B, N*P + L, D_vlm), valid (B, N*P + L) bool, blocks (B, N*P + L) long (all
+        IMAGE_TEXT_BLOCK)."""
         if text_ids.ndim != 2 or text_ids.shape[0] != images.shape[0]:
             raise ValueError(f"text_ids must be (batch, tokens) with batch {images.shape[0]}, got "
                              f"{tuple(text_ids.shape)}")
@@ -214,7 +214,7 @@ class PiZero(nn.Module):
             text_mask = torch.ones_like(text_ids, dtype=torch.bool)
         valid = torch.cat((torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=tokens.device),
                            text_mask.bool()), dim=1)
-        return tokens, valid
+        return tokens, valid, torch.full_like(valid, IMAGE_TEXT_BLOCK, dtype=torch.long)
 
     def embed_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         """proprio (B, C, P) -> (B, C, D_action)."""
@@ -230,34 +230,40 @@ class PiZero(nn.Module):
             raise ValueError(f"actions must be (batch, {h}, {a}), got {tuple(x_t.shape)}")
         return self.action_encoder(x_t.to(self.action_decoder.weight.dtype), t)
 
-    def _action_segments(self, proprio_tokens: torch.Tensor, action_tokens: torch.Tensor,
-                         cond: torch.Tensor | None) -> list[Segment]:
-        if cond is None:  # pi0's MLP time conditioning: proprio and actions go through the expert together
-            return [Segment("action", torch.cat((proprio_tokens, action_tokens), dim=1))]
-        return [Segment("action", proprio_tokens), Segment("action", action_tokens, cond=cond)]
+    def embed_suffix(self, proprio: torch.Tensor | None, x_t: torch.Tensor | None, t: torch.Tensor | None,
+                     dtype: torch.dtype) -> tuple[list[Segment], torch.Tensor, torch.Tensor]:
+        """The action expert's tokens: proprio (B, C, P) and/or noisy actions x_t (B, H, A) at flow time t (B,).
 
-    @staticmethod
-    def _blocks(batch: int, sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
-        """[(block id, count), ...] -> (B, sum(count)) block ids."""
-        ids = torch.cat([torch.full((n,), block, dtype=torch.long, device=device) for block, n in sizes])
-        return ids.unsqueeze(0).expand(batch, -1)
+        -> segments (tokens in `dtype`, the prefix's; adaLN conditioning on the action segment), valid
+        (B, C + H) bool, blocks (B, C + H) long (PROPRIO_BLOCK, then ACTION_BLOCK). Either input may be None:
+        the KV-cached prefix holds proprio alone, each denoising step the actions alone.
+        """
+        tokens, blocks, cond = [], [], None
+        if proprio is not None:
+            tokens.append(self.embed_proprio(proprio).to(dtype))
+            blocks.append(torch.full(tokens[-1].shape[:2], PROPRIO_BLOCK, dtype=torch.long, device=tokens[-1].device))
+        if x_t is not None:
+            action_tokens, cond = self.embed_actions(x_t, t)
+            tokens.append(action_tokens.to(dtype))
+            blocks.append(torch.full(tokens[-1].shape[:2], ACTION_BLOCK, dtype=torch.long, device=tokens[-1].device))
+        if cond is None:  # pi0's MLP time conditioning: proprio and actions go through the expert together
+            segments = [Segment("action", torch.cat(tokens, dim=1))]
+        else:
+            segments = [Segment("action", x) for x in tokens[:-1]] + [Segment("action", tokens[-1], cond=cond)]
+        blocks = torch.cat(blocks, dim=1)
+        return segments, torch.ones_like(blocks, dtype=torch.bool), blocks
 
     # ---- training ----------------------------------------------------------------------------------
     def predict_velocity(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                          proprio: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
         self._require_head("flow")
-        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
-        proprio_tokens = self.embed_proprio(proprio)
-        action_tokens, cond = self.embed_actions(x_t, t)
-        b, device = prefix.shape[0], prefix.device
-        c, h = proprio_tokens.shape[1], action_tokens.shape[1]
-        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (PROPRIO_BLOCK, c), (ACTION_BLOCK, h)], device)
-        valid = torch.cat((prefix_valid, torch.ones(b, c + h, dtype=torch.bool, device=device)), dim=1)
-        segments = [Segment("vlm", prefix, needs_output=False),
-                    *self._action_segments(proprio_tokens, action_tokens.to(prefix.dtype), cond)]
-        outputs, _ = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid))
-        return self.action_decoder(outputs[-1][:, -h:]).float()
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
+        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, prefix.dtype)
+        mask, positions = mask_and_positions(torch.cat((prefix_valid, suffix_valid), dim=1),
+                                             torch.cat((prefix_blocks, suffix_blocks), dim=1))
+        outputs, _ = self.joint([Segment("vlm", prefix, needs_output=False), *suffix], positions, mask)
+        return self.action_decoder(outputs[-1][:, -x_t.shape[1]:]).float()
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
                 proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None,
@@ -293,23 +299,20 @@ class PiZero(nn.Module):
                       proprio: torch.Tensor) -> PrefixCache:
         """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
         self._require_head("flow")
-        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)
-        proprio_tokens = self.embed_proprio(proprio).to(prefix.dtype)
-        b, c, device = prefix.shape[0], proprio_tokens.shape[1], prefix.device
-        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (PROPRIO_BLOCK, c)], device)
-        valid = torch.cat((prefix_valid, torch.ones(b, c, dtype=torch.bool, device=device)), dim=1)
-        segments = [Segment("vlm", prefix, needs_output=False), Segment("action", proprio_tokens, needs_output=False)]
-        _, kv = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid),
-                           return_cache=True)
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
+        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, None, None, prefix.dtype)
+        valid = torch.cat((prefix_valid, suffix_valid), dim=1)
+        blocks = torch.cat((prefix_blocks, suffix_blocks), dim=1)
+        mask, positions = mask_and_positions(valid, blocks)
+        segments = [Segment("vlm", prefix, needs_output=False), *(replace(s, needs_output=False) for s in suffix)]
+        _, kv = self.joint(segments, positions, mask, return_cache=True)
         # The action tokens' mask and positions are the same at every flow step: built once here,
         # not in the denoising loop.
-        h = self.config.horizon_steps
-        query_blocks = self._blocks(b, [(ACTION_BLOCK, h)], device)
-        key_blocks = torch.cat((blocks, query_blocks), dim=1)
-        key_valid = torch.cat((valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
-        positions = valid.long().sum(dim=1, keepdim=True) + torch.arange(h, device=device)
-        return PrefixCache(kv=kv, action_mask=block_attention_mask(query_blocks, key_blocks, key_valid),
-                           action_positions=positions)
+        b, h = prefix.shape[0], self.config.horizon_steps
+        action_blocks = torch.full((b, h), ACTION_BLOCK, dtype=torch.long, device=prefix.device)
+        action_mask, action_positions = mask_and_positions(torch.ones_like(action_blocks, dtype=torch.bool),
+                                                           action_blocks, valid, blocks)
+        return PrefixCache(kv=kv, action_mask=action_mask, action_positions=action_positions)
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Action tokens x_t (B, H, A) at flow time t (B,), against the cached prefix -> velocity (B, H, A)
@@ -317,10 +320,8 @@ class PiZero(nn.Module):
         self._require_head("flow")
         if x_t.shape[1] != prefix.horizon:
             raise ValueError(f"x_t has {x_t.shape[1]} action steps, the prefix cache was built for {prefix.horizon}")
-        action_tokens, cond = self.embed_actions(x_t, t)
-        dtype = prefix.kv.keys[0].dtype
-        outputs, _ = self.joint([Segment("action", action_tokens.to(dtype), cond=cond)], prefix.action_positions,
-                                prefix.action_mask, past=prefix.kv)
+        suffix, _, _ = self.embed_suffix(None, x_t, t, prefix.kv.keys[0].dtype)
+        outputs, _ = self.joint(suffix, prefix.action_positions, prefix.action_mask, past=prefix.kv)
         return self.action_decoder(outputs[0]).float()
 
     @torch.no_grad()
@@ -359,14 +360,14 @@ class PiZero(nn.Module):
         if proprio.ndim != 3 or proprio.shape[1:] != (cfg.cond_steps, cfg.proprio_dim):
             raise ValueError(f"proprio must be (batch, {cfg.cond_steps}, {cfg.proprio_dim}), "
                              f"got {tuple(proprio.shape)}")
-        prefix, prefix_valid = self.embed_prefix(images, text_ids, text_mask)  # (B, T, D), (B, T)
-        b, device = prefix.shape[0], prefix.device
-        readout = self.action_decoder.readout_tokens(b).to(prefix.dtype)  # (B, H, D)
-        h = readout.shape[1]
-        blocks = self._blocks(b, [(IMAGE_TEXT_BLOCK, prefix.shape[1]), (ACTION_BLOCK, h)], device)
-        valid = torch.cat((prefix_valid, torch.ones(b, h, dtype=torch.bool, device=device)), dim=1)
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)  # (B, T, D), (B, T) x 2
+        readout = self.action_decoder.readout_tokens(prefix.shape[0]).to(prefix.dtype)  # (B, H, D)
+        readout_blocks = torch.full(readout.shape[:2], ACTION_BLOCK, dtype=torch.long, device=prefix.device)
+        mask, positions = mask_and_positions(
+            torch.cat((prefix_valid, torch.ones_like(readout_blocks, dtype=torch.bool)), dim=1),
+            torch.cat((prefix_blocks, readout_blocks), dim=1))
         segments = [Segment("vlm", prefix, needs_output=False), Segment("vlm", readout)]
-        outputs, _ = self.joint(segments, positions_from_valid(valid), block_attention_mask(blocks, blocks, valid))
+        outputs, _ = self.joint(segments, positions, mask)
         return self.action_decoder(outputs[-1], proprio)  # (B, H, A, K)
 
     def action_bins(self, actions: torch.Tensor) -> torch.Tensor:
@@ -390,10 +391,9 @@ class PiZero(nn.Module):
 
         -> logits (B, N*P + L, vocab) at every position, the cache if asked, and valid (B, N*P + L).
         """
-        prefix, valid = self.embed_prefix(images, text_ids, text_mask)
-        blocks = torch.zeros_like(valid, dtype=torch.long)
-        outputs, kv = self.joint([Segment("vlm", prefix)], positions_from_valid(valid),
-                                 block_attention_mask(blocks, blocks, valid), return_cache=return_cache)
+        prefix, valid, blocks = self.embed_prefix(images, text_ids, text_mask)
+        mask, positions = mask_and_positions(valid, blocks)
+        outputs, kv = self.joint([Segment("vlm", prefix)], positions, mask, return_cache=return_cache)
         return self._lm_logits(outputs[0]), kv, valid
 
     @torch.no_grad()
@@ -405,11 +405,10 @@ class PiZero(nn.Module):
         Returns the new tokens (B, <= max_new_tokens); a sequence that emitted `eos_token_id` is
         padded with it until all have finished.
         """
-        logits, kv, valid = self.text_logits(images, prompt_ids, None, return_cache=True)
+        logits, kv, key_valid = self.text_logits(images, prompt_ids, None, return_cache=True)
         b, device = prompt_ids.shape[0], prompt_ids.device
-        key_blocks = torch.zeros_like(valid, dtype=torch.long)
+        key_blocks = torch.full_like(key_valid, IMAGE_TEXT_BLOCK, dtype=torch.long)  # (B, T) of the cached keys
         next_logits = logits[:, -1]
-        position = valid.long().sum(dim=1)  # (B,)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         generated: list[torch.Tensor] = []
         for step in range(max_new_tokens):
@@ -421,15 +420,13 @@ class PiZero(nn.Module):
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             # The new token opens its own block: it sees the whole prefix and earlier tokens.
-            query_blocks = torch.full((b, 1), step + 1, dtype=torch.long, device=device)
-            key_blocks = torch.cat((key_blocks, query_blocks), dim=1)
-            key_valid = torch.ones_like(key_blocks, dtype=torch.bool)
-            key_valid[:, : valid.shape[1]] = valid
-            outputs, new_kv = self.joint([Segment("vlm", self.vlm.embed_tokens(token[:, None]))],
-                                         position.unsqueeze(1), block_attention_mask(query_blocks, key_blocks, key_valid),
+            new_blocks = torch.full((b, 1), IMAGE_TEXT_BLOCK + step + 1, dtype=torch.long, device=device)
+            new_valid = torch.ones_like(new_blocks, dtype=torch.bool)
+            mask, positions = mask_and_positions(new_valid, new_blocks, key_valid, key_blocks)
+            outputs, new_kv = self.joint([Segment("vlm", self.vlm.embed_tokens(token[:, None]))], positions, mask,
                                          past=kv, return_cache=True)
             kv = kv.extend(new_kv)
-            position = position + 1
+            key_valid, key_blocks = torch.cat((key_valid, new_valid), dim=1), torch.cat((key_blocks, new_blocks), dim=1)
             next_logits = self._lm_logits(outputs[0])[:, -1]
         return torch.stack(generated, dim=1)
 
