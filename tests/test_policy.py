@@ -215,3 +215,22 @@ def test_a_missing_gpu_is_named_before_the_checkpoint_is_read(tmp_path: Path) ->
         Policy.from_checkpoint(tmp_path / "nowhere", device="cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         Policy.from_checkpoint(tmp_path / "nowhere", device="gpu")
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({}, [True] * 6 + [False]),  # an RLDS bridge run: bridge's mask (the gripper kept)
+    ({"source": "parquet", "gripper_dims": 2}, [True] * 5 + [False] * 2),  # the Parquet loader's gripper_dims
+    ({"source": "parquet", "gripper_dims": 0}, [True] * 7),
+    ({"normalize_gripper": True}, [True] * 7),
+])
+def test_actions_are_denormalized_with_the_mask_training_used(tiny_policy_checkpoint: Path, tmp_path: Path,
+                                                               data: dict, expected: list[bool]) -> None:
+    policy = Policy.from_checkpoint(_with_data_settings(tiny_policy_checkpoint, tmp_path / "ckpt", **data))
+    assert policy.action_normalizer.mask.tolist() == expected
+    stats = json.loads((tiny_policy_checkpoint / "statistics" / "bridge_dataset.json").read_text())["action"]
+    out = policy.infer(_observation(np.random.default_rng(8)), seed=2)
+    y = out["normalized_actions"].astype(np.float64)
+    p01, p99 = np.array(stats["p01"]), np.array(stats["p99"])
+    by_hand = np.where(expected, (np.clip(y, -1, 1) + 1) / 2 * (p99 - p01) + p01,
+                       np.clip(y, stats["min"], stats["max"]))
+    np.testing.assert_allclose(out["actions"], by_hand, atol=1e-5)

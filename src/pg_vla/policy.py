@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
+from pg_vla.data.normalization import DatasetStatistics, Normalizer
+from pg_vla.data.sources import action_mask
 from pg_vla.model.checkpoint import load_model
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.model.paligemma.processing import VLAProcessor
@@ -69,17 +70,6 @@ def resolve_checkpoint_folder(path: str | Path, verify: bool = True) -> Path:
     return folder
 
 
-def _action_mask(dataset_name: str, action_dim: int, normalize_gripper: bool) -> list[bool] | None:
-    if normalize_gripper:
-        return None
-    from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
-
-    cfg = DATASET_CONFIGS.get(dataset_name)
-    if cfg is not None and len(cfg.action_normalization_mask) == action_dim:
-        return list(cfg.action_normalization_mask)
-    return default_action_mask(action_dim)
-
-
 class NonFiniteActionsError(RuntimeError):
     """The model produced NaN or infinite actions: the weights (or the input) are broken; nothing is returned."""
 
@@ -89,7 +79,9 @@ class Policy:
 
     def __init__(self, model: PiZero, processor: VLAProcessor, statistics: DatasetStatistics, *,
                  dataset_name: str, camera_roles: Sequence[str], normalization: str = "bounds",
-                 normalize_gripper: bool = False, num_steps: int | None = None, name: str = "pg-vla"):
+                 data: Mapping[str, Any] | None = None, num_steps: int | None = None, name: str = "pg-vla"):
+        """data: the run config's data section (source, normalize_gripper, gripper_dims): which action dims
+        training normalized (`pg_vla.data.sources.action_mask`)."""
         self.model = model.eval()
         self.processor = processor
         self.config = model.config
@@ -109,7 +101,7 @@ class Policy:
                                   f"{self.config.num_cameras}")
         self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
         self.action_normalizer = Normalizer(statistics.action, normalization,
-                                            _action_mask(dataset_name, self.action_dim, normalize_gripper))
+                                            action_mask(data or {}, dataset_name, self.action_dim))
         kept = ~self.action_normalizer.mask  # unnormalized dims: the model's output is in robot units already
         self._kept_dims = np.flatnonzero(kept)
         self._kept_range = (statistics.action.min[kept], statistics.action.max[kept])
@@ -161,8 +153,7 @@ class Policy:
                                                  image_resize=data.get("image_resize", "stretch"))
         roles = data.get("camera_roles") or ["primary"] * cfg.num_cameras
         policy = cls(model, processor, statistics, dataset_name=dataset_name, camera_roles=roles,
-                     normalization=data.get("normalization", "bounds"),
-                     normalize_gripper=bool(data.get("normalize_gripper", False)), num_steps=num_steps,
+                     normalization=data.get("normalization", "bounds"), data=data, num_steps=num_steps,
                      name=f"{folder.parent.parent.name}/{folder.name}")
         if compile:
             policy.compile()

@@ -102,6 +102,24 @@ def check_paths(data: Mapping[str, Any]) -> None:
         raise FileNotFoundError(f"data.data_path {data['data_path']} does not exist")
 
 
+def action_mask(data: Mapping[str, Any], dataset_name: str, action_dim: int) -> list[bool] | None:
+    """The action-normalization mask the loaders apply to `dataset_name` under this data section (False: a
+    dim left as it is, e.g. the gripper's 0..1; None: every dim normalized). Inference reads it from the
+    checkpoint's run config, so it undoes exactly what training did."""
+    from pg_vla.data.normalization import default_action_mask
+
+    if data.get("normalize_gripper", False):
+        return None
+    if source_of(data) == "parquet":
+        return default_action_mask(action_dim, int(data.get("gripper_dims", 1)))
+    from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
+
+    cfg = DATASET_CONFIGS.get(dataset_name)
+    if cfg is not None and len(cfg.action_normalization_mask) == action_dim:
+        return list(cfg.action_normalization_mask)
+    return default_action_mask(action_dim)
+
+
 def _parquet_config(data: Mapping[str, Any], **fixed: Any):
     from pg_vla.data.parquet import ParquetConfig
 
