@@ -113,6 +113,19 @@ def test_embed_prefix_and_suffix_valid_and_blocks(time_conditioning):
         assert [s.hidden.shape[1] for s in segments] == [3] and blocks.tolist() == [[2, 2, 2]] * 2
 
 
+@pytest.mark.parametrize("action_head", ["flow", "discrete"])
+def test_the_head_adds_its_modules_under_the_checkpoint_names(action_head):
+    with torch.device("meta"):
+        model = PiZero(PiZeroConfig.preset("tiny", action_head=action_head))
+    names = list(model.state_dict())
+    flow = action_head == "flow"
+    assert model.head.name == action_head and model.is_discrete == (not flow)
+    assert {n.split(".")[0] for n in names} == {"vision_tower", "multi_modal_projector", "joint", "action_decoder",
+                                               *(("proprio_encoder", "action_encoder") if flow else ())}
+    experts = {n.split(".")[2] for n in names if n.startswith("joint.experts.")}
+    assert experts == ({"vlm", "action"} if flow else {"vlm"})
+
+
 @pytest.mark.parametrize("time_conditioning", ["mlp", "adaln", "adaln_zero"])
 def test_cached_sampling_equals_uncached(time_conditioning):
     torch.manual_seed(0)

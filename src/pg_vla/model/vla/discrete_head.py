@@ -130,3 +130,36 @@ class DiscreteActionHead(nn.Module):
     def loss(self, logits: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor | None) -> torch.Tensor:
         """Cross-entropy of the bins of `actions` (B, H, A) over the valid steps of `action_mask` (B, H)."""
         return binned_cross_entropy(logits, self.to_bins(actions.float()), action_mask)
+
+
+class DiscreteHead:
+    """The discrete head's use in the model: bin cross-entropy loss and decoded-bin sampling.
+
+    Holds no parameters: it adds `DiscreteActionHead` to the model as `action_decoder` (`action_decoder.*`
+    in checkpoints) and runs the model's `bin_logits` (looked up on the model, so a compiled version is used).
+    """
+
+    name = "discrete"
+    reads_vlm_outputs = True  # the readout tokens' outputs are the VLM expert's own
+
+    def __init__(self, config: PiZeroConfig):
+        self.config = config
+
+    def experts(self) -> dict:
+        """No expert beside the VLM: the readout tokens run through the VLM expert."""
+        return {}
+
+    def add_modules(self, model: nn.Module) -> None:
+        model.action_decoder = DiscreteActionHead(self.config)
+
+    def loss(self, model, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+             proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None, time: torch.Tensor | None,
+             action_mask: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy of the action bins; `noise` and `time` are ignored."""
+        return model.action_decoder.loss(model.bin_logits(images, text_ids, text_mask, proprio), actions, action_mask)
+
+    def sample(self, model, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
+               proprio: torch.Tensor, noise: torch.Tensor | None, num_steps: int | None, use_cache: bool,
+               clip: bool) -> torch.Tensor:
+        """The decoded bins (`discrete_decoding`) of one pass (B, H, A) float32; noise, steps and cache unused."""
+        return model.action_decoder.decode(model.bin_logits(images, text_ids, text_mask, proprio))

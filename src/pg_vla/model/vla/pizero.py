@@ -9,6 +9,9 @@ Sequence per sample, and which expert runs each token:
 With `action_head=discrete` there is no action expert: learned readout tokens follow the prefix in
 the VLM expert and an MLP classifies each action dimension into bins (discrete_head.py); the
 methods below keep their signatures, so training, validation and `Policy` run either head unchanged.
+The head object (`model.head`: FlowMatchingHead in flow_head.py or DiscreteHead), chosen once from
+`action_head`, adds its modules to the model and owns the loss and the sampling; `forward` and
+`sample_actions` hand over to it.
 
 The mask rule and its picture are in attention_mask.py. Rotary positions count valid tokens only
 (text padding is skipped), so action tokens sit right after the last real prefix token whatever the
@@ -48,10 +51,10 @@ from torch import nn
 from pg_vla.model.paligemma.siglip import SiglipVisionTower
 from pg_vla.model.vla.attention_mask import ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, mask_and_positions
 from pg_vla.model.vla.config import PiZeroConfig
-from pg_vla.model.vla.discrete_head import DiscreteActionHead
-from pg_vla.model.vla.flow_matching import euler_sample, interpolate, sample_time, target_velocity
+from pg_vla.model.vla.discrete_head import DiscreteHead
+from pg_vla.model.vla.flow_head import FlowMatchingHead
+from pg_vla.model.vla.flow_matching import interpolate
 from pg_vla.model.vla.joint_model import Expert, JointTransformer, KVCache, Segment
-from pg_vla.model.vla.modules import ActionTimeEncoder, AdaLNActionEncoder
 
 INIT_STD = 0.02  # normal init of linear and embedding weights trained from scratch (Gemma's initializer_range)
 
@@ -73,25 +76,14 @@ class PiZero(nn.Module):
     def __init__(self, config: PiZeroConfig):
         super().__init__()
         self.config = config
-        vlm_cfg, act_cfg = config.vlm, config.action_gemma()
+        # A plain object, not a submodule: the parameters it uses are the model's own, under pi0's names.
+        # The discrete head has no action expert and no flow encoders: nothing left unused (DDP).
+        self.head: FlowMatchingHead | DiscreteHead = (DiscreteHead if config.action_head == "discrete"
+                                                      else FlowMatchingHead)(config)
         self.vision_tower = SiglipVisionTower(config.vision)
-        self.multi_modal_projector = nn.Linear(config.vision.hidden_size, vlm_cfg.hidden_size)
-        if config.action_head == "discrete":  # no action expert, no flow encoders: nothing left unused (DDP)
-            self.joint = JointTransformer({"vlm": Expert(vlm_cfg, with_embedding=True)})
-            self.action_decoder = DiscreteActionHead(config)
-            self.apply(self._init_weights)
-            return
-        adaln = config.time_conditioning != "mlp"
-        width = act_cfg.hidden_size
-        self.joint = JointTransformer({
-            "vlm": Expert(vlm_cfg, with_embedding=True),
-            "action": Expert(act_cfg, with_embedding=False, cond_dim=width if adaln else None,
-                             adaln_zero=config.time_conditioning == "adaln_zero"),
-        })
-        self.proprio_encoder = nn.Linear(config.proprio_dim, width)
-        encoder_cls = AdaLNActionEncoder if adaln else ActionTimeEncoder
-        self.action_encoder = encoder_cls(config.action_dim, width, config.time_min_period, config.time_max_period)
-        self.action_decoder = nn.Linear(width, config.action_dim)
+        self.multi_modal_projector = nn.Linear(config.vision.hidden_size, config.vlm.hidden_size)
+        self.joint = JointTransformer({"vlm": Expert(config.vlm, with_embedding=True), **self.head.experts()})
+        self.head.add_modules(self)
         self.apply(self._init_weights)
 
     @classmethod
@@ -140,12 +132,12 @@ class PiZero(nn.Module):
 
     @property
     def is_discrete(self) -> bool:
-        return self.config.action_head == "discrete"
+        return self.head.name == "discrete"
 
     def _require_head(self, head: str) -> None:
-        if self.config.action_head != head:
+        if self.head.name != head:
             raise RuntimeError(f"this method needs action_head={head!r}; the model has "
-                               f"action_head={self.config.action_head!r}")
+                               f"action_head={self.head.name!r}")
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.joint.gradient_checkpointing = enabled
@@ -161,7 +153,7 @@ class PiZero(nn.Module):
         the whole SigLIP tower.
         """
         names = ["joint.experts.vlm.embed_tokens.weight"]
-        if not self.is_discrete:
+        if not self.head.reads_vlm_outputs:
             last = f"joint.experts.vlm.layers.{self.config.vlm.num_layers - 1}."
             unread = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
             names.append("joint.experts.vlm.norm.weight")
@@ -275,24 +267,7 @@ class PiZero(nn.Module):
         (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
         Discrete head: the cross-entropy of the action bins instead (`noise` and `time` are ignored).
         """
-        if self.is_discrete:
-            logits = self.bin_logits(images, text_ids, text_mask, proprio)
-            return self.action_decoder.loss(logits, actions, action_mask)
-        actions = actions.float()
-        if noise is None:
-            noise = torch.randn_like(actions)
-        if time is None:
-            cfg = self.config
-            time = sample_time(actions.shape[0], cfg.time_sampling, alpha=cfg.time_beta_alpha,
-                               beta=cfg.time_beta_beta, time_max=cfg.time_max, device=actions.device)
-        x_t = interpolate(actions, noise, time)
-        velocity = self.predict_velocity(images, text_ids, text_mask, proprio, x_t, time)
-        error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
-        if action_mask is None:
-            return error.mean()
-        weight = action_mask.to(error.dtype)  # (B, H) chunk steps, or (B, H, A) steps and dims
-        weight = (weight.unsqueeze(-1) if weight.ndim == 2 else weight).expand_as(error)
-        return (error * weight).sum() / weight.sum().clamp(min=1.0)
+        return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
     def encode_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
@@ -333,19 +308,7 @@ class PiZero(nn.Module):
 
         Discrete head: the decoded bins (`discrete_decoding`) of one pass; noise, steps and cache unused.
         """
-        if self.is_discrete:
-            return self.action_decoder.decode(self.bin_logits(images, text_ids, text_mask, proprio))
-        cfg = self.config
-        b = images.shape[0]
-        if noise is None:
-            noise = torch.randn(b, cfg.horizon_steps, cfg.action_dim, device=images.device)
-        num_steps = num_steps or cfg.num_inference_steps
-        if use_cache:
-            prefix = self.encode_prefix(images, text_ids, text_mask, proprio)
-            return euler_sample(lambda x, t: self.denoise_step(prefix, x, t), noise.float(), num_steps,
-                                clip=1.0 if clip else None)
-        return euler_sample(lambda x, t: self.predict_velocity(images, text_ids, text_mask, proprio, x, t),
-                            noise.float(), num_steps, clip=1.0 if clip else None)
+        return self.head.sample(self, images, text_ids, text_mask, proprio, noise, num_steps, use_cache, clip)
 
     # ---- discrete head ---------------------------------------------------------------------------------
     def bin_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
