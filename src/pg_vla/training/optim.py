@@ -177,17 +177,134 @@ def parameter_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """Freeze what pi0 keeps frozen (`freeze_parameters(model, cfg.train_vlm)`), then AdamW over
     `parameter_groups(model, cfg)`: torch's (fused kernel when every parameter is on CUDA, foreach
-    otherwise) or bitsandbytes' AdamW8bit (8-bit state for tensors of >= 4096 elements)."""
+    otherwise) or bitsandbytes' AdamW8bit (8-bit state for tensors of >= 4096 elements).
+
+    When trainable parameters are bf16 (precision=bf16_pure) the optimizer is wrapped in
+    `MasterWeightOptimizer`: it updates fp32 master copies and writes them back rounded to bf16."""
     freeze_parameters(model, cfg.train_vlm)
     groups = parameter_groups(model, cfg)
     if cfg.name == "adamw8bit":
         bnb = import_bitsandbytes()
-        return bnb.optim.AdamW8bit(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-    params = [p for g in groups for p in g["params"]]
-    on_cuda = all(p.device.type == "cuda" for p in params)
-    kernel = {"fused": True} if on_cuda else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
-                             **kernel)
+        inner = bnb.optim.AdamW8bit(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+    else:
+        params = [p for g in groups for p in g["params"]]
+        on_cuda = all(p.device.type == "cuda" for p in params)
+        kernel = {"fused": True} if on_cuda else {"foreach": True}
+        inner = torch.optim.AdamW(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
+                                  **kernel)
+    if any(_needs_master(p) for g in inner.param_groups for p in g["params"]):
+        return MasterWeightOptimizer(inner)
+    return inner
+
+
+MASTER_KEY = "master_weight"
+
+
+def _needs_master(p: torch.Tensor) -> bool:
+    """A bf16 parameter held as a plain tensor (FSDP's DTensor shards are left to the inner optimizer)."""
+    return p.dtype == torch.bfloat16 and type(p.data) is torch.Tensor
+
+
+class MasterWeightOptimizer(torch.optim.Optimizer):
+    """An optimizer over bf16 parameters that keeps an fp32 master copy of each one.
+
+    Why: bf16 has 8 significant bits, so next to a weight of 1.0 the representable values are 2^-7
+    (0.0078) apart; an AdamW update of lr 5e-5 is far below half that spacing and rounds away, step
+    after step, so plain AdamW on bf16 weights barely trains. Of the remedies (fp32 master weights,
+    Kahan-compensated updates, stochastic rounding) master weights were chosen because they wrap any
+    inner optimizer unchanged, torch's AdamW and bitsandbytes' AdamW8bit alike (the update is computed
+    by the inner optimizer's own kernel on the fp32 copy), are deterministic (stochastic rounding is
+    right only on average), and leave the bf16 weight within one bf16 rounding of the exact fp32
+    trajectory. The cost is 4 bytes per trainable parameter for the master, and the inner optimizer's
+    moments are fp32 (or 8-bit) instead of bf16: with master weights bf16_pure saves activation memory
+    and compute, not optimizer memory.
+
+    `step()` swaps each bf16 parameter's data for its fp32 master (the gradient cast to fp32), runs
+    the inner optimizer, keeps the updated master in the inner optimizer's per-parameter state under
+    "master_weight", and puts the master rounded to bf16 back into the parameter. So `state_dict()` is
+    the inner optimizer's, masters included (plain tensors: checkpoints store them like the moments);
+    `load_state_dict()` loads it with the parameters swapped to fp32, so that no fp32 state is cast
+    to bf16 on the way in. A state without masters (an older checkpoint) starts them from the weights.
+    `param_groups` and `state` are the inner optimizer's, so schedulers drive its learning rates.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer):
+        # No Optimizer.__init__: the inner optimizer owns the groups, state and defaults.
+        self.inner = inner
+        self._optimizer_step_pre_hooks: dict = {}
+        self._optimizer_step_post_hooks: dict = {}
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.inner.param_groups
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self.inner.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.inner.defaults
+
+    def _managed(self) -> list[torch.Tensor]:
+        return [p for g in self.inner.param_groups for p in g["params"] if _needs_master(p)]
+
+    def master(self, p: torch.Tensor) -> torch.Tensor:
+        """The fp32 master of bf16 parameter `p` (its weight as fp32 before the first step)."""
+        stored = self.inner.state.get(p, {}).get(MASTER_KEY)
+        return stored if stored is not None else p.detach().float()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MasterWeightOptimizer.step takes no closure")
+        swapped = []
+        for p in self._managed():
+            if p.grad is None:
+                continue
+            grad, master = p.grad, self.master(p)
+            p.grad = None
+            p.data = master
+            p.grad = grad.float()
+            swapped.append((p, grad))
+        try:
+            self.inner.step()
+        finally:
+            for p, grad in swapped:
+                master = p.data
+                self.inner.state[p][MASTER_KEY] = master
+                p.grad = None
+                p.data = master.to(torch.bfloat16)
+                p.grad = grad
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.inner.add_param_group(param_group)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict) -> None:
+        managed = self._managed()
+        kept = [p.data for p in managed]
+        for p in managed:
+            p.data = p.data.float()  # load fp32 state as fp32
+        try:
+            self.inner.load_state_dict(state_dict)
+        finally:
+            for p, data in zip(managed, kept):
+                p.data = data
+            for p in managed:  # masters back to fp32 even where the inner optimizer cast them
+                state = self.inner.state.get(p)
+                if state is not None and MASTER_KEY in state:
+                    state[MASTER_KEY] = state[MASTER_KEY].float()
+
+    def __repr__(self) -> str:
+        return f"MasterWeightOptimizer({self.inner!r})"
 
 
 def clip_gradients(model_or_params: nn.Module | Iterable[torch.Tensor], max_norm: float | None) -> float:

@@ -1,0 +1,220 @@
+"""precision=bf16 / bf16_pure and compile=true in the real trainer (tiny Parquet episodes, in process), and
+the fp32 master weights that let bf16 parameters take updates smaller than bf16's spacing."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pg_vla.training.config import TrainConfig
+from pg_vla.training.optim import MASTER_KEY, MasterWeightOptimizer
+from pg_vla.training.state_file import flatten, unflatten
+from pg_vla.training.trainer import Trainer
+
+LR = 5e-5
+
+
+# ---- bf16 rounding, hand-checked ---------------------------------------------------------------------------
+# bf16 keeps 8 significant bits: the representable values in [1, 2) are 2^-7 = 0.0078125 apart. With a
+# constant gradient g, Adam's bias-corrected moments are m = g and v = g^2, so every step moves the weight by
+# lr * g / (|g| + eps) = lr (to 1e-8 relative): 5e-5, far below half the spacing (0.0039).
+
+def _bf16_weight(value: float = 1.0, n: int = 1) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.full((n,), value, dtype=torch.bfloat16))
+
+
+def _steps(opt, p: torch.nn.Parameter, n: int) -> None:
+    for _ in range(n):
+        p.grad = torch.full_like(p, -1.0)  # descent moves the weight up by lr per step
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def test_plain_adamw_rounds_lr_5e5_updates_of_a_bf16_weight_away() -> None:
+    p = _bf16_weight()
+    _steps(torch.optim.AdamW([p], lr=LR, weight_decay=0.0, foreach=False), p, 100)
+    assert p.item() == 1.0  # 100 updates of 5e-5, each rounded back to 1.0
+
+
+@pytest.mark.parametrize("inner", ["adamw", "adamw8bit"])
+def test_master_weights_accumulate_the_updates(inner) -> None:
+    # 4096 elements: bitsandbytes keeps 8-bit moments from that size on (smaller tensors get 32-bit state).
+    p = _bf16_weight(n=4096)
+    if inner == "adamw8bit":
+        import bitsandbytes as bnb
+
+        base = bnb.optim.AdamW8bit([p], lr=LR, weight_decay=0.0)
+    else:
+        base = torch.optim.AdamW([p], lr=LR, weight_decay=0.0, foreach=True)
+    opt = MasterWeightOptimizer(base)
+    _steps(opt, p, 100)
+    master = opt.state[p][MASTER_KEY]
+    assert master.dtype == torch.float32 and p.dtype == torch.bfloat16
+    moved = master.double() - 1.0
+    if inner == "adamw":
+        # exact: 100 * 5e-5 = 0.005; each fp32 add of ~5e-5 near 1 rounds by <= 2^-24 (100 * 2^-23 bounds it).
+        assert torch.allclose(moved, torch.full_like(moved, 0.005), rtol=0, atol=100 * 2**-23)
+    else:
+        # 8-bit moments are quantized (dynamic 8-bit code, a few % relative error per read): the step is
+        # lr times m/sqrt(v) of the dequantized moments, so the distance is 0.005 within 10%.
+        assert torch.allclose(moved, torch.full_like(moved, 0.005), rtol=0.1, atol=0)
+    # ~1.005 in bf16: 0.0045..0.0055 is past half of 2^-7 (0.0039), so it rounds up to 1 + 2^-7.
+    assert torch.all(p == 1.0078125)
+    if inner == "adamw8bit":
+        assert opt.state[p]["state1"].dtype == torch.uint8  # the 8-bit path ran
+
+
+def test_make_optimizer_wraps_bf16_models_only() -> None:
+    from pg_vla.model.vla.config import PiZeroConfig
+    from pg_vla.model.vla.pizero import PiZero
+    from pg_vla.training.optim import OptimizerConfig, make_optimizer
+
+    assert not isinstance(make_optimizer(PiZero(PiZeroConfig.preset("tiny")), OptimizerConfig()),
+                          MasterWeightOptimizer)
+    model = PiZero(PiZeroConfig.preset("tiny")).to(torch.bfloat16)
+    opt = make_optimizer(model, OptimizerConfig(name="adamw8bit"))
+    assert isinstance(opt, MasterWeightOptimizer)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} <= {id(p) for p in model.parameters()}
+
+
+def test_master_weights_survive_a_state_round_trip() -> None:
+    """The optimizer state goes through state_file (what checkpoints store) into a fresh optimizer; the
+    resumed run's masters and weights equal those of a run that never stopped, bit for bit."""
+    straight = _bf16_weight(n=8)
+    opt = MasterWeightOptimizer(torch.optim.AdamW([straight], lr=LR, weight_decay=0.0))
+    _steps(opt, straight, 60)
+
+    first = _bf16_weight(n=8)
+    opt1 = MasterWeightOptimizer(torch.optim.AdamW([first], lr=LR, weight_decay=0.0))
+    _steps(opt1, first, 30)
+    skeleton, tensors = flatten(opt1.state_dict())
+    skeleton = json.loads(json.dumps(skeleton))  # as written to disk
+    saved = unflatten(skeleton, {k: v.clone() for k, v in tensors.items()})
+    assert saved["state"][0][MASTER_KEY].dtype == torch.float32
+    resumed = torch.nn.Parameter(first.detach().clone())  # the bf16 weights a checkpoint holds
+    opt2 = MasterWeightOptimizer(torch.optim.AdamW([resumed], lr=LR, weight_decay=0.0))
+    opt2.load_state_dict(saved)
+    assert opt2.state[resumed][MASTER_KEY].dtype == torch.float32
+    assert opt2.state[resumed]["exp_avg"].dtype == torch.float32  # not cast to the parameter's bf16
+    assert resumed.dtype == torch.bfloat16
+    _steps(opt2, resumed, 30)
+    assert torch.equal(opt2.state[resumed][MASTER_KEY], opt.state[straight][MASTER_KEY])
+    assert torch.equal(resumed, straight)
+    # 1 + 60 * 5e-5 = 1.003: below 1 + 2^-8 (half the spacing), so the bf16 weight still reads 1.0 while the
+    # master holds the progress.
+    assert torch.all(resumed == 1.0)
+    assert torch.allclose(opt2.state[resumed][MASTER_KEY].double(), torch.full((8,), 1.003, dtype=torch.float64),
+                          rtol=0, atol=60 * 2**-23)
+
+
+# ---- the trainer ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parquet_data(tmp_path_factory) -> Path:
+    from pg_vla.data.parquet import ParquetEpisodeWriter
+
+    folder = tmp_path_factory.mktemp("precision_data")
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    with ParquetEpisodeWriter(folder, rows_per_group=16) as writer:
+        for episode in range(4):
+            writer.add_episode([buffer.getvalue()] * 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), "push",
+                               episode_id=f"e{episode}")
+    return folder
+
+
+def _config(parquet_data: Path, paligemma: Path, log_dir: Path, **overrides) -> TrainConfig:
+    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "n_updates": 4, "seed": 0,
+           "global_batch_size": 2, "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1,
+           "keep_last_n": None, "model": {"max_text_tokens": 8, "horizon_steps": 2,
+                                          "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
+           "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
+           "data": {"source": "parquet", "paths": [str(parquet_data)], "num_workers": 0, "shuffle_buffer": 16},
+           **overrides}
+    return TrainConfig.from_dict(cfg)
+
+
+def _losses(log_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (log_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
+
+
+def _dtypes(log_dir: Path, step: int) -> set[torch.dtype]:
+    return {t.dtype for t in load_file(str(log_dir / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
+            .values()}
+
+
+@pytest.fixture(scope="module")
+def fp32_run(parquet_data, tiny_checkpoint_dir, tmp_path_factory) -> Path:
+    log_dir = tmp_path_factory.mktemp("fp32") / "run"
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, log_dir, precision="fp32")).run()
+    return log_dir
+
+
+def test_bf16_autocast_trains_and_saves_fp32_weights(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="bf16")).run()
+    losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    # The same weights, batches, noise and times as the fp32 run, so the per-step losses (noisy across steps:
+    # each draws new flow times) are comparable step by step. They differ only by bf16 matmuls (8
+    # significant bits, ~2^-8 relative per product, partly averaging out), and the updates by what those
+    # errors do to the gradients: the bf16 run follows the fp32 trajectory within 2% at every step.
+    assert [losses[s] == pytest.approx(reference[s], rel=0.02) for s in (1, 2, 3, 4)] == [True] * 4, \
+        (losses, reference)
+    assert _dtypes(tmp_path / "run", 4) == {torch.float32}
+    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors"))
+                   for s in (1, 4))
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # it trained
+
+
+def test_bf16_pure_saves_bf16_weights_and_fp32_masters(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
+    cfg = _config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="bf16_pure",
+                  optimizer={"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR})
+    Trainer(cfg).run()
+    losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    assert losses[1] == pytest.approx(reference[1], rel=0.05)  # bf16 weights and inputs, as above
+    assert _dtypes(tmp_path / "run", 4) == {torch.bfloat16}
+    step = tmp_path / "run" / "checkpoints" / "step_000004"
+    with safetensors.safe_open(str(step / "training_state.safetensors"), "pt") as f:
+        masters = [f.get_tensor(k) for k in f.keys() if MASTER_KEY in k]
+    assert masters and all(t.dtype == torch.float32 for t in masters)
+
+
+def test_bf16_pure_resume_matches_an_uninterrupted_run(parquet_data, tiny_checkpoint_dir, tmp_path) -> None:
+    """The masters go through the real checkpoint (save, load on resume): 2 + 2 steps equal 4 steps."""
+    opt = {"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR}
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "straight", precision="bf16_pure",
+                    optimizer=opt)).run()
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure", optimizer=opt,
+                    n_updates=2)).run()
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure",
+                    optimizer=opt)).run()
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "step_000004" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_000004" / "model.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    with safetensors.safe_open(str(tmp_path / "straight" / "checkpoints" / "step_000004" /
+                                   "training_state.safetensors"), "pt") as a, \
+            safetensors.safe_open(str(tmp_path / "resumed" / "checkpoints" / "step_000004" /
+                                      "training_state.safetensors"), "pt") as b:
+        keys = [k for k in a.keys() if MASTER_KEY in k]
+        assert keys and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in keys)
+
+
+@pytest.mark.slow  # inductor compiles forward and backward of the tiniest model: ~70 s cold on 2 CPU cores
+def test_compile_first_step_loss_matches_eager(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", compile=True, n_updates=2)).run()
+    losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
+    # Same weights, batch, noise and times; inductor only fuses and reorders fp32 arithmetic (different
+    # summation order): differences of a few fp32 ulps per op, far below 1e-4 relative on a loss of O(1).
+    assert losses[1] == pytest.approx(reference[1], rel=1e-4)
+    assert math.isfinite(losses[2])
