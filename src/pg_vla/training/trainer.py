@@ -68,6 +68,7 @@ class Trainer:
         self.log_dir = Path(cfg.log_dir)
         self.ckpt_dir = self.log_dir / "checkpoints"
         self.wandb_run = None
+        self.tensorboard = None  # SummaryWriter on rank 0 with tensorboard=true
 
     # ---- set-up ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -157,6 +158,7 @@ class Trainer:
         for _ in range(self.batches_consumed):  # the stream is seeded: skipping restores its position
             next(batches)
         self._start_wandb()
+        self._start_tensorboard(start_step)
         progress = self._progress(start_step)
         losses: list[tuple[int, float]] = []
         tic = time.perf_counter()
@@ -205,6 +207,8 @@ class Trainer:
             self._plot(losses)
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.world_size > 1:
             dist.destroy_process_group()
         return {"step": step, "loss": losses[-1][1] if losses else None, **last_val}
@@ -358,6 +362,19 @@ class Trainer:
                                     dir=str(self.log_dir), config=_plain(asdict(self.cfg)), resume="allow",
                                     id=_wandb_id(self.log_dir))
 
+    def _start_tensorboard(self, start_step: int) -> None:
+        """Rank 0 writes the log.jsonl scalars (same names) to log_dir/tensorboard; a resumed run purges
+        the old events after its checkpoint's step, as log.jsonl drops those records."""
+        if self.rank != 0 or not self.cfg.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+
+        self.tensorboard = SummaryWriter(str(self.log_dir / "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else None)
+
     def _progress(self, start_step: int):
         if self.rank != 0:
             return None
@@ -373,6 +390,11 @@ class Trainer:
             f.write(json.dumps({"time": time.time(), **record}) + "\n")
         if self.wandb_run is not None and "step" in record:
             self.wandb_run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+        if self.tensorboard is not None and "step" in record and "event" not in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, global_step=record["step"])
+            self.tensorboard.flush()  # a run that stops with an error keeps what it logged
 
     def _plot(self, losses: list[tuple[int, float]]) -> None:
         if not losses:
