@@ -140,3 +140,43 @@ def test_bad_statistics_files(tmp_path):
     (tmp_path / "partial.json").write_text('{"action": {}, "proprio": {}, "num_transitions": 1, "num_trajectories": 1}')
     with pytest.raises(ValueError, match="lack"):
         DatasetStatistics.load(tmp_path / "partial.json")
+
+
+def test_save_uses_a_temporary_file_unique_across_hosts(tmp_path, monkeypatch):
+    """Writers on two hosts with the same pid (a shared folder) never share a temporary file: each is
+    created exclusively (mkstemp, O_EXCL) under a name holding its host, pid and a random part, then
+    renamed into place; nothing is left behind, also when writing fails."""
+    import os
+    import socket
+    import tempfile
+
+    stats = ArrayStatistics.from_values(np.arange(12.0).reshape(6, 2))
+    data = DatasetStatistics(action=stats, proprio=stats, num_transitions=6, num_trajectories=1)
+    created, renamed = [], []
+    mkstemp, replace = tempfile.mkstemp, os.replace
+
+    def recording_mkstemp(*args, **kwargs):
+        fd, name = mkstemp(*args, **kwargs)
+        created.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append((src, dst)), replace(src, dst)))
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    target = tmp_path / "shared" / "bridge_statistics.json"
+    for host in ("node-a", "node-b", "node-b"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        assert data.save(target) == target
+    names = [Path(n).name for n in created]
+    assert len(set(names)) == 3, names  # the same host and pid twice: still two files
+    for name, host in zip(names, ("node-a", "node-b", "node-b")):
+        assert name.startswith(f".bridge_statistics.json.{host}-4242-") and name.endswith(".tmp")
+    assert [(Path(s).name, Path(d)) for s, d in renamed] == [(n, target) for n in names]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bridge_statistics.json"]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+    assert DatasetStatistics.load(target).to_dict() == data.to_dict()
+
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        data.save(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bridge_statistics.json"]

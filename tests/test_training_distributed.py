@@ -20,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
 # Runs one rank: builds the TrainConfig from a JSON file, records the parameters right before training,
 # counts the samples this rank trains on, then saves the final parameters (rank<r>.pt, init_rank<r>.pt).
 DRIVER = '''
-import json, os, sys
+import json, logging, os, sys
 import torch
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.trainer import Trainer
@@ -45,13 +45,15 @@ class Recording(Trainer):
         return super()._inputs(batch)
 
 if __name__ == "__main__":  # the data workers are spawned and import this module again
+    logging.basicConfig(level=logging.INFO, format=f"rank {rank} %(name)s: %(message)s")
     trainer = Recording(TrainConfig.from_dict(json.loads(open(cfg_path).read())))
     result = trainer.run()
     if not any(hasattr(p, "full_tensor") for p in trainer.model.parameters()):  # FSDP: see its checkpoint
         torch.save(weights(trainer.model), f"{out}/rank{rank}.pt")
     with open(f"{out}/seen_rank{rank}.json", "w") as f:
         json.dump({**seen, "batch_sizes": sorted(seen["batch_sizes"]), "result": result,
-                   "world_size": int(os.environ.get("WORLD_SIZE", 1))}, f)
+                   "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+                   "statistics": {k: v.to_dict() for k, v in trainer.statistics.items()}}, f)
 '''
 
 
@@ -102,6 +104,7 @@ def _launch(out: Path, nproc: int) -> Path:
     result = subprocess.run([*launcher, str(driver), str(out / "cfg.json"), str(out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=400, env=ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (out / "stderr.txt").write_text(result.stderr)  # every rank's log lines
     return out
 
 
@@ -128,14 +131,119 @@ def _check_ranks_in_sync(out: Path, n_updates: int, global_batch_size: int, micr
     assert [r["step"] for r in records if "loss" in r] == list(range(1, n_updates + 1))  # rank 0 logs alone
 
 
+def _fresh_statistics(data_path: Path, folder: Path) -> dict:
+    """The data section with its own (empty) statistics folder: the run computes them."""
+    return {"data": {**_config(data_path, data_path, folder)["data"], "statistics_dir": str(folder)}}
+
+
+def _check_statistics_computed_once(logs: str, folder: Path, out: Path) -> None:
+    """One rank of the job computed the statistics (one log line); all ranks use that one file."""
+    computing = [line for line in logs.splitlines() if "computing normalization statistics" in line]
+    assert len(computing) == 1, computing
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files if not f.name.startswith(".")] == [f.name for f in files], "a temporary is left"
+    assert len(files) == 1 and str(files[0]) in computing[0]
+    saved = json.loads(files[0].read_text())
+    for r in (0, 1):
+        assert json.loads((out / f"seen_rank{r}.json").read_text())["statistics"] == {"bridge_dataset": saved}
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_accumulate_and_stay_in_sync(quickstart_inputs, tmp_path):
-    """2 ranks x 2 micro-batches of 2 per step (global batch 8), the sharded stream: disjoint episodes per rank."""
+    """2 ranks x 2 micro-batches of 2 per step (global batch 8), the sharded stream: disjoint episodes per rank.
+    Rank 0 alone computes the statistics; rank 1 waits and reads its file."""
     _, data_path, model_path = quickstart_inputs
-    out = _run_driver(tmp_path, data_path, model_path, "accumulate", 2, n_updates=2, global_batch_size=8)
+    statistics = tmp_path / "statistics"
+    out = _run_driver(tmp_path, data_path, model_path, "accumulate", 2, n_updates=2, global_batch_size=8,
+                      **_fresh_statistics(data_path, statistics))
     _check_ranks_in_sync(out, n_updates=2, global_batch_size=8, micro_batches=2)
     checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert checkpoints == ["step_000002"]
+    logs = (out / "stderr.txt").read_text()
+    _check_statistics_computed_once(logs, statistics, out)
+    assert "rank 0 pg_vla.data.rlds.statistics: computing normalization statistics" in logs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_job(quickstart_inputs, tmp_path):
+    """Two torchrun launchers (one "node" each, one rank per node) meet by the c10d rendezvous at
+    127.0.0.1:<free port> and train 2 steps as one job of 2 ranks sharing log_dir and statistics folder:
+    identical weights, one log and one checkpoint (rank 0's), statistics computed once."""
+    _, data_path, model_path = quickstart_inputs
+    out, statistics = tmp_path / "nodes", tmp_path / "statistics"
+    out.mkdir()
+    cfg = _config(data_path, model_path, out / "run", n_updates=2, global_batch_size=4,
+                  **_fresh_statistics(data_path, statistics))
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes, logs = [], [out / f"node{i}.log" for i in (0, 1)]
+    try:
+        for i in (0, 1):
+            nodes.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                 "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=two-nodes",
+                 str(tmp_path / "driver.py"), str(out / "cfg.json"), str(out)],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"), env=ENV))
+        codes = [node.wait(timeout=400) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    text = [log.read_text() for log in logs]
+    assert codes == [0, 0], text[0][-4000:] + text[1][-4000:]
+    _check_ranks_in_sync(out, n_updates=2, global_batch_size=4, micro_batches=1)
+    checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert checkpoints == ["step_000002"]
+    _check_statistics_computed_once(text[0] + text[1], statistics, out)
+
+
+RANK_ZERO_FIRST = '''
+import sys, time
+import torch.distributed as dist
+from pg_vla.training.distributed import rank_zero_first
+
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), sys.argv[1]
+
+def work():
+    with open(f"{out}/order", "a") as f:
+        f.write(f"start {rank}\\n")
+    time.sleep(1.0 if rank == 0 else 0.0)
+    with open(f"{out}/order", "a") as f:
+        f.write(f"end {rank}\\n")
+    return rank
+
+def failing():
+    if rank == 0:
+        raise ValueError("no such dataset")
+    return rank
+
+assert rank_zero_first(work) == rank
+try:
+    rank_zero_first(failing)
+except Exception as err:
+    with open(f"{out}/error{rank}", "w") as f:
+        f.write(f"{type(err).__name__}: {err}")
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_rank_zero_first_runs_rank_zero_alone_first_and_shares_its_failure(tmp_path):
+    """The others start only after rank 0 has finished; when rank 0 fails they raise (naming its error)
+    instead of waiting for ever or doing the work themselves."""
+    script = tmp_path / "rank_zero_first.py"
+    script.write_text(RANK_ZERO_FIRST)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={_free_port()}", str(script), str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "order").read_text().split("\n")[:4] == ["start 0", "end 0", "start 1", "end 1"]
+    assert (tmp_path / "error0").read_text() == "ValueError: no such dataset"
+    assert (tmp_path / "error1").read_text() == ("RuntimeError: rank 0 failed in work the other ranks wait for "
+                                                 "(1 rank(s) failed): ValueError: no such dataset")
 
 
 # One 2-rank DDP run serves as the reference of the single-process, FSDP and resume tests: 4 steps of global

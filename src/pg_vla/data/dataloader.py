@@ -24,7 +24,9 @@ iterates a few batches and reports shapes and frames/s):
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
@@ -39,18 +41,50 @@ from pg_vla.data.normalization import DatasetStatistics
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _statistics_paths(rlds_kwargs: dict) -> dict[str, str]:
-    """Runs in a spawned process: resolve the mix and compute or load each dataset's statistics."""
+class _Collect(logging.Handler):
+    """Keeps the records of the helper process (as plain messages) for the parent to log."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args, record.exc_info, record.exc_text = record.getMessage(), None, None, None
+        self.records.append(record)
+
+
+def _statistics_paths(rlds_kwargs: dict, level: int) -> tuple[dict[str, str], list[logging.LogRecord]]:
+    """Runs in a spawned process: resolve the mix and compute or load each dataset's statistics; returns
+    the paths and what pg_vla logged meanwhile (at the parent's level or above)."""
     from pg_vla.data.rlds.pipeline import RLDSConfig, prepare_mix
 
-    info = prepare_mix(RLDSConfig(**rlds_kwargs))
-    return {name: str(path) for name, path in info.statistics_paths.items()}
+    handler, package = _Collect(), logging.getLogger("pg_vla")
+    package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False  # logged once, by the parent (tensorflow may have given this process handlers)
+    try:
+        info = prepare_mix(RLDSConfig(**rlds_kwargs))
+    except BaseException:
+        for record in handler.records:  # nothing goes back with the error: say it here
+            print(f"{record.levelname} {record.name}: {record.msg}", file=sys.stderr)
+        raise
+    finally:
+        package.removeHandler(handler)
+        package.propagate = True
+    return {name: str(path) for name, path in info.statistics_paths.items()}, handler.records
 
 
 def resolve_statistics(rlds) -> dict[str, str]:
-    """dataset name -> statistics JSON path, computed (once) in a separate process."""
+    """dataset name -> statistics JSON path, computed (once) in a separate process, whose log records
+    (e.g. "computing normalization statistics ...") are logged here."""
+    level = logging.getLogger("pg_vla").getEffectiveLevel()
     with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
-        return pool.submit(_statistics_paths, asdict(rlds)).result()
+        paths, records = pool.submit(_statistics_paths, asdict(rlds), level).result()
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+    return paths
 
 
 class RLDSBatches(IterableDataset):

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -103,12 +106,23 @@ class DatasetStatistics:
                 **self.extra}
 
     def save(self, path: str | Path) -> Path:
-        """Write as JSON atomically (a reader never sees a half-written file)."""
+        """Write as JSON atomically: a reader never sees a half-written file, and writers never share a
+        temporary file, even on several hosts writing to one shared folder (its name holds the host name,
+        the process id and a random part, and it is created exclusively) before the rename into place."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{host}-{os.getpid()}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.to_dict(), indent=1))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # readable like any written file (mkstemp makes it private)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

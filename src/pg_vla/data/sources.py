@@ -13,6 +13,9 @@ The shared training defaults (config/train/_train.yaml) list every key of both s
 loaders' defaults (RLDS's `augment` aside), so any of them is overridden without Hydra's `+`. A
 run reads one source; the other source's own keys are dropped before the loader is built (an
 RLDS run refuses a Parquet key changed from its default).
+
+Under torchrun, `dataset_dims` and `make_loader` let global rank 0 compute missing statistics while
+the other ranks wait, which then read its file (once per job when the nodes share the statistics folder).
 """
 
 from __future__ import annotations
@@ -134,8 +137,12 @@ def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
         from pg_vla.data.parquet.statistics import load_or_compute_statistics
 
         cfg = _parquet_config(data)
-        source = ParquetSource.open(cfg)
-        stats, _ = load_or_compute_statistics(cfg, source.files, source.indexes, source.plans)
+
+        def statistics() -> DatasetStatistics:
+            source = ParquetSource.open(cfg)
+            return load_or_compute_statistics(cfg, source.files, source.indexes, source.plans)[0]
+
+        stats = _rank_zero_first(statistics)
         return stats.proprio.dim, stats.action.dim, tuple(cfg.camera_roles)
     from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
 
@@ -153,7 +160,27 @@ def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, co
     validation=True: one ordered pass over the validation data (RLDS: `val_split` of the same datasets,
     normalized with the training split's statistics; Parquet: `data.val_paths`, normalized with
     `train_statistics`).
+
+    Under torchrun every rank of the job must call it: global rank 0 builds its loader first (computing
+    and caching statistics that are missing) while the others wait, then they build theirs from the
+    cache (`pg_vla.training.distributed.rank_zero_first`), so the statistics are computed once per job.
     """
+    return _rank_zero_first(lambda: _make_loader(data, batch_size=batch_size, image_size=image_size,
+                                                 cond_steps=cond_steps, horizon_steps=horizon_steps, seed=seed,
+                                                 rank=rank, world_size=world_size, validation=validation,
+                                                 val_split=val_split, train_statistics=train_statistics))
+
+
+def _rank_zero_first(fn):
+    from pg_vla.training.distributed import rank_zero_first
+
+    return rank_zero_first(fn)
+
+
+def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
+                 seed: int, rank: int, world_size: int, validation: bool, val_split: str,
+                 train_statistics: Mapping[str, DatasetStatistics] | None
+                 ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     fixed = {"batch_size": batch_size, "image_size": image_size, "cond_steps": cond_steps,
              "horizon_steps": horizon_steps, "seed": seed}
     if source_of(data) == "parquet":

@@ -14,7 +14,9 @@ collectives that every rank must make.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,6 +35,51 @@ def init_distributed(device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+T = TypeVar("T")
+# How long the other ranks wait for rank 0 to compute what they then read (a pass over a large dataset can
+# take hours); a rank that dies ends the job anyway, as torchrun stops the other workers.
+RANK_ZERO_FIRST_TIMEOUT = timedelta(hours=24)
+
+
+def rank_zero_first(fn: Callable[[], T]) -> T:
+    """fn() on global rank 0 first, then on the other ranks: for work that caches its result on disk
+    (normalization statistics), so that the others find the cache instead of repeating the work.
+
+    Three rounds, each closed by a barrier: rank 0; the first rank (local rank 0) of every other node,
+    which reads rank 0's file when the nodes share the folder and computes its own otherwise; the
+    remaining ranks, which read their node's file. Every rank of the job must call it; without a
+    process group it just calls fn(). An error in one round stops every rank: the failing ranks
+    re-raise theirs, the others raise a RuntimeError naming them (rather than waiting or computing).
+    The barriers run on a gloo group of their own, whose timeout (RANK_ZERO_FIRST_TIMEOUT) outlasts
+    long computations (NCCL's default would give up after minutes).
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    rank, local_rank = dist.get_rank(), world()[1]
+    group = dist.new_group(backend="gloo", timeout=RANK_ZERO_FIRST_TIMEOUT)
+    try:
+        result: Any = None
+        for turn in (rank == 0, rank != 0 and local_rank == 0, rank != 0 and local_rank != 0):
+            error = None
+            if turn:
+                try:
+                    result = fn()
+                except Exception as err:  # noqa: BLE001 - handed to the other ranks, then re-raised
+                    error = err
+            errors: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}", group=group)
+            if error is not None:
+                raise error
+            failed = {r: e for r, e in enumerate(errors) if e is not None}
+            if failed:
+                first = min(failed)
+                raise RuntimeError(f"rank {first} failed in work the other ranks wait for ({len(failed)} rank(s) "
+                                   f"failed): {failed[first]}")
+        return result
+    finally:
+        dist.destroy_process_group(group)
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from pg_vla.data.parquet.config import ParquetConfig
 from pg_vla.data.parquet.files import (NAMED_SKIPS, ColumnPlan, FileIndex, iter_row_blocks, open_parquet,
                                        skipped_episodes)
 
+logger = logging.getLogger(__name__)
 STATISTICS_VERSION = 1  # bump when the definitions change
 
 
@@ -101,6 +104,10 @@ def load_or_compute_statistics(cfg: ParquetConfig, files: list[Path], indexes: l
     path = statistics_file(cfg, files, key)
     if path.is_file():
         return DatasetStatistics.load(path), path
+    logger.info("computing normalization statistics of %s (%d file(s)) -> %s", cfg.dataset_name, len(files), path)
+    start = time.perf_counter()
     stats = compute_statistics(cfg, indexes, plans)
     stats.extra = {"dataset": cfg.dataset_name, "source": "parquet", "statistics_key": key, **stats.extra}
-    return stats, stats.save(path)
+    stats.save(path)
+    logger.info("computed normalization statistics of %s in %.1f s", cfg.dataset_name, time.perf_counter() - start)
+    return stats, path

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,11 @@ def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split:
     path = statistics_file(data_path, cfg, split, key, statistics_dir)
     if path.is_file():
         return DatasetStatistics.load(path), path
+    logger.info("computing normalization statistics of %s split %s -> %s", cfg.name, split, path)
+    start = time.perf_counter()
     stats = compute_statistics(data_path, cfg, split, skip_unlabeled, read_threads, skip_non_finite)
     stats.extra = {"dataset": cfg.name, "split": split, "statistics_key": key, **stats.extra}
-    return stats, stats.save(path)
+    stats.save(path)
+    logger.info("computed normalization statistics of %s split %s in %.1f s", cfg.name, split,
+                time.perf_counter() - start)
+    return stats, path
