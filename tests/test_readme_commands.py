@@ -115,7 +115,7 @@ def script_of(argv: tuple[str, ...] | list[str]) -> str:
     if words[:2] == ["uv", "run"]:
         words = words[2:]
         if words and words[0] == "torchrun":  # its own --options, then the script
-            words = [w for w in words[1:] if not w.startswith("--nproc") and not w.startswith("--nnodes")]
+            words = [w for w in words[1:] if not w.startswith("--")]  # --nproc_per_node=8, --rdzv_id=..., ...
         return words[0] if words else "uv run"
     if words[:1] == ["bash"]:
         return words[1]
