@@ -112,6 +112,11 @@ def extract_commands(markdown: str) -> list[Command]:
 
 def script_of(argv: tuple[str, ...] | list[str]) -> str:
     words = list(argv)
+    if words[:1] == ["srun"]:  # SLURM's launcher and its options, then the command it starts on every node
+        words = words[1:]
+        while words and words[0].startswith("-"):
+            words = words[1:]
+        return script_of(words)
     if words[:2] == ["uv", "run"]:
         words = words[2:]
         if words and words[0] == "torchrun":  # its own --options, then the script

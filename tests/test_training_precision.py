@@ -176,6 +176,23 @@ def test_bf16_autocast_trains_and_saves_fp32_weights(parquet_data, tiny_checkpoi
     assert any(not torch.equal(first[k], last[k]) for k in first)  # it trained
 
 
+def test_gradient_checkpointing_follows_the_plain_run(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
+    """Recomputing each joint layer in the backward pass changes no arithmetic: the same losses and weights as
+    the fp32 run at every step (to float32 rounding of the recomputed activations: exactly equal here)."""
+    trainer = Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="fp32",
+                              gradient_checkpointing=True))
+    trainer.run()
+    assert trainer.model.joint.gradient_checkpointing and trainer.model.vision_tower.encoder.gradient_checkpointing
+    losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
+    assert sorted(losses) == sorted(reference) == [1, 2, 3, 4]
+    for step in reference:
+        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=0), step
+    ours = load_file(str(tmp_path / "run" / "checkpoints" / "step_000004" / "model.safetensors"))
+    theirs = load_file(str(fp32_run / "checkpoints" / "step_000004" / "model.safetensors"))
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-6, rtol=0, msg=key)
+
+
 def test_bf16_pure_saves_bf16_weights_and_fp32_masters(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
     cfg = _config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="bf16_pure",
                   optimizer={"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR})
