@@ -165,15 +165,16 @@ def test_torchrun_two_ranks_accumulate_and_stay_in_sync(quickstart_inputs, tmp_p
 
 
 @pytest.mark.slow
-def test_two_nodes_train_as_one_job(quickstart_inputs, tmp_path):
+def test_two_nodes_train_as_one_job(quickstart_inputs, single_reference, tmp_path):
     """Two torchrun launchers (one "node" each, one rank per node) meet by the c10d rendezvous at
-    127.0.0.1:<free port> and train 2 steps as one job of 2 ranks sharing log_dir and statistics folder:
-    identical weights, one log and one checkpoint (rank 0's), statistics computed once."""
+    127.0.0.1:<free port> and train the reference's 4 steps as one job of 2 ranks sharing log_dir and
+    statistics folder: identical weights equal to one process with the same global batch, one log and rank 0's
+    checkpoints, statistics computed once."""
     _, data_path, model_path = quickstart_inputs
     out, statistics = tmp_path / "nodes", tmp_path / "statistics"
     out.mkdir()
-    cfg = _config(data_path, model_path, out / "run", n_updates=2, global_batch_size=4,
-                  **_fresh_statistics(data_path, statistics))
+    cfg = _config(data_path, model_path, out / "run", **REFERENCE,
+                  data={**_reference_data(data_path)["data"], "statistics_dir": str(statistics)})
     (out / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "driver.py").write_text(DRIVER)
     endpoint = f"127.0.0.1:{_free_port()}"
@@ -193,10 +194,14 @@ def test_two_nodes_train_as_one_job(quickstart_inputs, tmp_path):
                 node.wait()
     text = [log.read_text() for log in logs]
     assert codes == [0, 0], text[0][-4000:] + text[1][-4000:]
-    _check_ranks_in_sync(out, n_updates=2, global_batch_size=4, micro_batches=1)
+    _check_ranks_in_sync(out, n_updates=4, global_batch_size=4, micro_batches=1)
     checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
-    assert checkpoints == ["step_000002"]
+    assert checkpoints == ["step_000002", "step_000004"]
     _check_statistics_computed_once(text[0] + text[1], statistics, out)
+    nodes_weights, single = torch.load(out / "rank0.pt"), torch.load(single_reference / "rank0.pt")
+    assert nodes_weights.keys() == single.keys()
+    for name in single:  # as the one-node DDP run below: only the gradient averaging is computed differently
+        torch.testing.assert_close(nodes_weights[name], single[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
 RANK_ZERO_FIRST = '''
@@ -264,19 +269,27 @@ def ddp_reference(quickstart_inputs, tmp_path_factory) -> Path:
                        **_reference_data(data_path))
 
 
+@pytest.fixture(scope="module")
+def single_reference(quickstart_inputs, tmp_path_factory) -> Path:
+    """The reference run in one process: 2 micro-batches of 2 per step."""
+    _, data_path, model_path = quickstart_inputs
+    return _run_driver(tmp_path_factory.mktemp("single_reference"), data_path, model_path, "single", 1, **REFERENCE,
+                       **_reference_data(data_path))
+
+
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, ddp_reference, tmp_path):
+def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, ddp_reference, single_reference,
+                                                                 tmp_path):
     """DDP (and FSDP) over 2 ranks x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2: with the replicated
     data stream both see the same 4 samples per step with the same flow noise, so only the gradient
     averaging differs in how it is computed."""
     _, data_path, model_path = quickstart_inputs
     _check_ranks_in_sync(ddp_reference, n_updates=4, global_batch_size=4, micro_batches=1)
     ddp = torch.load(ddp_reference / "rank0.pt")
-    single = torch.load(_run_driver(tmp_path, data_path, model_path, "single", 1, **REFERENCE,
-                                    **_reference_data(data_path)) / "rank0.pt")
+    single = torch.load(single_reference / "rank0.pt")
     fsdp_out = _run_driver(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **REFERENCE,
                            **_reference_data(data_path))
-    initial = torch.load(tmp_path / "single" / "init_rank0.pt")
+    initial = torch.load(single_reference / "init_rank0.pt")
     assert single.keys() == ddp.keys()
     assert sum(not torch.equal(single[k], initial[k]) for k in single) > len(single) // 2
     for name in single:
