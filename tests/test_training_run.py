@@ -64,6 +64,17 @@ def test_config_values_of_the_wrong_kind_are_named(tmp_path, override, valid, me
     TrainConfig.from_dict(good)
 
 
+def test_unsupported_combinations_are_refused_at_start(tmp_path):
+    common = {"pretrained_model_path": str(tmp_path), "data": {"data_path": str(tmp_path)}, "log_dir": str(tmp_path)}
+    with pytest.raises(ValueError, match="bf16_pure is not supported with distributed=fsdp"):
+        TrainConfig(**common, distributed="fsdp", precision="bf16_pure")
+    with pytest.raises(ValueError, match="distributed=fsdp supports full fine-tuning without weight averaging"):
+        TrainConfig(**common, distributed="fsdp", lora=True)
+    with pytest.raises(ValueError, match="quantize=true"):
+        TrainConfig(**common, quantize=True)
+    TrainConfig(**common, distributed="fsdp", precision="bf16")  # allowed
+
+
 def test_tokenizer_path_must_be_a_folder_holding_a_tokenizer(tmp_path):
     common = dict(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path))
     assert TrainConfig(**common).tokenizer_path is None  # default: the tokenizer of pretrained_model_path

@@ -123,6 +123,10 @@ class TrainConfig:
         if self.distributed == "fsdp" and (self.lora or self.averaging.kind != "none"):
             raise ValueError("distributed=fsdp supports full fine-tuning without weight averaging; use ddp for "
                              "lora/quantize or averaging")
+        if self.distributed == "fsdp" and self.precision == "bf16_pure":
+            raise ValueError("precision=bf16_pure is not supported with distributed=fsdp: the fp32 master weights "
+                             "that keep small updates from rounding away do not cover FSDP's sharded parameters; "
+                             "use precision=bf16 (autocast over fp32 weights) with fsdp")
         if self.data_stream not in ("sharded", "replicated"):
             raise ValueError(f"data_stream must be sharded or replicated, got {self.data_stream!r}")
         if "batch_size" in self.data:
