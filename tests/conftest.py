@@ -56,6 +56,44 @@ def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, *
                                     tokenizer=processor)
 
 
+@pytest.fixture(scope="session")
+def tiny_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Parquet episodes for in-process trainer runs: train/ (4 episodes e0..e3) and val/ (2), 8 steps of 3-D
+    state and actions, 16x16 frames."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pg_vla.data.parquet import ParquetEpisodeWriter
+
+    root = tmp_path_factory.mktemp("tiny_episodes")
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    for split, count in (("train", 4), ("val", 2)):
+        with ParquetEpisodeWriter(root / split, rows_per_group=16) as writer:
+            for episode in range(count):
+                writer.add_episode([buffer.getvalue()] * 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), "push",
+                                   episode_id=f"{split}{episode}")
+    return root
+
+
+def tiny_train_config(episodes: Path, paligemma: Path, log_dir: Path, **overrides):
+    """A TrainConfig of a few CPU steps of the tiny model on `tiny_episodes` (the trainer runs in-process)."""
+    from pg_vla.training.config import TrainConfig
+
+    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "n_updates": 4, "seed": 0,
+           "global_batch_size": 2, "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1,
+           "keep_last_n": None, "model": {"max_text_tokens": 8, "horizon_steps": 2,
+                                          "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
+           "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
+           "data": {"source": "parquet", "paths": [str(episodes / "train")], "val_paths": [str(episodes / "val")],
+                    "num_workers": 0, "shuffle_buffer": 16},
+           **overrides}
+    return TrainConfig.from_dict(cfg)
+
+
 def edited_copy(checkpoint: Path, folder: Path, edit_weights=None) -> Path:
     """A copy of a checkpoint folder whose model.safetensors went through `edit_weights(state_dict)` (in place);
     its manifest is removed, as an edited folder no longer matches it (loaders then have nothing to verify)."""

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import tiny_train_config
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.optim import MASTER_KEY, MasterWeightOptimizer
 from pg_vla.training.state_file import flatten, unflatten
@@ -118,29 +119,12 @@ def test_master_weights_survive_a_state_round_trip() -> None:
 
 # ---- the trainer ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def parquet_data(tmp_path_factory) -> Path:
-    from pg_vla.data.parquet import ParquetEpisodeWriter
-
-    folder = tmp_path_factory.mktemp("precision_data")
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    with ParquetEpisodeWriter(folder, rows_per_group=16) as writer:
-        for episode in range(4):
-            writer.add_episode([buffer.getvalue()] * 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), "push",
-                               episode_id=f"e{episode}")
-    return folder
+def parquet_data(tiny_episodes: Path) -> Path:
+    return tiny_episodes
 
 
 def _config(parquet_data: Path, paligemma: Path, log_dir: Path, **overrides) -> TrainConfig:
-    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "n_updates": 4, "seed": 0,
-           "global_batch_size": 2, "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1,
-           "keep_last_n": None, "model": {"max_text_tokens": 8, "horizon_steps": 2,
-                                          "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
-           "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
-           "data": {"source": "parquet", "paths": [str(parquet_data)], "num_workers": 0, "shuffle_buffer": 16},
-           **overrides}
-    return TrainConfig.from_dict(cfg)
+    return tiny_train_config(parquet_data, paligemma, log_dir, **overrides)
 
 
 def _losses(log_dir: Path) -> dict[int, float]:

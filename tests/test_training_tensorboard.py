@@ -1,4 +1,4 @@
-"""tensorboard=true: rank 0 writes the scalars of log.jsonl to log_dir/tensorboard. A real in-process run on tiny
+"""logging.tensorboard=true: rank 0 writes the scalars of log.jsonl to log_dir/tensorboard. A real in-process run on tiny
 Parquet episodes; the event files are read back with tensorboard's own reader."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tiny_train_config
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.trainer import Trainer
 
@@ -19,32 +20,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 @pytest.fixture(scope="module")
-def parquet_data(tmp_path_factory) -> Path:
-    from pg_vla.data.parquet import ParquetEpisodeWriter
-
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    root = tmp_path_factory.mktemp("tensorboard_data")
-    for split in ("train", "val"):
-        with ParquetEpisodeWriter(root / split, rows_per_group=16) as writer:
-            for episode in range(2):
-                writer.add_episode([buffer.getvalue()] * 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), "push",
-                                   episode_id=f"{split}{episode}")
-    return root
+def parquet_data(tiny_episodes: Path) -> Path:
+    return tiny_episodes
 
 
 def _config(data: Path, paligemma: Path, log_dir: Path, **overrides) -> TrainConfig:
-    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "n_updates": 4, "seed": 0,
-           "global_batch_size": 2, "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 2,
-           "keep_last_n": None, "tensorboard": True, "validation": {"every": 2, "batches": 1, "thresholds": [0.5]},
-           "model": {"max_text_tokens": 8, "horizon_steps": 2,
-                     "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
-           "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
-           "data": {"source": "parquet", "paths": [str(data / "train")], "val_paths": [str(data / "val")],
-                    "num_workers": 0, "shuffle_buffer": 16},
-           **overrides}
-    return TrainConfig.from_dict(cfg)
+    return tiny_train_config(data, paligemma, log_dir, **{
+        "save_every": 2, "logging": {"tensorboard": True},
+        "validation": {"every": 2, "batches": 1, "thresholds": [0.5]}, **overrides})
 
 
 def _scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -94,5 +77,5 @@ def test_resumed_run_replaces_the_events_after_its_checkpoint(parquet_data, tiny
     logged, scalars = _logged(log_dir), _scalars(log_dir)
     assert sorted(logged["loss"]) == [1, 2, 3, 4]
     _assert_same(scalars, logged)
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", tensorboard=False, n_updates=1)).run()
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", logging={"tensorboard": False}, n_updates=1)).run()
     assert not (tmp_path / "off" / "tensorboard").exists()

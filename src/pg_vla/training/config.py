@@ -48,6 +48,15 @@ class ValidationConfig:
 
 
 @dataclass
+class LoggingConfig:
+    tensorboard: bool = False  # rank 0 also writes log.jsonl's scalars to log_dir/tensorboard (event files)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"logging.tensorboard must be true or false, got {self.tensorboard!r}")
+
+
+@dataclass
 class TrainConfig:
     pretrained_model_path: str  # PaliGemma checkpoint folder (weights, tokenizer, config.json)
     data: dict[str, Any]  # RLDSConfig fields except batch_size (per_device_batch_size sets it)
@@ -77,7 +86,7 @@ class TrainConfig:
     quantize: bool = False  # QLoRA: 4-bit nf4 base weights (needs lora=true)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    tensorboard: bool = False  # rank 0 also writes log.jsonl's scalars to log_dir/tensorboard (needs tensorboard)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # logging.tensorboard
     resume: str | bool = "auto"  # auto: continue from the newest checkpoint in log_dir/checkpoints if any
     resume_checkpoint_path: str | None = None
     log_every: int = 10
@@ -88,7 +97,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, cls in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig), ("averaging", AveragingConfig),
-                          ("validation", ValidationConfig), ("wandb", WandbConfig)):
+                          ("validation", ValidationConfig), ("wandb", WandbConfig), ("logging", LoggingConfig)):
             value = getattr(self, name)
             if not isinstance(value, cls):
                 setattr(self, name, cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(value).items()}))
@@ -131,8 +140,6 @@ class TrainConfig:
             raise ValueError(f"data_stream must be sharded or replicated, got {self.data_stream!r}")
         if "batch_size" in self.data:
             raise ValueError("set per_device_batch_size instead of data.batch_size")
-        if not isinstance(self.tensorboard, bool):
-            raise ValueError(f"tensorboard must be true or false, got {self.tensorboard!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("n_updates", "global_batch_size", "per_device_batch_size", "log_every", "save_every",

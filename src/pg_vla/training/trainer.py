@@ -68,7 +68,7 @@ class Trainer:
         self.log_dir = Path(cfg.log_dir)
         self.ckpt_dir = self.log_dir / "checkpoints"
         self.wandb_run = None
-        self.tensorboard = None  # SummaryWriter on rank 0 with tensorboard=true
+        self.tensorboard = None  # SummaryWriter on rank 0 with logging.tensorboard=true
 
     # ---- set-up ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -365,12 +365,12 @@ class Trainer:
     def _start_tensorboard(self, start_step: int) -> None:
         """Rank 0 writes the log.jsonl scalars (same names) to log_dir/tensorboard; a resumed run purges
         the old events after its checkpoint's step, as log.jsonl drops those records."""
-        if self.rank != 0 or not self.cfg.tensorboard:
+        if self.rank != 0 or not self.cfg.logging.tensorboard:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ImportError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+            raise ImportError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
 
         self.tensorboard = SummaryWriter(str(self.log_dir / "tensorboard"),
                                          purge_step=start_step + 1 if start_step else None)
