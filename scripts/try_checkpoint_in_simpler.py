@@ -92,7 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--act_steps", type=int, default=None, help="actions run per chunk (default per robot)")
     parser.add_argument("--max_steps", type=int, default=None, help="episode length (default per task)")
     parser.add_argument("--run_to_time_limit", action="store_true",
-                        help="do not stop at the first success; report success at the last step (SimplerEnv's protocol)")
+                        help="do not stop at the first success; report success at the last step "
+                             "(SimplerEnv's protocol)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--no_verify", action="store_true",
                         help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = run_episode(policy, env, adapter, seed=args.seed,
-                             act_steps=args.act_steps or min(DEFAULT_ACT_STEPS[robot], policy.horizon), record=args.recording)
+                             act_steps=args.act_steps or min(DEFAULT_ACT_STEPS[robot], policy.horizon),
+                             record=args.recording)
     finally:
         env.close()
     frames = result.pop("frames")

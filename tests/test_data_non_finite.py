@@ -142,7 +142,8 @@ def test_parquet_skip_non_finite_leaves_the_episode_out_and_counts_it(tmp_path: 
                        np.concatenate([s for s, _ in good]), trajectories=3)
     saved = json.loads(Path(loader.dataset.statistics_path).read_text())
     assert saved["skipped_non_finite_episodes"] == 1
-    assert len(saved["skipped_non_finite_first"]) == 1 and "episode 1 (rows 8..15)" in saved["skipped_non_finite_first"][0]
+    first = saved["skipped_non_finite_first"]
+    assert len(first) == 1 and "episode 1 (rows 8..15)" in first[0]
 
     # samples: only good episodes, every window as in a file holding the good episodes alone
     batch = _all_batches(loader)
@@ -161,7 +162,7 @@ def test_parquet_skip_non_finite_leaves_the_episode_out_and_counts_it(tmp_path: 
     assert [rank_episodes(source.indexes, r, 2) for r in (0, 1)] == [[(0, 0)], [(0, 2), (0, 3)]]
     train, _ = make_parquet_loader(ParquetConfig(**{**vars(cfg), "train": True, "shuffle_buffer": 4,
                                                     "cycle_length": 2}))
-    for i, b in zip(range(12), train):
+    for _, b in zip(range(12), train):
         assert set(b["tfds_id"]) <= {"e0", "e2", "e3"} and bool(b["actions"].isfinite().all())
 
     # without the option the same data is refused (the default)

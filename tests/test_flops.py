@@ -72,7 +72,8 @@ def test_forward_and_sampling_match_flop_counter(name: str):
         reference, _ = _counted(loss)
     assert forward_flops(cfg, batch=2) == reference
     for use_cache in (True, False):
-        reference, _ = _counted(lambda: model.sample_actions(**inputs, noise=noise, num_steps=2, use_cache=use_cache))
+        reference, _ = _counted(lambda use_cache=use_cache: model.sample_actions(**inputs, noise=noise, num_steps=2,
+                                                                                 use_cache=use_cache))
         assert sampling_flops(cfg, num_steps=2, use_cache=use_cache, batch=2) == reference, use_cache
 
 

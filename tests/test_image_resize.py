@@ -14,7 +14,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pg_vla.data.image_resize import pad_box

@@ -184,7 +184,7 @@ def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoin
         ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file")],
          f"error: --output_dir {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file, not a folder"),
         ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file" / "below")],
-         f"is a file, not a folder"),
+         "is a file, not a folder"),
     ]
     if not torch.cuda.is_available():
         cases.append(([*frame, "--device", "cuda"], "error: device 'cuda': no CUDA device is visible"))

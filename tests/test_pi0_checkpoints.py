@@ -1,4 +1,5 @@
-"""pi0 folders (transformers, LeRobot, openpi layouts) loaded by pg-vla against transformers' PI0ForConditionalGeneration.
+"""pi0 folders (transformers, LeRobot, openpi layouts) loaded by pg-vla against transformers'
+PI0ForConditionalGeneration.
 
 The reference is transformers' own PI0 model, built random and tiny, saved with `save_pretrained` (and
 rewritten into the other layouts users have). pg-vla loads the folder; both get the same images, text
@@ -238,7 +239,8 @@ def test_override_of_a_weight_fixed_dimension_is_refused(pi0_folder):
 def test_corrupt_weights_file_is_named(pi0_folder):
     weights = pi0_folder / "model.safetensors"
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file \(corrupt or truncated\?\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"model\.safetensors is not a readable safetensors file \(corrupt or truncated\?\)"):
         PiZero.from_pretrained(pi0_folder)
 
 

@@ -21,7 +21,8 @@ EXPORT = ROOT / "scripts" / "export_checkpoint.py"
 @pytest.fixture(scope="module")
 def exported(tiny_policy_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "pi0"
-    result = subprocess.run([sys.executable, str(EXPORT), "--checkpoint_path", str(tiny_policy_checkpoint.parent.parent),
+    result = subprocess.run([sys.executable, str(EXPORT),
+                             "--checkpoint_path", str(tiny_policy_checkpoint.parent.parent),
                              "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return out

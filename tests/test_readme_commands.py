@@ -523,8 +523,11 @@ def executed(work: Work) -> dict[str, dict[str, Any]]:
         ran = {entry["name"]: entry for entry in report}
         for command in commands:
             entry = ran.get(command["name"], {"rc": None, "seconds": None})
-            read = (lambda suffix: (logs / f"{command['name']}{suffix}").read_text(errors="replace")
-                    if (logs / f"{command['name']}{suffix}").is_file() else "")
+
+            def read(suffix: str, logs: Path = logs, name: str = command["name"]) -> str:
+                path = logs / f"{name}{suffix}"
+                return path.read_text(errors="replace") if path.is_file() else ""
+
             results[command["name"]] = {**entry, "stdout": read(".out"), "stderr": read(".err"),
                                         "runner": outputs[group][-3000:], "group": group}
     return results

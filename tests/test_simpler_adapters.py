@@ -175,7 +175,8 @@ def test_postprocess_rejects_bad_chunks() -> None:
 def test_normalization_round_trip(name, dataset) -> None:
     stats = DatasetStatistics.load(ROOT / "config" / f"{name}_statistics.json")
     rng = np.random.default_rng(0)
-    for arr, mask in ((stats.proprio, None), (stats.action, list(get_dataset_config(dataset).action_normalization_mask))):
+    action_mask = list(get_dataset_config(dataset).action_normalization_mask)
+    for arr, mask in ((stats.proprio, None), (stats.action, action_mask)):
         normalizer = Normalizer(arr, "bounds", mask)
         x = arr.p01 + rng.uniform(0, 1, (64, arr.dim)) * (arr.p99 - arr.p01)
         y = normalizer.normalize(x)

@@ -4,15 +4,12 @@ one on tiny Parquet data; the fault is injected by poisoning the actions of chos
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import tiny_train_config

@@ -3,16 +3,13 @@ the fp32 master weights that let bf16 parameters take updates smaller than bf16'
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import safetensors
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import tiny_train_config

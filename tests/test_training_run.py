@@ -30,15 +30,16 @@ def test_bridge_config_composes_without_data_and_takes_nested_overrides():
 
 
 def test_batch_sizes_must_divide(tmp_path):
-    cfg = TrainConfig(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path), global_batch_size=48,
-                      per_device_batch_size=16)
+    cfg = TrainConfig(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path),
+                      global_batch_size=48, per_device_batch_size=16)
     assert cfg.gradient_accumulation(1) == 3
     with pytest.raises(ValueError, match="not divisible by per_device_batch_size 16 x world size 2"):
         cfg.gradient_accumulation(2)
     with pytest.raises(ValueError, match="pretrained_model_path is not set"):
         TrainConfig(pretrained_model_path="", data={"data_path": str(tmp_path)}, log_dir=str(tmp_path))
     with pytest.raises(ValueError, match="data.batch_size"):
-        TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4, "data_path": str(tmp_path)}, log_dir=str(tmp_path))
+        TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4, "data_path": str(tmp_path)},
+                    log_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("override,valid,message", [

@@ -1,15 +1,12 @@
-"""logging.tensorboard=true: rank 0 writes the scalars of log.jsonl to log_dir/tensorboard. A real in-process run on tiny
-Parquet episodes; the event files are read back with tensorboard's own reader."""
+"""logging.tensorboard=true: rank 0 writes the scalars of log.jsonl to log_dir/tensorboard. A real in-process run on
+tiny Parquet episodes; the event files are read back with tensorboard's own reader."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import tiny_train_config
 from pg_vla.training.config import TrainConfig
@@ -77,5 +74,6 @@ def test_resumed_run_replaces_the_events_after_its_checkpoint(parquet_data, tiny
     logged, scalars = _logged(log_dir), _scalars(log_dir)
     assert sorted(logged["loss"]) == [1, 2, 3, 4]
     _assert_same(scalars, logged)
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", logging={"tensorboard": False}, n_updates=1)).run()
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", logging={"tensorboard": False},
+                    n_updates=1)).run()
     assert not (tmp_path / "off" / "tensorboard").exists()

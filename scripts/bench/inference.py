@@ -512,7 +512,8 @@ def bench_train(model: PiZero, inputs: dict[str, torch.Tensor], args: argparse.N
         model.set_gradient_checkpointing(False)
         model.eval()
     entry.update(batch_size=args.train_batch_size, optimizer=args.optimizer,
-                 gradient_checkpointing=args.gradient_checkpointing, trainable_parameters=sum(p.numel() for p in params))
+                 gradient_checkpointing=args.gradient_checkpointing,
+                 trainable_parameters=sum(p.numel() for p in params))
     return entry
 
 
@@ -590,7 +591,7 @@ def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namesp
             traceback.print_exc(file=sys.stderr)
         entry.update(error_entry(error))
     finally:
-        del model
+        model = None  # drop the weights before the next combination is measured
         free_memory(device)
     return entry
 
@@ -743,7 +744,8 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
     lengths = torch.full((batch,), cfg.max_text_tokens)
     lengths[batch // 2:] = max(1, cfg.max_text_tokens // 2)  # some text padding, as real batches have
     text_valid = torch.arange(cfg.max_text_tokens).expand(batch, -1) < lengths[:, None]
-    blocks_all = torch.cat([torch.full((cfg.prefix_len,), IMAGE_TEXT_BLOCK), torch.full((cfg.cond_steps,), PROPRIO_BLOCK),
+    blocks_all = torch.cat([torch.full((cfg.prefix_len,), IMAGE_TEXT_BLOCK),
+                            torch.full((cfg.cond_steps,), PROPRIO_BLOCK),
                             torch.full((cfg.horizon_steps,), ACTION_BLOCK)]).expand(batch, -1)
     valid_all = torch.cat((torch.ones(batch, cfg.num_image_tokens, dtype=torch.bool), text_valid,
                            torch.ones(batch, cfg.cond_steps + cfg.horizon_steps, dtype=torch.bool)), dim=1)
@@ -755,7 +757,7 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
         queries = slice(k_len - q_len, k_len)  # prefix/train: all; denoise: the trailing action tokens
         mask = block_attention_mask(blocks_all[:, queries], blocks_all[:, keys], valid_all[:, keys]).to(device)
 
-        def tensor(heads: int, length: int) -> torch.Tensor:
+        def tensor(heads: int, length: int, backward: bool = backward) -> torch.Tensor:
             return torch.randn(batch, heads, length, vlm.head_dim, device=device, dtype=dtype, generator=generator,
                                requires_grad=backward)
 
@@ -801,7 +803,7 @@ def _backend_row(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.
     return row
 
 
-# ---- one combination ---------------------------------------------------------------------------------------------------
+# ---- one combination --------------------------------------------------------------------------------------------
 def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args: argparse.Namespace,
                       device: torch.device) -> dict[str, Any]:
     dtype = DTYPES[dtype_name]
@@ -983,7 +985,7 @@ def consistency(model: PiZero, inputs: dict[str, torch.Tensor], outputs: dict[st
         return error_entry(error)
 
 
-# ---- the target suite ---------------------------------------------------------------------------------------------------
+# ---- the target suite -------------------------------------------------------------------------------------------
 # name -> option overrides; every target runs bfloat16, eager, with --mfu. Geometry: 224x224 images
 # (the pi0 preset's), 20 text tokens, 10 flow steps. Training: bitsandbytes AdamW8bit, full VLM
 # fine-tuning (everything but frozen_parameter_names() trains, SigLIP included), no checkpointing.
@@ -1049,7 +1051,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile_mode", default="default",
                         choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     parser.add_argument("--batch_size", type=int, default=1, help="sampling batch size (default 1)")
-    parser.add_argument("--train_batch_size", type=int, default=None, help="train step batch size (default: batch_size)")
+    parser.add_argument("--train_batch_size", type=int, default=None,
+                        help="train step batch size (default: batch_size)")
     parser.add_argument("--num_cameras", type=int, default=None, help="override the preset's num_cameras")
     parser.add_argument("--horizon_steps", type=int, default=None, help="override the preset's horizon_steps")
     parser.add_argument("--max_text_tokens", type=int, default=None, help="override the preset's max_text_tokens")
@@ -1080,7 +1083,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest batch the search tries (default: 1024 on CUDA, 64 on CPU)")
     parser.add_argument("--max_batch_steps", type=int, default=2, help="train steps per tried batch (default 2)")
     parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="torch.profiler over a few calls per timed mode: chrome traces into DIR, top ops in the JSON")
+                        help="torch.profiler over a few calls per timed mode: chrome traces into DIR, "
+                             "top ops in the JSON")
     parser.add_argument("--profile_calls", type=int, default=3, help="calls per profiled mode (default 3)")
     parser.add_argument("--suite", choices=("targets",), default=None,
                         help="run a predefined target set (default preset pi0; --config for a smoke run)")

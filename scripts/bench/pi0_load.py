@@ -86,7 +86,8 @@ def main() -> None:
     weights = runs[0]["model_weight_bytes"]
     file_bytes = (folder / "model.safetensors").stat().st_size
     peak = statistics.median(r["peak_rss_bytes"] for r in runs)
-    print(json.dumps({"folder": str(folder), "runs": len(runs), "load_s_median": statistics.median(r["load_s"] for r in runs),
+    print(json.dumps({"folder": str(folder), "runs": len(runs),
+                      "load_s_median": statistics.median(r["load_s"] for r in runs),
                       "read_all_s_median": statistics.median(r["read_all_s"] for r in runs),
                       "rss_after_load_gib_median": statistics.median(r["rss_after_load_bytes"] for r in runs) / 2**30,
                       "peak_rss_gib_median": peak / 2**30, "model_weight_gib": weights / 2**30,

@@ -190,7 +190,8 @@ class Policy:
         for obs in observations:
             missing = [role for role in self.camera_roles if role not in obs.images]
             if missing:
-                raise ValueError(f"observation lacks camera image(s) {missing}; the policy reads {list(self.camera_roles)}")
+                raise ValueError(f"observation lacks camera image(s) {missing}; "
+                                 f"the policy reads {list(self.camera_roles)}")
             frames = [np.asarray(obs.images[role]) for role in self.camera_roles]
             for role, frame in zip(self.camera_roles, frames):
                 if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3 or 0 in frame.shape:

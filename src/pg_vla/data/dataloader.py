@@ -147,7 +147,7 @@ def main() -> None:
                        shuffle_buffer=args.shuffle_buffer, read_threads=args.read_threads,
                        transform_threads=args.transform_threads, statistics_dir=args.statistics_dir)
     loader, stats = make_rlds_loader(rlds)
-    for name, path in rlds_statistics_paths(loader).items():
+    for path in rlds_statistics_paths(loader).values():
         print(path)
     time_batches(loader, args.num_batches)
 

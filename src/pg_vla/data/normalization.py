@@ -1,6 +1,7 @@
 """Normalization statistics and the normalize / unnormalize pair, without tensorflow.
 
-The statistics JSON (one per dataset; `config/bridge_statistics.json` and `config/fractal_statistics.json` are the published ones) holds
+The statistics JSON (one per dataset; `config/bridge_statistics.json` and `config/fractal_statistics.json` are the
+published ones) holds
 
     {"action":  {"mean": [...], "std": [...], "min": [...], "max": [...], "p01": [...], "p99": [...]},
      "proprio": {... same keys ...},
@@ -69,7 +70,8 @@ class ArrayStatistics:
             raise ValueError(f"statistics need a non-empty (N, D) array, got shape {values.shape}")
         if not np.isfinite(values).all():
             row, dim = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
-            raise ValueError(f"statistics over non-finite values: value {values[row, dim]} at row {row}, dimension {dim}")
+            raise ValueError(f"statistics over non-finite values: value {values[row, dim]} at row {row}, "
+                             f"dimension {dim}")
         return cls(mean=values.mean(0), std=values.std(0), min=values.min(0), max=values.max(0),
                    p01=np.quantile(values, 0.01, axis=0), p99=np.quantile(values, 0.99, axis=0))
 

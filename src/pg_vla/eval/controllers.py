@@ -37,7 +37,7 @@ class Request:
 
 
 class Controller(ABC):
-    def start_episode(self, slot: int, task: str, seed: int) -> None:
+    def start_episode(self, slot: int, task: str, seed: int) -> None:  # noqa: B027 - an optional hook
         """A new episode begins in environment `slot`."""
 
     @abstractmethod

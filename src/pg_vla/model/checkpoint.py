@@ -46,7 +46,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = handle.metadata() or {}
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {err}") from err
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): "
+                              f"{err}") from err
     if meta.get("format") != FORMAT or "pg_vla_config" not in meta:
         raise CheckpointError(f"{path} is not a pg-vla model checkpoint (metadata format {meta.get('format')!r})")
     return meta

@@ -370,7 +370,8 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ImportError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+            raise ImportError("logging.tensorboard=true needs the tensorboard package "
+                              "(pip install tensorboard)") from err
 
         self.tensorboard = SummaryWriter(str(self.log_dir / "tensorboard"),
                                          purge_step=start_step + 1 if start_step else None)

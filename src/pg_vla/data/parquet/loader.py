@@ -83,7 +83,8 @@ class ParquetBatches(IterableDataset):
         return EpisodeReader(cfg, self.source.indexes, self.source.plans,
                              Normalizer(stats.proprio, cfg.normalization),
                              Normalizer(stats.action, cfg.normalization, action_mask),
-                             {"state": cfg.state_dim or stats.proprio.dim, "action": cfg.action_dim or stats.action.dim})
+                             {"state": cfg.state_dim or stats.proprio.dim,
+                              "action": cfg.action_dim or stats.action.dim})
 
     def numpy_batches(self):
         """Numpy batches (no torch), this worker's share."""

@@ -23,7 +23,7 @@ from pg_vla.policy import Observation
 
 
 class EnvAdapter(ABC):
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - an optional hook: adapters without per-episode state keep it
         """Forget per-episode state; called before each episode."""
 
     @abstractmethod

@@ -39,5 +39,5 @@ class EvalEnv(ABC):
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one environment action."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: environments without resources keep it
         """Release the simulator (renderers, processes)."""

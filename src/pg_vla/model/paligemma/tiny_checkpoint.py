@@ -255,7 +255,8 @@ def build_tiny_tokenizer(base_vocab_size: int = DEFAULT_BASE_VOCAB_SIZE) -> Gemm
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
     # <image> (named extra special token) was appended above, at base_vocab_size + 1152.
-    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in LOCATION_TOKENS + SEGMENTATION_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False)
+                          for t in LOCATION_TOKENS + SEGMENTATION_TOKENS])
     _check_tokenizer_layout(tokenizer, base_vocab_size)
     return tokenizer
 

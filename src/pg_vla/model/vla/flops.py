@@ -132,7 +132,7 @@ def _joint(cfg: PiZeroConfig, batch: int, segments: list[_Segment], past: int, g
         layer_ops: list[_Matmul] = []
 
         def linear(seg: _Segment, rows: int, d_in: int, d_out: int, trainable: bool = True,
-                   backward: bool = True) -> None:
+                   backward: bool = True, layer_ops: list[_Matmul] = layer_ops) -> None:
             layer_ops.append(_linear(names[seg.expert], rows, d_in, d_out, trainable=trainable and backward,
                                      input_grad=grad and backward, recompute=grad))
 

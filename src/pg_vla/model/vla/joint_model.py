@@ -31,7 +31,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pg_vla.model.paligemma.gemma import AdaptiveRMSNorm, GatedMLP, RMSNorm, RotaryEmbedding, TokenEmbedding, apply_rotary
+from pg_vla.model.paligemma.gemma import (AdaptiveRMSNorm, GatedMLP, RMSNorm, RotaryEmbedding, TokenEmbedding,
+                                         apply_rotary)
 from pg_vla.model.vla.config import GemmaConfig
 
 

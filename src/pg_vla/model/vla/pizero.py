@@ -480,13 +480,14 @@ def _parity_io(args) -> None:
         with np.load(args.inputs) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read --inputs {args.inputs}: {err}")
+        raise ValueError(f"cannot read --inputs {args.inputs}: {err}") from err
     for name, (ndim, kind) in PARITY_INPUTS.items():
         if name not in arrays:
             raise ValueError(f"{args.inputs} lacks {name!r}; it needs {sorted(PARITY_INPUTS)}")
         value = arrays[name]
         if value.ndim != ndim or value.dtype.kind != kind and not (kind == "i" and value.dtype.kind == "u"):
-            raise ValueError(f"{args.inputs}: {name!r} must be a {ndim}-d {dict(f='float', i='integer', b='bool')[kind]}"
+            kind_name = dict(f='float', i='integer', b='bool')[kind]
+            raise ValueError(f"{args.inputs}: {name!r} must be a {ndim}-d {kind_name}"
                              f" array, got {value.dtype} of shape {value.shape}")
     b, n, _, size, _ = arrays["images"].shape
     length, (h, a), p = arrays["text_ids"].shape[1], arrays["noise"].shape[1:], arrays["state"].shape[1]
@@ -499,7 +500,8 @@ def _parity_io(args) -> None:
     model = PiZero.from_pretrained(args.pretrained_model_path, dtype=dtype, num_cameras=n, horizon_steps=h)
     cfg = model.config
     if model.is_discrete:
-        raise ValueError(f"{args.pretrained_model_path} has the discrete action head; --inputs compares flow velocities")
+        raise ValueError(f"{args.pretrained_model_path} has the discrete action head; "
+                         "--inputs compares flow velocities")
     checks = [("image size", size, cfg.vision.image_size), ("action dim", a, cfg.action_dim),
               ("state dim", p, cfg.proprio_dim)]
     for what, got, want in checks:
