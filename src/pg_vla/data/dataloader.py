@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pg_vla.data.normalization import DatasetStatistics
+from pg_vla.data.stream_checkpoint import StreamCheckpoints, check_restorable, checkpointed
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -90,13 +91,18 @@ def resolve_statistics(rlds) -> dict[str, str]:
 class RLDSBatches(IterableDataset):
     """Iterates batches of the tf.data pipeline; build it with `make_rlds_loader`."""
 
-    def __init__(self, rlds, rank: int = 0, world_size: int = 1):
+    def __init__(self, rlds, rank: int = 0, world_size: int = 1, checkpoints: StreamCheckpoints | None = None):
         self.rlds, self.rank, self.world_size = rlds, rank, world_size
+        self.checkpoints = checkpoints if rlds.train else None
 
     def __iter__(self):
-        from pg_vla.data.rlds.pipeline import iterate_numpy_batches
+        from pg_vla.data.rlds.pipeline import RLDSBatchStream
 
-        for batch in iterate_numpy_batches(self.rlds, self.rank, self.world_size):
+        def open_stream(folder: Path | None) -> RLDSBatchStream:
+            return RLDSBatchStream(self.rlds, self.rank, self.world_size, folder=folder)
+
+        batches = checkpointed(open_stream, self.checkpoints, "rlds", 0, 1) if self.rlds.train else open_stream(None)
+        for batch in batches:
             yield _to_torch(batch)
 
 
@@ -104,16 +110,19 @@ def _to_torch(batch: dict) -> dict:
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
-def make_rlds_loader(rlds, rank: int = 0, world_size: int = 1, prefetch_batches: int = 4
-                     ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+def make_rlds_loader(rlds, rank: int = 0, world_size: int = 1, prefetch_batches: int = 4,
+                     checkpoints: StreamCheckpoints | None = None) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the mix, and the statistics it normalizes with.
 
     `rlds` is a `pg_vla.data.rlds.pipeline.RLDSConfig`; it may be built without importing tensorflow
-    via `rlds_config(...)` below.
+    via `rlds_config(...)` below. A training loader writes and resumes its position as `checkpoints`
+    says (`pg_vla.data.stream_checkpoint`; one worker).
     """
+    if rlds.train:
+        check_restorable(checkpoints, "rlds", 1)
     paths = {**resolve_statistics(rlds), **rlds.statistics_paths}
     rlds = replace(rlds, statistics_paths=paths)
-    loader = DataLoader(RLDSBatches(rlds, rank, world_size), batch_size=None, num_workers=1,
+    loader = DataLoader(RLDSBatches(rlds, rank, world_size, checkpoints), batch_size=None, num_workers=1,
                         multiprocessing_context=SPAWN, persistent_workers=True, prefetch_factor=prefetch_batches)
     return loader, {name: DatasetStatistics.load(path) for name, path in paths.items()}
 

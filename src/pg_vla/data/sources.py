@@ -28,6 +28,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from pg_vla.data.normalization import DatasetStatistics
+from pg_vla.data.stream_checkpoint import StreamCheckpoints
 
 SOURCES = ("rlds", "parquet")
 # loader fields the model and the trainer fix (not data.* keys)
@@ -153,13 +154,16 @@ def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
 
 def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
                 seed: int, rank: int = 0, world_size: int = 1, validation: bool = False, val_split: str = "val",
-                train_statistics: Mapping[str, DatasetStatistics] | None = None
-                ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+                train_statistics: Mapping[str, DatasetStatistics] | None = None,
+                checkpoints: StreamCheckpoints | None = None) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A loader of this rank's batches and the statistics they are normalized with.
 
     validation=True: one ordered pass over the validation data (RLDS: `val_split` of the same datasets,
     normalized with the training split's statistics; Parquet: `data.val_paths`, normalized with
     `train_statistics`).
+
+    A training loader writes its stream position and resumes from one as `checkpoints` says
+    (`pg_vla.data.stream_checkpoint`), so a resumed run does not read the consumed data again.
 
     Under torchrun every rank of the job must call it: global rank 0 builds its loader first (computing
     and caching statistics that are missing) while the others wait, then they build theirs from the
@@ -168,7 +172,8 @@ def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, co
     return _rank_zero_first(lambda: _make_loader(data, batch_size=batch_size, image_size=image_size,
                                                  cond_steps=cond_steps, horizon_steps=horizon_steps, seed=seed,
                                                  rank=rank, world_size=world_size, validation=validation,
-                                                 val_split=val_split, train_statistics=train_statistics))
+                                                 val_split=val_split, train_statistics=train_statistics,
+                                                 checkpoints=checkpoints))
 
 
 def _rank_zero_first(fn):
@@ -179,7 +184,7 @@ def _rank_zero_first(fn):
 
 def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
                  seed: int, rank: int, world_size: int, validation: bool, val_split: str,
-                 train_statistics: Mapping[str, DatasetStatistics] | None
+                 train_statistics: Mapping[str, DatasetStatistics] | None, checkpoints: StreamCheckpoints | None
                  ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     fixed = {"batch_size": batch_size, "image_size": image_size, "cond_steps": cond_steps,
              "horizon_steps": horizon_steps, "seed": seed}
@@ -195,13 +200,14 @@ def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, c
             cfg = _parquet_config({**data, "paths": data["val_paths"]}, train=False, statistics_path=path, **fixed)
         else:
             cfg = _parquet_config(data, **fixed)
-        return make_parquet_loader(cfg, rank, world_size)
+        return make_parquet_loader(cfg, rank, world_size, checkpoints=None if validation else checkpoints)
     from pg_vla.data.dataloader import make_rlds_loader, rlds_config
 
     options = source_options(data)
     if validation:
         options.update(split=val_split, train=False)
-    return make_rlds_loader(rlds_config(**options, **fixed), rank, world_size)
+    return make_rlds_loader(rlds_config(**options, **fixed), rank, world_size,
+                            checkpoints=None if validation else checkpoints)
 
 
 def _statistics_file(stats: DatasetStatistics | str | None) -> str | None:

@@ -14,6 +14,8 @@ Layout under a run's checkpoint folder::
         training_state.json          the rest, as plain JSON: the structure (naming those tensors),
                                      scheduler state, python RNG state, step, data-stream position
                                      (`pg_vla.training.state_file` describes the encoding)
+        data_stream/rank_<r>/        each rank's loader position (`pg_vla.data.stream_checkpoint`), so a
+                                     resumed run goes on reading where it stopped (optional)
         manifest.json                size + sha256 of every other file (written last)
     <ckpt_dir>/latest                names the newest complete checkpoint folder
 
@@ -67,6 +69,7 @@ STATISTICS_DIR = "statistics"
 TOKENIZER_DIR = "tokenizer"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
+DATA_STREAM_DIR = "data_stream"
 LEGACY_STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "latest"
@@ -411,6 +414,7 @@ def save_training_checkpoint(
     statistics: Mapping[str, DatasetStatistics | str | Path] | None = None,
     tokenizer: Any = None,
     data_state: dict | None = None,
+    data_stream: Path | None = None,
     inference_state_dict: Mapping[str, torch.Tensor] | None = None,
     training_state_dict: Mapping[str, torch.Tensor] | None = None,
     keep_last_n: int | None = None,
@@ -428,6 +432,8 @@ def save_training_checkpoint(
         tokenizer: a folder to copy, an object with `save_pretrained`, or a `VLAProcessor`.
         data_state: the data-stream position as JSON-like values (dicts, lists, str, int, float, bool,
             None; no tensors), e.g. `{"batches_consumed": 120}`.
+        data_stream: a folder of the loaders' stream positions, moved (not copied) into the checkpoint
+            as `data_stream/`.
         inference_state_dict: the weights to publish in `model.safetensors` (e.g. the EMA weights); the
             raw training weights are then kept in the training state when they differ.
         training_state_dict: the training weights to keep for resuming when they are not the whole
@@ -515,6 +521,9 @@ def save_training_checkpoint(
         _write_statistics(tmp, statistics or {})
         writing = f"{TOKENIZER_DIR}/"
         _write_tokenizer(tmp, tokenizer)
+        if data_stream is not None:
+            writing = f"{DATA_STREAM_DIR}/"
+            shutil.move(str(data_stream), str(tmp / DATA_STREAM_DIR))
         writing = STATE_TENSORS_FILE
         save_file(tensors, str(tmp / STATE_TENSORS_FILE), metadata={"format": FORMAT})
         del tensors

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,24 @@ import torch
 import torch.distributed as dist
 
 from pg_vla.data.sources import dataset_dims, make_loader
+from pg_vla.data.stream_checkpoint import StreamCheckpoints, StreamRestoreError, prune_staged, staged_name
 from pg_vla.model.paligemma.processing import TOKENIZER_FILES, VLAProcessor
 from pg_vla.model.pretrained import detect_layout
 from pg_vla.model.vla.flow_matching import sample_time
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training.averaging import make_weight_average
-from pg_vla.training.checkpoint import TOKENIZER_DIR, load_training_state, resolve_resume, save_training_checkpoint
+from pg_vla.training.checkpoint import (DATA_STREAM_DIR, TOKENIZER_DIR, load_training_state, resolve_resume,
+                                       save_training_checkpoint)
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all_reduce_sum, init_distributed,
                                          world, wrap_model)
 from pg_vla.training.optim import clip_gradients, freeze_parameters, make_optimizer
 from pg_vla.training.schedules import make_scheduler
 from pg_vla.training.validation import ValidationTotals, chunk_within_threshold
+
+
+logger = logging.getLogger(__name__)
+STAGING_DIR = ".data_stream"  # under the checkpoint folder: loader positions waiting for their checkpoint
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -120,11 +127,12 @@ class Trainer:
                                     "tokenizer_path to a PaliGemma folder, e.g. google/paligemma-3b-pt-224")
         return model
 
-    def _resume(self) -> int:
+    def _resume(self) -> tuple[int, StreamCheckpoints]:
+        """Restore the checkpoint to resume from (if any) -> its step and where the data stream goes on."""
         path = resolve_resume(self.cfg.resume_checkpoint_path, self.ckpt_dir, self.cfg.resume)
+        self.batches_consumed, self.replay = 0, 0
         if path is None:
-            self.batches_consumed = 0
-            return 0
+            return 0, self._stream_checkpoints(None)
         state = load_training_state(path, FullStateModel(self.model, loading=True),  # type: ignore[arg-type]
                                     optimizer=FullStateOptimizer(self.model, self.optimizer),  # type: ignore[arg-type]
                                     schedulers=[self.scheduler], averaging=self.averaging)
@@ -138,24 +146,64 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        self.batches_consumed = int((state["data_state"] or {}).get("batches_consumed", 0))
+        data_state = state["data_state"] or {}
+        self.batches_consumed = int(data_state.get("batches_consumed", 0))
         if self.rank == 0:  # the steps after the checkpoint are trained again: drop their old records
             _truncate_log(self.log_dir / "log.jsonl", int(state["step"]))
-        self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"]})
-        return int(state["step"])
+        stream = self._stream_checkpoints(self._saved_stream(path, data_state))
+        how = "restored" if stream.restore else "replayed" if self.replay else "restarted"
+        self._log({"event": "resumed", "checkpoint": str(path), "step": state["step"], "data_stream": how})
+        return int(state["step"]), stream
+
+    def _saved_stream(self, path: Path, data_state: dict) -> Path | None:
+        """The checkpoint's stream position for this rank's loader, or None. Without one (older
+        checkpoints) the consumed batches are replayed; a sharded stream saved at another world size
+        cannot continue and restarts (seeded anew)."""
+        replicated = self.cfg.data_stream == "replicated"
+        folder = path / DATA_STREAM_DIR / f"rank_{0 if replicated else self.rank}"  # replicated: one stream
+        saved_world = data_state.get("world_size", self.world_size)
+        if not replicated and saved_world != self.world_size:
+            self.data_seed = self.cfg.seed + 1_000_003 * self.batches_consumed
+            if self.rank == 0:
+                logger.warning("the checkpoint's data shards are of %d ranks, this run has %d: the data stream "
+                               "restarts in a new shuffled order", saved_world, self.world_size)
+            return None
+        if folder.is_dir():
+            return folder
+        self.replay = self.batches_consumed
+        if self.rank == 0:
+            logger.warning("%s holds no data-stream position: replaying %d batches to restore it", path,
+                           self.batches_consumed)
+        return None
+
+    def _stream_checkpoints(self, restore: Path | None) -> StreamCheckpoints:
+        """The loader writes its position at each save (every `save_every` steps and the last)."""
+        per_step = self.accumulation * (self.world_size if self.cfg.data_stream == "replicated" else 1)
+        return StreamCheckpoints(staging=str(self.ckpt_dir / STAGING_DIR), rank=self.rank,
+                                 every=self.cfg.save_every * per_step, final=self.cfg.n_updates * per_step,
+                                 restore=None if restore is None else str(restore),
+                                 start=self.batches_consumed - self.replay)  # a replayed stream starts at 0
 
     # ---- loop ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         init_distributed(self.device)
         self._build()
         torch.manual_seed(self.cfg.seed + self.rank)
+        self.data_seed = self.cfg.seed
+        start_step, stream = self._resume()
         replicated = self.cfg.data_stream == "replicated"
-        loader, self.statistics = make_loader(self.cfg.data, **self.data_options,
-                                              rank=0 if replicated else self.rank,
-                                              world_size=1 if replicated else self.world_size)
-        batches = iter(loader)  # draws its worker seed from the torch RNG: restore the saved RNG after this
-        start_step = self._resume()
-        for _ in range(self.batches_consumed):  # the stream is seeded: skipping restores its position
+        options = {**self.data_options, "rank": 0 if replicated else self.rank,
+                   "world_size": 1 if replicated else self.world_size, "seed": self.data_seed}
+        with torch.random.fork_rng(devices=[]):  # the loader's worker seeds leave the training RNG as restored
+            try:
+                loader, self.statistics = make_loader(self.cfg.data, **options, checkpoints=stream)
+            except StreamRestoreError as err:  # e.g. data.num_workers changed: the saved position does not fit
+                logger.warning("%s; the data stream restarts in a new shuffled order", err)
+                options["seed"] = self.cfg.seed + 1_000_003 * self.batches_consumed
+                stream = replace(stream, restore=None)
+                loader, self.statistics = make_loader(self.cfg.data, **options, checkpoints=stream)
+            batches = iter(loader)
+        for _ in range(self.replay):  # a checkpoint without a stream position: the seeded stream is replayed
             next(batches)
         self._start_wandb()
         self._start_tensorboard(start_step)
@@ -341,12 +389,17 @@ class Trainer:
             model: Any = self.model
             if full.sharded:
                 model, optimizer = _Frozen(self.model.config, weights), _Frozen(None, optimizer_state)
+            staged = self.ckpt_dir / STAGING_DIR / staged_name(self.batches_consumed)
+            data_state = {"batches_consumed": self.batches_consumed, "world_size": self.world_size,
+                          "data_stream": self.cfg.data_stream}
             save_training_checkpoint(self.ckpt_dir, step, model, optimizer=optimizer,  # type: ignore[arg-type]
                                      schedulers=[self.scheduler], averaging=self.averaging,
                                      config=_plain(asdict(self.cfg)), statistics=self.statistics,
-                                     tokenizer=self.processor, data_state={"batches_consumed": self.batches_consumed},
+                                     tokenizer=self.processor, data_state=data_state,
+                                     data_stream=staged if staged.is_dir() else None,
                                      inference_state_dict=inference, training_state_dict=training_weights,
                                      keep_last_n=self.cfg.keep_last_n)
+            prune_staged(self.ckpt_dir / STAGING_DIR, self.batches_consumed)
         if self.world_size > 1:
             dist.barrier()
 

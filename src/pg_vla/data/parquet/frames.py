@@ -34,6 +34,7 @@ class Episode:
     action: np.ndarray  # (T, A) float32
     prompts: list[str | None]  # (T,)
     images: dict[str, list[bytes | None]]  # logical image column -> (T,) encoded
+    key: tuple[int, int] | None = None  # (file position, episode number within the file) of the source list
 
     @property
     def language(self) -> str:
@@ -56,6 +57,7 @@ class Frame:
     language: str
     step: int
     episode: str
+    ref: tuple[int, int, int] | None = None  # (file position, episode number, step): names it in a stream state
 
 
 def normalize_f32(x: np.ndarray, normalizer: Normalizer) -> np.ndarray:
@@ -89,7 +91,8 @@ def episode_frames(episode: Episode, proprio_norm: Normalizer, action_norm: Norm
             sources.append((episode.file, episode.start + t, column_names[logical]) if column is not None else None)
         frames.append(Frame(images=tuple(images), image_sources=tuple(sources), proprio=proprio_windows[t],
                             proprio_mask=proprio_mask[t], actions=action_windows[t], action_mask=action_mask[t],
-                            language=episode.prompts[t] or episode.language, step=t, episode=episode.name))
+                            language=episode.prompts[t] or episode.language, step=t, episode=episode.name,
+                            ref=None if episode.key is None else (*episode.key, t)))
     return frames
 
 
@@ -107,10 +110,11 @@ def decode_frame_images(frame: Frame, image_size: int, image_resize: str = "stre
     return np.stack(images), np.asarray(present, bool)
 
 
-def make_batch(frames: list[Frame], image_size: int, image_resize: str = "stretch"
-               ) -> dict[str, np.ndarray | list[str]]:
-    """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists)."""
-    decoded = [decode_frame_images(f, image_size, image_resize) for f in frames]
+def make_batch(frames: list[Frame], image_size: int, image_resize: str = "stretch",
+               decode=decode_frame_images) -> dict[str, np.ndarray | list[str]]:
+    """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists); `decode(frame,
+    image_size, image_resize)` -> (images (N, S, S, 3), image_mask (N,)) (other sources store frames otherwise)."""
+    decoded = [decode(f, image_size, image_resize) for f in frames]
     return {
         "images": np.stack([d[0] for d in decoded]),  # (B, N, S, S, 3) uint8
         "image_mask": np.stack([d[1] for d in decoded]),  # (B, N)
@@ -125,18 +129,51 @@ def make_batch(frames: list[Frame], image_size: int, image_resize: str = "stretc
     }
 
 
-def shuffled(frames: Iterable[Frame], buffer_size: int, rng: np.random.Generator) -> Iterator[Frame]:
-    """A shuffle buffer: fill to `buffer_size`, then emit a random element for each new one."""
-    buffer: list[Frame] = []
-    for frame in frames:
-        if len(buffer) < buffer_size:
-            buffer.append(frame)
-            continue
-        i = int(rng.integers(buffer_size))
-        out, buffer[i] = buffer[i], frame
-        yield out
-    rng.shuffle(buffer)
-    yield from buffer
+class ShuffleBuffer:
+    """A shuffle buffer: filled to `size`, then each frame out is a random slot, refilled from the stream;
+    a finite stream's remainder comes out shuffled at its end.
+
+    Its position is small: `state()` names the held frames by `Frame.ref` and holds the generator's
+    state; `ShuffleBuffer(frames, size, rng, held)` continues from it, `held` being those frames re-read.
+    """
+
+    def __init__(self, frames: Iterator[Frame], size: int, rng: np.random.Generator,
+                 held: list[Frame] | None = None):
+        self.frames, self.size, self.rng = frames, size, rng
+        self.buffer: list[Frame] = list(held or [])
+        self.draining = False  # the stream ended: the buffer empties in shuffled order
+
+    def __iter__(self) -> "ShuffleBuffer":
+        return self
+
+    def __next__(self) -> Frame:
+        while not self.draining and len(self.buffer) < self.size:
+            self._pull(None)
+        if self.draining:
+            if not self.buffer:
+                raise StopIteration
+            return self.buffer.pop()
+        i = int(self.rng.integers(self.size))
+        out = self.buffer[i]
+        self._pull(i)
+        return out
+
+    def _pull(self, slot: int | None) -> None:
+        frame = next(self.frames, None)
+        if frame is None:
+            if slot is not None:
+                self.buffer.pop(slot)
+            self.draining = True
+            self.rng.shuffle(self.buffer)
+        elif slot is None:
+            self.buffer.append(frame)
+        else:
+            self.buffer[slot] = frame
+
+    def state(self) -> dict:
+        if self.draining or any(f.ref is None for f in self.buffer):
+            raise ValueError("only a running stream of frames with refs has a resumable position")
+        return {"refs": [list(f.ref) for f in self.buffer], "rng": self.rng.bit_generator.state}
 
 
 def batched(frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool,

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
 from pg_vla.data.parquet.config import ParquetConfig
 from pg_vla.data.parquet.files import NAMED_SKIPS, ColumnPlan, FileIndex, index_file, resolve_files, skipped_episodes
-from pg_vla.data.parquet.frames import batched, shuffled
+from pg_vla.data.parquet.frames import batched
 from pg_vla.data.parquet.statistics import load_or_compute_statistics
-from pg_vla.data.parquet.stream import (EpisodeReader, ReadUnit, ordered_frames, rank_episodes, read_units,
-                                        training_frames)
+from pg_vla.data.parquet.stream import (EpisodeReader, ReadUnit, TrainingBatches, ordered_frames, rank_episodes,
+                                        read_units)
+from pg_vla.data.stream_checkpoint import StreamCheckpoints, check_restorable, checkpointed, logical_worker
 
 SPAWN = multiprocessing.get_context("spawn")
 logger = logging.getLogger(__name__)
@@ -71,10 +72,12 @@ class ParquetBatches(IterableDataset):
     """Iterates batches of this rank's episodes; build it with `make_parquet_loader`."""
 
     def __init__(self, cfg: ParquetConfig, source: ParquetSource, statistics: DatasetStatistics,
-                 statistics_path: Path, rank: int = 0, world_size: int = 1):
+                 statistics_path: Path, rank: int = 0, world_size: int = 1,
+                 checkpoints: StreamCheckpoints | None = None):
         self.cfg, self.source, self.statistics = cfg, source, statistics
         self.statistics_path = statistics_path
         self.rank, self.world_size = rank, world_size
+        self.checkpoints = checkpoints if cfg.train else None
         self.units: list[ReadUnit] = read_units(source.indexes, rank_episodes(source.indexes, rank, world_size))
 
     def reader(self) -> EpisodeReader:
@@ -90,6 +93,7 @@ class ParquetBatches(IterableDataset):
         """Numpy batches (no torch), this worker's share."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = logical_worker(worker, workers, self.checkpoints)
         units = self.units[worker::workers]
         cfg = self.cfg
         seed = cfg.seed + 1000 * self.rank + 100_003 * worker
@@ -97,29 +101,33 @@ class ParquetBatches(IterableDataset):
             where = f"rank {self.rank} worker {worker} of {len(self.source.files)} Parquet file(s)"
             if not units:
                 raise ValueError(f"{where}: no episodes assigned (fewer read units than workers)")
-            frames = training_frames(self.reader(), units, cfg.cycle_length, seed, where)
-            frames = shuffled(frames, cfg.shuffle_buffer, np.random.default_rng([seed, 1]))
-        else:
-            frames = ordered_frames(self.reader(), units)
-        return batched(frames, cfg.batch_size, cfg.image_size, drop_remainder=cfg.train, image_resize=cfg.image_resize)
+            reader = self.reader()
+            return checkpointed(lambda folder: TrainingBatches(reader, units, cfg, seed, where, folder),
+                                self.checkpoints, "parquet", worker, workers)
+        frames = ordered_frames(self.reader(), units)
+        return batched(frames, cfg.batch_size, cfg.image_size, drop_remainder=False, image_resize=cfg.image_resize)
 
     def __iter__(self):
         for batch in self.numpy_batches():
             yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
-def make_parquet_loader(cfg: ParquetConfig, rank: int = 0, world_size: int = 1
+def make_parquet_loader(cfg: ParquetConfig, rank: int = 0, world_size: int = 1,
+                        checkpoints: StreamCheckpoints | None = None
                         ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the episodes, and the statistics it normalizes with.
 
     Mirrors `make_rlds_loader`: the dict maps `cfg.dataset_name` to its statistics; the JSON path
     is `loader.dataset.statistics_path`. An ordered pass (`train=False`) uses at most one worker,
-    so batches come in file order.
+    so batches come in file order. A training loader writes and resumes its position as
+    `checkpoints` says (`pg_vla.data.stream_checkpoint`).
     """
     source = ParquetSource.open(cfg)
     statistics, path = load_or_compute_statistics(cfg, source.files, source.indexes, source.plans)
-    dataset = ParquetBatches(cfg, source, statistics, path, rank, world_size)
     workers = cfg.num_workers if cfg.train else min(cfg.num_workers, 1)
+    if cfg.train:
+        check_restorable(checkpoints, "parquet", max(workers, 1))
+    dataset = ParquetBatches(cfg, source, statistics, path, rank, world_size, checkpoints)
     extra = dict(multiprocessing_context=SPAWN, persistent_workers=True,
                  prefetch_factor=cfg.prefetch_batches) if workers else {}
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, **extra)

@@ -295,6 +295,9 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
     options.autotune.ram_budget = int(rlds.ram_budget_gb * (1 << 30))
     options.threading.private_threadpool_size = max(rlds.read_threads, rlds.transform_threads) + 1
     options.deterministic = rlds.deterministic or not rlds.train  # governs every map above (deterministic=None)
+    # Iterator checkpoints (RLDSBatchStream.save) refuse "stateful" ops; the only ones here are the
+    # get_single_element calls that gather one episode's steps, which hold nothing across elements.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     return ds.with_options(options).prefetch(2), info
 
 
@@ -324,22 +327,48 @@ def corrupt_data_error(err: Exception, where: str) -> CorruptDatasetError:
                                f"Re-copy or regenerate the dataset files.")
 
 
-def iterate_numpy_batches(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None):
-    """Numpy batches of `make_dataset`; a corrupt file surfaces as CorruptDatasetError naming the datasets."""
-    ds, info = make_dataset(rlds, rank, world_size, info)
-    iterator = iter(ds)
-    while True:
+class RLDSBatchStream:
+    """Numpy batches of `make_dataset`; a corrupt file surfaces as CorruptDatasetError naming the datasets.
+
+    Its position is tf.data's own iterator checkpoint (`save(folder)` writes `folder/iterator.*`;
+    `folder=` continues from one): the shuffle buffer of encoded frames, the file readers' offsets and
+    the random generators, so a resumed stream goes on exactly where it stopped when the pipeline is
+    deterministic, without reading the consumed data again.
+    """
+
+    def __init__(self, rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None,
+                 folder: Path | None = None):
+        self.rlds = rlds
+        ds, self.info = make_dataset(rlds, rank, world_size, info)
+        self.iterator = iter(ds)
+        if folder is not None:
+            tf.train.Checkpoint(iterator=self.iterator).read(str(folder / ITERATOR_PREFIX)).assert_consumed()
+
+    def __iter__(self) -> "RLDSBatchStream":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray | list[str]]:
         try:
-            batch = next(iterator)
-        except StopIteration:
-            return
+            batch = next(self.iterator)
         except tf.errors.DataLossError as err:
+            rlds = self.rlds
             folders = ", ".join(f"{name} ({dataset_folder(rlds.data_path, get_dataset_config(name))}, split "
-                                f"{rlds.split!r})" for name in info.datasets)
+                                f"{rlds.split!r})" for name in self.info.datasets)
             raise corrupt_data_error(err, folders) from err
         except tf.errors.InvalidArgumentError as err:
             raise (non_finite_data_error(err) or err) from err
-        yield to_numpy_batch(batch)
+        return to_numpy_batch(batch)
+
+    def save(self, folder: Path) -> None:
+        tf.train.Checkpoint(iterator=self.iterator).write(str(folder / ITERATOR_PREFIX))
+
+
+ITERATOR_PREFIX = "iterator"
+
+
+def iterate_numpy_batches(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None):
+    """The batches of an `RLDSBatchStream` from its start."""
+    yield from RLDSBatchStream(rlds, rank, world_size, info)
 
 
 def to_numpy_batch(batch: dict) -> dict[str, np.ndarray | list[str]]:
