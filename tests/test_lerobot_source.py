@@ -338,6 +338,32 @@ def test_a_mix_of_folders_with_weights_and_padded_dims(tmp_path):
     assert (batch["images"][from_a].float().mean() - 40).abs() < 1 and (batch["images"][~from_a] == 200).all()
 
 
+def test_the_run_config_data_section_builds_lerobot_loaders(tmp_path):
+    """`data.source=lerobot` through `pg_vla.data.sources`: dims, training and validation loaders, action mask."""
+    from omegaconf import OmegaConf
+
+    from pg_vla.data.sources import action_mask, check_paths, dataset_dims, make_loader
+
+    train, val = _small_folder(tmp_path / "train"), _small_folder(tmp_path / "val")
+    data = OmegaConf.to_container(OmegaConf.load(REPO / "config" / "train" / "_train.yaml").data)
+    data.update(source="lerobot", path=str(train), val_path=str(val), data_path=None, num_workers=0,
+                statistics_dir=str(tmp_path / "stats"), mix="fractal", read_threads=1)  # RLDS keys are ignored
+    check_paths(data)
+    with pytest.raises(FileNotFoundError, match="data.path .*missing does not exist"):
+        check_paths({**data, "path": [str(train), str(tmp_path / "missing")]})
+    assert dataset_dims(data) == (2, 2, ("primary",))
+    assert action_mask(data, "train", 2) == [True, False]
+    options = dict(batch_size=4, image_size=32, cond_steps=1, horizon_steps=2, seed=0)
+    loader, stats = make_loader(data, **options)
+    assert list(stats) == ["train"]
+    batch = next(iter(loader))
+    assert batch["images"].shape == (4, 1, 32, 32, 3) and batch["actions"].shape == (4, 2, 2)
+    loader, _ = make_loader(data, **options, validation=True, train_statistics=stats)
+    assert sum(len(b["language"]) for b in loader) == 12 and loader.dataset.cfg.statistics_path
+    with pytest.raises(ValueError, match="validation needs data.val_path"):
+        make_loader({**data, "val_path": None}, **options, validation=True, train_statistics=stats)
+
+
 # --------------------------------------------------------------------------------------------------
 # memory
 

@@ -1,18 +1,20 @@
-"""Training data behind one call, whatever the storage: RLDS/TFDS or Parquet episodes.
+"""Training data behind one call, whatever the storage: RLDS/TFDS, Parquet episodes or LeRobot folders.
 
 The run config's `data` section picks the source with `source` (default `rlds`); the other keys are
-the source's own config (`pg_vla.data.rlds.config.RLDSConfig` or `pg_vla.data.parquet.ParquetConfig`)
-minus what the model fixes (batch size, image size, history and chunk lengths, seed). Both sources
-yield the same batch layout (see `pg_vla.data.parquet.loader`) and the same statistics dict, so the
-trainer and evaluation never know which one they read.
+the source's own config (`pg_vla.data.rlds.config.RLDSConfig`, `pg_vla.data.parquet.ParquetConfig` or
+`pg_vla.data.lerobot.LeRobotConfig`) minus what the model fixes (batch size, image size, history and chunk
+lengths, seed). All sources yield the same batch layout (see `pg_vla.data.parquet.loader`) and the same
+statistics dict, so the trainer and evaluation never know which one they read.
 
     data: {source: rlds, data_path: ..., mix: bridge, ...}
     data: {source: parquet, paths: [train/*.parquet], val_paths: [val/*.parquet], dataset_name: my_robot, ...}
+    data: {source: lerobot, path: [folder_a, folder_b], weights: [1, 2], cameras: {observation.images.top: primary}}
 
-The shared training defaults (config/train/_train.yaml) list every key of both sources at the
+The shared training defaults (config/train/_train.yaml) list every key of every source at the
 loaders' defaults (RLDS's `augment` aside), so any of them is overridden without Hydra's `+`. A
-run reads one source; the other source's own keys are dropped before the loader is built (an
-RLDS run refuses a Parquet key changed from its default).
+run reads one source; the keys only other sources read are dropped before the loader is built
+(RLDS keys silently: run configs such as bridge.yaml set them; a Parquet or LeRobot key changed
+from its default is refused by a run that does not read it).
 
 Under torchrun, `dataset_dims` and `make_loader` let global rank 0 compute missing statistics while
 the other ranks wait, which then read its file (once per job when the nodes share the statistics folder).
@@ -30,10 +32,11 @@ from torch.utils.data import DataLoader
 from pg_vla.data.normalization import DatasetStatistics
 from pg_vla.data.stream_checkpoint import StreamCheckpoints
 
-SOURCES = ("rlds", "parquet")
+SOURCES = ("rlds", "parquet", "lerobot")
 # loader fields the model and the trainer fix (not data.* keys)
 FIXED = ("batch_size", "image_size", "cond_steps", "horizon_steps", "seed", "train")
 PARQUET_EXTRA = {"val_paths": None}  # data.* keys of the Parquet source that are not ParquetConfig fields
+LEROBOT_EXTRA = {"val_path": None}  # data.* keys of the LeRobot source that are not LeRobotConfig fields
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -47,15 +50,22 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 @cache
-def source_keys() -> dict[str, dict[str, Any]]:
-    """source -> {data.* key: its default} of the keys only that source reads (the shared ones excluded)."""
+def read_keys() -> dict[str, dict[str, Any]]:
+    """source -> {data.* key: its default} of every key that source reads."""
+    from pg_vla.data.lerobot.config import LeRobotConfig
     from pg_vla.data.parquet.config import ParquetConfig
     from pg_vla.data.rlds.config import RLDSConfig
 
-    rlds, parquet = _defaults(RLDSConfig), {**_defaults(ParquetConfig), **PARQUET_EXTRA}
-    shared = set(rlds) & set(parquet)
-    return {"rlds": {k: v for k, v in rlds.items() if k not in shared},
-            "parquet": {k: v for k, v in parquet.items() if k not in shared}}
+    return {"rlds": _defaults(RLDSConfig), "parquet": {**_defaults(ParquetConfig), **PARQUET_EXTRA},
+            "lerobot": {**_defaults(LeRobotConfig), **LEROBOT_EXTRA}}
+
+
+@cache
+def source_keys() -> dict[str, dict[str, Any]]:
+    """source -> {data.* key: its default} of the keys only that source reads (the shared ones excluded)."""
+    keys = read_keys()
+    return {s: {k: v for k, v in own.items() if not any(k in keys[o] for o in SOURCES if o != s)}
+            for s, own in keys.items()}
 
 
 def source_of(data: Mapping[str, Any]) -> str:
@@ -66,19 +76,24 @@ def source_of(data: Mapping[str, Any]) -> str:
 
 
 def source_options(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The data section without `source` and without the other source's own keys.
+    """The data section without `source` and without the keys only other sources read.
 
-    A Parquet run ignores the RLDS keys (run configs such as bridge.yaml set them); an RLDS run
-    refuses a Parquet key changed from its default, which would otherwise be silently unused."""
+    RLDS keys are ignored by the other sources (run configs such as bridge.yaml set them); a Parquet or
+    LeRobot key changed from its default is refused by a run that does not read it (it would otherwise
+    be silently unused)."""
     source = source_of(data)
-    other = next(s for s in SOURCES if s != source)
-    foreign = source_keys()[other]
-    if source == "rlds":
-        changed = sorted(k for k in foreign if k in data and _plain(data[k]) != _plain(foreign[k]))
+    own = read_keys()[source]
+    for other in SOURCES:
+        if other in (source, "rlds"):
+            continue
+        keys = {k: v for k, v in read_keys()[other].items() if k not in own}
+        changed = sorted(k for k in keys if k in data and _plain(data[k]) != _plain(keys[k]))
         if changed:
-            raise ValueError(f"data.{changed[0]} is an option of data.source=parquet, but this run reads "
-                             f"data.source=rlds (changed Parquet keys: {changed}); set data.source=parquet "
+            name = {"parquet": "Parquet", "lerobot": "LeRobot"}[other]
+            raise ValueError(f"data.{changed[0]} is an option of data.source={other}, but this run reads "
+                             f"data.source={source} (changed {name} keys: {changed}); set data.source={other} "
                              "or leave them at their defaults")
+    foreign = {k for other in SOURCES if other != source for k in read_keys()[other] if k not in own}
     return {k: v for k, v in data.items() if k != "source" and k not in foreign}
 
 
@@ -99,6 +114,14 @@ def check_paths(data: Mapping[str, Any]) -> None:
         if not data.get("paths"):
             raise ValueError("data.paths is not set: list the Parquet files, globs or folders to train on")
         return
+    if source_of(data) == "lerobot":
+        folders = data.get("path")
+        if not folders:
+            raise ValueError("data.path is not set: give the LeRobot dataset folder (or a list of folders)")
+        for folder in [folders] if isinstance(folders, str) else folders:
+            if not os.path.isdir(os.path.expanduser(folder)):
+                raise FileNotFoundError(f"data.path {folder} does not exist")
+        return
     if not data.get("data_path"):
         raise ValueError("data.data_path is not set: set VLA_DATA_DIR to the folder holding the RLDS datasets "
                          "or pass data.data_path=...")
@@ -114,7 +137,7 @@ def action_mask(data: Mapping[str, Any], dataset_name: str, action_dim: int) -> 
 
     if data.get("normalize_gripper", False):
         return None
-    if source_of(data) == "parquet":
+    if source_of(data) in ("parquet", "lerobot"):
         return default_action_mask(action_dim, int(data.get("gripper_dims", 1)))
     from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
 
@@ -131,8 +154,22 @@ def _parquet_config(data: Mapping[str, Any], **fixed: Any):
     return ParquetConfig(**{**options, **fixed})
 
 
+def _lerobot_config(data: Mapping[str, Any], **fixed: Any):
+    from pg_vla.data.lerobot import LeRobotConfig
+
+    options = {k: v for k, v in source_options(data).items() if k not in LEROBOT_EXTRA}
+    return LeRobotConfig(**{**options, **fixed})
+
+
 def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
     """(proprio_dim, action_dim, camera roles) the model must have for this data."""
+    if source_of(data) == "lerobot":
+        from pg_vla.data.lerobot.loader import open_folders
+
+        cfg = _lerobot_config(data)
+        folders = _rank_zero_first(lambda: open_folders(cfg))  # computes missing statistics once
+        return (max(f.statistics.proprio.dim for f in folders), max(f.statistics.action.dim for f in folders),
+                tuple(cfg.camera_roles))
     if source_of(data) == "parquet":
         from pg_vla.data.parquet.loader import ParquetSource
         from pg_vla.data.parquet.statistics import load_or_compute_statistics
@@ -201,6 +238,22 @@ def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, c
         else:
             cfg = _parquet_config(data, **fixed)
         return make_parquet_loader(cfg, rank, world_size, checkpoints=None if validation else checkpoints)
+    if source_of(data) == "lerobot":
+        from pg_vla.data.lerobot import make_lerobot_loader
+
+        if validation:
+            if not data.get("val_path"):
+                raise ValueError("validation needs data.val_path (the LeRobot folder of the validation episodes)")
+            stats = dict(train_statistics or {})
+            if len(stats) != 1:
+                raise ValueError(f"validation normalizes with the training statistics of one folder; this run has "
+                                 f"{sorted(stats)}: validate a mix's folders one at a time")
+            path = _statistics_file(next(iter(stats.values())))
+            cfg = _lerobot_config({**data, "path": data["val_path"], "weights": None}, train=False,
+                                  statistics_path=path, **fixed)
+        else:
+            cfg = _lerobot_config(data, **fixed)
+        return make_lerobot_loader(cfg, rank, world_size)
     from pg_vla.data.dataloader import make_rlds_loader, rlds_config
 
     options = source_options(data)
