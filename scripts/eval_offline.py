@@ -15,6 +15,10 @@ Columns and definitions: src/pg_vla/eval/offline.py and src/pg_vla/eval/metrics.
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import json
 

@@ -12,6 +12,10 @@ the discrete action head, cond_steps > 1) are refused with the reason, before an
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import sys
 

@@ -28,6 +28,10 @@ argparse before the checkpoint loads).
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import json
 import os

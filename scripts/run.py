@@ -11,6 +11,10 @@ The config's `_target_` names the function that runs the job; it receives the wh
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import os
 
 import hydra

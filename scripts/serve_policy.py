@@ -19,6 +19,10 @@ chosen by the system); logs go to stderr. SIGINT/SIGTERM stop the server.
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import asyncio
 import logging

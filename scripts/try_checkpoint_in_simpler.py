@@ -17,6 +17,10 @@ the installation steps when it is missing.
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import json
 import sys

@@ -42,6 +42,10 @@ buffer holds repeated frames (the training stream repeats the dataset); the head
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import datetime
 import json

@@ -56,6 +56,10 @@ Exactly one JSON document goes to stdout (a header and the list of results); pro
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import datetime
 import gc

@@ -13,6 +13,10 @@ and the measurement as two commands: a child process inherits the peak RSS of th
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import json
 import resource

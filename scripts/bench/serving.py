@@ -22,6 +22,10 @@ Exactly one JSON document goes to stdout; progress goes to stderr.
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 import argparse
 import dataclasses
 import datetime

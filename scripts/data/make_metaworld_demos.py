@@ -15,6 +15,10 @@ seconds). Train on it with `data.mix=metaworld data.data_path=DIR` (see
 config/train/metaworld.yaml). Layout: `pg_vla.eval.metaworld.demos`.
 """
 
+from pg_vla.utils import quiet
+
+quiet.configure()  # before the libraries load: TF/absl logging, known warnings, --verbose
+
 from pg_vla.eval.metaworld.demos import main
 
 if __name__ == "__main__":

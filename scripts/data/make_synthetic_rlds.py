@@ -15,6 +15,10 @@ share of episodes without a language instruction (default: 0.25 for bridge, 0 fo
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure(native_logs=True)  # before the libraries load (tensorflow runs in this process)
+
 import argparse
 import sys
 

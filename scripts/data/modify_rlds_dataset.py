@@ -26,6 +26,10 @@ See `pg_vla.data.rlds.resize` for the details.
 
 from __future__ import annotations
 
+from pg_vla.utils import quiet
+
+quiet.configure(native_logs=True)  # before the libraries load (tensorflow runs in this process)
+
 import argparse
 import contextlib
 import sys

@@ -13,10 +13,11 @@ with columns image_1, image_2, state, action, is_first, is_last, is_terminal, pr
 
 from __future__ import annotations
 
-import argparse
-import os
+from pg_vla.utils import quiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet.configure(native_logs=True)  # before the libraries load (tensorflow runs in this process)
+
+import argparse
 
 
 def main() -> None:
