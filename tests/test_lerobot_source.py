@@ -364,6 +364,29 @@ def test_the_run_config_data_section_builds_lerobot_loaders(tmp_path):
         make_loader({**data, "val_path": None}, **options, validation=True, train_statistics=stats)
 
 
+def test_training_on_a_lerobot_folder(tmp_path, tiny_checkpoint_dir):
+    """The trainer (in-process, tiny model) trains and validates on LeRobot folders, sized from their data."""
+    from conftest import tiny_train_config
+
+    from pg_vla.training.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    for name, episodes in (("train", 4), ("val", 2)):
+        with LeRobotWriter(tmp_path / name, fps=10, cameras=("observation.images.cam",), codec_options=AV1) as writer:
+            for e in range(episodes):
+                writer.add_episode(rng.uniform(-1, 1, (6, 5)), rng.uniform(0, 1, (6, 4)), f"stack block {e}",
+                                   {"observation.images.cam": _index_frames(6 * e, 6)})
+    data = {"source": "lerobot", "path": str(tmp_path / "train"), "val_path": str(tmp_path / "val"), "num_workers": 0,
+            "shuffle_buffer": 16, "statistics_dir": str(tmp_path / "stats")}
+    cfg = tiny_train_config(tmp_path, tiny_checkpoint_dir, tmp_path / "run", n_updates=2, data=data,
+                            validation={"every": 2, "batches": 1})
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    assert trainer.data_dims[:2] == (5, 4)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in log) and np.isfinite([r["loss"] for r in log if "loss" in r]).all(), result
+
+
 # --------------------------------------------------------------------------------------------------
 # memory
 

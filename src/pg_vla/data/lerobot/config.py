@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from pg_vla.data.image_resize import image_resize_mode
-from pg_vla.data.normalization import normalization_mode
+from pg_vla.data.parquet.config import check_window_options
 from pg_vla.data.rlds.dataset_configs import CAMERA_ROLES
 
 VIDEO_TOLERANCE_S = 1e-4  # LeRobot's own default tolerance between a row's timestamp and its video frame
@@ -81,14 +80,7 @@ class LeRobotConfig:
             raise ValueError(f"two cameras share a role in {self.cameras}")
         if self.statistics_path and len(self.path) > 1:
             raise ValueError("statistics_path fixes the statistics of one folder; a mix computes or reads each")
-        normalization_mode(self.normalization)
-        image_resize_mode(self.image_resize)
-        for name in ("cond_steps", "horizon_steps", "batch_size", "image_size", "shuffle_buffer", "cycle_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("state_dim", "action_dim"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        check_window_options(self)
         if self.video_tolerance_s < 0:
             raise ValueError(f"video_tolerance_s must be >= 0, got {self.video_tolerance_s}")
         if self.num_workers < 0 or self.gripper_dims < 0 or self.prefetch_batches < 1:

@@ -30,21 +30,15 @@ def convert_rlds_to_lerobot(data_path: str | Path, dataset_name: str, split: str
     """Write the folder `output_dir`; returns it. `camera_roles` default: every camera the dataset has."""
     import tensorflow as tf
 
+    from pg_vla.data.parquet.convert import open_split
     from pg_vla.data.parquet.images import decode_rgb
-    from pg_vla.data.rlds.pipeline import open_builder, read_trajectories
+    from pg_vla.data.rlds.pipeline import read_trajectories
     from pg_vla.data.rlds.standardize import standardize
 
-    cfg = get_dataset_config(dataset_name)
-    roles = tuple(camera_roles or [r for r, key in cfg.image_keys.items() if key is not None])
-    missing = [role for role in roles if cfg.image_keys.get(role) is None]
-    if missing:
-        raise ValueError(f"{dataset_name} has no camera for the role(s) {missing}; cameras: {cfg.image_keys}")
-    if max_episodes is not None and max_episodes < 1:
-        raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
+    keys = get_dataset_config(dataset_name).image_keys
+    roles = tuple(camera_roles or [r for r, key in keys.items() if key is not None])
+    cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
     say = log or (lambda message: None)
-    builder = open_builder(data_path, cfg)
-    if split not in builder.info.splits:
-        raise ValueError(f"{dataset_name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
 
     def prepare(traj: dict) -> dict:
         out = standardize(traj, cfg)

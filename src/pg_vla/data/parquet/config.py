@@ -83,14 +83,7 @@ class ParquetConfig:
             raise ValueError("camera_roles is empty")
         if self.image_1_role == self.image_2_role:
             raise ValueError(f"image_1 and image_2 both have the camera role {self.image_1_role!r}")
-        normalization_mode(self.normalization)
-        image_resize_mode(self.image_resize)
-        for name in ("cond_steps", "horizon_steps", "batch_size", "image_size", "shuffle_buffer", "cycle_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("state_dim", "action_dim"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        check_window_options(self)
         if self.row_group_budget_mb <= 0:
             raise ValueError(f"row_group_budget_mb must be > 0, got {self.row_group_budget_mb}")
         if self.num_workers < 0 or self.gripper_dims < 0 or self.prefetch_batches < 1:
@@ -110,6 +103,19 @@ class ParquetConfig:
     @property
     def row_group_budget_bytes(self) -> int:
         return int(self.row_group_budget_mb * (1 << 20))
+
+
+def check_window_options(cfg) -> None:
+    """The options a file source shares with `ParquetConfig` (normalization, resizing, window and batch
+    sizes, the expected state/action dims), checked the same way."""
+    normalization_mode(cfg.normalization)
+    image_resize_mode(cfg.image_resize)
+    for name in ("cond_steps", "horizon_steps", "batch_size", "image_size", "shuffle_buffer", "cycle_length"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("state_dim", "action_dim"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {getattr(cfg, name)}")
 
 
 class ParquetDataError(ValueError):

@@ -29,6 +29,23 @@ def default_image_2_role(dataset_name: str) -> str | None:
     return None
 
 
+def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...],
+               max_episodes: int | None):
+    """(dataset config, TFDS builder) of an RLDS split to convert, its cameras and arguments checked."""
+    from pg_vla.data.rlds.pipeline import open_builder
+
+    cfg = get_dataset_config(dataset_name)
+    missing = [role for role in roles if cfg.image_keys.get(role) is None]
+    if missing:
+        raise ValueError(f"{dataset_name} has no camera for the role(s) {missing}; cameras: {cfg.image_keys}")
+    if max_episodes is not None and max_episodes < 1:
+        raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
+    builder = open_builder(data_path, cfg)
+    if split not in builder.info.splits:
+        raise ValueError(f"{dataset_name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
+    return cfg, builder
+
+
 def convert_rlds_to_parquet(data_path: str | Path, dataset_name: str, split: str, output_dir: str | Path, *,
                             rows_per_group: int = 1024, rows_per_file: int | None = 100_000,
                             max_episodes: int | None = None, image_2_role: str | None = "default",
@@ -36,22 +53,14 @@ def convert_rlds_to_parquet(data_path: str | Path, dataset_name: str, split: str
     """Write `<output_dir>/<dataset_name>-<split>-NNNNN.parquet`; returns the files."""
     import tensorflow as tf
 
-    from pg_vla.data.rlds.pipeline import open_builder, read_trajectories
+    from pg_vla.data.rlds.pipeline import read_trajectories
     from pg_vla.data.rlds.standardize import standardize
 
-    cfg = get_dataset_config(dataset_name)
     if image_2_role == "default":
         image_2_role = default_image_2_role(dataset_name)
     roles = ("primary",) + ((image_2_role,) if image_2_role else ())
-    missing = [role for role in roles if cfg.image_keys.get(role) is None]
-    if missing:
-        raise ValueError(f"{dataset_name} has no camera for the role(s) {missing}; cameras: {cfg.image_keys}")
-    if max_episodes is not None and max_episodes < 1:
-        raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
+    cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
     say = log or (lambda message: None)
-    builder = open_builder(data_path, cfg)
-    if split not in builder.info.splits:
-        raise ValueError(f"{dataset_name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
 
     def prepare(traj: dict) -> dict:
         out = standardize(traj, cfg)
