@@ -10,7 +10,7 @@ repository root (its `config` is the repository's).
 `COVERAGE` says how each command is checked, by its script:
 - EXECUTED: run for real on tiny data, several commands per interpreter (tests/readme_runner.py) in two
   groups that run side by side: the tensorflow data chain (synthetic RLDS -> 224x224 copy -> Parquet ->
-  Parquet loader) and the model commands (pi0 self-tests, a tiny PaliGemma, inference, export,
+  Parquet loader, and -> LeRobot) and the model commands (pi0 self-tests, a tiny PaliGemma, inference, export,
   offline evaluation on Parquet and, in a third interpreter once the chain has written them, on the
   synthetic RLDS data), with a few speed flags the scripts have;
 - COMPOSED: `scripts/run.py` (with or without torchrun) through Hydra's compose API with the README's
@@ -162,6 +162,13 @@ def _check_parquet(cmd, result, work):
     assert files and [str(f) for f in files] == result["stdout"].strip().splitlines()[-len(files):]
 
 
+def _check_lerobot(cmd, result, work):
+    info = json.loads((work.bridge_lerobot / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2
+    assert result["stdout"].strip().splitlines()[-1] == str(work.bridge_lerobot)
+    assert list((work.bridge_lerobot / "videos").rglob("*.mp4"))
+
+
 def _check_count_params(cmd, result, work):
     printed = json.loads(result["stdout"].strip().splitlines()[-1])
     if "--action_head" not in cmd.argv:  # the README shows this output
@@ -223,6 +230,9 @@ COVERAGE: dict[str, How] = {
         ("--num_workers", "2"), group="data", check=_check_modified),
     "scripts/data/rlds_to_parquet.py": How(
         EXECUTED, "converts 2 episodes (--max_episodes N=2) of the 224x224 copy", group="data", check=_check_parquet),
+    "scripts/data/rlds_to_lerobot.py": How(
+        EXECUTED, "converts 2 episodes (--max_episodes N=2) of the 224x224 copy to a v3.0 folder (AV1 video); "
+        "loaded against the RLDS batches in tests/test_lerobot_source.py", group="data", check=_check_lerobot),
     "src/pg_vla/data/parquet/loader.py": How(
         EXECUTED, "statistics + 2 batches of the converted files; + --num_batches 2 --num_workers 0 "
         "--shuffle_buffer 64", ("--num_batches", "2", "--num_workers", "0", "--shuffle_buffer", "64"),
@@ -287,6 +297,7 @@ class Work:
         self.rlds = self.root / "rlds"
         self.rlds_224 = self.root / "rlds_224"
         self.bridge_parquet = self.root / "bridge_parquet"
+        self.bridge_lerobot = self.root / "bridge_lerobot"
         self.tiny_paligemma = self.root / "tiny_paligemma"
         self.lab = self.root / "lab"
         self.pi0_base = self.root / "pi0_base"
@@ -305,7 +316,7 @@ class Work:
             "/path/to/rlds": str(self.rlds), "/path/to/pi0_base": str(self.pi0_base),
             "/tmp/tiny_paligemma": str(self.tiny_paligemma), "/tmp/rlds": str(self.rlds), "RAW_DIR": str(self.rlds),
             "/data/rlds": str(self.rlds), "DATA_DIR": str(self.rlds_224),
-            "/data/bridge_parquet": str(self.bridge_parquet),
+            "/data/bridge_parquet": str(self.bridge_parquet), "/data/bridge_lerobot": str(self.bridge_lerobot),
             "/tmp/bench/rlds": str(self.root / "bench_rlds"), "/data/lab/train": str(self.lab / "train"),
             "/data/lab/val": str(self.lab / "val"), "DATA": str(self.metaworld_data), "OUT": str(self.root / "out"),
             "CKPT": str(self.run_dir / "checkpoints" / "step_010000"), "PATH": "frame.png", "KEY": "readme-key",
@@ -570,7 +581,7 @@ def hydra_arguments(args: list[str]) -> tuple[str, str, list[str], bool]:
 
 
 def _typed_train_config(data: dict[str, Any], tmp: Path) -> None:
-    from pg_vla.data.sources import FIXED, PARQUET_EXTRA, source_of, source_options
+    from pg_vla.data.sources import FIXED, LEROBOT_EXTRA, PARQUET_EXTRA, source_of, source_options
     from pg_vla.model.vla.config import PiZeroConfig
     from pg_vla.training.config import TrainConfig
 
@@ -589,6 +600,10 @@ def _typed_train_config(data: dict[str, Any], tmp: Path) -> None:
         from pg_vla.data.parquet import ParquetConfig
 
         ParquetConfig(**{k: v for k, v in options.items() if k not in PARQUET_EXTRA}, **fixed)
+    elif source_of(cfg.data) == "lerobot":
+        from pg_vla.data.lerobot import LeRobotConfig
+
+        LeRobotConfig(**{k: v for k, v in options.items() if k not in LEROBOT_EXTRA}, **fixed)
     else:
         from pg_vla.data.rlds.config import RLDSConfig
 
