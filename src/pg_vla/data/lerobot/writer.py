@@ -26,7 +26,8 @@ Shapes: T steps of an episode, P state dim, A action dim, H, W a camera's height
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class LeRobotWriter:
     video: bool = True
     version: str = "v3.0"
     codec: str = "libsvtav1"
-    codec_options: dict = field(default_factory=lambda: {"preset": "12", "crf": "30", "g": "2"})
+    codec_options: dict | None = None  # None: LeRobot's settings for libsvtav1 (crf 30, keyframe every 2), else g=2
     frames_per_data_file: int = 100_000  # v3.0: a data file is closed after this many rows
     frames_per_video_file: int = 100_000  # v3.0: a video file is closed after this many frames
     chunks_size: int = 1000
@@ -163,8 +164,12 @@ class LeRobotWriter:
             chunk, file = n // self.chunks_size, n % self.chunks_size
             path = self.root / V30_VIDEO.format(video_key=key, chunk_index=chunk, file_index=file)
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration at every encoder start otherwise
+        options = self.codec_options
+        if options is None:
+            options = {"preset": "12", "crf": "30", "g": "2"} if self.codec == "libsvtav1" else {"g": "2"}
         container = av.open(str(path), "w")
-        stream = container.add_stream(self.codec, rate=self.fps, options=dict(self.codec_options))
+        stream = container.add_stream(self.codec, rate=self.fps, options=dict(options))
         stream.height, stream.width = self.shapes[key]
         stream.pix_fmt = "yuv420p"
         return _VideoOut(path, container, stream, chunk, file)
