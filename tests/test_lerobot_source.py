@@ -364,6 +364,18 @@ def test_the_run_config_data_section_builds_lerobot_loaders(tmp_path):
         make_loader({**data, "val_path": None}, **options, validation=True, train_statistics=stats)
 
 
+def test_loader_cli_prints_statistics_and_throughput(tmp_path, monkeypatch, capsys):
+    from pg_vla.data.lerobot import loader
+
+    folder = _small_folder(tmp_path / "ds")
+    monkeypatch.setattr(sys, "argv", ["loader.py", "--path", str(folder), "--batch_size", "2", "--num_batches", "2",
+                                      "--image_size", "32", "--num_workers", "0", "--statistics_dir", str(tmp_path)])
+    loader.main()
+    out = capsys.readouterr().out.splitlines()
+    assert Path(out[0]).is_file() and Path(out[0]).parent == tmp_path
+    assert out[1].startswith("batch: {'images': ((2, 1, 32, 32, 3), 'torch.uint8')") and "frames/s" in out[-1]
+
+
 def test_training_on_a_lerobot_folder(tmp_path, tiny_checkpoint_dir):
     """The trainer (in-process, tiny model) trains and validates on LeRobot folders, sized from their data."""
     from conftest import tiny_train_config
