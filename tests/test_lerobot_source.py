@@ -8,11 +8,13 @@
 - frames looked up by timestamp at the episode boundaries of multi-episode mp4 files (each frame's
   gray level encodes its index, so a frame off by one is seen);
 - errors naming file and episode: a missing column, a missing video file, a timestamp outside the video;
-- bounded memory: a 10-minute video decoded through the loader, peak RSS measured in a subprocess.
+- bounded memory: a 10-minute video decoded through the loader, peak RSS measured in a subprocess;
+- a mix of folders (weights, padded dims), the run config's data section, the loader's command line and
+  a few training and validation steps of the tiny model.
 
 The folders are written by `pg_vla.data.lerobot.writer` from the format's documentation (the
 `lerobot-dataset` package, which would be an independent writer, pins huggingface-hub < 0.36 while
-transformers needs 2.x, so it cannot share this environment).
+transformers 5 needs >= 1.31, so it cannot share this environment).
 """
 
 from __future__ import annotations
