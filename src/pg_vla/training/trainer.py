@@ -44,6 +44,7 @@ from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all
                                          world, wrap_model)
 from pg_vla.training.optim import clip_gradients, freeze_parameters, make_optimizer
 from pg_vla.training.schedules import make_scheduler
+from pg_vla.training.curves import plot_loss_curve
 from pg_vla.training.validation import ValidationTotals, chunk_within_threshold
 
 
@@ -451,27 +452,8 @@ class Trainer:
             self.tensorboard.flush()  # a run that stops with an error keeps what it logged
 
     def _plot(self, losses: list[tuple[int, float]]) -> None:
-        if not losses:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        steps, values = [s for s, _ in losses], [v for _, v in losses]
-        window = max(1, min(50, len(values) // 10))  # per-step losses are noisy (random flow times)
-        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                  for i in range(len(values))]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, values, alpha=0.35, label="per step")
-        ax.plot(steps, smooth, label=f"mean of last {window}")
-        ax.legend()
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_yscale("log")
-        fig.tight_layout()
-        fig.savefig(self.log_dir / "loss_curve.png", dpi=100)
-        plt.close(fig)
+        if losses:  # training and validation loss, validation accuracy (pg_vla.training.curves)
+            plot_loss_curve(losses, self.log_dir / "log.jsonl", self.log_dir / "loss_curve.png")
 
 
 def _plain(value: Any) -> Any:
