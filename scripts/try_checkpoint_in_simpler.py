@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from pg_vla.policy import Policy, resolve_checkpoint_folder
-    from pg_vla.training.checkpoint import STATISTICS_DIR
+    from pg_vla.checkpoint_folder import STATISTICS_DIR
     from pg_vla.utils.devices import resolve_device
 
     torch.manual_seed(args.seed)

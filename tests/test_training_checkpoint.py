@@ -30,13 +30,12 @@ from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training import checkpoint as ckpt
 from pg_vla.training import state_file
+from pg_vla.checkpoint_folder import find_latest_checkpoint, verify_checkpoint
 from pg_vla.training.checkpoint import (
     NonFiniteCheckpointError,
-    find_latest_checkpoint,
     load_training_state,
     resolve_resume,
     save_training_checkpoint,
-    verify_checkpoint,
 )
 
 
@@ -193,14 +192,14 @@ _CHILD = textwrap.dedent("""
     from pg_vla.training import checkpoint as ckpt
 
     ckpt_dir, marker = Path(sys.argv[1]), Path(sys.argv[2])
-    real = ckpt._write_manifest
+    real = ckpt.write_manifest
 
     def stall(folder, step):
         marker.write_text(str(folder))
         time.sleep(120)  # killed here: every file but the manifest is written
         real(folder, step)
 
-    ckpt._write_manifest = stall
+    ckpt.write_manifest = stall
     model = PiZero(PiZeroConfig.preset("tiny"))
     opt = torch.optim.AdamW(model.parameters())
     for p in model.parameters():

@@ -114,6 +114,46 @@ def test_master_weights_survive_a_state_round_trip() -> None:
                           rtol=0, atol=60 * 2**-23)
 
 
+def test_fp32_masters_track_fp32_on_a_fixed_batch_while_plain_bf16_stalls() -> None:
+    """40 AdamW steps of lr 1e-5 on one fixed batch (fixed noise and times) of the tiny model: bf16 weights with
+    fp32 masters follow the fp32 run's loss within 2% at every step and lose as much in all (within 5%);
+    plain AdamW on the bf16 weights, whose updates mostly round away, loses less than half as much."""
+    from test_optim import fixed_batch, tiny_model
+
+    from pg_vla.training.optim import OptimizerConfig, make_optimizer
+
+    def curve(kind: str) -> list[float]:
+        model = tiny_model(0)
+        if kind != "fp32":
+            model = model.to(torch.bfloat16)
+        opt = make_optimizer(model, OptimizerConfig(name="adamw", vlm_lr=1e-5, action_expert_lr=1e-5))
+        assert isinstance(opt, MasterWeightOptimizer) == (kind != "fp32")
+        if kind == "plain":
+            opt = opt.inner
+        dtype = next(model.parameters()).dtype
+        images, text_ids, text_mask, proprio, actions, noise, time = fixed_batch(model.config)
+        losses = []
+        for _ in range(40):
+            loss = model(images.to(dtype), text_ids, text_mask, proprio.to(dtype), actions.to(dtype),
+                         noise=noise.to(dtype), time=time.to(dtype))
+            opt.zero_grad(set_to_none=True)
+            loss.float().backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp32, master, plain = curve("fp32"), curve("master"), curve("plain")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(abs(m - f) <= 0.02 * f for m, f in zip(master, fp32)), (master, fp32)
+    drop = fp32[0] - fp32[-1]
+    assert drop > 0.05 and abs((master[0] - master[-1]) - drop) <= 0.05 * drop, (master, fp32)
+    assert plain[0] - plain[-1] < 0.5 * drop, (plain, fp32)
+
+
 # ---- the trainer ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parquet_data(tiny_episodes: Path) -> Path:
@@ -174,6 +214,20 @@ def test_gradient_checkpointing_follows_the_plain_run(parquet_data, tiny_checkpo
         torch.testing.assert_close(ours[key], theirs[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_optimizer_offload_follows_the_plain_run(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
+    """optimizer.offload=true in the trainer: the step runs on host copies of the parameters (here the host is
+    the device, the same code path), with the same arithmetic: the same losses and weights as the fp32 run."""
+    trainer = Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run",
+                              optimizer={"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "offload": True}))
+    trainer.run()
+    assert isinstance(trainer.optimizer, MasterWeightOptimizer) and trainer.optimizer.offload
+    losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
+    assert sorted(losses) == [1, 2, 3, 4] and all(losses[s] == reference[s] for s in reference), (losses, reference)
+    ours = load_file(str(tmp_path / "run" / "checkpoints" / "step_000004" / "model.safetensors"))
+    theirs = load_file(str(fp32_run / "checkpoints" / "step_000004" / "model.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def test_bf16_pure_saves_bf16_weights_and_fp32_masters(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
     cfg = _config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="bf16_pure",
                   optimizer={"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR})
@@ -206,6 +260,35 @@ def test_bf16_pure_resume_matches_an_uninterrupted_run(parquet_data, tiny_checkp
                                       "training_state.safetensors"), "pt") as b:
         keys = [k for k in a.keys() if MASTER_KEY in k]
         assert keys and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in keys)
+
+
+@pytest.mark.parametrize("overrides,weights_dtype", [
+    ({"lora": True, "lora_r": 2, "lora_alpha": 4, "precision": "bf16", "averaging": {"kind": "ema", "decay": 0.5}},
+     torch.float32),
+    ({"precision": "bf16_pure", "averaging": {"kind": "ema", "decay": 0.5},
+      "optimizer": {"name": "adamw8bit", "offload": True}}, torch.bfloat16),
+    ({"lora": True, "lora_r": 2, "lora_alpha": 4, "precision": "bf16_pure", "gradient_checkpointing": True},
+     torch.bfloat16),
+], ids=["lora-bf16-ema", "bf16_pure-ema-8bit-offload", "lora-bf16_pure-checkpointing"])
+def test_allowed_combinations_train_and_load_as_policies(parquet_data, tiny_checkpoint_dir, tmp_path, overrides,
+                                                         weights_dtype) -> None:
+    """Precision modes with LoRA, EMA, 8-bit AdamW and offload together: 2 finite steps, weights of the mode's
+    dtype that moved, and a checkpoint a Policy loads and samples from."""
+    import numpy as np
+
+    from pg_vla.policy import Observation, Policy
+
+    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", n_updates=2, **overrides)).run()
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    assert _dtypes(tmp_path / "run", 2) == {weights_dtype}
+    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors"))
+                   for s in (1, 2))
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    policy = Policy.from_checkpoint(tmp_path / "run")
+    out = policy.infer(Observation(images={"primary": np.zeros((16, 16, 3), np.uint8)}, state=np.zeros(3),
+                                   prompt="push"), seed=0)
+    assert np.isfinite(out["actions"]).all()
 
 
 @pytest.mark.slow  # inductor compiles forward and backward of the tiniest model: ~70 s cold on 2 CPU cores

@@ -73,7 +73,10 @@ def test_unsupported_combinations_are_refused_at_start(tmp_path):
         TrainConfig(**common, distributed="fsdp", lora=True)
     with pytest.raises(ValueError, match="quantize=true"):
         TrainConfig(**common, quantize=True)
+    with pytest.raises(ValueError, match="adamw8bit is not supported with distributed=fsdp: bitsandbytes"):
+        TrainConfig(**common, distributed="fsdp", optimizer={"name": "adamw8bit"})
     TrainConfig(**common, distributed="fsdp", precision="bf16")  # allowed
+    TrainConfig(**common, distributed="fsdp", optimizer={"name": "adamw", "offload": True})
 
 
 def test_tokenizer_path_must_be_a_folder_holding_a_tokenizer(tmp_path):
@@ -95,6 +98,7 @@ def quickstart_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quickstart")
     env = {"VLA_CACHE_DIR": str(root / "cache")}
     common = [f"log_dir={root / 'run'}", "quickstart.episodes=4", "quickstart.image_size=32", "save_every=2",
+              "quickstart.evaluate=false",
               "log_every=1", "global_batch_size=4", "per_device_batch_size=2", "schedule.warmup_steps=1"]
     first = _run(["--config-name=quickstart", "n_updates=4", *common], env)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -105,7 +109,7 @@ def quickstart_run(tmp_path_factory):
 
 def test_quickstart_trains_logs_and_checkpoints(quickstart_run):
     from pg_vla.model.checkpoint import load_model
-    from pg_vla.training.checkpoint import list_checkpoints, verify_checkpoint
+    from pg_vla.checkpoint_folder import list_checkpoints, verify_checkpoint
 
     records = [json.loads(line) for line in (quickstart_run / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]

@@ -13,12 +13,15 @@ Evaluation adapters, the policy server and the single-example inference command 
                                  (the gripper) clipped to their [min, max] in the statistics
     non-finite actions        -> NonFiniteActionsError, never returned (a robot must not receive NaN)
 
-A checkpoint folder is what training writes (`pg_vla.training.checkpoint`): model.safetensors (the
-averaged EMA/SWA weights when training kept an average), config.json, statistics/<dataset>.json and
-tokenizer/. Run configs without `data.normalization` / `data.image_resize` mean bounds / stretch (the
-defaults). `Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then
-takes the newest intact checkpoint; a folder with a manifest.json is checked against it before it is
-read (`verify=False` skips that). Nothing here imports tensorflow.
+A checkpoint folder is what training writes (`pg_vla.checkpoint_folder`): model.safetensors (the
+averaged EMA/SWA weights when training kept an average), config.json, statistics/<dataset>.json,
+tokenizer/ and inference.json, the record of the transforms training applied (camera roles, image
+size and resize mode, normalization mode, and per dataset the exact action mask the loader used),
+which `Policy` applies and inverts. Checkpoints written before that record existed are read from
+their run config instead (`data.normalization` / `data.image_resize` absent mean bounds / stretch).
+`Policy.from_checkpoint` also accepts a run's checkpoint folder (or its log_dir) and then takes the
+newest intact checkpoint; a folder with a manifest.json is checked against it before it is read
+(`verify=False` skips that). Nothing here imports tensorflow.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pg_vla.checkpoint_folder import (CONFIG_FILE, INFERENCE_FILE, MODEL_FILE, STATISTICS_DIR, TOKENIZER_DIR,
+                                      read_inference_record)
 from pg_vla.data.normalization import DatasetStatistics, Normalizer
-from pg_vla.data.sources import action_mask
+from pg_vla.data.sources import inference_record
 from pg_vla.model.checkpoint import load_model
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.model.paligemma.processing import VLAProcessor
@@ -78,10 +83,10 @@ class Policy:
     """pi0 inference with the normalization and tokenization the model was trained with."""
 
     def __init__(self, model: PiZero, processor: VLAProcessor, statistics: DatasetStatistics, *,
-                 dataset_name: str, camera_roles: Sequence[str], normalization: str = "bounds",
-                 data: Mapping[str, Any] | None = None, num_steps: int | None = None, name: str = "pg-vla"):
-        """data: the run config's data section (source, normalize_gripper, gripper_dims): which action dims
-        training normalized (`pg_vla.data.sources.action_mask`)."""
+                 dataset_name: str, camera_roles: Sequence[str], action_mask: Sequence[bool] | None,
+                 normalization: str = "bounds", num_steps: int | None = None, name: str = "pg-vla"):
+        """action_mask: the action dims training normalized (False: left in robot units, e.g. a 0..1
+        gripper; None: every dim), as the checkpoint's inference record says."""
         self.model = model.eval()
         self.processor = processor
         self.config = model.config
@@ -101,7 +106,7 @@ class Policy:
                                   f"{self.config.num_cameras}")
         self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
         self.action_normalizer = Normalizer(statistics.action, normalization,
-                                            action_mask(data or {}, dataset_name, self.action_dim))
+                                            None if action_mask is None else list(action_mask))
         kept = ~self.action_normalizer.mask  # unnormalized dims: the model's output is in robot units already
         self._kept_dims = np.flatnonzero(kept)
         self._kept_range = (statistics.action.min[kept], statistics.action.max[kept])
@@ -119,8 +124,6 @@ class Policy:
         dtype: float32 (default) or bfloat16 weights; compile: torch.compile the denoising step;
         verify: check every file against the checkpoint's manifest.json first (False: skip the hashing).
         """
-        from pg_vla.training.checkpoint import CONFIG_FILE, MODEL_FILE, STATISTICS_DIR, TOKENIZER_DIR
-
         from pg_vla.utils.devices import resolve_device
 
         device = resolve_device(device)  # a missing GPU is named as such, before the checkpoint is read
@@ -148,12 +151,26 @@ class Policy:
         tokenizer_dir = folder / TOKENIZER_DIR
         if not tokenizer_dir.is_dir():
             raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ folder: the prompt cannot be tokenized")
+        stored = read_inference_record(folder)
+        record = stored or inference_record(data, {dataset_name: statistics}, cfg.vision.image_size)  # older ones
+        transforms = record.datasets.get(dataset_name)
+        if transforms is None:
+            raise CheckpointError(f"{folder / INFERENCE_FILE} records no transforms of {dataset_name}")
+        if (transforms.proprio_dim, transforms.action_dim) != (statistics.proprio.dim, statistics.action.dim):
+            raise CheckpointError(f"{folder / INFERENCE_FILE} records {transforms.proprio_dim}-D state and "
+                                  f"{transforms.action_dim}-D actions for {dataset_name}, its statistics "
+                                  f"{statistics.proprio.dim} / {statistics.action.dim}")
+        if record.image_size != cfg.vision.image_size:
+            raise CheckpointError(f"{folder / INFERENCE_FILE} records image size {record.image_size}, the model "
+                                  f"reads {cfg.vision.image_size}")
         processor = VLAProcessor.from_pretrained(tokenizer_dir, max_text_tokens=cfg.max_text_tokens,
                                                  image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras,
-                                                 image_resize=data.get("image_resize", "stretch"))
-        roles = data.get("camera_roles") or ["primary"] * cfg.num_cameras
+                                                 image_resize=record.image_resize)
+        roles = list(record.camera_roles)
+        if stored is None and not data.get("camera_roles"):  # older run configs without camera roles
+            roles = ["primary"] * cfg.num_cameras
         policy = cls(model, processor, statistics, dataset_name=dataset_name, camera_roles=roles,
-                     normalization=data.get("normalization", "bounds"), data=data, num_steps=num_steps,
+                     action_mask=transforms.action_mask, normalization=record.normalization, num_steps=num_steps,
                      name=f"{folder.parent.parent.name}/{folder.name}")
         if compile:
             policy.compile()

@@ -36,6 +36,7 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -242,3 +243,15 @@ class Normalizer:
 def default_action_mask(action_dim: int, gripper_dims: int = 1) -> list[bool]:
     """Normalize every action dimension but the trailing gripper (0..1 stays as it is)."""
     return [True] * (action_dim - gripper_dims) + [False] * gripper_dims
+
+
+def action_normalization_mask(action_dim: int, normalize_gripper: bool = False, gripper_dims: int = 1,
+                              dataset_mask: Sequence[bool] | None = None) -> list[bool] | None:
+    """The action-normalization mask a loader applies (and inference inverts): None (every dimension
+    normalized) with `normalize_gripper`; else the dataset's own mask when it has one of this size (RLDS
+    dataset configs), else every dimension but the trailing `gripper_dims`."""
+    if normalize_gripper:
+        return None
+    if dataset_mask is not None and len(dataset_mask) == action_dim:
+        return [bool(m) for m in dataset_mask]
+    return default_action_mask(action_dim, gripper_dims)

@@ -132,19 +132,38 @@ def check_paths(data: Mapping[str, Any]) -> None:
 def action_mask(data: Mapping[str, Any], dataset_name: str, action_dim: int) -> list[bool] | None:
     """The action-normalization mask the loaders apply to `dataset_name` under this data section (False: a
     dim left as it is, e.g. the gripper's 0..1; None: every dim normalized). Inference reads it from the
-    checkpoint's run config, so it undoes exactly what training did."""
-    from pg_vla.data.normalization import default_action_mask
+    checkpoint's inference record (`inference_record`), so it undoes exactly what training did."""
+    from pg_vla.data.normalization import action_normalization_mask
 
-    if data.get("normalize_gripper", False):
-        return None
-    if source_of(data) in ("parquet", "lerobot"):
-        return default_action_mask(action_dim, int(data.get("gripper_dims", 1)))
-    from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
+    dataset_mask = None
+    if source_of(data) == "rlds":
+        from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
 
-    cfg = DATASET_CONFIGS.get(dataset_name)
-    if cfg is not None and len(cfg.action_normalization_mask) == action_dim:
-        return list(cfg.action_normalization_mask)
-    return default_action_mask(action_dim)
+        config = DATASET_CONFIGS.get(dataset_name)
+        dataset_mask = config.action_normalization_mask if config is not None else None
+    return action_normalization_mask(action_dim, bool(data.get("normalize_gripper", False)),
+                                     int(data.get("gripper_dims", 1)), dataset_mask)
+
+
+def inference_record(data: Mapping[str, Any], statistics: Mapping[str, DatasetStatistics], image_size: int):
+    """The `pg_vla.checkpoint_folder.InferenceRecord` of a run reading this data section with these
+    statistics: what `Policy` applies and inverts (camera roles, image size and resize mode,
+    normalization mode, and per dataset the exact masks and dims the loaders used)."""
+    from pg_vla.checkpoint_folder import DatasetTransforms, InferenceRecord
+
+    source = source_of(data)
+    conventions: dict[str, str] = {}
+    if source == "rlds":
+        from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
+
+        conventions = {name: c.gripper_convention for name, c in DATASET_CONFIGS.items()}
+    datasets = {name: DatasetTransforms(proprio_dim=stats.proprio.dim, action_dim=stats.action.dim,
+                                        action_mask=action_mask(data, name, stats.action.dim),
+                                        gripper_convention=conventions.get(name))
+                for name, stats in statistics.items()}
+    return InferenceRecord(source=source, camera_roles=tuple(data.get("camera_roles") or ("primary",)),
+                           image_size=int(image_size), image_resize=str(data.get("image_resize", "stretch")),
+                           normalization=str(data.get("normalization", "bounds")), datasets=datasets)
 
 
 def _parquet_config(data: Mapping[str, Any], **fixed: Any):

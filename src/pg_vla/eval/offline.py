@@ -97,7 +97,7 @@ def detect_source(paths: Sequence[str]) -> str:
 
 def data_config(cfg: OfflineEvalConfig, policy: Policy, checkpoint: Path) -> dict[str, Any]:
     """The `make_loader` data dict: the eval data, read in order, normalized with the checkpoint's statistics."""
-    from pg_vla.training.checkpoint import CONFIG_FILE, STATISTICS_DIR
+    from pg_vla.checkpoint_folder import CONFIG_FILE, STATISTICS_DIR
 
     run_data = json.loads((checkpoint / CONFIG_FILE).read_text()).get("data", {})
     statistics = str(checkpoint / STATISTICS_DIR / f"{policy.dataset_name}.json")

@@ -189,7 +189,7 @@ def _latest_checkpoint(folder: Path, verify: bool) -> Path | None:
     step folders of which none is intact (naming the newest one's damage)."""
     if not folder.is_dir():
         return None
-    from pg_vla.training.checkpoint import find_latest_checkpoint, list_checkpoints, verify_checkpoint
+    from pg_vla.checkpoint_folder import find_latest_checkpoint, list_checkpoints, verify_checkpoint
 
     found = find_latest_checkpoint(folder, verify=verify)
     candidates = list_checkpoints(folder)
@@ -204,7 +204,7 @@ def _latest_checkpoint(folder: Path, verify: bool) -> Path | None:
 
 def _verified(folder: Path, verify: bool) -> Path:
     """`folder`, after checking it against its manifest when it has one and `verify` is set."""
-    from pg_vla.training.checkpoint import MANIFEST_FILE, verify_checkpoint
+    from pg_vla.checkpoint_folder import MANIFEST_FILE, verify_checkpoint
 
     if verify and (folder / MANIFEST_FILE).is_file():
         verify_checkpoint(folder)

@@ -6,6 +6,7 @@ Layout under a run's checkpoint folder::
         model.safetensors            inference weights (`pg_vla.model.checkpoint.save_model`): the averaged
                                      (EMA/SWA) weights when the caller passes `inference_state_dict`
         config.json                  the resolved run config (JSON)
+        inference.json               what inference applies and inverts (`pg_vla.checkpoint_folder`)
         statistics/<dataset>.json    normalization statistics used by the run
         tokenizer/                   tokenizer / processor settings (optional)
         training_state.safetensors   every tensor of the training state: optimizer (incl. bitsandbytes
@@ -39,7 +40,6 @@ numbers).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -55,31 +55,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pg_vla.data.normalization import DatasetStatistics
+from pg_vla.checkpoint_folder import (CONFIG_FILE, DATA_STREAM_DIR, FORMAT, INFERENCE_FILE, LATEST_FILE,
+                                      LEGACY_FORMAT, LEGACY_STATE_FILE, MANIFEST_FILE, MODEL_FILE,
+                                      PROCESSOR_SETTINGS_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, STATISTICS_DIR,
+                                      TOKENIZER_DIR, _TMP_RE, InferenceRecord, checkpoint_name, checkpoint_step,
+                                      find_latest_checkpoint, fsync_dir, list_checkpoints,
+                                      verify_checkpoint, write_inference_record, write_manifest)
 from pg_vla.model.checkpoint import read_metadata, save_model
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.training import state_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "pg-vla-training-checkpoint-2"
-LEGACY_FORMAT = "pg-vla-training-checkpoint-1"  # training state in a pickle (training_state.pt): never read
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATISTICS_DIR = "statistics"
-TOKENIZER_DIR = "tokenizer"
-STATE_TENSORS_FILE = "training_state.safetensors"
-STATE_JSON_FILE = "training_state.json"
-DATA_STREAM_DIR = "data_stream"
-LEGACY_STATE_FILE = "training_state.pt"
-MANIFEST_FILE = "manifest.json"
-LATEST_FILE = "latest"
-PROCESSOR_SETTINGS_FILE = "vla_processor.json"
-
-_STEP_RE = re.compile(r"^step_(\d+)$")
-_TMP_RE = re.compile(r"^\.(?:tmp|del)-.*-(\d+)$")
 _DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_REQUIRED_FILES = {FORMAT: (MODEL_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, CONFIG_FILE),
-                   LEGACY_FORMAT: (MODEL_FILE, LEGACY_STATE_FILE, CONFIG_FILE)}
 _STATE_KEYS = ("step", "model", "model_partial", "optimizer", "schedulers", "averaging", "rng", "data_state")
 
 
@@ -91,45 +79,9 @@ class CheckpointDiskFullError(OSError):
     """A checkpoint save failed for lack of space (or a file-size limit); the previous checkpoint is intact."""
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step_{int(step):06d}"
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """The step of a checkpoint folder named `step_<n>`, else None."""
-    match = _STEP_RE.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Low-level file helpers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _json_default(value: Any) -> Any:
@@ -170,7 +122,7 @@ def _write_latest(ckpt_dir: Path, name: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, ckpt_dir / LATEST_FILE)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,21 +240,6 @@ def _write_tokenizer(folder: Path, tokenizer: Any) -> None:
                         f"whose .tokenizer has save_pretrained; got {type(tokenizer).__name__}")
 
 
-def _write_manifest(folder: Path, step: int) -> None:
-    files: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel == MANIFEST_FILE:
-            continue
-        _fsync_file(path)
-        files[rel] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
-    manifest = {"format": FORMAT, "step": int(step), "files": files}
-    with open(folder / MANIFEST_FILE, "w") as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _prune(ckpt_dir: Path, keep_last_n: int, keep: Path) -> None:
     others = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and p != keep),
                     key=lambda p: checkpoint_step(p), reverse=True)
@@ -415,6 +352,7 @@ def save_training_checkpoint(
     tokenizer: Any = None,
     data_state: dict | None = None,
     data_stream: Path | None = None,
+    inference: InferenceRecord | None = None,
     inference_state_dict: Mapping[str, torch.Tensor] | None = None,
     training_state_dict: Mapping[str, torch.Tensor] | None = None,
     keep_last_n: int | None = None,
@@ -434,6 +372,7 @@ def save_training_checkpoint(
             None; no tensors), e.g. `{"batches_consumed": 120}`.
         data_stream: a folder of the loaders' stream positions, moved (not copied) into the checkpoint
             as `data_stream/`.
+        inference: what inference must apply and invert (`inference.json`, read by `Policy`).
         inference_state_dict: the weights to publish in `model.safetensors` (e.g. the EMA weights); the
             raw training weights are then kept in the training state when they differ.
         training_state_dict: the training weights to keep for resuming when they are not the whole
@@ -521,6 +460,9 @@ def save_training_checkpoint(
         _write_statistics(tmp, statistics or {})
         writing = f"{TOKENIZER_DIR}/"
         _write_tokenizer(tmp, tokenizer)
+        if inference is not None:
+            writing = INFERENCE_FILE
+            write_inference_record(tmp, inference)
         if data_stream is not None:
             writing = f"{DATA_STREAM_DIR}/"
             shutil.move(str(data_stream), str(tmp / DATA_STREAM_DIR))
@@ -530,8 +472,8 @@ def save_training_checkpoint(
         writing = STATE_JSON_FILE
         _write_json(tmp / STATE_JSON_FILE, {"format": FORMAT, "step": step, "state": skeleton}, allow_nan=False)
         writing = MANIFEST_FILE
-        _write_manifest(tmp, step)
-        _fsync_dir(tmp)
+        write_manifest(tmp, step)
+        fsync_dir(tmp)
 
         writing = f"{name} (moving it into place)"
         if final.exists():  # re-saving a step: move the old folder aside, restored if the rest fails
@@ -540,7 +482,7 @@ def save_training_checkpoint(
             os.rename(final, old)
         os.rename(tmp, final)
         published_final = True
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         writing = LATEST_FILE
         _write_latest(ckpt_dir, name)
     except BaseException as err:
@@ -579,97 +521,6 @@ def save_training_checkpoint(
 # ----------------------------------------------------------------------------------------------------------
 # Verification and discovery
 # ----------------------------------------------------------------------------------------------------------
-
-
-def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check that every file listed in the manifest exists with the recorded size and sha256.
-
-    Returns the manifest. Raises `CheckpointError` naming the checkpoint folder and the bad file.
-    Folders of the older format (`LEGACY_FORMAT`) verify too, so they still load for inference;
-    `load_training_state` refuses them. Nothing is unpickled here or anywhere else.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a folder")
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {MANIFEST_FILE}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        if manifest.get("format") not in _REQUIRED_FILES or not isinstance(files, dict):
-            raise ValueError(f"unknown format {manifest.get('format')!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} is truncated or corrupted: {err}") from err
-    for required in _REQUIRED_FILES[manifest["format"]]:
-        if required not in files:
-            raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} does not list {required}")
-    for rel, entry in files.items():
-        file = path / rel
-        if not isinstance(entry, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} is corrupted: bad entry for {rel!r}")
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path}: {rel} is missing")
-        size = file.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: size {size} bytes, "
-                                  f"manifest says {entry['size']}")
-        if _sha256_file(file) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: sha256 does not match "
-                                  "the manifest")
-    return manifest
-
-
-def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
-    """Checkpoint folders (`step_<n>` with a manifest) under `ckpt_dir`, oldest first; hidden folders skipped."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir()
-             if p.is_dir() and checkpoint_step(p) is not None and (p / MANIFEST_FILE).is_file()]
-    return sorted(found, key=lambda p: checkpoint_step(p))
-
-
-def find_latest_checkpoint(ckpt_dir: str | Path, verify: bool = True) -> Path | None:
-    """The checkpoint named in `<ckpt_dir>/latest` if it is intact, else the newest other intact one, else None.
-
-    Used for inference as well as for resuming, so what it logs says neither (`resolve_resume` logs
-    the resume)."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-
-    def usable(candidate: Path) -> bool:
-        if not verify:
-            return (candidate / MANIFEST_FILE).is_file()
-        try:
-            verify_checkpoint(candidate)
-            return True
-        except CheckpointError as err:
-            logger.warning("skipping checkpoint: %s", err)
-            return False
-
-    named: Path | None = None
-    latest_file = ckpt_dir / LATEST_FILE
-    if latest_file.is_file():
-        text = latest_file.read_text().strip()
-        if text and checkpoint_step(text) is not None and "/" not in text:
-            named = ckpt_dir / text
-            if named.is_dir() and usable(named):
-                return named
-            logger.warning("%s names %s, which is missing or damaged; falling back to the newest intact "
-                           "checkpoint", latest_file, named)
-        else:
-            logger.warning("%s does not name a checkpoint folder (%r); falling back to the newest intact "
-                           "checkpoint", latest_file, text)
-    for candidate in reversed(list_checkpoints(ckpt_dir)):
-        if candidate == named:
-            continue
-        if usable(candidate):
-            if named is not None or latest_file.is_file():
-                logger.warning("using checkpoint %s instead, the newest intact one", candidate)
-            return candidate
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

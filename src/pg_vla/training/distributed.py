@@ -92,21 +92,24 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def wrap_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """-> the module to run forward/backward through (DDP wrapper, the FSDP-sharded model itself, or model)."""
+def wrap_model(model: nn.Module, mode: str, device: torch.device, offload: bool = False) -> nn.Module:
+    """-> the module to run forward/backward through (DDP wrapper, the FSDP-sharded model itself, or model).
+
+    FSDP with `offload`: FSDP's CPU offload policy keeps the sharded parameters, their gradients and so
+    the optimizer state in CPU memory, and the optimizer steps there (each unit's shard is moved to the
+    device for its forward and backward)."""
     if world()[2] == 1:
         return model
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
 
-        from torch.distributed.fsdp import register_fsdp_forward_method
-
+        policy = CPUOffloadPolicy(pin_memory=device.type == "cuda") if offload else OffloadPolicy()
         for unit in shard_units(model):
-            fully_shard(unit)
+            fully_shard(unit, offload_policy=policy)
             for method in ("attention_inputs", "finish"):  # joint layers call these, not forward()
                 if hasattr(unit, method):
                     register_fsdp_forward_method(unit, method)
-        fully_shard(model)
+        fully_shard(model, offload_policy=policy)
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -45,6 +45,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     grad_clip_norm: float | None = 1.0  # None: measure the gradient norm, never clip
     train_vlm: bool = True  # False: the whole VLM side is frozen, only the action expert trains
+    offload: bool = False  # optimizer state (and bf16_pure's fp32 masters) in CPU memory, the step run there
 
     def __post_init__(self) -> None:
         if self.name not in ("adamw", "adamw8bit"):
@@ -67,8 +68,9 @@ class OptimizerConfig:
                 isinstance(self.grad_clip_norm, (int, float)) and math.isfinite(self.grad_clip_norm)
                 and self.grad_clip_norm > 0):
             raise ValueError(f"grad_clip_norm must be None or a finite number > 0, got {self.grad_clip_norm!r}")
-        if not isinstance(self.train_vlm, bool):
-            raise ValueError(f"train_vlm must be a bool, got {self.train_vlm!r}")
+        for field_name in ("train_vlm", "offload"):
+            if not isinstance(getattr(self, field_name), bool):
+                raise ValueError(f"{field_name} must be a bool, got {getattr(self, field_name)!r}")
 
 
 def canonical_name(name: str) -> str:
@@ -179,8 +181,10 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     `parameter_groups(model, cfg)`: torch's (fused kernel when every parameter is on CUDA, foreach
     otherwise) or bitsandbytes' AdamW8bit (8-bit state for tensors of >= 4096 elements).
 
-    When trainable parameters are bf16 (precision=bf16_pure) the optimizer is wrapped in
-    `MasterWeightOptimizer`: it updates fp32 master copies and writes them back rounded to bf16."""
+    When trainable parameters are bf16 (precision=bf16_pure), or with `cfg.offload`, the optimizer is
+    wrapped in `MasterWeightOptimizer`: it updates copies of the parameters (fp32 for bf16 ones; in CPU
+    memory when offloading) and writes them back. FSDP-sharded parameters are left to the inner
+    optimizer (FSDP's own CPU offload policy puts them in CPU memory: `distributed.wrap_model`)."""
     freeze_parameters(model, cfg.train_vlm)
     groups = parameter_groups(model, cfg)
     if cfg.name == "adamw8bit":
@@ -188,49 +192,61 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
         inner = bnb.optim.AdamW8bit(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
     else:
         params = [p for g in groups for p in g["params"]]
-        on_cuda = all(p.device.type == "cuda" for p in params)
+        on_cuda = all(p.device.type == "cuda" for p in params) and not cfg.offload
         kernel = {"fused": True} if on_cuda else {"foreach": True}
         inner = torch.optim.AdamW(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
                                   **kernel)
-    if any(_needs_master(p) for g in inner.param_groups for p in g["params"]):
-        return MasterWeightOptimizer(inner)
-    return inner
+    wrapped = MasterWeightOptimizer(inner, offload=cfg.offload)
+    return wrapped if wrapped.managed() else inner
 
 
 MASTER_KEY = "master_weight"
 
 
+def _is_plain(p: torch.Tensor) -> bool:
+    """A parameter held as a plain tensor (FSDP's DTensor shards are left to the inner optimizer)."""
+    return type(p.data) is torch.Tensor
+
+
 def _needs_master(p: torch.Tensor) -> bool:
-    """A bf16 parameter held as a plain tensor (FSDP's DTensor shards are left to the inner optimizer)."""
-    return p.dtype == torch.bfloat16 and type(p.data) is torch.Tensor
+    """A bf16 plain parameter: its updates need an fp32 master."""
+    return p.dtype == torch.bfloat16 and _is_plain(p)
 
 
 class MasterWeightOptimizer(torch.optim.Optimizer):
-    """An optimizer over bf16 parameters that keeps an fp32 master copy of each one.
+    """An optimizer that updates copies of the parameters instead of the parameters themselves:
+    fp32 masters of bf16 parameters, and with `offload=True` copies in CPU memory of every parameter.
 
-    Why: bf16 has 8 significant bits, so next to a weight of 1.0 the representable values are 2^-7
-    (0.0078) apart; an AdamW update of lr 5e-5 is far below half that spacing and rounds away, step
-    after step, so plain AdamW on bf16 weights barely trains. Of the remedies (fp32 master weights,
-    Kahan-compensated updates, stochastic rounding) master weights were chosen because they wrap any
-    inner optimizer unchanged, torch's AdamW and bitsandbytes' AdamW8bit alike (the update is computed
-    by the inner optimizer's own kernel on the fp32 copy), are deterministic (stochastic rounding is
-    right only on average), and leave the bf16 weight within one bf16 rounding of the exact fp32
-    trajectory. The cost is 4 bytes per trainable parameter for the master, and the inner optimizer's
-    moments are fp32 (or 8-bit) instead of bf16: with master weights bf16_pure saves activation memory
-    and compute, not optimizer memory.
+    Why masters: bf16 has 8 significant bits, so next to a weight of 1.0 the representable values are
+    2^-7 (0.0078) apart; an AdamW update of lr 5e-5 is far below half that spacing and rounds away,
+    step after step, so plain AdamW on bf16 weights barely trains. Of the remedies (fp32 master
+    weights, Kahan-compensated updates, stochastic rounding) master weights were chosen because they
+    wrap any inner optimizer unchanged, torch's AdamW and bitsandbytes' AdamW8bit alike (the update is
+    computed by the inner optimizer's own kernel on the fp32 copy), are deterministic (stochastic
+    rounding is right only on average), and leave the bf16 weight within one bf16 rounding of the
+    exact fp32 trajectory. The cost is 4 bytes per trainable parameter for the master.
 
-    `step()` swaps each bf16 parameter's data for its fp32 master (the gradient cast to fp32), runs
-    the inner optimizer, keeps the updated master in the inner optimizer's per-parameter state under
-    "master_weight", and puts the master rounded to bf16 back into the parameter. So `state_dict()` is
-    the inner optimizer's, masters included (plain tensors: checkpoints store them like the moments);
-    `load_state_dict()` loads it with the parameters swapped to fp32, so that no fp32 state is cast
-    to bf16 on the way in. A state without masters (an older checkpoint) starts them from the weights.
-    `param_groups` and `state` are the inner optimizer's, so schedulers drive its learning rates.
+    Why offload: the AdamW moments (8 bytes per parameter, 2 with 8-bit) and the masters (4) of a
+    3B-parameter model need more accelerator memory than its weights. With `offload=True` they live in
+    CPU memory and the inner optimizer steps there: each step copies the gradients to the host and the
+    updated weights back. On a CPU-only machine the same path runs (copies on the same device).
+
+    `step()` swaps each managed parameter's data for its copy (the gradient moved and cast to match),
+    runs the inner optimizer, and copies the updated copy back into the parameter's own storage (so
+    DDP and anything else holding the parameter sees the same tensor). The masters of bf16 parameters
+    are kept in the inner optimizer's per-parameter state under "master_weight", so `state_dict()` is
+    the inner optimizer's, masters included (checkpoints store them like the moments); host copies of
+    fp32 parameters equal the parameters and are not stored. `load_state_dict()` loads with the
+    parameters swapped to their copies' device and dtype, so no state is cast to bf16 or sent to the
+    accelerator on the way in. A state without masters (an older checkpoint) starts them from the
+    weights. `param_groups` and `state` are the inner optimizer's, so schedulers drive its learning
+    rates.
     """
 
-    def __init__(self, inner: torch.optim.Optimizer):
+    def __init__(self, inner: torch.optim.Optimizer, offload: bool = False):
         # No Optimizer.__init__: the inner optimizer owns the groups, state and defaults.
-        self.inner = inner
+        self.inner, self.offload = inner, offload
+        self._host: dict[torch.Tensor, torch.Tensor] = {}  # fp32 parameter -> its CPU copy (offload)
         self._optimizer_step_pre_hooks: dict = {}
         self._optimizer_step_post_hooks: dict = {}
 
@@ -246,36 +262,58 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
     def defaults(self) -> dict:  # type: ignore[override]
         return self.inner.defaults
 
-    def _managed(self) -> list[torch.Tensor]:
-        return [p for g in self.inner.param_groups for p in g["params"] if _needs_master(p)]
+    def managed(self) -> list[torch.Tensor]:
+        """The parameters updated through copies: bf16 ones, and every plain one when offloading."""
+        return [p for g in self.inner.param_groups for p in g["params"]
+                if _needs_master(p) or (self.offload and _is_plain(p))]
+
+    def _copy_spec(self, p: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        return (torch.device("cpu") if self.offload else p.device,
+                torch.float32 if p.dtype == torch.bfloat16 else p.dtype)
 
     def master(self, p: torch.Tensor) -> torch.Tensor:
-        """The fp32 master of bf16 parameter `p` (its weight as fp32 before the first step)."""
-        stored = self.inner.state.get(p, {}).get(MASTER_KEY)
-        return stored if stored is not None else p.detach().float()
+        """The copy the inner optimizer updates for `p`: the fp32 master of a bf16 parameter (its weight
+        as fp32 before the first step), or the host copy of an offloaded fp32 one."""
+        if _needs_master(p):
+            stored = self.inner.state.get(p, {}).get(MASTER_KEY)
+            if stored is not None:
+                return stored
+        elif p in self._host:
+            return self._host[p]
+        device, dtype = self._copy_spec(p)
+        copy = p.detach().to(device, dtype, copy=True)
+        if device.type == "cpu" and p.device.type == "cuda":
+            copy = copy.pin_memory()  # faster copies both ways
+        if not _needs_master(p):
+            self._host[p] = copy
+        return copy
 
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("MasterWeightOptimizer.step takes no closure")
         swapped = []
-        for p in self._managed():
+        for p in self.managed():
             if p.grad is None:
                 continue
-            grad, master = p.grad, self.master(p)
+            grad, own, copy = p.grad, p.data, self.master(p)
             p.grad = None
-            p.data = master
-            p.grad = grad.float()
-            swapped.append((p, grad))
+            p.data = copy
+            p.grad = grad.to(copy.device, copy.dtype)
+            swapped.append((p, grad, own))
         try:
             self.inner.step()
         finally:
-            for p, grad in swapped:
-                master = p.data
-                self.inner.state[p][MASTER_KEY] = master
+            for p, grad, own in swapped:
+                copy = p.data
+                if _needs_master(own):
+                    self.inner.state[p][MASTER_KEY] = copy
                 p.grad = None
-                p.data = master.to(torch.bfloat16)
+                own.copy_(copy, non_blocking=copy.is_pinned())  # rounded to bf16 where the parameter is bf16
+                p.data = own
                 p.grad = grad
+            if any(own.device.type == "cuda" for _, _, own in swapped):
+                torch.cuda.current_stream().synchronize()  # the pinned copies are reused by the next step
         return None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -289,22 +327,24 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
-        managed = self._managed()
+        managed = self.managed()
         kept = [p.data for p in managed]
         for p in managed:
-            p.data = p.data.float()  # load fp32 state as fp32
+            device, dtype = self._copy_spec(p)
+            p.data = p.data.to(device, dtype)  # state is cast to this: fp32, in CPU memory when offloading
         try:
             self.inner.load_state_dict(state_dict)
         finally:
             for p, data in zip(managed, kept):
                 p.data = data
+            self._host.clear()  # rebuilt from the (loaded) weights at the next step
             for p in managed:  # masters back to fp32 even where the inner optimizer cast them
                 state = self.inner.state.get(p)
                 if state is not None and MASTER_KEY in state:
-                    state[MASTER_KEY] = state[MASTER_KEY].float()
+                    state[MASTER_KEY] = state[MASTER_KEY].to(*self._copy_spec(p))
 
     def __repr__(self) -> str:
-        return f"MasterWeightOptimizer({self.inner!r})"
+        return f"MasterWeightOptimizer({self.inner!r}, offload={self.offload})"
 
 
 def clip_gradients(model_or_params: nn.Module | Iterable[torch.Tensor], max_norm: float | None) -> float:

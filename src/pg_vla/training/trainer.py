@@ -30,15 +30,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pg_vla.data.sources import dataset_dims, make_loader
+from pg_vla.data.sources import dataset_dims, inference_record, make_loader
 from pg_vla.data.stream_checkpoint import StreamCheckpoints, StreamRestoreError, prune_staged, staged_name
 from pg_vla.model.paligemma.processing import TOKENIZER_FILES, VLAProcessor
 from pg_vla.model.pretrained import detect_layout
 from pg_vla.model.vla.flow_matching import sample_time
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training.averaging import make_weight_average
-from pg_vla.training.checkpoint import (DATA_STREAM_DIR, TOKENIZER_DIR, load_training_state, resolve_resume,
-                                       save_training_checkpoint)
+from pg_vla.checkpoint_folder import DATA_STREAM_DIR, TOKENIZER_DIR
+from pg_vla.training.checkpoint import load_training_state, resolve_resume, save_training_checkpoint
 from pg_vla.training.config import TrainConfig
 from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all_reduce_sum, init_distributed,
                                          world, wrap_model)
@@ -99,7 +99,8 @@ class Trainer:
             compute = torch.bfloat16 if cfg.precision != "fp32" else torch.float32
             apply_lora(self.model, cfg.lora_settings(), compute_dtype=compute)
         freeze_parameters(self.model, cfg.optimizer.train_vlm)
-        self.train_module = wrap_model(self.model, cfg.distributed, self.device)  # DDP / FSDP / the model
+        self.train_module = wrap_model(self.model, cfg.distributed, self.device,  # DDP / FSDP / the model
+                                       offload=cfg.optimizer.offload)
         self.optimizer = make_optimizer(self.model, cfg.optimizer)  # after sharding: FSDP's parameters
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule)
         self.averaging = make_weight_average(cfg.averaging, self.model)
@@ -398,6 +399,8 @@ class Trainer:
                                      config=_plain(asdict(self.cfg)), statistics=self.statistics,
                                      tokenizer=self.processor, data_state=data_state,
                                      data_stream=staged if staged.is_dir() else None,
+                                     inference=inference_record(self.cfg.data, self.statistics,
+                                                                self.model.config.vision.image_size),
                                      inference_state_dict=inference, training_state_dict=training_weights,
                                      keep_last_n=self.cfg.keep_last_n)
             prune_staged(self.ckpt_dir / STAGING_DIR, self.batches_consumed)

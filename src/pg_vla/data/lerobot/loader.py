@@ -33,7 +33,7 @@ from pg_vla.data.lerobot.config import LeRobotConfig, LeRobotDataError
 from pg_vla.data.lerobot.metadata import DatasetMeta, camera_features, check_files, check_videos, read_metadata
 from pg_vla.data.lerobot.statistics import load_or_compute_statistics, vectors
 from pg_vla.data.lerobot.video import VideoFrame, VideoFrames
-from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
+from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.parquet.frames import Episode, Frame, ShuffleBuffer, episode_frames, make_batch
 from pg_vla.data.parquet.images import (ImageDecodeError, decode_and_resize, resize_like_tensorflow,
                                         resize_with_pad_like_tensorflow)
@@ -107,7 +107,7 @@ class FolderReader:
     def __init__(self, cfg: LeRobotConfig, folder: Folder, dims: tuple[int, int]):
         self.cfg, self.folder, self.dims = cfg, folder, dims
         stats = folder.statistics
-        mask = None if cfg.normalize_gripper else default_action_mask(stats.action.dim, cfg.gripper_dims)
+        mask = action_normalization_mask(stats.action.dim, cfg.normalize_gripper, cfg.gripper_dims)
         self.proprio_norm = Normalizer(stats.proprio, cfg.normalization)
         self.action_norm = Normalizer(stats.action, cfg.normalization, mask)
         self.own_dims = (stats.proprio.dim, stats.action.dim)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pg_vla.data.normalization import DatasetStatistics, Normalizer, default_action_mask
+from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.parquet.config import ParquetConfig
 from pg_vla.data.parquet.files import NAMED_SKIPS, ColumnPlan, FileIndex, index_file, resolve_files, skipped_episodes
 from pg_vla.data.parquet.frames import batched
@@ -82,7 +82,7 @@ class ParquetBatches(IterableDataset):
 
     def reader(self) -> EpisodeReader:
         cfg, stats = self.cfg, self.statistics
-        action_mask = None if cfg.normalize_gripper else default_action_mask(stats.action.dim, cfg.gripper_dims)
+        action_mask = action_normalization_mask(stats.action.dim, cfg.normalize_gripper, cfg.gripper_dims)
         return EpisodeReader(cfg, self.source.indexes, self.source.plans,
                              Normalizer(stats.proprio, cfg.normalization),
                              Normalizer(stats.action, cfg.normalization, action_mask),

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pg_vla.data.normalization import DatasetStatistics, Normalizer
+from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.rlds.config import NO_AUGMENT, RLDSConfig
 from pg_vla.data.rlds.dataset_configs import DatasetConfig, get_dataset_config, get_mix
 from pg_vla.data.rlds.frames import augment, decode_and_resize
@@ -195,7 +195,8 @@ def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSCo
                       proprio_dim: int, action_dim: int, rank: int, world_size: int) -> tf.data.Dataset:
     """One dataset as a stream of frames (encoded images, normalized and windowed proprio/actions)."""
     builder = open_builder(rlds.data_path, cfg)
-    action_mask = None if rlds.normalize_gripper else list(cfg.action_normalization_mask)
+    action_mask = action_normalization_mask(cfg.action_dim, rlds.normalize_gripper,
+                                            dataset_mask=cfg.action_normalization_mask)
     action_norm = Normalizer(stats.action, rlds.normalization, action_mask)
     proprio_norm = Normalizer(stats.proprio, rlds.normalization)
     seed = rlds.seed + 1000 * rank + index
