@@ -153,3 +153,39 @@ def test_resumed_trainer_repeats_the_uninterrupted_run(tiny_episodes: Path, tiny
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
     assert not list((resumed / "checkpoints" / ".data_stream").iterdir())  # staged positions moved or pruned
+
+
+def test_lerobot_mix_continues_from_a_saved_position(tmp_path: Path) -> None:
+    """Two LeRobot folders mixed 1:3 (frames in the parquet), each with its own shuffle buffer: the loader
+    restored from the position after 6 batches continues like the uninterrupted one."""
+    import io
+
+    from PIL import Image
+
+    from pg_vla.data.lerobot import LeRobotConfig, LeRobotWriter, make_lerobot_loader
+
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        with LeRobotWriter(tmp_path / name, fps=10, cameras=("observation.image",), video=False) as writer:
+            for _ in range(4):
+                n = int(rng.integers(4, 9))
+                frames = []
+                for _ in range(n):
+                    buffer = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+                    frames.append(buffer.getvalue())
+                writer.add_episode(rng.normal(size=(n, 2)), rng.normal(size=(n, 2)), f"{name} task",
+                                   {"observation.image": frames})
+
+    def loader(checkpoints):
+        cfg = LeRobotConfig(path=[str(tmp_path / "a"), str(tmp_path / "b")], weights=[1.0, 3.0],
+                            camera_roles=("primary",), image_size=8, cond_steps=2, horizon_steps=3, batch_size=4,
+                            shuffle_buffer=12, num_workers=0, statistics_dir=str(tmp_path / "stats"))
+        return make_lerobot_loader(cfg, checkpoints=checkpoints)[0]
+
+    staging = tmp_path / "staging"
+    batches = _take(loader(StreamCheckpoints(str(staging), 0, every=6, final=6)), 20)
+    restored = StreamCheckpoints(str(tmp_path / "again"), 0, every=6, final=6,
+                                 restore=str(staging / staged_name(6) / "rank_0"), start=6)
+    _assert_same_batches(_take(loader(restored), 14), batches[6:])
+    assert {int(i) for b in batches for i in b["dataset_index"]} == {0, 1}

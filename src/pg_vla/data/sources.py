@@ -272,7 +272,7 @@ def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, c
                                   statistics_path=path, **fixed)
         else:
             cfg = _lerobot_config(data, **fixed)
-        return make_lerobot_loader(cfg, rank, world_size)
+        return make_lerobot_loader(cfg, rank, world_size, checkpoints=None if validation else checkpoints)
     from pg_vla.data.dataloader import make_rlds_loader, rlds_config
 
     options = source_options(data)

@@ -19,6 +19,7 @@ times a few batches):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from pg_vla.data.parquet.frames import Episode, Frame, ShuffleBuffer, episode_fr
 from pg_vla.data.parquet.images import (ImageDecodeError, decode_and_resize, resize_like_tensorflow,
                                         resize_with_pad_like_tensorflow)
 from pg_vla.data.parquet.stream import TrainingFrames
+from pg_vla.data.stream_checkpoint import StreamCheckpoints, check_restorable, checkpointed, logical_worker
 
 SPAWN = multiprocessing.get_context("spawn")
 logger = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ class FolderReader:
                 video, offset = info.videos[key]
                 images[key] = [VideoFrame(str(video), float(offset + t), info.index, key) for t in timestamps]
         return Episode(file=where, start=lo, name=f"{meta.name}:{info.index}", state=state, action=action,
-                       prompts=[meta.tasks.get(int(t), "") for t in tasks], images=images)
+                       prompts=[meta.tasks.get(int(t), "") for t in tasks], images=images, key=(0, position))
 
     def frame_lists(self, position: int):
         """The frames of the episode (one list), none when it is unlabeled and `skip_unlabeled`."""
@@ -160,6 +162,74 @@ class FolderReader:
             frames = [dataclasses.replace(f, proprio=_pad(f.proprio, self.dims[0]),
                                           actions=_pad(f.actions, self.dims[1])) for f in frames]
         yield frames
+
+
+    def frames_by_ref(self, refs: list[tuple[int, int, int]]) -> list[Frame]:
+        """The frames `refs` name ((0, episode position, step) as in `Frame.ref`), in that order."""
+        found: dict[tuple[int, int, int], Frame] = {}
+        for position in sorted({int(r[1]) for r in refs}):
+            if not 0 <= position < len(self.folder.meta.episodes):
+                raise ValueError(f"a saved stream position names episode {position} of {self.folder.meta.root}, "
+                                 "which it does not hold: resume with the data the run was started with")
+            for frames in self.frame_lists(position):
+                found.update((f.ref, f) for f in frames)
+        try:
+            return [found[tuple(r)] for r in refs]
+        except KeyError as err:
+            raise ValueError(f"a saved stream position names a step {self.folder.meta.root} does not have "
+                             f"({err}): resume with the data the run was started with") from None
+
+
+class TrainingStream:
+    """Training batches of one worker: each folder's episodes interleaved into its own shuffle buffer, a
+    sample drawn from the folders by weight. Saves its position (`save(folder)`: `state.json`, the Parquet
+    stream's state per folder and the mixing generator's) and continues from one (`folder=`)."""
+
+    STATE_FILE = "state.json"
+
+    def __init__(self, batches: "LeRobotBatches", worker: int, workers: int, decode: "Decoder",
+                 folder: Path | None = None):
+        cfg = self.cfg = batches.cfg
+        self.batches, self.decode = batches, decode
+        state = json.loads((folder / self.STATE_FILE).read_text()) if folder is not None else None
+        seed = cfg.seed + 1000 * batches.rank + 100_003 * worker
+        self.streams: list[tuple[TrainingFrames, ShuffleBuffer] | None] = []
+        for d, (folder_, episodes) in enumerate(zip(batches.folders, batches.episodes)):
+            share = episodes[worker::workers]
+            where = f"rank {batches.rank} worker {worker} of {folder_.meta.root}"
+            if not share:
+                if batches.weights[d] > 0:
+                    raise ValueError(f"{where}: no episodes assigned (fewer episodes than ranks x workers)")
+                self.streams.append(None)
+                continue
+            reader = FolderReader(cfg, folder_, batches.dims)
+            saved = state["datasets"][d] if state is not None else None
+            frames = TrainingFrames(reader, share, cfg.cycle_length, seed + 17 * d, where, saved and saved["frames"])
+            rng = np.random.default_rng([seed, 1, d])
+            held = None
+            if saved is not None:
+                rng.bit_generator.state = saved["shuffle"]["rng"]
+                held = reader.frames_by_ref([tuple(r) for r in saved["shuffle"]["refs"]])
+            size = max(1, cfg.shuffle_buffer // len(batches.folders))
+            self.streams.append((frames, ShuffleBuffer(frames, size, rng, held)))
+        self.rng = np.random.default_rng([seed, 2])
+        if state is not None:
+            self.rng.bit_generator.state = state["mix_rng"]
+
+    def __iter__(self) -> "TrainingStream":
+        return self
+
+    def __next__(self) -> dict:
+        pending = []
+        for _ in range(self.cfg.batch_size):
+            d = int(self.rng.choice(len(self.streams), p=self.batches.weights))
+            pending.append((d, next(self.streams[d][1])))  # type: ignore[index]
+        return self.batches.batch(pending, self.decode)
+
+    def save(self, folder: Path) -> None:
+        datasets = [None if s is None else {"frames": s[0].state(), "shuffle": s[1].state()} for s in self.streams]
+        (folder / self.STATE_FILE).write_text(json.dumps({"datasets": datasets,
+                                                          "mix_rng": self.rng.bit_generator.state}))
 
 
 def _pad(x: np.ndarray, dim: int) -> np.ndarray:
@@ -202,8 +272,10 @@ def _share(n: int, rank: int, world_size: int) -> range:
 class LeRobotBatches(IterableDataset):
     """Iterates batches of this rank's episodes of every folder; build it with `make_lerobot_loader`."""
 
-    def __init__(self, cfg: LeRobotConfig, folders: list[Folder], rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: LeRobotConfig, folders: list[Folder], rank: int = 0, world_size: int = 1,
+                 checkpoints: StreamCheckpoints | None = None):
         self.cfg, self.folders, self.rank, self.world_size = cfg, folders, rank, world_size
+        self.checkpoints = checkpoints if cfg.train else None
         self.episodes = [list(_share(len(f.meta.episodes), rank, world_size)) for f in folders]
         self.dims = (max(f.statistics.proprio.dim for f in folders), max(f.statistics.action.dim for f in folders))
         counts = np.asarray([sum(f.meta.episodes[e].length for e in eps) for f, eps in zip(folders, self.episodes)],
@@ -215,51 +287,36 @@ class LeRobotBatches(IterableDataset):
     def statistics_paths(self) -> dict[str, Path]:
         return {f.name: f.statistics_path for f in self.folders}
 
-    def _frames(self, worker: int, workers: int):
-        """(dataset index, frame) pairs of this worker's share."""
-        cfg = self.cfg
-        readers = [FolderReader(cfg, f, self.dims) for f in self.folders]
-        shares = [eps[worker::workers] for eps in self.episodes]
-        seed = cfg.seed + 1000 * self.rank + 100_003 * worker
-        if not cfg.train:
-            for d, (reader, share) in enumerate(zip(readers, shares)):
-                for position in share:
-                    for frames in reader.frame_lists(position):
-                        yield from ((d, f) for f in frames)
-            return
-        streams = []
-        for d, (reader, share, folder) in enumerate(zip(readers, shares, self.folders)):
-            where = f"rank {self.rank} worker {worker} of {folder.meta.root}"
-            if not share:
-                if self.weights[d] > 0:
-                    raise ValueError(f"{where}: no episodes assigned (fewer episodes than ranks x workers)")
-                streams.append(None)
-                continue
-            frames = TrainingFrames(reader, share, cfg.cycle_length, seed + 17 * d, where)
-            size = max(1, cfg.shuffle_buffer // len(self.folders))
-            streams.append(ShuffleBuffer(frames, size, np.random.default_rng([seed, 1, d])))
-        rng = np.random.default_rng([seed, 2])
-        while True:
-            d = int(rng.choice(len(streams), p=self.weights))
-            yield d, next(streams[d])
+    def _ordered_frames(self):
+        """(dataset index, frame) pairs of one ordered pass over the folders."""
+        readers = [FolderReader(self.cfg, f, self.dims) for f in self.folders]
+        for d, (reader, share) in enumerate(zip(readers, self.episodes)):
+            for position in share:
+                for frames in reader.frame_lists(position):
+                    yield from ((d, f) for f in frames)
 
     def numpy_batches(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = logical_worker(worker, workers, self.checkpoints)
         cfg, decode = self.cfg, Decoder(self.cfg.video_tolerance_s)
-        pending: list[tuple[int, Frame]] = []
         try:
-            for item in self._frames(worker, workers):
+            if cfg.train:
+                yield from checkpointed(lambda folder: TrainingStream(self, worker, workers, decode, folder),
+                                        self.checkpoints, "lerobot", worker, workers)
+                return
+            pending: list[tuple[int, Frame]] = []
+            for item in self._ordered_frames():
                 pending.append(item)
                 if len(pending) == cfg.batch_size:
-                    yield self._batch(pending, decode)
+                    yield self.batch(pending, decode)
                     pending = []
             if pending:
-                yield self._batch(pending, decode)
+                yield self.batch(pending, decode)
         finally:
             decode.videos.close()
 
-    def _batch(self, pending: list[tuple[int, Frame]], decode: Decoder) -> dict:
+    def batch(self, pending: list[tuple[int, Frame]], decode: Decoder) -> dict:
         batch = make_batch([f for _, f in pending], self.cfg.image_size, self.cfg.image_resize, decode=decode)
         batch["dataset_index"] = np.asarray([d for d, _ in pending], np.int32)
         return batch
@@ -273,14 +330,18 @@ def open_folders(cfg: LeRobotConfig) -> list[Folder]:
     return [open_folder(cfg, path, name) for path, name in zip(cfg.path, _names(cfg.path))]
 
 
-def make_lerobot_loader(cfg: LeRobotConfig, rank: int = 0, world_size: int = 1
+def make_lerobot_loader(cfg: LeRobotConfig, rank: int = 0, world_size: int = 1,
+                        checkpoints: StreamCheckpoints | None = None
                         ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the episodes of every folder, and the statistics (folder
     name -> statistics) it normalizes with; the JSON paths are `loader.dataset.statistics_paths`. An
-    ordered pass (`train=False`) uses at most one worker and reads the folders in order."""
+    ordered pass (`train=False`) uses at most one worker and reads the folders in order. A training
+    loader writes and resumes its position as `checkpoints` says (`pg_vla.data.stream_checkpoint`)."""
     folders = open_folders(cfg)
-    dataset = LeRobotBatches(cfg, folders, rank, world_size)
     workers = cfg.num_workers if cfg.train else min(cfg.num_workers, 1)
+    if cfg.train:
+        check_restorable(checkpoints, "lerobot", max(workers, 1))
+    dataset = LeRobotBatches(cfg, folders, rank, world_size, checkpoints)
     extra = dict(multiprocessing_context=SPAWN, persistent_workers=True,
                  prefetch_factor=cfg.prefetch_batches) if workers else {}
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, **extra)
