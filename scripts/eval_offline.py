@@ -29,10 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint_path", required=True,
                         help="checkpoint folder, a run's checkpoints/ folder or its log_dir")
     parser.add_argument("--eval_data_path", required=True, nargs="+",
-                        help="Parquet files/globs/folders, or one RLDS data folder")
+                        help="Parquet files/globs/folders, one LeRobot dataset folder, or one RLDS data folder")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--source", choices=("auto", "parquet", "rlds"), default="auto",
-                        help="data kind (auto: Parquet when every path is or holds .parquet files)")
+    parser.add_argument("--source", choices=("auto", "parquet", "rlds", "lerobot"), default="auto",
+                        help="data kind (auto: LeRobot for LeRobot dataset folders, Parquet when every path is or "
+                             "holds .parquet files, else RLDS)")
     parser.add_argument("--dataset_name", default=None,
                         help="the checkpoint statistics to normalize with (needed when it holds several)")
     parser.add_argument("--mix", default=None, help="RLDS: mix of that one dataset (default: the run's)")

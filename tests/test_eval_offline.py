@@ -256,3 +256,32 @@ def test_discrete_head_trains_and_serves_without_code_changes(episodes, tiny_che
     assert out["actions"].shape == (HORIZON, ACTION_DIM) and np.isfinite(out["actions"]).all()
     centers = -1 + (np.arange(32) + 0.5) * 2 / 32  # arg-max decoding: every value is a bin centre
     assert np.abs(out["normalized_actions"][..., None] - centers).min(-1).max() < FLOAT32
+
+
+def test_a_lerobot_folder_evaluates_like_the_same_episodes_as_parquet(episodes, tiny_policy_checkpoint, tmp_path):
+    """The Parquet episodes rewritten as a LeRobot v3.0 folder (the same JPEG bytes, frames in the parquet):
+    detected as LeRobot, read in order with the checkpoint's statistics, the same metrics to float32."""
+    import pyarrow.parquet as pq
+
+    from pg_vla.data.lerobot import LeRobotWriter
+    from pg_vla.eval.offline import OfflineEvalConfig, detect_source, run
+
+    data, _ = episodes
+    table = pq.read_table(sorted(data.glob("*.parquet"))).to_pydict()
+    starts = [i for i, first in enumerate(table["is_first"]) if first] + [len(table["is_first"])]
+    with LeRobotWriter(tmp_path / "lerobot", fps=10, cameras=("observation.image",), video=False) as writer:
+        for lo, hi in zip(starts, starts[1:]):
+            writer.add_episode(np.asarray(table["state"][lo:hi]), np.asarray(table["action"][lo:hi]),
+                               table["prompt"][lo], {"observation.image": table["image_1"][lo:hi]})
+    assert detect_source([str(tmp_path / "lerobot")]) == "lerobot"
+
+    def evaluate(path: Path, name: str) -> dict:
+        return run(OfflineEvalConfig(checkpoint_path=str(tiny_policy_checkpoint), eval_data_path=[str(path)],
+                                     output_dir=str(tmp_path / name), batch_size=4, num_workers=0, seed=3,
+                                     plot_episodes=0))
+
+    parquet, lerobot = evaluate(data, "parquet"), evaluate(tmp_path / "lerobot", "lerobot")
+    assert lerobot["num_samples"] == parquet["num_samples"] == sum(EPISODE_LENGTHS)
+    for key, value in parquet.items():
+        if isinstance(value, float):
+            assert lerobot[key] == pytest.approx(value, rel=FLOAT32, abs=FLOAT32), key

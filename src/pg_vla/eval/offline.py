@@ -45,7 +45,8 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 PLOT_FILE = "trajectories.png"
 # Run-config data keys that describe the data of a checkpoint but not where it is (carried to the eval data).
-_NOT_CARRIED = {"source", "paths", "val_paths", "data_path", "split", "train", "statistics_path", "statistics_dir",
+_NOT_CARRIED = {"source", "paths", "val_paths", "path", "val_path", "weights", "data_path", "split", "train",
+                "statistics_path", "statistics_dir",
                 "statistics_paths", "batch_size", "image_size", "cond_steps", "horizon_steps", "seed", "mix",
                 "dataset_name", "num_workers"}
 
@@ -55,7 +56,7 @@ class OfflineEvalConfig:
     checkpoint_path: str  # a checkpoint folder, a run's checkpoints/ folder or its log_dir
     eval_data_path: Sequence[str]  # Parquet files/globs/folders, or one RLDS data folder
     output_dir: str
-    source: str = "auto"  # parquet | rlds | auto (Parquet when every path is or holds a .parquet file)
+    source: str = "auto"  # parquet | rlds | lerobot | auto (see detect_source)
     dataset_name: str | None = None  # statistics of the checkpoint to use (needed when it has several)
     mix: str | None = None  # RLDS: a mix of that one dataset (default: the run's mix, else one named after it)
     split: str = "val"  # RLDS split
@@ -75,8 +76,8 @@ class OfflineEvalConfig:
                                                 else self.eval_data_path)]
         if not self.eval_data_path:
             raise ValueError("eval_data_path is empty: give Parquet files or an RLDS data folder")
-        if self.source not in ("auto", "parquet", "rlds"):
-            raise ValueError(f"source must be auto, parquet or rlds, got {self.source!r}")
+        if self.source not in ("auto", *SOURCES):
+            raise ValueError(f"source must be auto, parquet, rlds or lerobot, got {self.source!r}")
         if self.batch_size < 1 or (self.max_batches is not None and self.max_batches < 1):
             raise ValueError("batch_size and max_batches must be >= 1")
         if self.plot_episodes < 0 or self.num_workers < 0:
@@ -84,8 +85,15 @@ class OfflineEvalConfig:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
+SOURCES = ("parquet", "rlds", "lerobot")
+
+
 def detect_source(paths: Sequence[str]) -> str:
-    """parquet when every path is a .parquet file, a glob or a folder holding .parquet files; else rlds."""
+    """lerobot when every path is a LeRobot dataset folder (meta/info.json); parquet when every path is a
+    .parquet file, a glob or a folder holding .parquet files; else rlds."""
+    if all((Path(p) / "meta" / "info.json").is_file() for p in paths):
+        return "lerobot"
+
     def is_parquet(path: str) -> bool:
         p = Path(path)
         if any(c in path for c in "*?["):
@@ -102,6 +110,15 @@ def data_config(cfg: OfflineEvalConfig, policy: Policy, checkpoint: Path) -> dic
     run_data = json.loads((checkpoint / CONFIG_FILE).read_text()).get("data", {})
     statistics = str(checkpoint / STATISTICS_DIR / f"{policy.dataset_name}.json")
     source = detect_source(cfg.eval_data_path) if cfg.source == "auto" else cfg.source
+    if source == "lerobot":
+        from pg_vla.data.lerobot import LeRobotConfig
+
+        if len(cfg.eval_data_path) != 1:
+            raise ValueError(f"LeRobot evaluation reads one dataset folder, got {list(cfg.eval_data_path)}")
+        keep = {f.name for f in dataclasses.fields(LeRobotConfig)} - _NOT_CARRIED
+        carried = {k: v for k, v in run_data.items() if k in keep}
+        return {**carried, "source": "lerobot", "path": list(cfg.eval_data_path), "train": False,
+                "statistics_path": statistics, "num_workers": cfg.num_workers}
     if source == "parquet":
         from pg_vla.data.parquet import ParquetConfig
 
