@@ -371,3 +371,22 @@ def test_denoise_step_rejects_a_chunk_of_another_length():
         prefix = model.encode_prefix(images, text_ids, text_mask, proprio)
         with pytest.raises(ValueError, match="action steps"):
             model.denoise_step(prefix, noise[:, :-1], torch.ones(noise.shape[0]))
+
+
+@pytest.mark.parametrize("name,image_tokens", [("opz_tiny", 16), ("opz_small", 256)])
+def test_open_pi_zero_geometry_presets(name, image_tokens):
+    """open-pi-zero's benchmark geometries: (image / patch)^2 image tokens, 1 camera, 20 text tokens, 1 proprio
+    token, horizon 4, 7-D state and actions, 10 flow steps, 1 KV head; the tiny one samples a chunk."""
+    cfg = PiZeroConfig.preset(name)
+    assert cfg.num_image_tokens == image_tokens and cfg.vision.num_patches == image_tokens
+    assert (cfg.num_cameras, cfg.max_text_tokens, cfg.cond_steps, cfg.horizon_steps) == (1, 20, 1, 4)
+    assert (cfg.proprio_dim, cfg.action_dim, cfg.num_inference_steps, cfg.time_conditioning) == (7, 7, 10, "mlp")
+    assert cfg.vlm.num_kv_heads == 1 and cfg.vlm.vocab_size == 1024
+    if name == "opz_tiny":
+        torch.manual_seed(0)
+        model = PiZero(cfg).eval()
+        images = torch.rand(1, 1, 3, 56, 56) * 2 - 1
+        text = torch.randint(0, 1000, (1, 20))
+        with torch.no_grad():
+            out = model.sample_actions(images, text, torch.ones_like(text, dtype=torch.bool), torch.zeros(1, 1, 7))
+        assert out.shape == (1, 4, 7) and torch.isfinite(out).all()

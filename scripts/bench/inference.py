@@ -79,7 +79,7 @@ import torch
 
 from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK,
                                              block_attention_mask)
-from pg_vla.model.vla.config import PiZeroConfig
+from pg_vla.model.vla.config import PRESETS, PiZeroConfig
 from pg_vla.model.vla.flops import sampling_flops, train_step_flops
 from pg_vla.model.vla.pizero import PiZero
 from pg_vla.training.optim import freeze_parameters
@@ -1045,7 +1045,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=None, choices=("tiny", "small", "pi0"),
+    parser.add_argument("--config", nargs="+", default=None, choices=tuple(PRESETS),
                         help="model presets (default: tiny small; with --suite: pi0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=tuple(DTYPES),

@@ -271,4 +271,22 @@ PRESETS: dict[str, PiZeroConfig] = {
         image_token_id=511,
         max_text_tokens=8,
     ),
+    # open-pi-zero's benchmark geometries (its "tiny" and "small"), for side-by-side speed figures: 1 camera,
+    # 20 text tokens, 1 proprio token, horizon 4, 7-D state and actions, 10 flow steps, MLP time conditioning.
+    "opz_tiny": PiZeroConfig(
+        vision=VisionConfig(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, patch_size=14,
+                            image_size=56),
+        vlm=GemmaConfig(hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=1,
+                        head_dim=32, vocab_size=1024),
+        action_expert=ActionExpertConfig(hidden_size=64, intermediate_size=256),
+        image_token_id=1023,
+    ),
+    "opz_small": PiZeroConfig(
+        vision=VisionConfig(hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, patch_size=14,
+                            image_size=224),
+        vlm=GemmaConfig(hidden_size=512, intermediate_size=2048, num_layers=6, num_heads=8, num_kv_heads=1,
+                        head_dim=64, vocab_size=1024),
+        action_expert=ActionExpertConfig(hidden_size=256, intermediate_size=1024),
+        image_token_id=1023,
+    ),
 }
