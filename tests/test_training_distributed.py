@@ -362,6 +362,7 @@ def test_two_rank_resume_continues_like_an_uninterrupted_run(ddp_reference, tmp_
 def _run_args(cache: Path, log_dir: Path) -> list[str]:
     return [sys.executable, "scripts/run.py", "--config-name=quickstart", f"quickstart.cache_dir={cache}",
             "quickstart.episodes=4", "quickstart.image_size=32", "quickstart.evaluate=false", f"log_dir={log_dir}",
+            "model.action_head=flow",
             "n_updates=6", "seed=3",
             "save_every=2", "log_every=1", "global_batch_size=4", "per_device_batch_size=2",
             "schedule.warmup_steps=1", "data.shuffle_buffer=50", "data.deterministic=true"]

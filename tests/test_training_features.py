@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["quickstart.episodes=4", "quickstart.image_size=32", "quickstart.evaluate=false", "global_batch_size=2",
+TINY = ["quickstart.episodes=4", "quickstart.image_size=32", "quickstart.evaluate=false", "model.action_head=flow",
+        "global_batch_size=2",
         "per_device_batch_size=2",
         "schedule.warmup_steps=1", "log_every=1", "save_every=1", "keep_last_n=null", "data.shuffle_buffer=20",
         "validation.batches=1"]

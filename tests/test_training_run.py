@@ -98,7 +98,7 @@ def quickstart_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quickstart")
     env = {"VLA_CACHE_DIR": str(root / "cache")}
     common = [f"log_dir={root / 'run'}", "quickstart.episodes=4", "quickstart.image_size=32", "save_every=2",
-              "quickstart.evaluate=false",
+              "quickstart.evaluate=false", "model.action_head=flow",
               "log_every=1", "global_batch_size=4", "per_device_batch_size=2", "schedule.warmup_steps=1"]
     first = _run(["--config-name=quickstart", "n_updates=4", *common], env)
     assert first.returncode == 0, first.stderr[-4000:]
