@@ -82,7 +82,7 @@ from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PRO
 from pg_vla.model.vla.config import PRESETS, PiZeroConfig
 from pg_vla.model.vla.flops import sampling_flops, train_step_flops
 from pg_vla.model.vla.pizero import PiZero
-from pg_vla.training.optim import freeze_parameters
+from pg_vla.training.optim import OptimizerConfig, freeze_parameters, make_optimizer
 from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
 from pg_vla.utils.stdout import stdout_to_stderr
 
@@ -344,12 +344,10 @@ def build_config(name: str, args: argparse.Namespace) -> PiZeroConfig:
     return PiZeroConfig.preset(name, **overrides)
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=1e-5, weight_decay=0.0)
-    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+def bench_optimizer(name: str, model: PiZero) -> torch.optim.Optimizer:
+    """The trainer's optimizer (`pg_vla.training.optim.make_optimizer`: its groups, kernels, and fp32 masters
+    for bf16 weights), at a small learning rate."""
+    return make_optimizer(model, OptimizerConfig(name=name, vlm_lr=1e-5, action_expert_lr=1e-5))
 
 
 def compile_model(model: PiZero, mode: str) -> None:
@@ -502,7 +500,7 @@ def bench_train(model: PiZero, inputs: dict[str, torch.Tensor], args: argparse.N
     optimizer = None
     try:
         with memory_probe(device, entry):
-            optimizer = make_optimizer(args.optimizer, params)
+            optimizer = bench_optimizer(args.optimizer, model)
             step = make_train_step(model, inputs, optimizer)
             fields, loss, seconds = time_calls(step, device, args.warmup, args.runs, args.max_seconds_per_mode)
         entry = {**latency_stats(seconds, args.train_batch_size), **fields, **entry}
@@ -622,7 +620,7 @@ def try_train_batch(model: PiZero, cfg: PiZeroConfig, batch: int, dtype: torch.d
     try:
         with memory_probe(device, row):
             inputs = make_inputs(cfg, batch, dtype, device, torch.Generator().manual_seed(args.seed))
-            optimizer = make_optimizer(args.optimizer, params)
+            optimizer = bench_optimizer(args.optimizer, model)
             step = make_train_step(model, inputs, optimizer)
             for _ in range(args.max_batch_steps):
                 step()
