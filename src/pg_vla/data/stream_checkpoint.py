@@ -119,9 +119,8 @@ def checkpointed(open_stream: Callable[[Path | None], CheckpointableStream], che
     `open_stream(folder)` opens the stream at the position saved in `folder` (None: the start).
     """
     if checkpoints is None:
-        stream = open_stream(None)
-        while True:
-            yield next(stream)
+        yield from open_stream(None)
+        return
     restore = Path(checkpoints.restore) / f"worker_{worker}" if checkpoints.restore else None
     stream = open_stream(restore)
     # the next global batch this worker produces: the first of its batches at or after `start`
