@@ -24,18 +24,31 @@ import json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint_path", required=True,
-                        help="checkpoint folder, a run's checkpoints/ folder or its log_dir")
-    parser.add_argument("--eval_data_path", required=True, nargs="+",
-                        help="Parquet files/globs/folders, one LeRobot dataset folder, or one RLDS data folder")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint_path", required=True, help="checkpoint folder, a run's checkpoints/ folder or its log_dir"
+    )
+    parser.add_argument(
+        "--eval_data_path",
+        required=True,
+        nargs="+",
+        help="Parquet files/globs/folders, one LeRobot dataset folder, or one RLDS data folder",
+    )
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--source", choices=("auto", "parquet", "rlds", "lerobot"), default="auto",
-                        help="data kind (auto: LeRobot for LeRobot dataset folders, Parquet when every path is or "
-                             "holds .parquet files, else RLDS)")
-    parser.add_argument("--dataset_name", default=None,
-                        help="the checkpoint statistics to normalize with (needed when it holds several)")
+    parser.add_argument(
+        "--source",
+        choices=("auto", "parquet", "rlds", "lerobot"),
+        default="auto",
+        help="data kind (auto: LeRobot for LeRobot dataset folders, Parquet when every path is or "
+        "holds .parquet files, else RLDS)",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        default=None,
+        help="the checkpoint statistics to normalize with (needed when it holds several)",
+    )
     parser.add_argument("--mix", default=None, help="RLDS: mix of that one dataset (default: the run's)")
     parser.add_argument("--split", default="val", help="RLDS split (default val)")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -45,8 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0, ...")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--num_workers", type=int, default=1, help="Parquet reader processes (0: in this process)")
-    parser.add_argument("--no_verify", dest="verify", action="store_false",
-                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
+    parser.add_argument(
+        "--no_verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking the checkpoint against its manifest.json (sha256 of every file)",
+    )
     parser.add_argument("--plot_episodes", type=int, default=3, help="episodes drawn in trajectories.png")
     return parser.parse_args(argv)
 

@@ -29,10 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint_path", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--no_verify", action="store_true",
-                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="weights dtype of the export (default: the checkpoint's)")
+    parser.add_argument(
+        "--no_verify",
+        action="store_true",
+        help="skip checking the checkpoint against its manifest.json (sha256 of every file)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="weights dtype of the export (default: the checkpoint's)",
+    )
     args = parser.parse_args(argv)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[args.dtype]
     try:

@@ -66,22 +66,32 @@ def seed_argument(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint_path", required=True,
-                        help="checkpoint folder, or a run's checkpoints/ or log_dir")
+    parser.add_argument(
+        "--checkpoint_path", required=True, help="checkpoint folder, or a run's checkpoints/ or log_dir"
+    )
     parser.add_argument("--image1_paths", nargs="+", required=True, help="image(s) of the first camera role")
     parser.add_argument("--image2_paths", nargs="+", default=None, help="image(s) of the second camera role")
     parser.add_argument("--prompt", required=True, help="the language instruction")
-    parser.add_argument("--state_vector", nargs="+", type=float, default=None,
-                        help="proprio state in robot units (required; the checkpoint's state size)")
-    parser.add_argument("--seed", type=seed_argument, default=None,
-                        help=f"noise seed, {SEED_RULE} (default: a random one, reported)")
+    parser.add_argument(
+        "--state_vector",
+        nargs="+",
+        type=float,
+        default=None,
+        help="proprio state in robot units (required; the checkpoint's state size)",
+    )
+    parser.add_argument(
+        "--seed", type=seed_argument, default=None, help=f"noise seed, {SEED_RULE} (default: a random one, reported)"
+    )
     parser.add_argument("--output_dir", default="runs/infer", help="where --save_predictions writes")
     parser.add_argument("--save_predictions", action="store_true", help="write prediction.json and actions.npy")
     parser.add_argument("--dataset_name", default=None, help="statistics to use when the run mixed datasets")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
     parser.add_argument("--use_bf16", action="store_true", help="bfloat16 weights")
-    parser.add_argument("--no_verify", action="store_true",
-                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
+    parser.add_argument(
+        "--no_verify",
+        action="store_true",
+        help="skip checking the checkpoint against its manifest.json (sha256 of every file)",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,8 +106,10 @@ def read_image(path: str, flag: str) -> np.ndarray:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise InputError(f"{flag}: image {path} is too large to decode safely: {width} x {height} pixels, "
-                                 f"more than {MAX_IMAGE_PIXELS}")
+                raise InputError(
+                    f"{flag}: image {path} is too large to decode safely: {width} x {height} pixels, "
+                    f"more than {MAX_IMAGE_PIXELS}"
+                )
             return np.array(image.convert("RGB"), dtype=np.uint8)  # writable copy
     except FileNotFoundError:
         raise InputError(f"{flag}: image file {path} does not exist") from None
@@ -119,28 +131,33 @@ def match_cameras(cameras: list[list[np.ndarray]], camera_roles: Sequence[str]) 
     if len(set(roles)) != len(roles):
         raise InputError(f"the checkpoint's camera roles {roles} repeat a role; images cannot be assigned")
     if len(roles) > 2:
-        raise InputError(f"the checkpoint reads {len(roles)} cameras {roles}; this command takes at most two "
-                         "(--image1_paths, --image2_paths)")
+        raise InputError(
+            f"the checkpoint reads {len(roles)} cameras {roles}; this command takes at most two "
+            "(--image1_paths, --image2_paths)"
+        )
     if len(cameras) < len(roles):
-        raise InputError(f"the checkpoint reads {len(roles)} cameras {roles}: give --image2_paths for camera "
-                         f"{roles[1]!r}")
+        raise InputError(
+            f"the checkpoint reads {len(roles)} cameras {roles}: give --image2_paths for camera {roles[1]!r}"
+        )
     if len(cameras) > len(roles):
         raise InputError(f"the checkpoint reads 1 camera {roles}; --image2_paths has no camera to feed")
     for index, (role, images) in enumerate(zip(roles, cameras), start=1):
         if len(images) != 1:
-            raise InputError(f"--image{index}_paths got {len(images)} images (an observation history) but the "
-                             f"checkpoint reads 1 image per camera ({len(roles)} image(s) per sample, one per "
-                             f"camera role {roles}); give one path for camera {role!r}")
+            raise InputError(
+                f"--image{index}_paths got {len(images)} images (an observation history) but the "
+                f"checkpoint reads 1 image per camera ({len(roles)} image(s) per sample, one per "
+                f"camera role {roles}); give one path for camera {role!r}"
+            )
     return {role: images[0] for role, images in zip(roles, cameras)}
 
 
 def check_state(state: Sequence[float] | None, state_dim: int, dataset_name: str) -> np.ndarray:
     if state is None:
-        raise InputError(f"--state_vector is required: give the robot's {state_dim} state values in robot units "
-                         f"({dataset_name})")
+        raise InputError(
+            f"--state_vector is required: give the robot's {state_dim} state values in robot units ({dataset_name})"
+        )
     if len(state) != state_dim:
-        raise InputError(f"--state_vector has {len(state)} values, the checkpoint expects {state_dim} "
-                         f"({dataset_name})")
+        raise InputError(f"--state_vector has {len(state)} values, the checkpoint expects {state_dim} ({dataset_name})")
     return np.asarray(state, dtype=np.float64)
 
 
@@ -151,9 +168,13 @@ def predict(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray]:
     cameras = read_cameras(args.image1_paths, args.image2_paths)
     from pg_vla.policy import NonFiniteActionsError, Observation, Policy
 
-    policy = Policy.from_checkpoint(args.checkpoint_path, device=args.device,
-                                    dtype="bfloat16" if args.use_bf16 else None, dataset_name=args.dataset_name,
-                                    verify=not args.no_verify)
+    policy = Policy.from_checkpoint(
+        args.checkpoint_path,
+        device=args.device,
+        dtype="bfloat16" if args.use_bf16 else None,
+        dataset_name=args.dataset_name,
+        verify=not args.no_verify,
+    )
     images = match_cameras(cameras, policy.camera_roles)
     state = check_state(args.state_vector, policy.state_dim, policy.dataset_name)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)

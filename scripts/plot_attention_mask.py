@@ -18,16 +18,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK,  # noqa: E402
-                                             block_attention_mask)
+from pg_vla.model.vla.attention_mask import (
+    ACTION_BLOCK,
+    IMAGE_TEXT_BLOCK,
+    PROPRIO_BLOCK,  # noqa: E402
+    block_attention_mask,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="media/attention_mask.png")
     args = parser.parse_args()
-    layout = [("img", 4, IMAGE_TEXT_BLOCK, True), ("txt", 3, IMAGE_TEXT_BLOCK, True),
-              ("pad", 2, IMAGE_TEXT_BLOCK, False), ("prop", 1, PROPRIO_BLOCK, True), ("act", 4, ACTION_BLOCK, True)]
+    layout = [
+        ("img", 4, IMAGE_TEXT_BLOCK, True),
+        ("txt", 3, IMAGE_TEXT_BLOCK, True),
+        ("pad", 2, IMAGE_TEXT_BLOCK, False),
+        ("prop", 1, PROPRIO_BLOCK, True),
+        ("act", 4, ACTION_BLOCK, True),
+    ]
     names = [name for name, n, _, _ in layout for _ in range(n)]
     blocks = torch.tensor([[block for _, n, block, _ in layout for _ in range(n)]])
     valid = torch.tensor([[ok for _, n, _, ok in layout for _ in range(n)]])

@@ -45,8 +45,9 @@ log = logging.getLogger("serve_policy")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint_path", required=True,
-                        help="checkpoint folder, or a run's checkpoints/ or log_dir")
+    parser.add_argument(
+        "--checkpoint_path", required=True, help="checkpoint folder, or a run's checkpoints/ or log_dir"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     parser.add_argument("--use_bf16", action="store_true", help="bfloat16 weights")
@@ -58,16 +59,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_batch_size", type=int, default=8, help="most waiting requests run as one batch")
     parser.add_argument("--max_connections", type=int, default=64, help="open connections beyond this get HTTP 503")
     parser.add_argument("--decode_threads", type=int, default=2, help="threads decoding requests (all connections)")
-    parser.add_argument("--connection_mb_per_s", type=float, default=128.0,
-                        help="MiB per second one connection may send, sustained")
-    parser.add_argument("--connection_requests_per_s", type=float, default=200.0,
-                        help="requests per second one connection may send, sustained")
-    parser.add_argument("--max_limit_violations", type=int, default=3,
-                        help="messages beyond the decoding limits before a connection is closed (code 1008)")
+    parser.add_argument(
+        "--connection_mb_per_s", type=float, default=128.0, help="MiB per second one connection may send, sustained"
+    )
+    parser.add_argument(
+        "--connection_requests_per_s",
+        type=float,
+        default=200.0,
+        help="requests per second one connection may send, sustained",
+    )
+    parser.add_argument(
+        "--max_limit_violations",
+        type=int,
+        default=3,
+        help="messages beyond the decoding limits before a connection is closed (code 1008)",
+    )
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--no_verify", action="store_true",
-                        help="skip checking the checkpoint against its manifest.json (sha256 of every file)")
+    parser.add_argument(
+        "--no_verify",
+        action="store_true",
+        help="skip checking the checkpoint against its manifest.json (sha256 of every file)",
+    )
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -75,8 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def warm_up(policy: Policy) -> float:
     """One inference on a blank observation of the expected sizes; -> its milliseconds."""
     size = policy.config.vision.image_size
-    blank = Observation(images={role: np.zeros((size, size, 3), np.uint8) for role in policy.camera_roles},
-                        state=np.zeros(policy.state_dim), prompt="warm up")
+    blank = Observation(
+        images={role: np.zeros((size, size, 3), np.uint8) for role in policy.camera_roles},
+        state=np.zeros(policy.state_dim),
+        prompt="warm up",
+    )
     start = time.perf_counter()
     policy.infer(blank, seed=0)
     return (time.perf_counter() - start) * 1000.0
@@ -98,22 +114,34 @@ async def run(server: PolicyServer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     try:
         device = resolve_device(args.device)
         keys = ObservationKeys.load(args.obs_keys)
-        config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key,
-                              max_message_bytes=int(args.max_message_mb * MIB), max_batch_size=args.max_batch_size,
-                              max_connections=args.max_connections, decode_threads=args.decode_threads,
-                              connection_bytes_per_s=args.connection_mb_per_s * MIB,
-                              connection_messages_per_s=args.connection_requests_per_s,
-                              max_limit_violations=args.max_limit_violations)
-        policy = Policy.from_checkpoint(args.checkpoint_path, device=device,
-                                        dtype="bfloat16" if args.use_bf16 else None, compile=args.use_torch_compile,
-                                        dataset_name=args.dataset_name, verify=not args.no_verify)
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            max_message_bytes=int(args.max_message_mb * MIB),
+            max_batch_size=args.max_batch_size,
+            max_connections=args.max_connections,
+            decode_threads=args.decode_threads,
+            connection_bytes_per_s=args.connection_mb_per_s * MIB,
+            connection_messages_per_s=args.connection_requests_per_s,
+            max_limit_violations=args.max_limit_violations,
+        )
+        policy = Policy.from_checkpoint(
+            args.checkpoint_path,
+            device=device,
+            dtype="bfloat16" if args.use_bf16 else None,
+            compile=args.use_torch_compile,
+            dataset_name=args.dataset_name,
+            verify=not args.no_verify,
+        )
         server = PolicyServer(policy, keys, config, checkpoint=str(args.checkpoint_path))
     except (OSError, ValueError) as err:  # missing files, bad checkpoint (CheckpointError), bad key file
         print(f"error: {err}", file=sys.stderr)

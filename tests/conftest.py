@@ -42,18 +42,33 @@ def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, *
     from pg_vla.training.checkpoint import save_training_checkpoint
 
     torch.manual_seed(seed)
-    overrides = {"proprio_dim": 7, "action_dim": 7, "horizon_steps": 4, "cond_steps": 1, "num_cameras": 1,
-                 "max_text_tokens": 12, "action_expert": {"hidden_size": 32, "intermediate_size": 64},
-                 **model_overrides}
+    overrides = {
+        "proprio_dim": 7,
+        "action_dim": 7,
+        "horizon_steps": 4,
+        "cond_steps": 1,
+        "num_cameras": 1,
+        "max_text_tokens": 12,
+        "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+        **model_overrides,
+    }
     model = PiZero.from_paligemma(paligemma_dir, **overrides)
     cfg = model.config
-    processor = VLAProcessor.from_pretrained(paligemma_dir, max_text_tokens=cfg.max_text_tokens,
-                                             image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras)
+    processor = VLAProcessor.from_pretrained(
+        paligemma_dir,
+        max_text_tokens=cfg.max_text_tokens,
+        image_size=cfg.vision.image_size,
+        max_cameras=cfg.num_cameras,
+    )
     statistics = Path(__file__).resolve().parents[1] / "config" / "bridge_statistics.json"
-    run_config = {"data": {"mix": "bridge", "camera_roles": ["primary"] * cfg.num_cameras, "normalization": "bounds"},
-                  "model": overrides, "seed": seed}
-    return save_training_checkpoint(ckpt_dir, 1, model, config=run_config, statistics={"bridge_dataset": statistics},
-                                    tokenizer=processor)
+    run_config = {
+        "data": {"mix": "bridge", "camera_roles": ["primary"] * cfg.num_cameras, "normalization": "bounds"},
+        "model": overrides,
+        "seed": seed,
+    }
+    return save_training_checkpoint(
+        ckpt_dir, 1, model, config=run_config, statistics={"bridge_dataset": statistics}, tokenizer=processor
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +89,13 @@ def tiny_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split, count in (("train", 4), ("val", 2)):
         with ParquetEpisodeWriter(root / split, rows_per_group=16) as writer:
             for episode in range(count):
-                writer.add_episode([buffer.getvalue()] * 8, rng.normal(size=(8, 3)), rng.normal(size=(8, 3)), "push",
-                                   episode_id=f"{split}{episode}")
+                writer.add_episode(
+                    [buffer.getvalue()] * 8,
+                    rng.normal(size=(8, 3)),
+                    rng.normal(size=(8, 3)),
+                    "push",
+                    episode_id=f"{split}{episode}",
+                )
     return root
 
 
@@ -83,14 +103,32 @@ def tiny_train_config(episodes: Path, paligemma: Path, log_dir: Path, **override
     """A TrainConfig of a few CPU steps of the tiny model on `tiny_episodes` (the trainer runs in-process)."""
     from pg_vla.training.config import TrainConfig
 
-    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "n_updates": 4, "seed": 0,
-           "global_batch_size": 2, "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1,
-           "keep_last_n": None, "model": {"max_text_tokens": 8, "horizon_steps": 2,
-                                          "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
-           "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
-           "data": {"source": "parquet", "paths": [str(episodes / "train")], "val_paths": [str(episodes / "val")],
-                    "num_workers": 0, "shuffle_buffer": 16},
-           **overrides}
+    cfg = {
+        "pretrained_model_path": str(paligemma),
+        "log_dir": str(log_dir),
+        "n_updates": 4,
+        "seed": 0,
+        "global_batch_size": 2,
+        "per_device_batch_size": 2,
+        "device": "cpu",
+        "log_every": 1,
+        "save_every": 1,
+        "keep_last_n": None,
+        "model": {
+            "max_text_tokens": 8,
+            "horizon_steps": 2,
+            "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+        },
+        "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3},
+        "data": {
+            "source": "parquet",
+            "paths": [str(episodes / "train")],
+            "val_paths": [str(episodes / "val")],
+            "num_workers": 0,
+            "shuffle_buffer": 16,
+        },
+        **overrides,
+    }
     return TrainConfig.from_dict(cfg)
 
 

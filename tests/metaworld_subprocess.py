@@ -19,16 +19,18 @@ def simulator_env() -> dict[str, str]:
 
 def run_python(code: str, timeout: float = 300) -> Any:
     """Run `code` in a new interpreter; it must print one JSON document as its last stdout line."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=simulator_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=simulator_env(), cwd=REPO
+    )
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_script(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=simulator_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=simulator_env(), cwd=REPO
+    )
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

@@ -15,6 +15,10 @@ def feature_leaves(feature, prefix: str = "", with_description: bool = False) ->
         return out
     if isinstance(feature, tfds.features.Dataset):
         return feature_leaves(feature.feature, prefix, with_description)
-    leaf = (type(feature).__name__, tuple(feature.shape), np.dtype(feature.np_dtype).name,
-            getattr(feature, "_encoding_format", None))
+    leaf = (
+        type(feature).__name__,
+        tuple(feature.shape),
+        np.dtype(feature.np_dtype).name,
+        getattr(feature, "_encoding_format", None),
+    )
     return {prefix.rstrip("/"): leaf + ((feature.doc.desc,) if with_description else ())}

@@ -264,15 +264,24 @@ def test_mismatch_error_when_model_changed():
 def test_config_validation_and_factory():
     model = _tiny()
     assert make_weight_average(AveragingConfig(), model) is None
-    ema = make_weight_average(AveragingConfig(kind="ema", decay=0.99, start_step=5, update_every=2,
-                                              device="cpu"), model)
+    ema = make_weight_average(
+        AveragingConfig(kind="ema", decay=0.99, start_step=5, update_every=2, device="cpu"), model
+    )
     assert isinstance(ema, EMA) and ema.decay == 0.99 and ema.start_step == 5 and ema.update_every == 2
     assert ema.config == AveragingConfig(kind="ema", decay=0.99, start_step=5, update_every=2, device="cpu")
     swa = make_weight_average(AveragingConfig(kind="swa"), model)
     assert isinstance(swa, SWA) and isinstance(swa, WeightAverage)
     assert all(a.device.type == "cpu" for a in swa.averages.values())
-    for bad in [dict(kind="polyak"), dict(decay=1.0), dict(decay=0.0), dict(decay=-0.1),
-                dict(update_every=0), dict(start_step=-1), dict(device="tpu"), dict(update_every=1.5)]:
+    for bad in [
+        dict(kind="polyak"),
+        dict(decay=1.0),
+        dict(decay=0.0),
+        dict(decay=-0.1),
+        dict(update_every=0),
+        dict(start_step=-1),
+        dict(device="tpu"),
+        dict(update_every=1.5),
+    ]:
         with pytest.raises(ValueError):
             AveragingConfig(**bad)
     with pytest.raises(ValueError, match="no trainable"):

@@ -21,10 +21,30 @@ TARGETS = ["inference_b1", "inference_b8_chunk50_3cams", "precision_gap", "train
 
 def test_target_suite_on_cpu(tmp_path: Path):
     profile_dir = tmp_path / "profiles"
-    command = [sys.executable, str(ROOT / "scripts" / "bench" / "inference.py"), "--suite", "targets",
-               "--device", "cpu", "--config", "tiny", "--runs", "1", "--warmup", "1", "--threads", "1",
-               "--max_batch_limit", "4", "--max_batch_steps", "1", "--profile", str(profile_dir),
-               "--profile_calls", "1"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench" / "inference.py"),
+        "--suite",
+        "targets",
+        "--device",
+        "cpu",
+        "--config",
+        "tiny",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--max_batch_limit",
+        "4",
+        "--max_batch_steps",
+        "1",
+        "--profile",
+        str(profile_dir),
+        "--profile_calls",
+        "1",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(done.stdout)  # exactly one JSON document on stdout
@@ -34,8 +54,12 @@ def test_target_suite_on_cpu(tmp_path: Path):
     assert list(results) == TARGETS
     assert set(document["summary"]) == {f"tiny/{t}" for t in TARGETS}
     for result in results.values():
-        assert (result["config"], result["dtype"], result["device"], result["compile"]) == ("tiny", "bfloat16", "cpu",
-                                                                                           False)
+        assert (result["config"], result["dtype"], result["device"], result["compile"]) == (
+            "tiny",
+            "bfloat16",
+            "cpu",
+            False,
+        )
         assert result["peak_matmul"]["tflops"] > 0
         assert result["sdpa_backends"] == {"skipped": "CUDA only (torch.nn.attention.sdpa_kernel backends)"}
         assert "error" not in result and "skipped" not in result

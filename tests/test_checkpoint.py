@@ -20,10 +20,13 @@ def _model() -> PiZero:
 def _inputs(cfg: PiZeroConfig):
     gen = torch.Generator().manual_seed(1)
     s = cfg.vision.image_size
-    return (torch.rand(1, cfg.num_cameras, 3, s, s, generator=gen) * 2 - 1,
-            torch.randint(4, 100, (1, cfg.max_text_tokens), generator=gen), None,
-            torch.rand(1, cfg.cond_steps, cfg.proprio_dim, generator=gen),
-            torch.randn(1, cfg.horizon_steps, cfg.action_dim, generator=gen))
+    return (
+        torch.rand(1, cfg.num_cameras, 3, s, s, generator=gen) * 2 - 1,
+        torch.randint(4, 100, (1, cfg.max_text_tokens), generator=gen),
+        None,
+        torch.rand(1, cfg.cond_steps, cfg.proprio_dim, generator=gen),
+        torch.randn(1, cfg.horizon_steps, cfg.action_dim, generator=gen),
+    )
 
 
 def test_round_trip_restores_config_and_outputs(tmp_path):

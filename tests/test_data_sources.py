@@ -62,9 +62,14 @@ def test_each_source_gets_its_own_keys() -> None:
     assert "path" not in parquet and "cameras" not in parquet and "path" not in rlds
 
 
-@pytest.mark.parametrize("source,key,value,owner", [("lerobot", "paths", ["/p"], "parquet"),
-                                                    ("parquet", "cameras", {"k": "wrist"}, "lerobot"),
-                                                    ("rlds", "path", "/l", "lerobot")])
+@pytest.mark.parametrize(
+    "source,key,value,owner",
+    [
+        ("lerobot", "paths", ["/p"], "parquet"),
+        ("parquet", "cameras", {"k": "wrist"}, "lerobot"),
+        ("rlds", "path", "/l", "lerobot"),
+    ],
+)
 def test_a_run_refuses_a_changed_key_of_another_file_source(source: str, key: str, value, owner: str) -> None:
     with pytest.raises(ValueError, match=rf"data\.{key} is an option of data.source={owner}"):
         source_options({**_yaml_data(), "source": source, "data_path": "/d", key: value})

@@ -72,7 +72,8 @@ def test_decoding_and_loss_match_numpy():
     loss = binned_cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), torch.from_numpy(mask))
     assert loss.item() == pytest.approx(reference, rel=1e-5)
     assert binned_cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), None).item() == pytest.approx(
-        nll.mean(), rel=1e-5)
+        nll.mean(), rel=1e-5
+    )
 
 
 def test_config_validation_and_json_round_trip():
@@ -81,9 +82,14 @@ def test_config_validation_and_json_round_trip():
     again = PiZeroConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
     assert PiZeroConfig().action_head == "flow"
-    for bad, match in (({"action_head": "bins"}, "action_head"), ({"num_action_bins": 1}, "num_action_bins"),
-                       ({"action_bounds": (1.0, -1.0)}, "action_bounds"), ({"discrete_decoding": "mode"}, "decoding"),
-                       ({"discrete_dropout": 1.0}, "discrete_dropout"), ({"freeze_vision": "yes"}, "freeze_vision")):
+    for bad, match in (
+        ({"action_head": "bins"}, "action_head"),
+        ({"num_action_bins": 1}, "num_action_bins"),
+        ({"action_bounds": (1.0, -1.0)}, "action_bounds"),
+        ({"discrete_decoding": "mode"}, "decoding"),
+        ({"discrete_dropout": 1.0}, "discrete_dropout"),
+        ({"freeze_vision": "yes"}, "freeze_vision"),
+    ):
         with pytest.raises(ValueError, match=match):
             discrete_config(**bad)
 
@@ -95,8 +101,10 @@ def test_discrete_model_has_no_action_expert_and_every_trained_parameter_gets_gr
     model = PiZero(cfg)
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.startswith(("joint.experts.action.", "proprio_encoder.", "action_encoder.")) for n in names)
-    assert all(n.startswith(("vision_tower.", "multi_modal_projector.", "joint.experts.vlm.", "action_decoder."))
-               for n in names)
+    assert all(
+        n.startswith(("vision_tower.", "multi_modal_projector.", "joint.experts.vlm.", "action_decoder."))
+        for n in names
+    )
     frozen = set(model.frozen_parameter_names())
     vision = {n for n in names if n.startswith("vision_tower.")}
     assert frozen == vision | {"joint.experts.vlm.embed_tokens.weight"}
@@ -141,8 +149,9 @@ def test_sample_actions_decodes_the_bin_logits_and_padding_is_invisible():
     # the proprio matters when the head reads it, and not otherwise
     assert not torch.allclose(model.bin_logits(images, text_ids, text_mask, -proprio), logits, atol=1e-4)
     blind = PiZero(discrete_config(discrete_use_proprio=False)).eval()
-    assert torch.equal(blind.bin_logits(images, text_ids, text_mask, proprio),
-                       blind.bin_logits(images, text_ids, text_mask, -proprio))
+    assert torch.equal(
+        blind.bin_logits(images, text_ids, text_mask, proprio), blind.bin_logits(images, text_ids, text_mask, -proprio)
+    )
 
 
 @torch.no_grad()
@@ -154,8 +163,9 @@ def test_checkpoint_round_trip_keeps_the_head(tmp_path):
     loaded = load_model(path)
     assert loaded.config == cfg and loaded.is_discrete
     images, text_ids, text_mask, proprio, _ = make_inputs(cfg, 2)
-    assert torch.equal(loaded.bin_logits(images, text_ids, text_mask, proprio),
-                       model.bin_logits(images, text_ids, text_mask, proprio))
+    assert torch.equal(
+        loaded.bin_logits(images, text_ids, text_mask, proprio), model.bin_logits(images, text_ids, text_mask, proprio)
+    )
 
 
 def test_tiny_discrete_model_overfits_a_batch():

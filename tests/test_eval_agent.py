@@ -32,7 +32,8 @@ def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
 
     lines = [json.loads(line) for line in (tmp_path / "expert" / "episodes.jsonl").read_text().splitlines()]
     assert sorted((r["task"], r["seed"]) for r in lines) == sorted(
-        (task, 100000 + i) for task in ("reach-v3", "push-v3") for i in range(5))
+        (task, 100000 + i) for task in ("reach-v3", "push-v3") for i in range(5)
+    )
     assert all(r["success"] and 0 < r["steps"] < 200 for r in lines)
     assert {r["instruction"] for r in lines} == {"reach the red target", "push the puck to the green target"}
     zero = [json.loads(line) for line in (tmp_path / "zero" / "episodes.jsonl").read_text().splitlines()]
@@ -47,20 +48,26 @@ def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
 
 
 def test_summary_rates_are_per_task_means():
-    results = [EpisodeResult("a", 0, True, 5, "x"), EpisodeResult("a", 1, False, 200, "x"),
-               EpisodeResult("b", 0, True, 7, "y")]
+    results = [
+        EpisodeResult("a", 0, True, 5, "x"),
+        EpisodeResult("a", 1, False, 200, "x"),
+        EpisodeResult("b", 0, True, 7, "y"),
+    ]
     summary = summarize(results, ["a", "b"])
     assert summary["per_task"] == {"a": 0.5, "b": 1.0}
     assert summary["mean"] == 0.75
     assert summary["episodes"] == {"a": 2, "b": 1}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"policy": "oracle"}, "policy must be one of"),
-    ({"policy": "checkpoint"}, "checkpoint_path"),
-    ({"n_eval_episode": 0}, "n_eval_episode"),
-    ({"unknown_key": 1}, "unknown evaluation config keys"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"policy": "oracle"}, "policy must be one of"),
+        ({"policy": "checkpoint"}, "checkpoint_path"),
+        ({"n_eval_episode": 0}, "n_eval_episode"),
+        ({"unknown_key": 1}, "unknown evaluation config keys"),
+    ],
+)
 def test_config_errors_are_clear(tmp_path, overrides, message):
     data = {"policy": "zero", "log_dir": str(tmp_path), **overrides}
     with pytest.raises(ValueError, match=message):

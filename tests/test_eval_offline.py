@@ -53,18 +53,43 @@ def episodes(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
             action = rng.uniform(low, high, size=(length, ACTION_DIM))
             action[:, -1] = rng.integers(0, 2, length)
             state = rng.uniform(plow, phigh, size=(length, ACTION_DIM))
-            writer.add_episode([_jpeg(20 * e + 3 * t) for t in range(length)], state, action,
-                               f"put the block {e} away", episode_id=f"ep{e}")
+            writer.add_episode(
+                [_jpeg(20 * e + 3 * t) for t in range(length)],
+                state,
+                action,
+                f"put the block {e} away",
+                episode_id=f"ep{e}",
+            )
             actions.append(action.astype(np.float32))
     return folder, actions
 
 
 def _eval(checkpoint: Path, data: Path, output: Path, *extra: str) -> dict:
-    result = subprocess.run([sys.executable, "scripts/eval_offline.py", "--checkpoint_path", str(checkpoint),
-                             "--eval_data_path", str(data), "--output_dir", str(output), "--batch_size", "4",
-                             "--num_workers", "0", "--seed", "3", *extra],
-                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/eval_offline.py",
+            "--checkpoint_path",
+            str(checkpoint),
+            "--eval_data_path",
+            str(data),
+            "--output_dir",
+            str(output),
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--seed",
+            "3",
+            *extra,
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((output / "metrics.json").read_text())
 
@@ -74,12 +99,17 @@ def _read_predictions(path: Path) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(f))
 
     def grid(kind: str, dtype=np.float64) -> np.ndarray:  # (N, H, A)
-        return np.array([[[float(r[f"{kind}_h{h}_d{d}"]) for d in range(ACTION_DIM)] for h in range(HORIZON)]
-                         for r in rows], dtype=dtype)
+        return np.array(
+            [[[float(r[f"{kind}_h{h}_d{d}"]) for d in range(ACTION_DIM)] for h in range(HORIZON)] for r in rows],
+            dtype=dtype,
+        )
 
-    out = {"sample": np.array([int(r["sample"]) for r in rows]),
-           "episode_id": np.array([r["episode_id"] for r in rows]), "step": np.array([int(r["step"]) for r in rows]),
-           "valid": np.array([[r[f"valid_h{h}"] == "1" for h in range(HORIZON)] for r in rows])}
+    out = {
+        "sample": np.array([int(r["sample"]) for r in rows]),
+        "episode_id": np.array([r["episode_id"] for r in rows]),
+        "step": np.array([int(r["step"]) for r in rows]),
+        "valid": np.array([[r[f"valid_h{h}"] == "1" for h in range(HORIZON)] for r in rows]),
+    }
     for kind in ("true_norm", "pred_norm", "true", "pred"):
         out[kind] = grid(kind)
     if "true_bin_h0_d0" in rows[0]:
@@ -92,9 +122,9 @@ def _numpy_metrics(p: dict[str, np.ndarray]) -> dict[str, object]:
     out: dict[str, object] = {"num_samples": len(valid), "num_valid_steps": int(valid.sum())}
     for units, (pred, true) in (("_normalized", (p["pred_norm"], p["true_norm"])), ("", (p["pred"], p["true"]))):
         error = pred[valid] - true[valid]  # (V, A)
-        out[f"mse{units}_per_dim"] = (error ** 2).mean(0)
+        out[f"mse{units}_per_dim"] = (error**2).mean(0)
         out[f"mae{units}_per_dim"] = np.abs(error).mean(0)
-        out[f"mse{units}"], out[f"mae{units}"] = (error ** 2).mean(), np.abs(error).mean()
+        out[f"mse{units}"], out[f"mae{units}"] = (error**2).mean(), np.abs(error).mean()
     worst = np.where(valid[..., None], np.abs(p["pred_norm"] - p["true_norm"]), 0.0).max(axis=(1, 2))  # (N,)
     for th in THRESHOLDS:
         out[f"accuracy@{th:g}"] = (worst <= th).mean()
@@ -109,8 +139,11 @@ def test_offline_eval_metrics_equal_numpy_over_its_predictions(head, episodes, t
     from conftest import make_policy_checkpoint
 
     data, raw_actions = episodes
-    overrides = {"action_head": "discrete", "num_action_bins": 16, "discrete_mlp_hidden_dims": [16]} \
-        if head == "discrete" else {}
+    overrides = (
+        {"action_head": "discrete", "num_action_bins": 16, "discrete_mlp_hidden_dims": [16]}
+        if head == "discrete"
+        else {}
+    )
     checkpoint = make_policy_checkpoint(tmp_path / "checkpoints", tiny_checkpoint_dir, seed=1, **overrides)
     metrics = _eval(checkpoint, data, tmp_path / "eval", "--save_predictions")
     p = _read_predictions(tmp_path / "eval" / "predictions.csv")
@@ -135,8 +168,9 @@ def test_offline_eval_metrics_equal_numpy_over_its_predictions(head, episodes, t
     reference = _numpy_metrics(p)
     assert metrics["action_head"] == head and metrics["dataset_name"] == "bridge_dataset"
     for key, value in reference.items():
-        np.testing.assert_allclose(np.asarray(metrics[key], dtype=np.float64), value, rtol=1e-9, atol=1e-12,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            np.asarray(metrics[key], dtype=np.float64), value, rtol=1e-9, atol=1e-12, err_msg=key
+        )
     assert ("bin_accuracy" in metrics) == (head == "discrete")
     if head == "discrete":  # bins of the truths by numpy; arg-max decoding returns bin centres
         k = metrics["num_action_bins"]
@@ -145,8 +179,16 @@ def test_offline_eval_metrics_equal_numpy_over_its_predictions(head, episodes, t
     else:  # the flow noise comes from the seed: the same run in this process gives the same metrics
         from pg_vla.eval.offline import OfflineEvalConfig, run
 
-        again = run(OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(data)],
-                                      output_dir=str(tmp_path / "again"), batch_size=4, num_workers=0, seed=3))
+        again = run(
+            OfflineEvalConfig(
+                checkpoint_path=str(checkpoint),
+                eval_data_path=[str(data)],
+                output_dir=str(tmp_path / "again"),
+                batch_size=4,
+                num_workers=0,
+                seed=3,
+            )
+        )
         assert again["mse_normalized_per_dim"] == pytest.approx(metrics["mse_normalized_per_dim"], abs=1e-6)
     from PIL import Image
 
@@ -158,8 +200,16 @@ def test_max_batches_and_no_predictions_file(episodes, tiny_policy_checkpoint, t
     from pg_vla.eval.offline import OfflineEvalConfig, run
 
     data, _ = episodes
-    metrics = run(OfflineEvalConfig(checkpoint_path=str(tiny_policy_checkpoint), eval_data_path=[str(data)],
-                                    output_dir=str(tmp_path), batch_size=4, max_batches=2, num_workers=0))
+    metrics = run(
+        OfflineEvalConfig(
+            checkpoint_path=str(tiny_policy_checkpoint),
+            eval_data_path=[str(data)],
+            output_dir=str(tmp_path),
+            batch_size=4,
+            max_batches=2,
+            num_workers=0,
+        )
+    )
     assert metrics["num_batches"] == 2 and metrics["num_samples"] == 8
     assert not (tmp_path / "predictions.csv").exists() and (tmp_path / "metrics.json").is_file()
     with pytest.raises(ValueError, match="eval_data_path is empty"):
@@ -175,18 +225,31 @@ def test_rlds_data_config_uses_the_checkpoint_statistics(episodes, tiny_policy_c
     data, _ = episodes
     assert detect_source([str(data)]) == "parquet" and detect_source([str(tmp_path)]) == "rlds"
     policy = Policy.from_checkpoint(tiny_policy_checkpoint)
-    cfg = OfflineEvalConfig(checkpoint_path=str(tiny_policy_checkpoint), eval_data_path=[str(tmp_path)],
-                            output_dir=str(tmp_path / "out"), split="val")
+    cfg = OfflineEvalConfig(
+        checkpoint_path=str(tiny_policy_checkpoint),
+        eval_data_path=[str(tmp_path)],
+        output_dir=str(tmp_path / "out"),
+        split="val",
+    )
     options = data_config(cfg, policy, tiny_policy_checkpoint)
     assert options["source"] == "rlds" and options["mix"] == "bridge" and options["split"] == "val"
     statistics = tiny_policy_checkpoint / "statistics" / "bridge_dataset.json"
     assert options["statistics_paths"] == {"bridge_dataset": str(statistics)}
-    rlds = rlds_config(**{k: v for k, v in options.items() if k != "source"}, batch_size=2, image_size=32,
-                       cond_steps=1, horizon_steps=HORIZON, seed=0)
+    rlds = rlds_config(
+        **{k: v for k, v in options.items() if k != "source"},
+        batch_size=2,
+        image_size=32,
+        cond_steps=1,
+        horizon_steps=HORIZON,
+        seed=0,
+    )
     assert not rlds.train and rlds.data_path == str(tmp_path)
     with pytest.raises(ValueError, match="a mix holding only 'bridge_dataset'"):
-        data_config(OfflineEvalConfig(checkpoint_path="x", eval_data_path=[str(tmp_path)], output_dir="y",
-                                      mix="oxe_simple"), policy, tiny_policy_checkpoint)
+        data_config(
+            OfflineEvalConfig(checkpoint_path="x", eval_data_path=[str(tmp_path)], output_dir="y", mix="oxe_simple"),
+            policy,
+            tiny_policy_checkpoint,
+        )
 
 
 def test_run_config_normalization_and_image_resize_carry_over(episodes, tiny_policy_checkpoint, tmp_path):
@@ -203,13 +266,22 @@ def test_run_config_normalization_and_image_resize_carry_over(episodes, tiny_pol
     config = json.loads((checkpoint / "config.json").read_text())
     config["data"].update(normalization="quantile", image_resize="pad")
     (checkpoint / "config.json").write_text(json.dumps(config))
-    cfg = OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(data)],
-                            output_dir=str(tmp_path / "out"), batch_size=4, num_workers=0, save_predictions=True)
+    cfg = OfflineEvalConfig(
+        checkpoint_path=str(checkpoint),
+        eval_data_path=[str(data)],
+        output_dir=str(tmp_path / "out"),
+        batch_size=4,
+        num_workers=0,
+        save_predictions=True,
+    )
     policy = Policy.from_checkpoint(checkpoint)
     options = data_config(cfg, policy, checkpoint)
     assert options["normalization"] == "quantile" and options["image_resize"] == "pad"
-    rlds = data_config(OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(tmp_path)],
-                                         output_dir="y"), policy, checkpoint)
+    rlds = data_config(
+        OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(tmp_path)], output_dir="y"),
+        policy,
+        checkpoint,
+    )
     assert rlds["normalization"] == "quantile" and rlds["image_resize"] == "pad"
     run(cfg)
     p = _read_predictions(tmp_path / "out" / "predictions.csv")
@@ -235,23 +307,46 @@ def test_discrete_head_trains_and_serves_without_code_changes(episodes, tiny_che
 
     data, _ = episodes
     log_dir = tmp_path / "run"
-    result = train({
-        "pretrained_model_path": str(tiny_checkpoint_dir), "log_dir": str(log_dir), "device": "cpu",
-        "data": {"source": "parquet", "paths": [str(data)], "val_paths": [str(data)], "dataset_name": "my_robot",
-                 "num_workers": 0, "shuffle_buffer": 8, "statistics_dir": str(tmp_path / "stats")},
-        "model": {"action_head": "discrete", "max_text_tokens": 12, "num_action_bins": 32,
-                  "discrete_mlp_hidden_dims": [32], "freeze_vision": True},
-        "n_updates": 2, "global_batch_size": 4, "per_device_batch_size": 2, "save_every": 2, "log_every": 1,
-        "validation": {"every": 2, "batches": 1},
-    })
+    result = train(
+        {
+            "pretrained_model_path": str(tiny_checkpoint_dir),
+            "log_dir": str(log_dir),
+            "device": "cpu",
+            "data": {
+                "source": "parquet",
+                "paths": [str(data)],
+                "val_paths": [str(data)],
+                "dataset_name": "my_robot",
+                "num_workers": 0,
+                "shuffle_buffer": 8,
+                "statistics_dir": str(tmp_path / "stats"),
+            },
+            "model": {
+                "action_head": "discrete",
+                "max_text_tokens": 12,
+                "num_action_bins": 32,
+                "discrete_mlp_hidden_dims": [32],
+                "freeze_vision": True,
+            },
+            "n_updates": 2,
+            "global_batch_size": 4,
+            "per_device_batch_size": 2,
+            "save_every": 2,
+            "log_every": 1,
+            "validation": {"every": 2, "batches": 1},
+        }
+    )
     assert np.isfinite(result["loss"]) and np.isfinite(result["val_loss"]) and "val_accuracy@0.1" in result
     checkpoint = log_dir / "checkpoints" / "step_000002"
     model = load_model(checkpoint / "model.safetensors")
     assert model.is_discrete and model.config.num_action_bins == 32 and model.config.freeze_vision
 
     policy = Policy.from_checkpoint(log_dir)
-    observation = Observation(images={"primary": np.full((20, 24, 3), 90, np.uint8)},
-                              state=np.linspace(0.1, 0.3, ACTION_DIM), prompt="put the block 0 away")
+    observation = Observation(
+        images={"primary": np.full((20, 24, 3), 90, np.uint8)},
+        state=np.linspace(0.1, 0.3, ACTION_DIM),
+        prompt="put the block 0 away",
+    )
     out = policy.infer(observation, seed=0)
     assert out["actions"].shape == (HORIZON, ACTION_DIM) and np.isfinite(out["actions"]).all()
     centers = -1 + (np.arange(32) + 0.5) * 2 / 32  # arg-max decoding: every value is a bin centre
@@ -271,14 +366,26 @@ def test_a_lerobot_folder_evaluates_like_the_same_episodes_as_parquet(episodes, 
     starts = [i for i, first in enumerate(table["is_first"]) if first] + [len(table["is_first"])]
     with LeRobotWriter(tmp_path / "lerobot", fps=10, cameras=("observation.image",), video=False) as writer:
         for lo, hi in zip(starts, starts[1:]):
-            writer.add_episode(np.asarray(table["state"][lo:hi]), np.asarray(table["action"][lo:hi]),
-                               table["prompt"][lo], {"observation.image": table["image_1"][lo:hi]})
+            writer.add_episode(
+                np.asarray(table["state"][lo:hi]),
+                np.asarray(table["action"][lo:hi]),
+                table["prompt"][lo],
+                {"observation.image": table["image_1"][lo:hi]},
+            )
     assert detect_source([str(tmp_path / "lerobot")]) == "lerobot"
 
     def evaluate(path: Path, name: str) -> dict:
-        return run(OfflineEvalConfig(checkpoint_path=str(tiny_policy_checkpoint), eval_data_path=[str(path)],
-                                     output_dir=str(tmp_path / name), batch_size=4, num_workers=0, seed=3,
-                                     plot_episodes=0))
+        return run(
+            OfflineEvalConfig(
+                checkpoint_path=str(tiny_policy_checkpoint),
+                eval_data_path=[str(path)],
+                output_dir=str(tmp_path / name),
+                batch_size=4,
+                num_workers=0,
+                seed=3,
+                plot_episodes=0,
+            )
+        )
 
     parquet, lerobot = evaluate(data, "parquet"), evaluate(tmp_path / "lerobot", "lerobot")
     assert lerobot["num_samples"] == parquet["num_samples"] == sum(EPISODE_LENGTHS)

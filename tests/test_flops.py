@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pg_vla.model.vla.config import PiZeroConfig
-from pg_vla.model.vla.flops import (COMPONENTS, flops_breakdown, forward_flops, sampling_flops, train_step_flops)
+from pg_vla.model.vla.flops import COMPONENTS, flops_breakdown, forward_flops, sampling_flops, train_step_flops
 from pg_vla.model.vla.pizero import PiZero
 
 GEOMETRIES = {
@@ -43,7 +43,7 @@ def _setup(cfg: PiZeroConfig, batch: int = 2, device: str = "cpu"):
         model = PiZero(cfg)
         s = cfg.vision.image_size
         text_mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
-        text_mask[-1, cfg.max_text_tokens // 2:] = False  # padding is computed like real tokens
+        text_mask[-1, cfg.max_text_tokens // 2 :] = False  # padding is computed like real tokens
         inputs = {
             "images": torch.rand(batch, cfg.num_cameras, 3, s, s) * 2 - 1,
             "text_ids": torch.randint(0, cfg.vlm.vocab_size, (batch, cfg.max_text_tokens)),
@@ -72,8 +72,9 @@ def test_forward_and_sampling_match_flop_counter(name: str):
         reference, _ = _counted(loss)
     assert forward_flops(cfg, batch=2) == reference
     for use_cache in (True, False):
-        reference, _ = _counted(lambda use_cache=use_cache: model.sample_actions(**inputs, noise=noise, num_steps=2,
-                                                                                 use_cache=use_cache))
+        reference, _ = _counted(
+            lambda use_cache=use_cache: model.sample_actions(**inputs, noise=noise, num_steps=2, use_cache=use_cache)
+        )
         assert sampling_flops(cfg, num_steps=2, use_cache=use_cache, batch=2) == reference, use_cache
 
 
@@ -86,8 +87,9 @@ def test_train_step_matches_flop_counter(name: str, checkpointing: bool):
     model.set_gradient_checkpointing(checkpointing)
     reference, ops = _counted(lambda: loss().backward())
     fused = _fused_attention_backward(ops)
-    counted = train_step_flops(cfg, batch=2, gradient_checkpointing=checkpointing, fused_attention_backward=fused,
-                               include_recompute=True)
+    counted = train_step_flops(
+        cfg, batch=2, gradient_checkpointing=checkpointing, fused_attention_backward=fused, include_recompute=True
+    )
     assert counted == reference
     if not checkpointing:
         assert train_step_flops(cfg, batch=2) <= counted  # model FLOPs count attention backward 2x

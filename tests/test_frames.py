@@ -54,9 +54,11 @@ def test_augment_is_seeded_and_bounded(frames):
     assert not np.array_equal(a, frames.augment(image, cfg, tf.constant([3, 4], tf.int64)).numpy())
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8
     gray = tf.constant(np.full((32, 32, 3), 128, np.uint8))
-    brightness = AugmentConfig(random_resized_crop=False, brightness=0.1, contrast=(1.0, 1.0),
-                               saturation=(1.0, 1.0), hue=0.0)
-    shifts = [float(frames.augment(gray, brightness, tf.constant([s, 7], tf.int64)).numpy().mean()) - 128
-              for s in range(20)]
+    brightness = AugmentConfig(
+        random_resized_crop=False, brightness=0.1, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0
+    )
+    shifts = [
+        float(frames.augment(gray, brightness, tf.constant([s, 7], tf.int64)).numpy().mean()) - 128 for s in range(20)
+    ]
     assert max(abs(s) for s in shifts) <= 0.1 * 255 + 1  # a brightness delta of at most 0.1
     assert len({round(s) for s in shifts}) > 3

@@ -40,16 +40,19 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("height, width, size, box", [
-    (40, 64, 32, (20, 32, 6, 0)),  # wide: 64 -> 32, 40 -> 20, 12 rows of padding split 6 / 6
-    (64, 40, 32, (32, 20, 0, 6)),  # tall
-    (35, 64, 32, (17, 32, 7, 0)),  # 35 * 32 // 64 = 17; 15 rows: 7 above, 8 below
-    (480, 640, 224, (168, 224, 28, 0)),
-    (256, 320, 224, (179, 224, 22, 0)),  # 45 rows: 22 above, 23 below
-    (48, 48, 32, (32, 32, 0, 0)),  # square: no padding
-    (12, 20, 32, (19, 32, 6, 0)),  # upsizing: 12 * 32 // 20 = 19
-    (1, 500, 224, (1, 224, 111, 0)),  # at least one row of content
-])
+@pytest.mark.parametrize(
+    "height, width, size, box",
+    [
+        (40, 64, 32, (20, 32, 6, 0)),  # wide: 64 -> 32, 40 -> 20, 12 rows of padding split 6 / 6
+        (64, 40, 32, (32, 20, 0, 6)),  # tall
+        (35, 64, 32, (17, 32, 7, 0)),  # 35 * 32 // 64 = 17; 15 rows: 7 above, 8 below
+        (480, 640, 224, (168, 224, 28, 0)),
+        (256, 320, 224, (179, 224, 22, 0)),  # 45 rows: 22 above, 23 below
+        (48, 48, 32, (32, 32, 0, 0)),  # square: no padding
+        (12, 20, 32, (19, 32, 6, 0)),  # upsizing: 12 * 32 // 20 = 19
+        (1, 500, 224, (1, 224, 111, 0)),  # at least one row of content
+    ],
+)
 def test_pad_box_by_hand(height, width, size, box):
     assert tuple(pad_box(height, width, size)) == box
 
@@ -75,16 +78,17 @@ def test_processor_pads_with_minus_one_and_matches_pil(tiny_checkpoint_dir, heig
     pixels = processor.preprocess_images(image)[0, 0].permute(1, 2, 0).double().numpy()  # (32, 32, 3)
     box = pad_box(height, width, 32)
     content = np.zeros((32, 32), bool)
-    content[box.top:box.top + box.height, box.left:box.left + box.width] = True
+    content[box.top : box.top + box.height, box.left : box.left + box.width] = True
     assert np.all(pixels[~content] == -1.0)  # exactly black
     reference = _pil_bilinear(image, box.height, box.width) / 255.0 * 2.0 - 1.0
-    got = pixels[box.top:box.top + box.height, box.left:box.left + box.width]
+    got = pixels[box.top : box.top + box.height, box.left : box.left + box.width]
     np.testing.assert_allclose(got, reference, rtol=0, atol=GREY_LEVEL + 1e-6)
     assert np.mean(np.abs(got - reference) > 1e-6) < 0.2  # most pixels agree exactly
 
 
-@pytest.mark.parametrize("height, width, size", [(40, 64, 32), (64, 40, 32), (35, 64, 32), (12, 20, 32),
-                                                 (100, 37, 24), (240, 320, 224)])
+@pytest.mark.parametrize(
+    "height, width, size", [(40, 64, 32), (64, 40, 32), (35, 64, 32), (12, 20, 32), (100, 37, 24), (240, 320, 224)]
+)
 def test_tensorflow_numpy_and_inference_agree(tiny_checkpoint_dir, height, width, size):
     tf = pytest.importorskip("tensorflow")
     from pg_vla.data.rlds import frames
@@ -106,8 +110,9 @@ def test_tensorflow_numpy_and_inference_agree(tiny_checkpoint_dir, height, width
     np.testing.assert_array_equal(padded_tf[window], np.clip(np.round(direct.numpy()), 0, 255).astype(np.uint8))
     np.testing.assert_allclose(padded_tf[window], _pil_bilinear(image, box.height, box.width), rtol=0, atol=1)
     # inference from the raw frame: the same padding, content within one grey level of training's
-    processor = VLAProcessor.from_pretrained(tiny_checkpoint_dir, max_text_tokens=8, image_size=size,
-                                             image_resize="pad")
+    processor = VLAProcessor.from_pretrained(
+        tiny_checkpoint_dir, max_text_tokens=8, image_size=size, image_resize="pad"
+    )
     pixels = processor.preprocess_images(image)[0, 0].permute(1, 2, 0).double().numpy()
     np.testing.assert_allclose(pixels, padded_tf / 255.0 * 2.0 - 1.0, rtol=0, atol=GREY_LEVEL + 1e-6)
     assert np.all(pixels[outside] == -1.0)
@@ -136,8 +141,16 @@ def wide_bridge(tmp_path_factory):
     from pg_vla.data.rlds.synthetic import make_synthetic_bridge
 
     root = tmp_path_factory.mktemp("wide_bridge")
-    make_synthetic_bridge(root / "rlds", episodes_per_split=3, splits=("train",), min_steps=3, max_steps=5,
-                          image_size=(20, 32), num_shards=1, seed=2)
+    make_synthetic_bridge(
+        root / "rlds",
+        episodes_per_split=3,
+        splits=("train",),
+        min_steps=3,
+        max_steps=5,
+        image_size=(20, 32),
+        num_shards=1,
+        seed=2,
+    )
     convert_rlds_to_parquet(root / "rlds", BRIDGE, "train", root / "parquet", rows_per_group=8)
     return root
 
@@ -148,14 +161,26 @@ def test_both_loaders_pad_a_dataset_identically(wide_bridge, tmp_path):
     from pg_vla.data.rlds import pipeline
 
     roles = ("primary", "secondary")
-    common = dict(train=False, image_size=16, cond_steps=1, horizon_steps=2, batch_size=64, camera_roles=roles,
-                  image_resize="pad")
-    rlds = RLDSConfig(data_path=str(wide_bridge / "rlds"), mix="bridge", read_threads=1, transform_threads=1,
-                      statistics_dir=str(tmp_path / "rlds_stats"), **common)
+    common = dict(
+        train=False, image_size=16, cond_steps=1, horizon_steps=2, batch_size=64, camera_roles=roles, image_resize="pad"
+    )
+    rlds = RLDSConfig(
+        data_path=str(wide_bridge / "rlds"),
+        mix="bridge",
+        read_threads=1,
+        transform_threads=1,
+        statistics_dir=str(tmp_path / "rlds_stats"),
+        **common,
+    )
     ds, _ = pipeline.make_dataset(rlds)
     expected = [pipeline.to_numpy_batch(b) for b in ds]
-    parquet = ParquetConfig(paths=(str(wide_bridge / "parquet"),), image_2_role="secondary", num_workers=0,
-                            statistics_dir=str(tmp_path / "parquet_stats"), **common)
+    parquet = ParquetConfig(
+        paths=(str(wide_bridge / "parquet"),),
+        image_2_role="secondary",
+        num_workers=0,
+        statistics_dir=str(tmp_path / "parquet_stats"),
+        **common,
+    )
     loader, _ = make_parquet_loader(parquet)
     got = [{k: v.numpy() if hasattr(v, "numpy") else v for k, v in b.items()} for b in loader]
     assert len(got) == len(expected) == 1

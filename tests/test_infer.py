@@ -48,17 +48,31 @@ def _write_image(path: Path, seed: int, size: tuple[int, int] = (60, 80)) -> np.
 def test_output_equals_in_process_policy(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
     pixels = _write_image(tmp_path / "frame.png", seed=0)
     out_dir = tmp_path / "predictions"
-    done = _run("--checkpoint_path", str(tiny_policy_checkpoint), "--image1_paths", str(tmp_path / "frame.png"),
-                "--prompt", PROMPT, "--state_vector", *map(str, STATE), "--seed", "5", "--save_predictions",
-                "--output_dir", str(out_dir))
+    done = _run(
+        "--checkpoint_path",
+        str(tiny_policy_checkpoint),
+        "--image1_paths",
+        str(tmp_path / "frame.png"),
+        "--prompt",
+        PROMPT,
+        "--state_vector",
+        *map(str, STATE),
+        "--seed",
+        "5",
+        "--save_predictions",
+        "--output_dir",
+        str(out_dir),
+    )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)  # stdout holds the JSON document only
 
     expected = Policy.from_checkpoint(tiny_policy_checkpoint).infer(
-        Observation(images={"primary": pixels}, state=np.array(STATE), prompt=PROMPT), seed=5)
+        Observation(images={"primary": pixels}, state=np.array(STATE), prompt=PROMPT), seed=5
+    )
     np.testing.assert_allclose(np.array(printed["actions"]), expected["actions"], atol=ACTION_ATOL)
-    np.testing.assert_allclose(np.array(printed["normalized_actions"]), expected["normalized_actions"],
-                               atol=ACTION_ATOL)
+    np.testing.assert_allclose(
+        np.array(printed["normalized_actions"]), expected["normalized_actions"], atol=ACTION_ATOL
+    )
     assert printed["seed"] == 5 and printed["action_horizon"] == 4 and printed["action_dim"] == 7
     assert printed["images"] == {"primary": str(tmp_path / "frame.png")}
 
@@ -68,18 +82,25 @@ def test_output_equals_in_process_policy(tiny_policy_checkpoint: Path, tmp_path:
     assert json.loads((out_dir / "prediction.json").read_text())["actions"] == printed["actions"]
 
 
-def test_bad_inputs_exit_with_named_errors(tiny_policy_checkpoint: Path, tmp_path: Path,
-                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_exit_with_named_errors(
+    tiny_policy_checkpoint: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     _write_image(tmp_path / "frame.png", seed=1)
     (tmp_path / "broken.png").write_text("not an image")
     common = ["--checkpoint_path", str(tiny_policy_checkpoint), "--prompt", PROMPT]
     cases = [
-        (["--image1_paths", str(tmp_path / "frame.png"), "--state_vector", "0.1", "0.2", "0.3"],
-         "error: --state_vector has 3 values, the checkpoint expects 7 (bridge_dataset)"),
-        (["--image1_paths", str(tmp_path / "broken.png"), "--state_vector", *map(str, STATE)],
-         f"error: --image1_paths: cannot read image {tmp_path / 'broken.png'}"),
-        (["--image1_paths", str(tmp_path / "missing.png"), "--state_vector", *map(str, STATE)],
-         f"error: --image1_paths: image file {tmp_path / 'missing.png'} does not exist"),
+        (
+            ["--image1_paths", str(tmp_path / "frame.png"), "--state_vector", "0.1", "0.2", "0.3"],
+            "error: --state_vector has 3 values, the checkpoint expects 7 (bridge_dataset)",
+        ),
+        (
+            ["--image1_paths", str(tmp_path / "broken.png"), "--state_vector", *map(str, STATE)],
+            f"error: --image1_paths: cannot read image {tmp_path / 'broken.png'}",
+        ),
+        (
+            ["--image1_paths", str(tmp_path / "missing.png"), "--state_vector", *map(str, STATE)],
+            f"error: --image1_paths: image file {tmp_path / 'missing.png'} does not exist",
+        ),
     ]
     script = _load_script()  # the command's main, in-process (the subprocess path is tested above)
     for args, message in cases:
@@ -94,8 +115,12 @@ def two_camera_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpo
     """The tiny pi0 with cameras "primary" and "wrist" (a small action expert keeps it quick)."""
     from conftest import make_policy_checkpoint
 
-    folder = make_policy_checkpoint(tmp_path_factory.mktemp("two_cameras") / "checkpoints", tiny_checkpoint_dir,
-                                    num_cameras=2, action_expert={"hidden_size": 32, "intermediate_size": 64})
+    folder = make_policy_checkpoint(
+        tmp_path_factory.mktemp("two_cameras") / "checkpoints",
+        tiny_checkpoint_dir,
+        num_cameras=2,
+        action_expert={"hidden_size": 32, "intermediate_size": 64},
+    )
     (folder / "manifest.json").unlink()  # edited below: the manifest would no longer match
     config = json.loads((folder / "config.json").read_text())
     config["data"]["camera_roles"] = ["primary", "wrist"]
@@ -103,31 +128,50 @@ def two_camera_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpo
     return folder
 
 
-def test_cameras_and_state_are_checked_against_the_checkpoint(two_camera_checkpoint: Path, tmp_path: Path,
-                                                               capfd: pytest.CaptureFixture[str]) -> None:
+def test_cameras_and_state_are_checked_against_the_checkpoint(
+    two_camera_checkpoint: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     script = _load_script()
     first, second = _write_image(tmp_path / "a.png", seed=2), _write_image(tmp_path / "b.png", seed=3, size=(40, 40))
     base = ["--checkpoint_path", str(two_camera_checkpoint), "--prompt", PROMPT, "--seed", "9"]
     state = ["--state_vector", *map(str, STATE)]
     cases = [
-        ([*base, *state, "--image1_paths", str(tmp_path / "a.png")],
-         "the checkpoint reads 2 cameras ['primary', 'wrist']: give --image2_paths for camera 'wrist'"),
-        ([*base, *state, "--image1_paths", str(tmp_path / "a.png"), str(tmp_path / "a.png"),
-          "--image2_paths", str(tmp_path / "b.png")],
-         "--image1_paths got 2 images (an observation history) but the checkpoint reads 1 image per camera"),
-        ([*base, "--image1_paths", str(tmp_path / "a.png"), "--image2_paths", str(tmp_path / "b.png")],
-         "--state_vector is required: give the robot's 7 state values"),
+        (
+            [*base, *state, "--image1_paths", str(tmp_path / "a.png")],
+            "the checkpoint reads 2 cameras ['primary', 'wrist']: give --image2_paths for camera 'wrist'",
+        ),
+        (
+            [
+                *base,
+                *state,
+                "--image1_paths",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "a.png"),
+                "--image2_paths",
+                str(tmp_path / "b.png"),
+            ],
+            "--image1_paths got 2 images (an observation history) but the checkpoint reads 1 image per camera",
+        ),
+        (
+            [*base, "--image1_paths", str(tmp_path / "a.png"), "--image2_paths", str(tmp_path / "b.png")],
+            "--state_vector is required: give the robot's 7 state values",
+        ),
     ]
     for argv, message in cases:
         assert script.main(argv) == 2
         captured = capfd.readouterr()
         assert message in captured.err and captured.out == ""
 
-    assert script.main([*base, *state, "--image1_paths", str(tmp_path / "a.png"),
-                        "--image2_paths", str(tmp_path / "b.png")]) == 0
+    assert (
+        script.main(
+            [*base, *state, "--image1_paths", str(tmp_path / "a.png"), "--image2_paths", str(tmp_path / "b.png")]
+        )
+        == 0
+    )
     printed = json.loads(capfd.readouterr().out)
     expected = Policy.from_checkpoint(two_camera_checkpoint).infer(
-        Observation(images={"primary": first, "wrist": second}, state=np.array(STATE), prompt=PROMPT), seed=9)
+        Observation(images={"primary": first, "wrist": second}, state=np.array(STATE), prompt=PROMPT), seed=9
+    )
     np.testing.assert_allclose(np.array(printed["actions"]), expected["actions"], atol=ACTION_ATOL)
     assert printed["images"] == {"primary": str(tmp_path / "a.png"), "wrist": str(tmp_path / "b.png")}
 
@@ -164,12 +208,14 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
-                     chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
-def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoint: Path, tmp_path: Path,
-                                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_hostile_files_and_paths_are_errors_not_tracebacks(
+    tiny_policy_checkpoint: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     import torch
 
     script = _load_script()
@@ -179,12 +225,15 @@ def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoin
     base = ["--checkpoint_path", str(tiny_policy_checkpoint), "--prompt", PROMPT, "--state_vector", *map(str, STATE)]
     frame = ["--image1_paths", str(tmp_path / "frame.png")]
     cases = [
-        (["--image1_paths", str(tmp_path / "bomb.png")],
-         f"error: --image1_paths: image {tmp_path / 'bomb.png'} is too large to decode safely"),
-        ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file")],
-         f"error: --output_dir {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file, not a folder"),
-        ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file" / "below")],
-         "is a file, not a folder"),
+        (
+            ["--image1_paths", str(tmp_path / "bomb.png")],
+            f"error: --image1_paths: image {tmp_path / 'bomb.png'} is too large to decode safely",
+        ),
+        (
+            [*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file")],
+            f"error: --output_dir {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file, not a folder",
+        ),
+        ([*frame, "--save_predictions", "--output_dir", str(tmp_path / "a_file" / "below")], "is a file, not a folder"),
     ]
     if not torch.cuda.is_available():
         cases.append(([*frame, "--device", "cuda"], "error: device 'cuda': no CUDA device is visible"))
@@ -195,8 +244,9 @@ def test_hostile_files_and_paths_are_errors_not_tracebacks(tiny_policy_checkpoin
         assert "Traceback" not in captured.err
 
 
-def test_a_checkpoint_that_yields_nan_prints_an_error_not_nan(tiny_policy_checkpoint: Path, tmp_path: Path,
-                                                              capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_checkpoint_that_yields_nan_prints_an_error_not_nan(
+    tiny_policy_checkpoint: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     from conftest import edited_copy
 
     def poison(state: dict) -> None:
@@ -205,8 +255,18 @@ def test_a_checkpoint_that_yields_nan_prints_an_error_not_nan(tiny_policy_checkp
     folder = edited_copy(tiny_policy_checkpoint, tmp_path / "nan_checkpoint", poison)
     _write_image(tmp_path / "frame.png", seed=5)
     script = _load_script()
-    argv = ["--checkpoint_path", str(folder), "--prompt", PROMPT, "--state_vector", *map(str, STATE),
-            "--image1_paths", str(tmp_path / "frame.png"), "--seed", "0"]
+    argv = [
+        "--checkpoint_path",
+        str(folder),
+        "--prompt",
+        PROMPT,
+        "--state_vector",
+        *map(str, STATE),
+        "--image1_paths",
+        str(tmp_path / "frame.png"),
+        "--seed",
+        "0",
+    ]
     assert script.main(argv) == 2
     captured = capfd.readouterr()
     assert "error: " in captured.err and "non-finite action values" in captured.err

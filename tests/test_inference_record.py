@@ -17,8 +17,9 @@ from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.policy import Policy
 
 
-def test_a_parquet_run_records_and_serves_its_gripper_dims_mask(tiny_episodes: Path, tiny_checkpoint_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_a_parquet_run_records_and_serves_its_gripper_dims_mask(
+    tiny_episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path
+) -> None:
     """gripper_dims=2 on 3-D actions: the loader normalizes only the first dim; the record says so, and the
     Policy de-normalizes with it (the last two dims in robot units, clipped to the statistics' range)."""
     from pg_vla.data.parquet import ParquetConfig
@@ -26,8 +27,15 @@ def test_a_parquet_run_records_and_serves_its_gripper_dims_mask(tiny_episodes: P
     from pg_vla.data.parquet.statistics import load_or_compute_statistics
     from pg_vla.training.trainer import Trainer
 
-    data = {"source": "parquet", "paths": [str(tiny_episodes / "train")], "num_workers": 0, "shuffle_buffer": 4,
-            "gripper_dims": 2, "normalization": "mean_std", "image_resize": "pad"}
+    data = {
+        "source": "parquet",
+        "paths": [str(tiny_episodes / "train")],
+        "num_workers": 0,
+        "shuffle_buffer": 4,
+        "gripper_dims": 2,
+        "normalization": "mean_std",
+        "image_resize": "pad",
+    }
     Trainer(tiny_train_config(tiny_episodes, tiny_checkpoint_dir, tmp_path / "run", n_updates=1, data=data)).run()
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000001"
     record = read_inference_record(checkpoint)
@@ -50,8 +58,13 @@ def test_a_parquet_run_records_and_serves_its_gripper_dims_mask(tiny_episodes: P
 
     out = policy.infer(Observation(images={"primary": image}, state=np.zeros(3), prompt="push"), seed=0)
     y = out["normalized_actions"].astype(np.float64)
-    by_hand = np.concatenate([y[:, :1] * (stats.action.std[:1] + 1e-6) + stats.action.mean[:1],
-                              np.clip(y[:, 1:], stats.action.min[1:], stats.action.max[1:])], axis=1)
+    by_hand = np.concatenate(
+        [
+            y[:, :1] * (stats.action.std[:1] + 1e-6) + stats.action.mean[:1],
+            np.clip(y[:, 1:], stats.action.min[1:], stats.action.max[1:]),
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(out["actions"], by_hand, rtol=1e-5, atol=1e-5)
 
     # offline evaluation of that checkpoint: its ground truth, normalized by the loader and de-normalized by
@@ -62,9 +75,17 @@ def test_a_parquet_run_records_and_serves_its_gripper_dims_mask(tiny_episodes: P
 
     from pg_vla.eval.offline import PREDICTIONS_FILE, OfflineEvalConfig, run
 
-    run(OfflineEvalConfig(checkpoint_path=str(checkpoint), eval_data_path=[str(tiny_episodes / "val")],
-                          output_dir=str(tmp_path / "eval"), device="cpu", num_workers=0, save_predictions=True,
-                          plot_episodes=0))
+    run(
+        OfflineEvalConfig(
+            checkpoint_path=str(checkpoint),
+            eval_data_path=[str(tiny_episodes / "val")],
+            output_dir=str(tmp_path / "eval"),
+            device="cpu",
+            num_workers=0,
+            save_predictions=True,
+            plot_episodes=0,
+        )
+    )
     table = pq.read_table(sorted((tiny_episodes / "val").glob("*.parquet"))[0]).to_pydict()
     raw = {(str(e), t): a for e, t, a in zip(table["episode_id"], _steps(table["is_first"]), table["action"])}
     with open(tmp_path / "eval" / PREDICTIONS_FILE) as handle:
@@ -103,8 +124,12 @@ def recorded(tiny_policy_checkpoint: Path, tmp_path_factory) -> Path:
 def test_the_record_of_a_bridge_run(recorded: Path) -> None:
     record = _record(recorded)
     assert record["datasets"]["bridge_dataset"] == {
-        "proprio_dim": 7, "action_dim": 7, "action_mask": [True] * 6 + [False], "proprio_mask": None,
-        "gripper_convention": "absolute: 1 open, 0 closed"}
+        "proprio_dim": 7,
+        "action_dim": 7,
+        "action_mask": [True] * 6 + [False],
+        "proprio_mask": None,
+        "gripper_convention": "absolute: 1 open, 0 closed",
+    }
     assert (record["source"], record["normalization"], record["image_resize"]) == ("rlds", "bounds", "stretch")
 
 
@@ -120,14 +145,19 @@ def test_policy_follows_the_record_not_the_run_config(recorded: Path, tmp_path: 
     assert policy.processor.image_resize == "pad"
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda r: r.update(format="other"), "inference.json is malformed: not an inference record"),
-    (lambda r: r["datasets"]["bridge_dataset"].update(action_mask=[True] * 3), "action_mask has 3 entries for 7"),
-    (lambda r: r["datasets"]["bridge_dataset"].update(action_dim=6, action_mask=[True] * 6),
-     "records 7-D state and 6-D actions for bridge_dataset, its statistics 7 / 7"),
-    (lambda r: r.update(datasets={}), "records no transforms of bridge_dataset"),
-    (lambda r: r.update(image_size=64), "records image size 64, the model reads 32"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda r: r.update(format="other"), "inference.json is malformed: not an inference record"),
+        (lambda r: r["datasets"]["bridge_dataset"].update(action_mask=[True] * 3), "action_mask has 3 entries for 7"),
+        (
+            lambda r: r["datasets"]["bridge_dataset"].update(action_dim=6, action_mask=[True] * 6),
+            "records 7-D state and 6-D actions for bridge_dataset, its statistics 7 / 7",
+        ),
+        (lambda r: r.update(datasets={}), "records no transforms of bridge_dataset"),
+        (lambda r: r.update(image_size=64), "records image size 64, the model reads 32"),
+    ],
+)
 def test_a_broken_record_is_refused_naming_it(recorded: Path, tmp_path: Path, edit, message: str) -> None:
     folder = Path(shutil.copytree(recorded, tmp_path / "step_000001"))  # no manifest: edits are allowed
     record = _record(folder)

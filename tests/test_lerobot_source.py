@@ -71,9 +71,19 @@ def real_rlds() -> Path:
 @pytest.fixture(scope="module")
 def rlds_batches(real_rlds, tmp_path_factory):
     """The RLDS loader's ordered pass over the bridge train split, and its statistics."""
-    rlds = pipeline.RLDSConfig(data_path=str(real_rlds), mix="bridge", train=False, image_size=64, cond_steps=3,
-                               horizon_steps=4, batch_size=16, read_threads=1, transform_threads=1,
-                               statistics_dir=str(tmp_path_factory.mktemp("rlds_stats")), camera_roles=ROLES)
+    rlds = pipeline.RLDSConfig(
+        data_path=str(real_rlds),
+        mix="bridge",
+        train=False,
+        image_size=64,
+        cond_steps=3,
+        horizon_steps=4,
+        batch_size=16,
+        read_threads=1,
+        transform_threads=1,
+        statistics_dir=str(tmp_path_factory.mktemp("rlds_stats")),
+        camera_roles=ROLES,
+    )
     ds, info = pipeline.make_dataset(rlds)
     return [pipeline.to_numpy_batch(b) for b in ds], info.statistics[BRIDGE]
 
@@ -87,8 +97,9 @@ def converted(real_rlds, tmp_path_factory):
     def get(kind: str) -> Path:
         if kind not in cache:
             out = tmp_path_factory.mktemp(f"lerobot_{kind}") / "bridge_lerobot"
-            convert.convert_rlds_to_lerobot(real_rlds, BRIDGE, "train", out, video=kind == "video", codec_options=AV1,
-                                            frames_per_file=60)
+            convert.convert_rlds_to_lerobot(
+                real_rlds, BRIDGE, "train", out, video=kind == "video", codec_options=AV1, frames_per_file=60
+            )
             cache[kind] = out
         return cache[kind]
 
@@ -96,8 +107,17 @@ def converted(real_rlds, tmp_path_factory):
 
 
 def _config(path, stats_dir, **kwargs) -> LeRobotConfig:
-    base = dict(path=path, camera_roles=ROLES, train=False, image_size=64, cond_steps=3, horizon_steps=4,
-                batch_size=16, num_workers=0, statistics_dir=str(stats_dir))
+    base = dict(
+        path=path,
+        camera_roles=ROLES,
+        train=False,
+        image_size=64,
+        cond_steps=3,
+        horizon_steps=4,
+        batch_size=16,
+        num_workers=0,
+        statistics_dir=str(stats_dir),
+    )
     return LeRobotConfig(**{**base, **kwargs})
 
 
@@ -190,27 +210,41 @@ def test_av1_video_gives_the_rlds_batches_within_codec_error(converted, rlds_bat
 def test_v21_folder_gives_the_v30_batches(tmp_path):
     """The same episodes written as v2.1 (one data file and one mp4 per episode) and v3.0 (shared files)."""
     rng = np.random.default_rng(0)
-    episodes = [(rng.normal(size=(n, 3)), rng.normal(size=(n, 2)), f"task {i % 2}",
-                 [np.full((32, 32, 3), 8 * (i + t), np.uint8) for t in range(n)]) for i, n in enumerate([5, 7, 3, 6])]
+    episodes = [
+        (
+            rng.normal(size=(n, 3)),
+            rng.normal(size=(n, 2)),
+            f"task {i % 2}",
+            [np.full((32, 32, 3), 8 * (i + t), np.uint8) for t in range(n)],
+        )
+        for i, n in enumerate([5, 7, 3, 6])
+    ]
     folders = {}
     for version in ("v2.1", "v3.0"):
-        with LeRobotWriter(tmp_path / version, fps=10, cameras=("observation.images.top",), version=version,
-                           codec_options=AV1, frames_per_data_file=8, frames_per_video_file=8) as writer:
+        with LeRobotWriter(
+            tmp_path / version,
+            fps=10,
+            cameras=("observation.images.top",),
+            version=version,
+            codec_options=AV1,
+            frames_per_data_file=8,
+            frames_per_video_file=8,
+        ) as writer:
             for state, action, task, frames in episodes:
                 writer.add_episode(state, action, task, {"observation.images.top": frames})
         folders[version] = tmp_path / version
     assert (tmp_path / "v2.1" / "meta" / "episodes.jsonl").is_file()
     assert len(list((tmp_path / "v2.1").glob("videos/chunk-000/observation.images.top/episode_*.mp4"))) == 4
     assert len(list((tmp_path / "v3.0").glob("videos/observation.images.top/chunk-000/file-*.mp4"))) == 2  # 5+7, 3+6
-    kwargs = dict(camera_roles=("primary",), image_size=32, cond_steps=2, horizon_steps=3, batch_size=4,
-                  normalization="mean_std")
+    kwargs = dict(
+        camera_roles=("primary",), image_size=32, cond_steps=2, horizon_steps=3, batch_size=4, normalization="mean_std"
+    )
     v21, s21 = _batches(_config(folders["v2.1"], tmp_path / "s21", **kwargs))
     v30, s30 = _batches(_config(folders["v3.0"], tmp_path / "s30", **kwargs))
     assert [b["tfds_id"] for b in v21] == [[i.replace("v3.0", "v2.1") for i in b["tfds_id"]] for b in v30]
     _assert_same(v21, v30)
     gray = np.concatenate([b["images"][:, 0, :, :, 0].mean(axis=(1, 2)) for b in v21])
-    np.testing.assert_allclose(gray, [8 * (i + t) for i, (s, *_) in enumerate(episodes) for t in range(len(s))],
-                               atol=2)
+    np.testing.assert_allclose(gray, [8 * (i + t) for i, (s, *_) in enumerate(episodes) for t in range(len(s))], atol=2)
     state = np.concatenate([s for s, *_ in episodes])
     np.testing.assert_allclose(s21["v2.1"].proprio.mean, state.astype(np.float32).mean(0), rtol=1e-5)
 
@@ -227,16 +261,20 @@ def _index_frames(first: int, n: int, size: int = 32) -> list[np.ndarray]:
 def test_frames_at_episode_boundaries_of_a_multi_episode_video(tmp_path):
     lengths = [6, 1, 9, 4, 7]
     fps = 15
-    with LeRobotWriter(tmp_path / "ds", fps=fps, cameras=("observation.images.cam",), codec_options=AV1,
-                       frames_per_video_file=15) as writer:
+    with LeRobotWriter(
+        tmp_path / "ds", fps=fps, cameras=("observation.images.cam",), codec_options=AV1, frames_per_video_file=15
+    ) as writer:
         first = 0
         for n in lengths:
-            writer.add_episode(np.zeros((n, 2)), np.zeros((n, 2)), "reach",
-                               {"observation.images.cam": _index_frames(first, n)})
+            writer.add_episode(
+                np.zeros((n, 2)), np.zeros((n, 2)), "reach", {"observation.images.cam": _index_frames(first, n)}
+            )
             first += n
     episodes = pq.read_table(next((tmp_path / "ds" / "meta" / "episodes").rglob("*.parquet"))).to_pylist()
-    files = [(e["videos/observation.images.cam/file_index"], e["videos/observation.images.cam/from_timestamp"])
-             for e in episodes]
+    files = [
+        (e["videos/observation.images.cam/file_index"], e["videos/observation.images.cam/from_timestamp"])
+        for e in episodes
+    ]
     assert files[0][0] == files[1][0] == files[2][0] and files[2][1] > 0  # three episodes share the first file
     videos = VideoFrames(1e-4)
     offsets = np.cumsum([0] + lengths)
@@ -244,12 +282,24 @@ def test_frames_at_episode_boundaries_of_a_multi_episode_video(tmp_path):
         info = episodes[e]
         path = tmp_path / "ds" / "videos" / "observation.images.cam" / "chunk-000" / f"file-{files[e][0]:03d}.mp4"
         for t in sorted({0, n - 1}):  # the first and the last frame of every episode, in random-access order
-            frame = videos.frame(VideoFrame(str(path), info["videos/observation.images.cam/from_timestamp"] + t / fps,
-                                            e, "observation.images.cam"))
+            frame = videos.frame(
+                VideoFrame(
+                    str(path),
+                    info["videos/observation.images.cam/from_timestamp"] + t / fps,
+                    e,
+                    "observation.images.cam",
+                )
+            )
             assert abs(float(frame.mean()) - 4 * (offsets[e] + t)) < 1.5, (e, t)
     # and through the loader: every frame's level is its global index
-    cfg = _config(tmp_path / "ds", tmp_path / "stats", camera_roles=("primary",), image_size=32, batch_size=5,
-                  normalization="mean_std")
+    cfg = _config(
+        tmp_path / "ds",
+        tmp_path / "stats",
+        camera_roles=("primary",),
+        image_size=32,
+        batch_size=5,
+        normalization="mean_std",
+    )
     got, _ = _batches(cfg)
     levels = np.concatenate([b["images"][:, 0].mean(axis=(1, 2, 3)) for b in got])
     np.testing.assert_allclose(levels, 4 * np.arange(sum(lengths)), atol=1.5)
@@ -268,8 +318,9 @@ def test_frames_at_episode_boundaries_of_a_multi_episode_video(tmp_path):
 def _small_folder(path: Path, video: bool = True) -> Path:
     with LeRobotWriter(path, fps=10, cameras=("observation.images.cam",), video=video, codec_options=AV1) as writer:
         for e in range(3):
-            writer.add_episode(np.zeros((4, 2)), np.zeros((4, 2)), "push",
-                               {"observation.images.cam": _index_frames(4 * e, 4)})
+            writer.add_episode(
+                np.zeros((4, 2)), np.zeros((4, 2)), "push", {"observation.images.cam": _index_frames(4 * e, 4)}
+            )
     return path
 
 
@@ -277,8 +328,11 @@ def test_error_missing_column(tmp_path):
     folder = _small_folder(tmp_path / "ds")
     data = next((folder / "data").rglob("*.parquet"))
     pq.write_table(pq.read_table(data).drop_columns(["observation.state"]), data)
-    with pytest.raises(LeRobotDataError, match=r"file-000\.parquet, episode 0: column\(s\) \['observation.state'\] "
-                                               r"missing"):
+    with pytest.raises(
+        LeRobotDataError,
+        match=r"file-000\.parquet, episode 0: column\(s\) \['observation.state'\] "
+        r"missing",
+    ):
         make_lerobot_loader(_config(folder, tmp_path / "stats", camera_roles=("primary",)))
     with pytest.raises(LeRobotDataError, match=r"info.json: no feature 'observation.joints'"):
         make_lerobot_loader(_config(folder, tmp_path / "stats", state_key="observation.joints"))
@@ -288,8 +342,11 @@ def test_error_missing_video_file(tmp_path):
     folder = _small_folder(tmp_path / "ds")
     video = next((folder / "videos").rglob("*.mp4"))
     video.unlink()
-    with pytest.raises(LeRobotDataError, match=rf"{video}, episode 0: video file of camera 'observation.images.cam' "
-                                               "is missing"):
+    with pytest.raises(
+        LeRobotDataError,
+        match=rf"{video}, episode 0: video file of camera 'observation.images.cam' "
+        "is missing",
+    ):
         make_lerobot_loader(_config(folder, tmp_path / "stats", camera_roles=("primary",)))
 
 
@@ -303,13 +360,19 @@ def test_error_timestamp_outside_the_video(tmp_path):
     cfg = _config(folder, tmp_path / "stats", camera_roles=("primary",), image_size=32, batch_size=4)
     loader, _ = make_lerobot_loader(cfg)
     outside = r"1\.300000 s is outside the video \(the last frame is at 1\.100000 s\)"
-    with pytest.raises(LeRobotDataError, match=rf"{video}, episode 2: camera 'observation.images.cam': "
-                                               rf"timestamp {outside}"):
+    with pytest.raises(
+        LeRobotDataError,
+        match=rf"{video}, episode 2: camera 'observation.images.cam': "
+        rf"timestamp {outside}",
+    ):
         list(loader)
     # a timestamp between frames, farther than the tolerance from both
     videos = VideoFrames(1e-4)
-    with pytest.raises(LeRobotDataError, match=r"episode 1: camera 'c': no frame within 0.0001 s of 0\.450000 s "
-                                               r"\(nearest frame at 0\.400000 s\)"):
+    with pytest.raises(
+        LeRobotDataError,
+        match=r"episode 1: camera 'c': no frame within 0.0001 s of 0\.450000 s "
+        r"\(nearest frame at 0\.400000 s\)",
+    ):
         videos.frame(VideoFrame(str(video), 0.45, 1, "c"))
 
 
@@ -324,10 +387,22 @@ def test_a_mix_of_folders_with_weights_and_padded_dims(tmp_path):
                 buffer = io.BytesIO()
                 Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(buffer, "PNG")
                 n = 6
-                writer.add_episode(np.ones((n, dims[0])) * e, np.ones((n, dims[1])) * e, f"{name} task",
-                                   {"observation.image": [buffer.getvalue()] * n})
-    cfg = _config([tmp_path / "a", tmp_path / "b"], tmp_path / "stats", weights=[1.0, 3.0], train=True,
-                  camera_roles=("primary",), image_size=8, batch_size=400, shuffle_buffer=16)
+                writer.add_episode(
+                    np.ones((n, dims[0])) * e,
+                    np.ones((n, dims[1])) * e,
+                    f"{name} task",
+                    {"observation.image": [buffer.getvalue()] * n},
+                )
+    cfg = _config(
+        [tmp_path / "a", tmp_path / "b"],
+        tmp_path / "stats",
+        weights=[1.0, 3.0],
+        train=True,
+        camera_roles=("primary",),
+        image_size=8,
+        batch_size=400,
+        shuffle_buffer=16,
+    )
     loader, stats = make_lerobot_loader(cfg)
     assert sorted(stats) == ["a", "b"] and stats["a"].proprio.dim == 3 and stats["b"].action.dim == 4
     batch = next(iter(loader))
@@ -348,8 +423,16 @@ def test_the_run_config_data_section_builds_lerobot_loaders(tmp_path):
 
     train, val = _small_folder(tmp_path / "train"), _small_folder(tmp_path / "val")
     data = OmegaConf.to_container(OmegaConf.load(REPO / "config" / "train" / "_train.yaml").data)
-    data.update(source="lerobot", path=str(train), val_path=str(val), data_path=None, num_workers=0,
-                statistics_dir=str(tmp_path / "stats"), mix="fractal", read_threads=1)  # RLDS keys are ignored
+    data.update(
+        source="lerobot",
+        path=str(train),
+        val_path=str(val),
+        data_path=None,
+        num_workers=0,
+        statistics_dir=str(tmp_path / "stats"),
+        mix="fractal",
+        read_threads=1,
+    )  # RLDS keys are ignored
     check_paths(data)
     with pytest.raises(FileNotFoundError, match="data.path .*missing does not exist"):
         check_paths({**data, "path": [str(train), str(tmp_path / "missing")]})
@@ -370,8 +453,25 @@ def test_loader_cli_prints_statistics_and_throughput(tmp_path, monkeypatch, caps
     from pg_vla.data.lerobot import loader
 
     folder = _small_folder(tmp_path / "ds")
-    monkeypatch.setattr(sys, "argv", ["loader.py", "--path", str(folder), "--batch_size", "2", "--num_batches", "2",
-                                      "--image_size", "32", "--num_workers", "0", "--statistics_dir", str(tmp_path)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "loader.py",
+            "--path",
+            str(folder),
+            "--batch_size",
+            "2",
+            "--num_batches",
+            "2",
+            "--image_size",
+            "32",
+            "--num_workers",
+            "0",
+            "--statistics_dir",
+            str(tmp_path),
+        ],
+    )
     loader.main()
     out = capsys.readouterr().out.splitlines()
     assert Path(out[0]).is_file() and Path(out[0]).parent == tmp_path
@@ -388,12 +488,23 @@ def test_training_on_a_lerobot_folder(tmp_path, tiny_checkpoint_dir):
     for name, episodes in (("train", 4), ("val", 2)):
         with LeRobotWriter(tmp_path / name, fps=10, cameras=("observation.images.cam",), codec_options=AV1) as writer:
             for e in range(episodes):
-                writer.add_episode(rng.uniform(-1, 1, (6, 5)), rng.uniform(0, 1, (6, 4)), f"stack block {e}",
-                                   {"observation.images.cam": _index_frames(6 * e, 6)})
-    data = {"source": "lerobot", "path": str(tmp_path / "train"), "val_path": str(tmp_path / "val"), "num_workers": 0,
-            "shuffle_buffer": 16, "statistics_dir": str(tmp_path / "stats")}
-    cfg = tiny_train_config(tmp_path, tiny_checkpoint_dir, tmp_path / "run", n_updates=2, data=data,
-                            validation={"every": 2, "batches": 1})
+                writer.add_episode(
+                    rng.uniform(-1, 1, (6, 5)),
+                    rng.uniform(0, 1, (6, 4)),
+                    f"stack block {e}",
+                    {"observation.images.cam": _index_frames(6 * e, 6)},
+                )
+    data = {
+        "source": "lerobot",
+        "path": str(tmp_path / "train"),
+        "val_path": str(tmp_path / "val"),
+        "num_workers": 0,
+        "shuffle_buffer": 16,
+        "statistics_dir": str(tmp_path / "stats"),
+    }
+    cfg = tiny_train_config(
+        tmp_path, tiny_checkpoint_dir, tmp_path / "run", n_updates=2, data=data, validation={"every": 2, "batches": 1}
+    )
     trainer = Trainer(cfg)
     result = trainer.run()
     assert trainer.data_dims[:2] == (5, 4)
@@ -446,8 +557,14 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_memory_is_bounded_decoding_a_ten_minute_video(tmp_path):
     script = tmp_path / "memory_check.py"
     script.write_text(MEMORY_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "long"), str(tmp_path / "stats")],
-                            capture_output=True, text=True, timeout=300, cwd=REPO, env=_env())
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "long"), str(tmp_path / "stats")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=_env(),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])
     print(report)

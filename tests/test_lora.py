@@ -16,11 +16,13 @@ def _batch(model: PiZero, seed: int = 0) -> dict[str, torch.Tensor]:
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     b, s = 2, cfg.vision.image_size
-    return {"images": torch.rand(b, cfg.num_cameras, 3, s, s, generator=g) * 2 - 1,
-            "text_ids": torch.randint(0, cfg.image_token_id, (b, cfg.max_text_tokens), generator=g),
-            "text_mask": torch.ones(b, cfg.max_text_tokens, dtype=torch.bool),
-            "proprio": torch.randn(b, cfg.cond_steps, cfg.proprio_dim, generator=g),
-            "actions": torch.randn(b, cfg.horizon_steps, cfg.action_dim, generator=g).clamp(-1, 1)}
+    return {
+        "images": torch.rand(b, cfg.num_cameras, 3, s, s, generator=g) * 2 - 1,
+        "text_ids": torch.randint(0, cfg.image_token_id, (b, cfg.max_text_tokens), generator=g),
+        "text_mask": torch.ones(b, cfg.max_text_tokens, dtype=torch.bool),
+        "proprio": torch.randn(b, cfg.cond_steps, cfg.proprio_dim, generator=g),
+        "actions": torch.randn(b, cfg.horizon_steps, cfg.action_dim, generator=g).clamp(-1, 1),
+    }
 
 
 def _velocity(model: PiZero, batch: dict, seed: int = 1) -> torch.Tensor:

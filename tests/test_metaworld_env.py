@@ -30,8 +30,17 @@ print(json.dumps(out))
 
 
 def _probe_two_processes() -> list[dict]:
-    procs = [subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=simulator_env(), cwd=REPO) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROBE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=simulator_env(),
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
     outputs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)

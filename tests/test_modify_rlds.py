@@ -64,8 +64,9 @@ def _read(folder: Path, split: str, raw_images: bool = False) -> list[dict]:
             for key in parents:
                 node = node.setdefault(key, {})
             node[leaf] = tfds.decode.SkipDecoding()
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders=decoders, read_config=tfds.ReadConfig(interleave_cycle_length=1)
+    )
     episodes = []
     for episode in tfds.as_numpy(ds):
         episode = dict(episode)
@@ -153,7 +154,8 @@ def test_rewritten_dataset_matches_input(rewritten, case):
     ds = builder.as_dataset(split="train", shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=1))
     assert sum(1 for _ in ds) == builder.info.splits["train"].num_examples
     assert sorted(p.name for p in target.parent.parent.iterdir()) == sorted(
-        CASES[c][0] for c in CASES)  # no staging folders left behind
+        CASES[c][0] for c in CASES
+    )  # no staging folders left behind
 
 
 def test_resize_of_a_sized_image_and_errors(rewritten, tmp_path):
@@ -175,10 +177,14 @@ def test_resize_of_a_sized_image_and_errors(rewritten, tmp_path):
     assert resolve_input_dir(raw_root, BRIDGE_NAME) == source
     with pytest.raises(FileExistsError, match="overwrite"):
         modify_rlds_dataset(raw_root, BRIDGE_NAME, tmp_path / "same", image_size=32)
-    replaced = modify_rlds_dataset(raw_root, BRIDGE_NAME, tmp_path / "same", image_size=32, splits=["val"],
-                                   overwrite=True)
+    replaced = modify_rlds_dataset(
+        raw_root, BRIDGE_NAME, tmp_path / "same", image_size=32, splits=["val"], overwrite=True
+    )
     assert feature_leaves(tfds.builder_from_directory(str(replaced)).info.features)["steps/observation/image_3"][1] == (
-        32, 32, 3)
+        32,
+        32,
+        3,
+    )
     with pytest.raises(ValueError, match="overlaps"):
         check_output_dir(source, raw_root, overwrite=True)
     with pytest.raises(ValueError, match="unknown split"):
@@ -198,8 +204,20 @@ def test_script_end_to_end_and_errors(rewritten, tmp_path):
     source, _, _ = rewritten["fractal"]
     raw_root = str(source.parent.parent)
     out = tmp_path / "out"
-    args = ["--data_path", raw_root, "--dataset_name", FRACTAL_NAME, "--output_path", str(out),
-            "--image_size", "40", "--jpeg_quality", "90", "--num_workers", "2"]
+    args = [
+        "--data_path",
+        raw_root,
+        "--dataset_name",
+        FRACTAL_NAME,
+        "--output_path",
+        str(out),
+        "--image_size",
+        "40",
+        "--jpeg_quality",
+        "90",
+        "--num_workers",
+        "2",
+    ]
     done = _run(*args)
     assert done.returncode == 0, done.stderr
     target = out / FRACTAL_NAME / FRACTAL_VERSION
@@ -209,13 +227,22 @@ def test_script_end_to_end_and_errors(rewritten, tmp_path):
     again = _run(*args)
     assert again.returncode != 0 and "already exists" in again.stderr and "--overwrite" in again.stderr
 
-    missing = _run("--data_path", str(tmp_path / "nowhere"), "--dataset_name", FRACTAL_NAME,
-                   "--output_path", str(tmp_path / "x"))
+    missing = _run(
+        "--data_path", str(tmp_path / "nowhere"), "--dataset_name", FRACTAL_NAME, "--output_path", str(tmp_path / "x")
+    )
     assert missing.returncode != 0 and "does not exist" in missing.stderr
     unknown = _run("--data_path", raw_root, "--dataset_name", "nope", "--output_path", str(tmp_path / "x"))
     assert unknown.returncode != 0 and "no dataset 'nope'" in unknown.stderr
-    version = _run("--data_path", raw_root, "--dataset_name", FRACTAL_NAME, "--version", "2.0.0",
-                   "--output_path", str(tmp_path / "x"))
+    version = _run(
+        "--data_path",
+        raw_root,
+        "--dataset_name",
+        FRACTAL_NAME,
+        "--version",
+        "2.0.0",
+        "--output_path",
+        str(tmp_path / "x"),
+    )
     assert version.returncode != 0 and "'2.0.0'" in version.stderr
     assert not (tmp_path / "x").exists()
 
@@ -235,10 +262,12 @@ def test_real_bridge_subset(tmp_path):
         builder_in = tfds.builder_from_directory(str(folder))
         lengths = []
         for builder in (builder_in, tfds.builder_from_directory(str(target))):
-            ds = builder.as_dataset(split=split, shuffle_files=False,
-                                    read_config=tfds.ReadConfig(interleave_cycle_length=1),
-                                    decoders={"steps": {"observation": {f"image_{k}": tfds.decode.SkipDecoding()
-                                                                        for k in range(4)}}})
+            ds = builder.as_dataset(
+                split=split,
+                shuffle_files=False,
+                read_config=tfds.ReadConfig(interleave_cycle_length=1),
+                decoders={"steps": {"observation": {f"image_{k}": tfds.decode.SkipDecoding() for k in range(4)}}},
+            )
             lengths.append([int(ep["steps"].cardinality()) for ep in ds])
         assert lengths[0] == lengths[1] and len(lengths[0]) == info.splits[split].num_examples
         assert sum(lengths[0]) > 0

@@ -25,9 +25,14 @@ def test_published_statistics_load(name, proprio_dim, transitions):
 
 
 def _stats() -> ArrayStatistics:
-    return ArrayStatistics(mean=np.array([0.0, 1.0, 0.5]), std=np.array([2.0, 0.5, 1.0]),
-                           min=np.array([-5.0, 0.0, 0.0]), max=np.array([5.0, 2.0, 1.0]),
-                           p01=np.array([-2.0, 0.5, 3.0]), p99=np.array([2.0, 1.5, 3.0]))
+    return ArrayStatistics(
+        mean=np.array([0.0, 1.0, 0.5]),
+        std=np.array([2.0, 0.5, 1.0]),
+        min=np.array([-5.0, 0.0, 0.0]),
+        max=np.array([5.0, 2.0, 1.0]),
+        p01=np.array([-2.0, 0.5, 3.0]),
+        p99=np.array([2.0, 1.5, 3.0]),
+    )
 
 
 def test_bounds_normalization_by_hand():
@@ -61,19 +66,34 @@ def test_mask_shape_errors_and_unknown_modes():
 
 # Four dimensions: two ordinary, one constant (p01 == p99, std 0), one masked (the gripper).
 MASK = [True, True, True, False]
-STATS4 = ArrayStatistics(mean=np.array([0.0, 1.0, 3.0, 0.5]), std=np.array([2.0, 0.5, 0.0, 0.5]),
-                         min=np.array([-5.0, 0.0, 3.0, 0.0]), max=np.array([5.0, 2.0, 3.0, 1.0]),
-                         p01=np.array([-2.0, 0.5, 3.0, 0.0]), p99=np.array([2.0, 1.5, 3.0, 1.0]))
-X4 = np.array([[1.0, 0.75, 3.0, 1.0],   # inside the p01..p99 range, the constant dimension at its value
-               [-4.0, 2.0, 7.0, 0.0]])  # outside it (bounds clips there), the constant dimension off its value
+STATS4 = ArrayStatistics(
+    mean=np.array([0.0, 1.0, 3.0, 0.5]),
+    std=np.array([2.0, 0.5, 0.0, 0.5]),
+    min=np.array([-5.0, 0.0, 3.0, 0.0]),
+    max=np.array([5.0, 2.0, 3.0, 1.0]),
+    p01=np.array([-2.0, 0.5, 3.0, 0.0]),
+    p99=np.array([2.0, 1.5, 3.0, 1.0]),
+)
+X4 = np.array(
+    [
+        [1.0, 0.75, 3.0, 1.0],  # inside the p01..p99 range, the constant dimension at its value
+        [-4.0, 2.0, 7.0, 0.0],
+    ]
+)  # outside it (bounds clips there), the constant dimension off its value
 # By hand, in float64, with openpi's formulas; the last column is the masked gripper, left as it is.
 BY_HAND = {
-    "bounds": np.array([[2 * 3 / 4 - 1, 2 * 0.25 / 1 - 1, 0.0, 1.0],
-                        [-1.0, 1.0, 0.0, 0.0]]),  # 2 (-2) / 4 - 1 = -2 and 2 (1.5) - 1 = 2 clip; constant -> 0
-    "mean_std": np.array([[1 / (2 + 1e-6), -0.25 / (0.5 + 1e-6), 0 / 1e-6, 1.0],
-                          [-4 / (2 + 1e-6), 1 / (0.5 + 1e-6), 4 / 1e-6, 0.0]]),
-    "quantile": np.array([[2 * 3 / (4 + 1e-6) - 1, 2 * 0.25 / (1 + 1e-6) - 1, 2 * 0 / 1e-6 - 1, 1.0],
-                          [2 * -2 / (4 + 1e-6) - 1, 2 * 1.5 / (1 + 1e-6) - 1, 2 * 4 / 1e-6 - 1, 0.0]]),
+    "bounds": np.array(
+        [[2 * 3 / 4 - 1, 2 * 0.25 / 1 - 1, 0.0, 1.0], [-1.0, 1.0, 0.0, 0.0]]
+    ),  # 2 (-2) / 4 - 1 = -2 and 2 (1.5) - 1 = 2 clip; constant -> 0
+    "mean_std": np.array(
+        [[1 / (2 + 1e-6), -0.25 / (0.5 + 1e-6), 0 / 1e-6, 1.0], [-4 / (2 + 1e-6), 1 / (0.5 + 1e-6), 4 / 1e-6, 0.0]]
+    ),
+    "quantile": np.array(
+        [
+            [2 * 3 / (4 + 1e-6) - 1, 2 * 0.25 / (1 + 1e-6) - 1, 2 * 0 / 1e-6 - 1, 1.0],
+            [2 * -2 / (4 + 1e-6) - 1, 2 * 1.5 / (1 + 1e-6) - 1, 2 * 4 / 1e-6 - 1, 0.0],
+        ]
+    ),
 }
 
 

@@ -10,8 +10,7 @@ import torch
 
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
-from pg_vla.training.optim import (OptimizerConfig, clip_gradients, freeze_parameters, make_optimizer,
-                                   parameter_groups)
+from pg_vla.training.optim import OptimizerConfig, clip_gradients, freeze_parameters, make_optimizer, parameter_groups
 from pg_vla.training.schedules import ScheduleConfig, lr_factor, make_scheduler
 
 VLM = ("vision_tower.", "multi_modal_projector.", "joint.experts.vlm.")
@@ -79,8 +78,7 @@ def test_cosine_restarts_cycle_mult_and_warmup():
 
 
 def test_cosine_restarts_min_lr_ratio():
-    cfg = ScheduleConfig(kind="cosine_restarts", warmup_steps=0, cycle_steps=10, restart_decay=0.5,
-                         min_lr_ratio=0.2)
+    cfg = ScheduleConfig(kind="cosine_restarts", warmup_steps=0, cycle_steps=10, restart_decay=0.5, min_lr_ratio=0.2)
     assert lr_factor(0, cfg) == pytest.approx(1.0)
     assert lr_factor(5, cfg) == pytest.approx(0.2 + 0.8 * 0.5)
     assert lr_factor(25, cfg) == pytest.approx(0.2 + 0.05 * 0.5)  # cycle 2 peaks at 0.25
@@ -88,13 +86,20 @@ def test_cosine_restarts_min_lr_ratio():
     assert lr_factor(35, cfg) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(kind="linear"), dict(kind="cosine", total_steps=None), dict(kind="cosine", warmup_steps=10, total_steps=10),
-    dict(kind="cosine_restarts", cycle_steps=None), dict(kind="cosine_restarts", cycle_steps=0),
-    dict(kind="constant", warmup_steps=-1), dict(kind="constant", min_lr_ratio=1.5),
-    dict(kind="cosine_restarts", cycle_steps=10, cycle_mult=0.5),
-    dict(kind="cosine_restarts", cycle_steps=10, restart_decay=0.0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kind="linear"),
+        dict(kind="cosine", total_steps=None),
+        dict(kind="cosine", warmup_steps=10, total_steps=10),
+        dict(kind="cosine_restarts", cycle_steps=None),
+        dict(kind="cosine_restarts", cycle_steps=0),
+        dict(kind="constant", warmup_steps=-1),
+        dict(kind="constant", min_lr_ratio=1.5),
+        dict(kind="cosine_restarts", cycle_steps=10, cycle_mult=0.5),
+        dict(kind="cosine_restarts", cycle_steps=10, restart_decay=0.0),
+    ],
+)
 def test_schedule_config_validation(kwargs):
     with pytest.raises(ValueError):
         ScheduleConfig(**kwargs)
@@ -106,8 +111,9 @@ def _toy_optimizer():
 
 
 def test_scheduler_per_group_lr_and_resume():
-    cfg = ScheduleConfig(kind="cosine_restarts", warmup_steps=3, cycle_steps=5, cycle_mult=2.0, restart_decay=0.7,
-                         min_lr_ratio=0.05)
+    cfg = ScheduleConfig(
+        kind="cosine_restarts", warmup_steps=3, cycle_steps=5, cycle_mult=2.0, restart_decay=0.7, min_lr_ratio=0.05
+    )
     opt = _toy_optimizer()
     sched = make_scheduler(opt, cfg)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3 / 3, 1e-4 / 3])
@@ -161,23 +167,36 @@ def test_parameter_groups_membership():
         for n in names[group["name"]]:
             assert n.startswith(VLM if group["name"].startswith("vlm") else ACTION)
     expected_no_decay = {
-        "vision_tower.embeddings.patch_embedding.bias", "vision_tower.embeddings.position_embedding.weight",
-        "vision_tower.post_layernorm.weight", "multi_modal_projector.bias",
+        "vision_tower.embeddings.patch_embedding.bias",
+        "vision_tower.embeddings.position_embedding.weight",
+        "vision_tower.post_layernorm.weight",
+        "multi_modal_projector.bias",
         "joint.experts.vlm.layers.0.input_layernorm.weight",
     }
     assert expected_no_decay <= names["vlm_no_decay"]
-    assert {"vision_tower.embeddings.patch_embedding.weight", "multi_modal_projector.weight",
-            "joint.experts.vlm.layers.0.mlp.down_proj.weight"} <= names["vlm_decay"]
-    assert {"joint.experts.action.norm.weight", "action_decoder.bias",
-            "proprio_encoder.bias"} <= names["action_expert_no_decay"]
-    assert {"action_decoder.weight", "joint.experts.action.layers.1.self_attn.q_proj.weight",
-            "action_encoder.time_mlp_in.weight"} <= names["action_expert_decay"]
+    assert {
+        "vision_tower.embeddings.patch_embedding.weight",
+        "multi_modal_projector.weight",
+        "joint.experts.vlm.layers.0.mlp.down_proj.weight",
+    } <= names["vlm_decay"]
+    assert {"joint.experts.action.norm.weight", "action_decoder.bias", "proprio_encoder.bias"} <= names[
+        "action_expert_no_decay"
+    ]
+    assert {
+        "action_decoder.weight",
+        "joint.experts.action.layers.1.self_attn.q_proj.weight",
+        "action_encoder.time_mlp_in.weight",
+    } <= names["action_expert_decay"]
     params = dict(model.named_parameters())
     for group in ("vlm_decay", "action_expert_decay"):
         assert all(params[n].ndim >= 2 for n in names[group])
     settings = {g["name"]: (g["lr"], g["weight_decay"]) for g in groups}
-    assert settings == {"vlm_decay": (1e-4, 0.01), "vlm_no_decay": (1e-4, 0.0),
-                        "action_expert_decay": (3e-4, 0.1), "action_expert_no_decay": (3e-4, 0.0)}
+    assert settings == {
+        "vlm_decay": (1e-4, 0.01),
+        "vlm_no_decay": (1e-4, 0.0),
+        "action_expert_decay": (3e-4, 0.1),
+        "action_expert_no_decay": (3e-4, 0.0),
+    }
     opt = make_optimizer(model, cfg)
     assert {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups} == settings
 
@@ -209,10 +228,20 @@ def test_parameter_groups_with_lora_wrapping():
     assert len(names["vlm_decay"]) == 6 and all(".lora_" in n for n in names["vlm_decay"])
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(name="sgd"), dict(vlm_lr=0.0), dict(action_expert_lr=-1.0), dict(vlm_weight_decay=-0.1),
-    dict(betas=(0.9,)), dict(betas=(0.9, 1.0)), dict(eps=0.0), dict(grad_clip_norm=0.0), dict(train_vlm="no"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(name="sgd"),
+        dict(vlm_lr=0.0),
+        dict(action_expert_lr=-1.0),
+        dict(vlm_weight_decay=-0.1),
+        dict(betas=(0.9,)),
+        dict(betas=(0.9, 1.0)),
+        dict(eps=0.0),
+        dict(grad_clip_norm=0.0),
+        dict(train_vlm="no"),
+    ],
+)
 def test_optimizer_config_validation(kwargs):
     with pytest.raises(ValueError):
         OptimizerConfig(**kwargs)

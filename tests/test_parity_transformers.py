@@ -55,8 +55,10 @@ def test_config_read_from_folder(pair):
     hf_text = reference.config.text_config
     assert model.config.vlm.head_dim == hf_text.head_dim
     assert model.config.vlm.num_kv_heads == hf_text.num_key_value_heads
-    assert model.config.vision.num_patches == (reference.config.vision_config.image_size
-                                               // reference.config.vision_config.patch_size) ** 2
+    assert (
+        model.config.vision.num_patches
+        == (reference.config.vision_config.image_size // reference.config.vision_config.patch_size) ** 2
+    )
 
 
 def test_siglip_and_projector_features_match(pair):
@@ -76,8 +78,12 @@ def test_image_text_logits_match(pair):
     pixels, text = _inputs(model)
     ids = _reference_ids(model, text)
     with torch.no_grad():
-        ref = reference(input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids),
-                        attention_mask=torch.ones_like(ids)).logits
+        ref = reference(
+            input_ids=ids,
+            pixel_values=pixels,
+            token_type_ids=torch.zeros_like(ids),
+            attention_mask=torch.ones_like(ids),
+        ).logits
         ours, _, _ = model.text_logits(pixels[:, None], text)
     assert ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
     assert (ours - ref).abs().max().item() <= LOGIT_ATOL
@@ -93,8 +99,9 @@ def test_logits_match_with_right_padding(pair):
     ids = _reference_ids(model, text)
     attention = torch.cat((torch.ones(2, model.config.vision.num_patches, dtype=torch.long), text_mask.long()), 1)
     with torch.no_grad():
-        ref = reference(input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids),
-                        attention_mask=attention).logits
+        ref = reference(
+            input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids), attention_mask=attention
+        ).logits
         ours, _, valid = model.text_logits(pixels[:, None], text, text_mask)
     assert torch.equal(valid, attention.bool())
     assert (ours - ref)[valid].abs().max().item() <= LOGIT_ATOL
@@ -105,11 +112,19 @@ def test_greedy_generation_matches_transformers(pair):
     pixels, text = _inputs(model, seed=2)
     ids = _reference_ids(model, text)
     with torch.no_grad():
-        ref = reference.generate(input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids),
-                                 attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
-                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+        ref = reference.generate(
+            input_ids=ids,
+            pixel_values=pixels,
+            token_type_ids=torch.zeros_like(ids),
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     ours = model.generate_text(pixels[:, None], text, max_new_tokens=20)
-    ref_new = ref[:, ids.shape[1]:]
+    ref_new = ref[:, ids.shape[1] :]
     assert ref_new.shape == (2, 20)
     assert len(torch.unique(ref_new)) > 2  # not one token repeated: the check has teeth
     assert torch.equal(ours, ref_new)
@@ -212,13 +227,24 @@ def test_text_only_self_test_matches_transformers_generate(tmp_path, tiny_checkp
     inputs = processor(text=prompt, images=image, return_tensors="pt")
     with torch.no_grad():
         out = reference.generate(**inputs, max_new_tokens=12, do_sample=False)
-    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert expected.strip()
 
     root = Path(__file__).resolve().parents[1]
-    base = [sys.executable, "src/pg_vla/model/vla/pizero.py", "--text_only", "--load_pretrained_weights",
-            "--pretrained_model_path", str(tiny_checkpoint_dir), "--prompt", prompt, "--image", str(image_path),
-            "--max_tokens", "12"]
+    base = [
+        sys.executable,
+        "src/pg_vla/model/vla/pizero.py",
+        "--text_only",
+        "--load_pretrained_weights",
+        "--pretrained_model_path",
+        str(tiny_checkpoint_dir),
+        "--prompt",
+        prompt,
+        "--image",
+        str(image_path),
+        "--max_tokens",
+        "12",
+    ]
     for extra in ([], ["--temperature", "0.7", "--top_p", "1e-9"]):  # a vanishing nucleus is greedy too
         result = subprocess.run(base + extra, cwd=root, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr

@@ -68,10 +68,28 @@ def cli_run(tmp_path_factory, synth_rlds):
     """The conversion CLI (imports tensorflow, ~20 s) starts early and runs alongside the other tests."""
     out = tmp_path_factory.mktemp("cli_parquet")
     log = open(out / "log.txt", "w")
-    process = subprocess.Popen([sys.executable, "scripts/data/rlds_to_parquet.py", "--data_path", str(synth_rlds),
-                                "--dataset_name", BRIDGE, "--split", "val", "--output_dir", str(out / "data"),
-                                "--rows_per_group", "8", "--max_episodes", "3"],
-                               cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/data/rlds_to_parquet.py",
+            "--data_path",
+            str(synth_rlds),
+            "--dataset_name",
+            BRIDGE,
+            "--split",
+            "val",
+            "--output_dir",
+            str(out / "data"),
+            "--rows_per_group",
+            "8",
+            "--max_episodes",
+            "3",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     yield process, out
     if process.poll() is None:
         process.kill()
@@ -81,8 +99,9 @@ def cli_run(tmp_path_factory, synth_rlds):
 @pytest.fixture(scope="module")
 def synth_rlds(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rlds_synthetic")
-    make_synthetic_bridge(root, episodes_per_split=5, min_steps=4, max_steps=9, image_size=(32, 32), num_shards=2,
-                          seed=3)
+    make_synthetic_bridge(
+        root, episodes_per_split=5, min_steps=4, max_steps=9, image_size=(32, 32), num_shards=2, seed=3
+    )
     return root
 
 
@@ -103,8 +122,9 @@ def converted(tmp_path_factory, request):
         if source not in cache:
             root = request.getfixturevalue("real_rlds" if source == "real" else "synth_rlds")
             out = tmp_path_factory.mktemp(f"parquet_{source}")
-            files = convert.convert_rlds_to_parquet(root, BRIDGE, "train", out, rows_per_group=7,
-                                                    rows_per_file=60 if source == "real" else 15)
+            files = convert.convert_rlds_to_parquet(
+                root, BRIDGE, "train", out, rows_per_group=7, rows_per_file=60 if source == "real" else 15
+            )
             assert len(files) >= 2
             cache[source] = root, out
         return cache[source]
@@ -113,8 +133,18 @@ def converted(tmp_path_factory, request):
 
 
 def parquet_config(path, stats_dir, **kwargs) -> ParquetConfig:
-    base = dict(paths=(str(path),), image_2_role="secondary", camera_roles=ROLES, train=False, image_size=32,
-                cond_steps=3, horizon_steps=4, batch_size=16, num_workers=0, statistics_dir=str(stats_dir))
+    base = dict(
+        paths=(str(path),),
+        image_2_role="secondary",
+        camera_roles=ROLES,
+        train=False,
+        image_size=32,
+        cond_steps=3,
+        horizon_steps=4,
+        batch_size=16,
+        num_workers=0,
+        statistics_dir=str(stats_dir),
+    )
     return ParquetConfig(**{**base, **kwargs})
 
 
@@ -148,9 +178,19 @@ def assert_batches_equal(got: list[dict], expected: list[dict]) -> None:
 def test_rlds_and_parquet_batches_are_identical(converted, tmp_path, source, image_size):
     """An ordered pass: images (decoded, and resized when image_size differs), windows, masks, language, ids."""
     root, folder = converted(source)
-    rlds = pipeline.RLDSConfig(data_path=str(root), mix="bridge", train=False, image_size=image_size, cond_steps=3,
-                               horizon_steps=4, batch_size=16, read_threads=1, transform_threads=1,
-                               statistics_dir=str(tmp_path / "rlds_stats"), camera_roles=ROLES)
+    rlds = pipeline.RLDSConfig(
+        data_path=str(root),
+        mix="bridge",
+        train=False,
+        image_size=image_size,
+        cond_steps=3,
+        horizon_steps=4,
+        batch_size=16,
+        read_threads=1,
+        transform_threads=1,
+        statistics_dir=str(tmp_path / "rlds_stats"),
+        camera_roles=ROLES,
+    )
     ds, info = pipeline.make_dataset(rlds)
     expected = [pipeline.to_numpy_batch(b) for b in ds]
     got, stats = parquet_batches(parquet_config(folder, tmp_path / "parquet_stats", image_size=image_size))
@@ -193,12 +233,16 @@ def test_images_match_tensorflow_decode_and_resize():
     for trial in range(24):
         height, width = (int(v) for v in rng.integers(1, 70, 2))
         pixels = (np.cumsum(rng.integers(0, 50, (height, width, 3)), axis=1) % 256).astype(np.uint8)
-        encodings = [tf.io.encode_jpeg(pixels, quality=95).numpy(), tf.io.encode_png(pixels).numpy(),
-                     tf.io.encode_jpeg(pixels[:, :, :1]).numpy()]
+        encodings = [
+            tf.io.encode_jpeg(pixels, quality=95).numpy(),
+            tf.io.encode_png(pixels).numpy(),
+            tf.io.encode_jpeg(pixels[:, :, :1]).numpy(),
+        ]
         for subsampling in (0, 1, 2):
             buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, "JPEG", quality=int(rng.integers(40, 100)), subsampling=subsampling,
-                                         progressive=bool(trial % 2))
+            Image.fromarray(pixels).save(
+                buffer, "JPEG", quality=int(rng.integers(40, 100)), subsampling=subsampling, progressive=bool(trial % 2)
+            )
             encodings.append(buffer.getvalue())
         for encoded in encodings:
             reference = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
@@ -239,14 +283,24 @@ def handmade(tmp_path) -> tuple[Path, list]:
     return tmp_path / "data", episodes
 
 
-@pytest.mark.parametrize("normalization, normalize_gripper", [("bounds", False), ("gaussian", True),
-                                                              ("mean_std", False), ("quantile", True)])
+@pytest.mark.parametrize(
+    "normalization, normalize_gripper", [("bounds", False), ("gaussian", True), ("mean_std", False), ("quantile", True)]
+)
 def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalization, normalize_gripper):
     folder, episodes = handmade
     cond, horizon = 2, 3
-    cfg = parquet_config(folder, tmp_path, camera_roles=("primary", "wrist"), image_2_role="wrist", image_size=8,
-                         cond_steps=cond, horizon_steps=horizon, batch_size=4, normalization=normalization,
-                         normalize_gripper=normalize_gripper)
+    cfg = parquet_config(
+        folder,
+        tmp_path,
+        camera_roles=("primary", "wrist"),
+        image_2_role="wrist",
+        image_size=8,
+        cond_steps=cond,
+        horizon_steps=horizon,
+        batch_size=4,
+        normalization=normalization,
+        normalize_gripper=normalize_gripper,
+    )
     batches, stats = parquet_batches(cfg)
     labeled = [e for e in episodes if e[2]]
     states = np.concatenate([e[0] for e in labeled]).astype(np.float64)
@@ -269,8 +323,12 @@ def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalizati
 
     gripper_mask = np.array([True, True, normalize_gripper])
     rows = [(i, t) for i, e in enumerate(episodes) if e[2] for t in range(len(e[0]))]
-    merged = {k: np.concatenate([b[k] for b in batches]) if not isinstance(batches[0][k], list)
-              else [x for b in batches for x in b[k]] for k in batches[0]}
+    merged = {
+        k: np.concatenate([b[k] for b in batches])
+        if not isinstance(batches[0][k], list)
+        else [x for b in batches for x in b[k]]
+        for k in batches[0]
+    }
     assert [len(b["step"]) for b in batches] == [4, 4, 3]  # ordered pass keeps the last partial batch
     assert merged["tfds_id"] == [f"ep{i}" for i, _ in rows] and list(merged["step"]) == [t for _, t in rows]
     assert merged["language"] == [episodes[i][2] for i, _ in rows]  # omitted prompts take the episode's
@@ -279,11 +337,15 @@ def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalizati
         history, chunk = t - cond + 1 + np.arange(cond), t + np.arange(horizon)
         np.testing.assert_array_equal(merged["proprio_mask"][n], history >= 0)
         np.testing.assert_array_equal(merged["action_mask"][n], chunk < len(action))
-        np.testing.assert_allclose(merged["proprio"][n], norm(state[np.maximum(history, 0)], states, True),
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(merged["actions"][n],
-                                   norm(action[np.minimum(chunk, len(action) - 1)], actions, gripper_mask),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            merged["proprio"][n], norm(state[np.maximum(history, 0)], states, True), rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            merged["actions"][n],
+            norm(action[np.minimum(chunk, len(action) - 1)], actions, gripper_mask),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         assert merged["images"][n, 0].mean() == pytest.approx(10 * t, abs=2)  # the frame of step t
     assert merged["image_mask"][:, 0].all() and not merged["image_mask"][:, 1].any()
     assert not merged["images"][:, 1].any()
@@ -291,8 +353,19 @@ def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalizati
 
 def test_training_stream_shapes_seeds_and_ranks(handmade, tmp_path):
     folder, episodes = handmade
-    cfg = parquet_config(folder, tmp_path, camera_roles=("primary",), image_size=16, cond_steps=1, horizon_steps=2,
-                         batch_size=5, train=True, shuffle_buffer=6, skip_unlabeled=False, seed=7)
+    cfg = parquet_config(
+        folder,
+        tmp_path,
+        camera_roles=("primary",),
+        image_size=16,
+        cond_steps=1,
+        horizon_steps=2,
+        batch_size=5,
+        train=True,
+        shuffle_buffer=6,
+        skip_unlabeled=False,
+        seed=7,
+    )
     first, _ = parquet_batches(cfg, max_batches=6)
     again, _ = parquet_batches(cfg, max_batches=6)
     assert_batches_equal(again, first)  # the stream is a function of the seed
@@ -324,8 +397,7 @@ def test_column_mapping(converted, tmp_path):
     _, folder = converted("synthetic")
     renamed = tmp_path / "renamed"
     renamed.mkdir()
-    names = {"state": "observation.state", "image_1": "observation.images.top", "action": "actions",
-             "prompt": "task"}
+    names = {"state": "observation.state", "image_1": "observation.images.top", "action": "actions", "prompt": "task"}
     for file in sorted(folder.glob("*.parquet")):
         table = pq.read_table(file)
         table = table.rename_columns([names.get(n, n) for n in table.column_names])
@@ -355,18 +427,23 @@ def _write_rows(path: Path, rows: dict, row_group_size: int = 3) -> Path:
 
 def _good_rows(n: int = 6) -> dict:
     frame = _jpeg(np.full((8, 8, 3), 100, np.uint8))
-    return {"image_1": pa.array([frame] * n, pa.binary()),
-            "state": pa.array([[0.1 * i, 0.2, 0.3] for i in range(n)], pa.list_(pa.float32())),
-            "action": pa.array([[0.0, 0.1 * i] for i in range(n)], pa.list_(pa.float32())),
-            "is_first": [i % 3 == 0 for i in range(n)], "is_last": [i % 3 == 2 for i in range(n)],
-            "is_terminal": [i % 3 == 2 for i in range(n)], "prompt": ["push"] * n}
+    return {
+        "image_1": pa.array([frame] * n, pa.binary()),
+        "state": pa.array([[0.1 * i, 0.2, 0.3] for i in range(n)], pa.list_(pa.float32())),
+        "action": pa.array([[0.0, 0.1 * i] for i in range(n)], pa.list_(pa.float32())),
+        "is_first": [i % 3 == 0 for i in range(n)],
+        "is_last": [i % 3 == 2 for i in range(n)],
+        "is_terminal": [i % 3 == 2 for i in range(n)],
+        "prompt": ["push"] * n,
+    }
 
 
 def _error(tmp_path: Path, rows: dict, **kwargs) -> str:
     path = _write_rows(tmp_path / "bad.parquet", rows)
     with pytest.raises(ParquetDataError) as err:
-        cfg = parquet_config(path, tmp_path / "stats", camera_roles=("primary",), image_size=8, cond_steps=1,
-                             horizon_steps=2, **kwargs)
+        cfg = parquet_config(
+            path, tmp_path / "stats", camera_roles=("primary",), image_size=8, cond_steps=1, horizon_steps=2, **kwargs
+        )
         parquet_batches(cfg)
     message = str(err.value)
     assert str(path) in message, message
@@ -472,8 +549,14 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_memory_is_bounded_by_the_row_group_budget(tmp_path):
     script = tmp_path / "memory_check.py"
     script.write_text(MEMORY_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "big"), str(tmp_path / "stats")],
-                            capture_output=True, text=True, timeout=300, cwd=REPO, env=_env())
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "big"), str(tmp_path / "stats")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=_env(),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])
     assert report["file_mib"] > 150 and report["frames"] == 1600
@@ -496,8 +579,17 @@ def test_conversion_cli(cli_run, synth_rlds):
     assert [f.name for f in files] == [f"{BRIDGE}-val-00000.parquet"]
     assert str(files[0]) in (out / "log.txt").read_text()
     table = pq.read_table(files[0])
-    assert table.schema.names == ["image_1", "image_2", "state", "action", "is_first", "is_last", "is_terminal",
-                                  "prompt", "episode_id"]
+    assert table.schema.names == [
+        "image_1",
+        "image_2",
+        "state",
+        "action",
+        "is_first",
+        "is_last",
+        "is_terminal",
+        "prompt",
+        "episode_id",
+    ]
     assert table.column("is_first").to_pylist().count(True) == 3
     assert pq.ParquetFile(files[0]).metadata.row_group(0).num_rows == 8
     # the standardized bridge steps: states of the raw episodes without their last step

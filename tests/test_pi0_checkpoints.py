@@ -24,9 +24,16 @@ from pg_vla.testing.pi0_folders import GEOMETRIES, write_pi0_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32_ATOL = 1e-5  # float32 parity (the contract)
-CASES = [("gqa", "transformers"), ("gqa", "transformers_prefixed"), ("cameras", "transformers"),
-         ("cameras", "transformers_prefixed"), ("mha", "transformers"), ("mha", "transformers_prefixed"),
-         ("dummy", "lerobot"), ("dummy", "openpi")]
+CASES = [
+    ("gqa", "transformers"),
+    ("gqa", "transformers_prefixed"),
+    ("cameras", "transformers"),
+    ("cameras", "transformers_prefixed"),
+    ("mha", "transformers"),
+    ("mha", "transformers_prefixed"),
+    ("dummy", "lerobot"),
+    ("dummy", "openpi"),
+]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{g}-{layout}" for g, layout in CASES])
@@ -58,8 +65,12 @@ def reference_outputs(reference, g, inputs: dict[str, np.ndarray]) -> dict[str, 
     image_tokens = n * (g.image // g.patch) ** 2
     ids = torch.cat((torch.full((b, image_tokens), g.vocab - 1), t["text_ids"]), dim=1)
     mask = torch.cat((torch.ones(b, image_tokens, dtype=torch.long), t["text_mask"].long()), dim=1)
-    common = {"input_ids": ids, "pixel_values": t["images"].to(reference.dtype), "attention_mask": mask,
-              "pixel_attention_mask": torch.ones(b, n, dtype=torch.bool)}
+    common = {
+        "input_ids": ids,
+        "pixel_values": t["images"].to(reference.dtype),
+        "attention_mask": mask,
+        "pixel_attention_mask": torch.ones(b, n, dtype=torch.bool),
+    }
     time, dtype = t["time"], reference.dtype
     x_t = time[:, None, None] * t["noise"] + (1 - time[:, None, None]) * t["actions"]
     state, noise, actions = t["state"].to(dtype), t["noise"].to(dtype), t["actions"].to(dtype)
@@ -80,8 +91,9 @@ def ours(model: PiZero, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor
         velocity = model.predict_velocity(images, t["text_ids"], t["text_mask"], proprio, x_t, time)
         loss = model(images, t["text_ids"], t["text_mask"], proprio, t["actions"], noise=t["noise"], time=time)
         sampled = model.sample_actions(images, t["text_ids"], t["text_mask"], proprio, noise=t["noise"], clip=False)
-        uncached = model.sample_actions(images, t["text_ids"], t["text_mask"], proprio, noise=t["noise"], clip=False,
-                                        use_cache=False)
+        uncached = model.sample_actions(
+            images, t["text_ids"], t["text_mask"], proprio, noise=t["noise"], clip=False, use_cache=False
+        )
     return {"velocity": velocity, "sampled": sampled, "loss": loss, "uncached": uncached}
 
 
@@ -126,9 +138,23 @@ def test_self_test_cli_writes_the_velocity_and_sample(tmp_path):
         np.savez(tmp_path / "in.npz", **inputs)
         out = tmp_path / f"out_{geometry}.npz"
         result = subprocess.run(
-            [sys.executable, str(ROOT / "src/pg_vla/model/vla/pizero.py"), "--load_pretrained_weights",
-             "--pretrained_model_path", str(folder), "--inputs", str(tmp_path / "in.npz"), "--output", str(out),
-             "--dtype", dtype], capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                str(ROOT / "src/pg_vla/model/vla/pizero.py"),
+                "--load_pretrained_weights",
+                "--pretrained_model_path",
+                str(folder),
+                "--inputs",
+                str(tmp_path / "in.npz"),
+                "--output",
+                str(out),
+                "--dtype",
+                dtype,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         ref = reference_outputs(reference, g, inputs)
         with np.load(out) as written:
@@ -150,8 +176,20 @@ def test_self_test_cli_names_mismatched_inputs(tmp_path, capsys):
 
     capsys.readouterr()  # what writing the folder printed
 
-    assert main(["--load_pretrained_weights", "--pretrained_model_path", str(folder), "--inputs",
-                 str(tmp_path / "in.npz"), "--output", str(tmp_path / "out.npz")]) == 2
+    assert (
+        main(
+            [
+                "--load_pretrained_weights",
+                "--pretrained_model_path",
+                str(folder),
+                "--inputs",
+                str(tmp_path / "in.npz"),
+                "--output",
+                str(tmp_path / "out.npz"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"action dim {g.action_dim - 1} does not match the checkpoint's {g.action_dim}" in err
     assert err.startswith("error: ") and "Traceback" not in err
@@ -210,14 +248,18 @@ def test_missing_tensor_is_named(pi0_folder):
 
 def test_unexpected_tensor_is_named_with_its_file(pi0_folder):
     _rewrite(pi0_folder, lambda t: t.__setitem__("paligemma_with_expert.extra_head.weight", torch.zeros(2)))
-    with pytest.raises(CheckpointError, match=r"unexpected 1 keys: model\.safetensors: "
-                                              r"paligemma_with_expert\.extra_head\.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected 1 keys: model\.safetensors: "
+        r"paligemma_with_expert\.extra_head\.weight",
+    ):
         PiZero.from_pretrained(pi0_folder)
 
 
 def test_wrong_shape_is_named_with_file_and_key(pi0_folder):
     def shrink(t):
         t["state_proj.weight"] = t["state_proj.weight"][:, :-1].contiguous()
+
     _rewrite(pi0_folder, shrink)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: state_proj\.weight has shape"):
         PiZero.from_pretrained(pi0_folder)
@@ -239,8 +281,9 @@ def test_override_of_a_weight_fixed_dimension_is_refused(pi0_folder):
 def test_corrupt_weights_file_is_named(pi0_folder):
     weights = pi0_folder / "model.safetensors"
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    with pytest.raises(CheckpointError,
-                       match=r"model\.safetensors is not a readable safetensors file \(corrupt or truncated\?\)"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors is not a readable safetensors file \(corrupt or truncated\?\)"
+    ):
         PiZero.from_pretrained(pi0_folder)
 
 

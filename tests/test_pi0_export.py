@@ -21,9 +21,19 @@ EXPORT = ROOT / "scripts" / "export_checkpoint.py"
 @pytest.fixture(scope="module")
 def exported(tiny_policy_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "pi0"
-    result = subprocess.run([sys.executable, str(EXPORT),
-                             "--checkpoint_path", str(tiny_policy_checkpoint.parent.parent),
-                             "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXPORT),
+            "--checkpoint_path",
+            str(tiny_policy_checkpoint.parent.parent),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -31,8 +41,14 @@ def exported(tiny_policy_checkpoint, tmp_path_factory):
 def test_transformers_loads_the_export_with_no_missing_or_unexpected_keys(exported):
     model, info = PI0ForConditionalGeneration.from_pretrained(exported, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    assert {p.name for p in exported.iterdir()} >= {"config.json", "model.safetensors", "statistics", "README.md",
-                                                   "pg_vla_training_config.json", "tokenizer_config.json"}
+    assert {p.name for p in exported.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "statistics",
+        "README.md",
+        "pg_vla_training_config.json",
+        "tokenizer_config.json",
+    }
     assert "bridge_dataset" in (exported / "README.md").read_text()
 
 
@@ -53,8 +69,15 @@ def test_transformers_velocities_equal_pg_vlas(exported, tiny_policy_checkpoint)
     ids = torch.cat((torch.full((b, image_tokens), cfg.image_token_id), text), dim=1)
     mask = torch.cat((torch.ones(b, image_tokens, dtype=torch.long), text_mask.long()), dim=1)
     with torch.no_grad():
-        expected = reference(state=state, noise=x_t, timestep=time, input_ids=ids, pixel_values=images,
-                             attention_mask=mask, pixel_attention_mask=torch.ones(b, 1, dtype=torch.bool)).logits
+        expected = reference(
+            state=state,
+            noise=x_t,
+            timestep=time,
+            input_ids=ids,
+            pixel_values=images,
+            attention_mask=mask,
+            pixel_attention_mask=torch.ones(b, 1, dtype=torch.bool),
+        ).logits
         got = ours.predict_velocity(images, text, text_mask, state[:, None], x_t, time)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert expected.abs().max() > 1e-2
@@ -77,9 +100,11 @@ def test_unexportable_models_are_refused_before_anything_is_written(tmp_path, ti
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
-    for overrides, reason in (({"action_head": "discrete"}, "action_head='discrete'"),
-                              ({"time_conditioning": "adaln"}, "time_conditioning='adaln'"),
-                              ({"cond_steps": 2}, "cond_steps=2")):
+    for overrides, reason in (
+        ({"action_head": "discrete"}, "action_head='discrete'"),
+        ({"time_conditioning": "adaln"}, "time_conditioning='adaln'"),
+        ({"cond_steps": 2}, "cond_steps=2"),
+    ):
         name = next(iter(overrides))
         ckpt = make_policy_checkpoint(tmp_path / name / "checkpoints", tiny_checkpoint_dir, **overrides)
         out = tmp_path / f"out_{name}"

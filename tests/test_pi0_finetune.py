@@ -42,15 +42,39 @@ def finetuned(pi0_folder, tiny_checkpoint_dir, tmp_path_factory) -> Path:
     if not BRIDGE.is_dir():
         pytest.skip(f"the BridgeData V2 subset is not at {BRIDGE}")
     run = tmp_path_factory.mktemp("pi0_finetune") / "run"
-    args = [f"pretrained_model_path={pi0_folder}", f"tokenizer_path={tiny_checkpoint_dir}", f"data.data_path={BRIDGE}",
-            f"log_dir={run}", f"n_updates={STEPS}", "global_batch_size=8", "per_device_batch_size=8",
-            "precision=fp32", "device=cpu", "log_every=1", f"save_every={STEPS}", f"validation.every={STEPS}",
-            "validation.batches=2", "model.horizon_steps=4", "model.max_text_tokens=24", "optimizer.vlm_lr=3e-3",
-            "optimizer.action_expert_lr=3e-3", "schedule.warmup_steps=1", "data.shuffle_buffer=50",
-            "data.read_threads=1", "data.transform_threads=1", "averaging.decay=0.5"]
+    args = [
+        f"pretrained_model_path={pi0_folder}",
+        f"tokenizer_path={tiny_checkpoint_dir}",
+        f"data.data_path={BRIDGE}",
+        f"log_dir={run}",
+        f"n_updates={STEPS}",
+        "global_batch_size=8",
+        "per_device_batch_size=8",
+        "precision=fp32",
+        "device=cpu",
+        "log_every=1",
+        f"save_every={STEPS}",
+        f"validation.every={STEPS}",
+        "validation.batches=2",
+        "model.horizon_steps=4",
+        "model.max_text_tokens=24",
+        "optimizer.vlm_lr=3e-3",
+        "optimizer.action_expert_lr=3e-3",
+        "schedule.warmup_steps=1",
+        "data.shuffle_buffer=50",
+        "data.read_threads=1",
+        "data.transform_threads=1",
+        "averaging.decay=0.5",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, "scripts/run.py", "--config-name=pi0_bridge", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(
+        [sys.executable, "scripts/run.py", "--config-name=pi0_bridge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return run
 
@@ -103,10 +127,13 @@ def test_lora_on_a_pi0_model_changes_only_adapters_and_the_action_expert(pi0_fol
     assert adapted
     cfg, b = model.config, 2
     g = torch.Generator().manual_seed(1)
-    batch = {"images": torch.rand(b, 1, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g) * 2 - 1,
-             "text_ids": torch.randint(1, 500, (b, 6), generator=g), "text_mask": None,
-             "proprio": torch.randn(b, 1, cfg.proprio_dim, generator=g),
-             "actions": torch.rand(b, 4, cfg.action_dim, generator=g) * 2 - 1}
+    batch = {
+        "images": torch.rand(b, 1, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g) * 2 - 1,
+        "text_ids": torch.randint(1, 500, (b, 6), generator=g),
+        "text_mask": None,
+        "proprio": torch.randn(b, 1, cfg.proprio_dim, generator=g),
+        "actions": torch.rand(b, 4, cfg.action_dim, generator=g) * 2 - 1,
+    }
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = make_optimizer(model, OptimizerConfig(name="adamw8bit", vlm_lr=1e-2, action_expert_lr=1e-2))
     for step in range(2):
@@ -132,8 +159,13 @@ def test_the_finetuned_checkpoint_serves_actions_of_the_datasets_dimension(finet
         server.wait_ready()
         client = WebsocketClientPolicy(host=server.host, port=server.port)
         rng = np.random.default_rng(0)
-        reply = client.infer({"observation/image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
-                              "observation/state": rng.normal(0, 0.1, 7), "prompt": "put the cup in the sink"})
+        reply = client.infer(
+            {
+                "observation/image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                "observation/state": rng.normal(0, 0.1, 7),
+                "prompt": "put the cup in the sink",
+            }
+        )
     finally:
         server.stop()
     actions = np.asarray(reply["actions"])

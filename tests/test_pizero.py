@@ -79,8 +79,12 @@ def test_mask_and_positions_match_a_numpy_construction_with_and_without_a_cache(
     assert np.array_equal(positions.numpy(), want_positions)
     # the last 4 tokens as new queries against the first 7 as cached keys: the full mask's bottom rows
     split = 7
-    mask, positions = mask_and_positions(torch.from_numpy(valid[:, split:]), torch.from_numpy(blocks[:, split:]),
-                                         torch.from_numpy(valid[:, :split]), torch.from_numpy(blocks[:, :split]))
+    mask, positions = mask_and_positions(
+        torch.from_numpy(valid[:, split:]),
+        torch.from_numpy(blocks[:, split:]),
+        torch.from_numpy(valid[:, :split]),
+        torch.from_numpy(blocks[:, :split]),
+    )
     assert np.array_equal(mask[:, 0].numpy(), want_mask[:, split:])
     assert np.array_equal(positions.numpy(), want_positions[:, split:])
 
@@ -88,8 +92,9 @@ def test_mask_and_positions_match_a_numpy_construction_with_and_without_a_cache(
 @pytest.mark.parametrize("time_conditioning", ["mlp", "adaln"])
 def test_embed_prefix_and_suffix_valid_and_blocks(time_conditioning):
     """[2 cameras x 4 patches | 4 text, the second sample padded after 2] [proprio x2] [actions x3]."""
-    cfg = PiZeroConfig.preset("tiny", num_cameras=2, max_text_tokens=4, cond_steps=2, horizon_steps=3,
-                              time_conditioning=time_conditioning)
+    cfg = PiZeroConfig.preset(
+        "tiny", num_cameras=2, max_text_tokens=4, cond_steps=2, horizon_steps=3, time_conditioning=time_conditioning
+    )
     model = PiZero(cfg).eval()
     images, text_ids, text_mask, proprio, actions, _ = make_batch(cfg, batch=2, text_lengths=(4, 2))
     patches = cfg.vision.num_patches
@@ -120,8 +125,13 @@ def test_the_head_adds_its_modules_under_the_checkpoint_names(action_head):
     names = list(model.state_dict())
     flow = action_head == "flow"
     assert model.head.name == action_head and model.is_discrete == (not flow)
-    assert {n.split(".")[0] for n in names} == {"vision_tower", "multi_modal_projector", "joint", "action_decoder",
-                                               *(("proprio_encoder", "action_encoder") if flow else ())}
+    assert {n.split(".")[0] for n in names} == {
+        "vision_tower",
+        "multi_modal_projector",
+        "joint",
+        "action_decoder",
+        *(("proprio_encoder", "action_encoder") if flow else ()),
+    }
     experts = {n.split(".")[2] for n in names if n.startswith("joint.experts.")}
     assert experts == ({"vlm", "action"} if flow else {"vlm"})
 

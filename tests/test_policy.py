@@ -18,8 +18,11 @@ PROMPT = "put the carrot on the plate"
 
 
 def _observation(rng: np.random.Generator, state_dim: int = 7, size=(48, 64)) -> Observation:
-    return Observation(images={"primary": rng.integers(0, 256, (*size, 3), dtype=np.uint8)},
-                       state=rng.normal(0, 0.1, state_dim), prompt=PROMPT)
+    return Observation(
+        images={"primary": rng.integers(0, 256, (*size, 3), dtype=np.uint8)},
+        state=rng.normal(0, 0.1, state_dim),
+        prompt=PROMPT,
+    )
 
 
 def test_infer_matches_hand_computed_normalization(tiny_policy_checkpoint: Path) -> None:
@@ -34,8 +37,13 @@ def test_infer_matches_hand_computed_normalization(tiny_policy_checkpoint: Path)
     text = policy.processor.tokenize([PROMPT])
     images = policy.processor.preprocess_images(obs.images["primary"][None, None])
     noise = torch.randn((1, 4, 7), generator=torch.Generator().manual_seed(3))
-    normalized = policy.model.sample_actions(images, text["input_ids"], text["attention_mask"],
-                                             torch.tensor(state, dtype=torch.float32)[None, None], noise=noise)
+    normalized = policy.model.sample_actions(
+        images,
+        text["input_ids"],
+        text["attention_mask"],
+        torch.tensor(state, dtype=torch.float32)[None, None],
+        noise=noise,
+    )
     normalized = normalized[0].double().numpy()
     np.testing.assert_allclose(out["normalized_actions"], normalized, atol=1e-5)
 
@@ -70,8 +78,9 @@ def test_bad_observations_are_named(tiny_policy_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="lacks camera image"):
         policy.infer(Observation(images={"wrist": obs.images["primary"]}, state=obs.state, prompt=PROMPT))
     with pytest.raises(ValueError, match="must be uint8"):
-        policy.infer(Observation(images={"primary": obs.images["primary"].astype(np.float32)}, state=obs.state,
-                                 prompt=PROMPT))
+        policy.infer(
+            Observation(images={"primary": obs.images["primary"].astype(np.float32)}, state=obs.state, prompt=PROMPT)
+        )
     with pytest.raises(ValueError, match="NaN"):
         policy.infer(Observation(images=obs.images, state=np.full(7, np.nan), prompt=PROMPT))
 
@@ -93,8 +102,10 @@ def test_checkpoint_resolution_and_errors(tiny_policy_checkpoint: Path, tmp_path
 
     mixed = tmp_path / "mixed"
     shutil.copytree(tiny_policy_checkpoint, mixed)
-    shutil.copy(Path(__file__).resolve().parents[1] / "config" / "fractal_statistics.json",
-                mixed / "statistics" / "fractal20220817_data.json")
+    shutil.copy(
+        Path(__file__).resolve().parents[1] / "config" / "fractal_statistics.json",
+        mixed / "statistics" / "fractal20220817_data.json",
+    )
     with pytest.raises(ValueError, match="choose the statistics with dataset_name"):
         Policy.from_checkpoint(mixed)
     with pytest.raises(ValueError, match="no statistics"):
@@ -116,8 +127,9 @@ def test_run_config_modes_reach_inference(tiny_policy_checkpoint: Path, tmp_path
     """data.normalization and data.image_resize=pad of the run config: the state normalized and the actions
     de-normalized with openpi's formulas (float64 by hand), images padded black."""
     assert Policy.from_checkpoint(tiny_policy_checkpoint).processor.image_resize == "stretch"  # no key: stretch
-    folder = _with_data_settings(tiny_policy_checkpoint, tmp_path / "ckpt", normalization=normalization,
-                                 image_resize="pad")
+    folder = _with_data_settings(
+        tiny_policy_checkpoint, tmp_path / "ckpt", normalization=normalization, image_resize="pad"
+    )
     policy = Policy.from_checkpoint(folder)
     assert policy.processor.image_resize == "pad"
     stats = json.loads((folder / "statistics" / "bridge_dataset.json").read_text())
@@ -138,8 +150,13 @@ def test_run_config_modes_reach_inference(tiny_policy_checkpoint: Path, tmp_path
     assert (images[0, 0, :, 10:22, :] != -1.0).any(dim=0).any(dim=-1).all()  # every content row has content
     text = policy.processor.tokenize([PROMPT])
     noise = torch.randn((1, 4, 7), generator=torch.Generator().manual_seed(5))
-    normalized = policy.model.sample_actions(images, text["input_ids"], text["attention_mask"],
-                                             torch.tensor(state, dtype=torch.float32)[None, None], noise=noise)
+    normalized = policy.model.sample_actions(
+        images,
+        text["input_ids"],
+        text["attention_mask"],
+        torch.tensor(state, dtype=torch.float32)[None, None],
+        noise=noise,
+    )
     normalized = normalized[0].double().numpy()
     np.testing.assert_allclose(out["normalized_actions"], normalized, atol=1e-5)
     st = {k: np.array(v) for k, v in stats["action"].items()}
@@ -161,16 +178,21 @@ def _flip_tensor_bytes(model_file: Path, count: int = 64) -> None:
     model_file.write_bytes(bytes(data))
 
 
-def test_flipped_bytes_in_a_step_folder_are_refused_by_every_loader(tiny_policy_checkpoint: Path,
-                                                                    tmp_path: Path) -> None:
+def test_flipped_bytes_in_a_step_folder_are_refused_by_every_loader(
+    tiny_policy_checkpoint: Path, tmp_path: Path
+) -> None:
     from pg_vla.model.export import export_pi0
     from pg_vla.model.vla.pizero import PiZero
 
     folder = tmp_path / "checkpoints" / tiny_policy_checkpoint.name
     shutil.copytree(tiny_policy_checkpoint, folder)
     _flip_tensor_bytes(folder / "model.safetensors")
-    for load in (lambda: Policy.from_checkpoint(folder), lambda: Policy.from_checkpoint(folder.parent),
-                 lambda: PiZero.from_pretrained(folder), lambda: export_pi0(folder, tmp_path / "export")):
+    for load in (
+        lambda: Policy.from_checkpoint(folder),
+        lambda: Policy.from_checkpoint(folder.parent),
+        lambda: PiZero.from_pretrained(folder),
+        lambda: export_pi0(folder, tmp_path / "export"),
+    ):
         with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupted: sha256"):
             load()
     assert not (tmp_path / "export").exists()
@@ -196,6 +218,7 @@ def test_non_finite_actions_are_never_returned(tiny_policy_checkpoint: Path, tmp
 def test_unnormalized_gripper_is_clipped_to_its_data_range(tiny_policy_checkpoint: Path, tmp_path: Path) -> None:
     """A constant velocity on the gripper dim drives the sample to -1 (sample_actions clips to [-1, 1]); the
     gripper is not normalized, so -1 would reach the robot as -1 for a 0..1 range: it gets the minimum."""
+
     def push(state: dict) -> None:
         state["action_decoder.weight"][6] = 0.0
         state["action_decoder.bias"][6] = 3.0
@@ -217,20 +240,25 @@ def test_a_missing_gpu_is_named_before_the_checkpoint_is_read(tmp_path: Path) ->
         Policy.from_checkpoint(tmp_path / "nowhere", device="gpu")
 
 
-@pytest.mark.parametrize("data,expected", [
-    ({}, [True] * 6 + [False]),  # an RLDS bridge run: bridge's mask (the gripper kept)
-    ({"source": "parquet", "gripper_dims": 2}, [True] * 5 + [False] * 2),  # the Parquet loader's gripper_dims
-    ({"source": "parquet", "gripper_dims": 0}, [True] * 7),
-    ({"normalize_gripper": True}, [True] * 7),
-])
-def test_actions_are_denormalized_with_the_mask_training_used(tiny_policy_checkpoint: Path, tmp_path: Path,
-                                                               data: dict, expected: list[bool]) -> None:
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        ({}, [True] * 6 + [False]),  # an RLDS bridge run: bridge's mask (the gripper kept)
+        ({"source": "parquet", "gripper_dims": 2}, [True] * 5 + [False] * 2),  # the Parquet loader's gripper_dims
+        ({"source": "parquet", "gripper_dims": 0}, [True] * 7),
+        ({"normalize_gripper": True}, [True] * 7),
+    ],
+)
+def test_actions_are_denormalized_with_the_mask_training_used(
+    tiny_policy_checkpoint: Path, tmp_path: Path, data: dict, expected: list[bool]
+) -> None:
     policy = Policy.from_checkpoint(_with_data_settings(tiny_policy_checkpoint, tmp_path / "ckpt", **data))
     assert policy.action_normalizer.mask.tolist() == expected
     stats = json.loads((tiny_policy_checkpoint / "statistics" / "bridge_dataset.json").read_text())["action"]
     out = policy.infer(_observation(np.random.default_rng(8)), seed=2)
     y = out["normalized_actions"].astype(np.float64)
     p01, p99 = np.array(stats["p01"]), np.array(stats["p99"])
-    by_hand = np.where(expected, (np.clip(y, -1, 1) + 1) / 2 * (p99 - p01) + p01,
-                       np.clip(y, stats["min"], stats["max"]))
+    by_hand = np.where(
+        expected, (np.clip(y, -1, 1) + 1) / 2 * (p99 - p01) + p01, np.clip(y, stats["min"], stats["max"])
+    )
     np.testing.assert_allclose(out["actions"], by_hand, atol=1e-5)

@@ -77,7 +77,9 @@ def test_checkpoint_loads_with_transformers(tiny_checkpoint_dir: Path) -> None:
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<image>") == 1664
     assert config.text_config.num_image_tokens == (32 // 8) ** 2 == 16
     assert (config.text_config.hidden_size, config.text_config.num_key_value_heads, config.text_config.head_dim) == (
-        64, 2, 16,
+        64,
+        2,
+        16,
     )
     assert config.vision_config.hidden_act == config.text_config.hidden_act == "gelu_pytorch_tanh"
     assert config.vision_config.vision_use_head is False
@@ -104,10 +106,16 @@ def test_odd_head_dim_variant(tiny_checkpoint_dir_odd: Path) -> None:
     config = json.loads((tiny_checkpoint_dir_odd / "config.json").read_text())
     text, vision = config["text_config"], config["vision_config"]
     assert (text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"], text["head_dim"]) == (
-        48, 4, 1, 24,
+        48,
+        4,
+        1,
+        24,
     )
     assert (vision["hidden_size"], vision["num_attention_heads"], vision["patch_size"], vision["image_size"]) == (
-        24, 3, 16, 48,
+        24,
+        3,
+        16,
+        48,
     )
     assert text["num_image_tokens"] == 9
     assert PaliGemmaProcessor.from_pretrained(tiny_checkpoint_dir_odd).image_seq_length == 9
@@ -183,7 +191,13 @@ def test_tokenize_hand_checked_lengths(processor: VLAProcessor) -> None:
     assert batch["attention_mask"].sum(dim=1).tolist() == [2, 7]
     assert batch["input_ids"][0, :2].tolist() == [2, processor.tokenizer.convert_tokens_to_ids("\n")]
     assert processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][1, :7].tolist()) == [
-        "<bos>", "pick", "▁up", "▁the", "▁red", "▁block", "\n",
+        "<bos>",
+        "pick",
+        "▁up",
+        "▁the",
+        "▁red",
+        "▁block",
+        "\n",
     ]
 
 
@@ -277,9 +291,7 @@ def test_image_layouts_agree(processor: VLAProcessor) -> None:
     assert expected.shape == (2, 2, 3, 32, 32)
     channel_first_torch = torch.from_numpy(channel_last).permute(0, 1, 4, 2, 3).contiguous()  # (B, N, 3, H, W)
     torch.testing.assert_close(processor.preprocess_images(channel_first_torch), expected, rtol=0, atol=0)
-    torch.testing.assert_close(
-        processor.preprocess_images(channel_first_torch.numpy()), expected, rtol=0, atol=0
-    )
+    torch.testing.assert_close(processor.preprocess_images(channel_first_torch.numpy()), expected, rtol=0, atol=0)
     torch.testing.assert_close(processor.preprocess_images(torch.from_numpy(channel_last)), expected, rtol=0, atol=0)
     torch.testing.assert_close(processor.preprocess_images(channel_last[:, 0]), expected[:, :1], rtol=0, atol=0)
     torch.testing.assert_close(processor.preprocess_images(channel_last[1, 1]), expected[1:, 1:], rtol=0, atol=0)

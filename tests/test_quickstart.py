@@ -18,8 +18,15 @@ from pg_vla.data.rlds import reach_task
 from pg_vla.training.curves import validation_points
 
 ROOT = Path(__file__).resolve().parents[1]
-NOISE_MARKERS = ("absl::InitializeLog", "cudart_stub", "cpu_feature_guard", "cuInit", "To enable the following",
-                 "CounterV2", "is deprecated and will be removed")
+NOISE_MARKERS = (
+    "absl::InitializeLog",
+    "cudart_stub",
+    "cpu_feature_guard",
+    "cuInit",
+    "To enable the following",
+    "CounterV2",
+    "is deprecated and will be removed",
+)
 
 
 def _targets(goal_xy, xyz, closed, margin):
@@ -60,9 +67,13 @@ def test_reach_actions_follow_from_instruction_image_and_state(index):
     for t in range(len(steps) - 1):
         # what training sees: bridge relabels movement as the next state minus this one
         movement = states[t + 1, :3] - states[t, :3]
-        matches = [c for target, c in _targets(goal, states[t, :3], closed, margin=0.004)
-                   if np.allclose(movement, np.clip(0.4 * (np.array(target) - states[t, :3]), -0.025, 0.025),
-                                  rtol=0, atol=0.004)]
+        matches = [
+            c
+            for target, c in _targets(goal, states[t, :3], closed, margin=0.004)
+            if np.allclose(
+                movement, np.clip(0.4 * (np.array(target) - states[t, :3]), -0.025, 0.025), rtol=0, atol=0.004
+            )
+        ]
         assert matches, f"step {t}: movement {movement} follows from no target"
         closed = actions[t, 6] == 0.0
         assert closed in matches
@@ -79,13 +90,20 @@ def test_reach_episodes_differ_between_splits_and_repeat():
 
 def test_validation_points_read_from_the_log(tmp_path):
     log = tmp_path / "log.jsonl"
-    log.write_text("\n".join([
-        json.dumps({"step": 10, "loss": 1.0}),
-        json.dumps({"step": 20, "loss": 0.9, "val_loss": 0.8, "val_accuracy@0.2": 0.25, "val_accuracy@0.5": 0.5}),
-        json.dumps({"event": "resumed", "step": 20}),
-        json.dumps({"step": 40, "val_loss": 0.5, "val_accuracy@0.2": 0.5, "val_accuracy@0.5": 0.75}),
-        '{"step": 50, "val_lo',  # cut by a crash
-    ]) + "\n")
+    log.write_text(
+        "\n".join(
+            [
+                json.dumps({"step": 10, "loss": 1.0}),
+                json.dumps(
+                    {"step": 20, "loss": 0.9, "val_loss": 0.8, "val_accuracy@0.2": 0.25, "val_accuracy@0.5": 0.5}
+                ),
+                json.dumps({"event": "resumed", "step": 20}),
+                json.dumps({"step": 40, "val_loss": 0.5, "val_accuracy@0.2": 0.5, "val_accuracy@0.5": 0.75}),
+                '{"step": 50, "val_lo',  # cut by a crash
+            ]
+        )
+        + "\n"
+    )
     losses, accuracy = validation_points(log)
     assert losses == [(20, 0.8), (40, 0.5)]
     assert accuracy == {"0.2": [(20, 0.25), (40, 0.5)], "0.5": [(20, 0.5), (40, 0.75)]}
@@ -96,12 +114,29 @@ def tiny_quickstart(tmp_path_factory):
     root = tmp_path_factory.mktemp("quickstart")
     env = {k: v for k, v in os.environ.items() if k not in ("PG_VLA_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     env.update(VLA_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    args = [f"log_dir={root / 'run'}", "quickstart.episodes=3", "quickstart.val_episodes=2",
-            "quickstart.episode_steps=8", "quickstart.image_size=32", "n_updates=2", "global_batch_size=2",
-            "per_device_batch_size=2", "validation.every=2", "validation.batches=1", "save_every=2",
-            "data.shuffle_buffer=8", "schedule.warmup_steps=1"]
-    result = subprocess.run([sys.executable, "scripts/run.py", "--config-name=quickstart", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900, env=env)
+    args = [
+        f"log_dir={root / 'run'}",
+        "quickstart.episodes=3",
+        "quickstart.val_episodes=2",
+        "quickstart.episode_steps=8",
+        "quickstart.image_size=32",
+        "n_updates=2",
+        "global_batch_size=2",
+        "per_device_batch_size=2",
+        "validation.every=2",
+        "validation.batches=1",
+        "save_every=2",
+        "data.shuffle_buffer=8",
+        "schedule.warmup_steps=1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "scripts/run.py", "--config-name=quickstart", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return root, result
 
@@ -123,8 +158,14 @@ def test_quickstart_evaluates_its_checkpoint_and_prints_the_next_commands(tiny_q
     assert checkpoint == run / "checkpoints" / "step_000002" and (checkpoint / "model.safetensors").is_file()
     # the printed infer command runs as printed (its image exists, its state has the checkpoint's 7 values)
     infer = shlex.split(commands[1])[2:]
-    answer = subprocess.run([sys.executable, *infer], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    answer = subprocess.run(
+        [sys.executable, *infer],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert answer.returncode == 0, answer.stderr
     assert np.asarray(json.loads(answer.stdout)["actions"]).shape == (4, 7)
 

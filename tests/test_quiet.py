@@ -36,8 +36,15 @@ KEPT = [
     "INFO: pg_vla computing normalization statistics",
 ]
 # What a quiet console must not show (substrings of the lines above and of tensorflow's Python deprecation notices).
-NOISE_MARKERS = ("absl::InitializeLog", "cudart_stub", "cpu_feature_guard", "cuInit", "To enable the following",
-                 "CounterV2", "is deprecated and will be removed")
+NOISE_MARKERS = (
+    "absl::InitializeLog",
+    "cudart_stub",
+    "cpu_feature_guard",
+    "cuInit",
+    "To enable the following",
+    "CounterV2",
+    "is deprecated and will be removed",
+)
 
 
 def test_native_log_lines_are_dropped_and_others_kept():
@@ -54,7 +61,7 @@ def test_configure_removes_the_verbose_flag(monkeypatch):
     assert not quiet.is_verbose(["script.py"])
 
 
-CHILD_SCRIPT = textwrap.dedent('''
+CHILD_SCRIPT = textwrap.dedent("""
     import multiprocessing, os, sys
     from pg_vla.utils import quiet
     quiet.configure()
@@ -69,7 +76,7 @@ CHILD_SCRIPT = textwrap.dedent('''
         p = multiprocessing.get_context("spawn").Process(target=child, args=(sys.argv[1:],))
         p.start(); p.join()
         print("\\nparent exit", p.exitcode, file=sys.stderr)
-''')
+""")
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -93,10 +100,31 @@ def test_spawned_helper_process_is_filtered(tmp_path, verbose):
 def test_tensorflow_script_has_a_quiet_stderr(tmp_path):
     """A real entry point that imports tensorflow and writes a dataset: no native log line, no deprecation notice."""
     env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
-    result = subprocess.run([sys.executable, "scripts/data/make_synthetic_rlds.py", "--output_dir", str(tmp_path),
-                             "--datasets", "bridge_dataset", "--episodes_per_split", "1", "--steps", "3", "3",
-                             "--image_size", "16", "16", "--num_shards", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/data/make_synthetic_rlds.py",
+            "--output_dir",
+            str(tmp_path),
+            "--datasets",
+            "bridge_dataset",
+            "--episodes_per_split",
+            "1",
+            "--steps",
+            "3",
+            "3",
+            "--image_size",
+            "16",
+            "16",
+            "--num_shards",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "bridge_dataset" / "1.0.0" / "dataset_info.json").is_file()
     assert not [m for m in NOISE_MARKERS if m in result.stderr], result.stderr

@@ -48,8 +48,13 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RUNNER = Path(__file__).resolve().parent / "readme_runner.py"
 RUN_TIMEOUT_S = 400  # per group of executed commands
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "2",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "OMP_NUM_THREADS": "1",
+}
 
 EXECUTED, COMPOSED, PARSED, SYNTAX, EXTERNAL = "executed", "composed", "parsed", "syntax", "external"
 
@@ -68,7 +73,7 @@ class Command:
     def script_args(self) -> list[str]:
         """The arguments after the script (or after `git clone`, `uv pip install`)."""
         words = list(self.argv)
-        return words[words.index(self.script.split()[-1]) + 1:]
+        return words[words.index(self.script.split()[-1]) + 1 :]
 
     @property
     def name(self) -> str:
@@ -159,7 +164,7 @@ def _check_loader(cmd, result, work):
 
 def _check_parquet(cmd, result, work):
     files = sorted(work.bridge_parquet.glob("*.parquet"))
-    assert files and [str(f) for f in files] == result["stdout"].strip().splitlines()[-len(files):]
+    assert files and [str(f) for f in files] == result["stdout"].strip().splitlines()[-len(files) :]
 
 
 def _check_lerobot(cmd, result, work):
@@ -223,60 +228,102 @@ _COMPOSE_EVAL = "Hydra compose + resolve, then EvalConfig.from_dict (suite and t
 COVERAGE: dict[str, How] = {
     # ---- run on tiny data
     "scripts/data/make_synthetic_rlds.py": How(
-        EXECUTED, "writes bridge + fractal (train/val) into the data folder; + --steps 6 10", ("--steps", "6", "10"),
-        group="data", check=_check_synthetic),
+        EXECUTED,
+        "writes bridge + fractal (train/val) into the data folder; + --steps 6 10",
+        ("--steps", "6", "10"),
+        group="data",
+        check=_check_synthetic,
+    ),
     "scripts/data/modify_rlds_dataset.py": How(
-        EXECUTED, "224x224 copy of the synthetic bridge dataset; real-data check: tests/test_modify_rlds.py",
-        ("--num_workers", "2"), group="data", check=_check_modified),
+        EXECUTED,
+        "224x224 copy of the synthetic bridge dataset; real-data check: tests/test_modify_rlds.py",
+        ("--num_workers", "2"),
+        group="data",
+        check=_check_modified,
+    ),
     "scripts/data/rlds_to_parquet.py": How(
-        EXECUTED, "converts 2 episodes (--max_episodes N=2) of the 224x224 copy", group="data", check=_check_parquet),
+        EXECUTED, "converts 2 episodes (--max_episodes N=2) of the 224x224 copy", group="data", check=_check_parquet
+    ),
     "scripts/data/rlds_to_lerobot.py": How(
-        EXECUTED, "converts 2 episodes (--max_episodes N=2) of the 224x224 copy to a v3.0 folder (AV1 video); "
-        "loaded against the RLDS batches in tests/test_lerobot_source.py", group="data", check=_check_lerobot),
+        EXECUTED,
+        "converts 2 episodes (--max_episodes N=2) of the 224x224 copy to a v3.0 folder (AV1 video); "
+        "loaded against the RLDS batches in tests/test_lerobot_source.py",
+        group="data",
+        check=_check_lerobot,
+    ),
     "src/pg_vla/data/parquet/loader.py": How(
-        EXECUTED, "statistics + 2 batches of the converted files; + --num_batches 2 --num_workers 0 "
-        "--shuffle_buffer 64", ("--num_batches", "2", "--num_workers", "0", "--shuffle_buffer", "64"),
-        group="data", check=_check_loader),
+        EXECUTED,
+        "statistics + 2 batches of the converted files; + --num_batches 2 --num_workers 0 --shuffle_buffer 64",
+        ("--num_batches", "2", "--num_workers", "0", "--shuffle_buffer", "64"),
+        group="data",
+        check=_check_loader,
+    ),
     "scripts/eval_offline.py": How(
-        EXECUTED, "on the tiny checkpoint: Parquet files (--max_batches N=1, + --num_workers 0) and the synthetic "
+        EXECUTED,
+        "on the tiny checkpoint: Parquet files (--max_batches N=1, + --num_workers 0) and the synthetic "
         "RLDS val split (+ --max_batches 1, output eval/x_rlds); details: tests/test_eval_offline.py",
-        ("--max_batches", "1", "--num_workers", "0"), check=_check_eval_offline),
+        ("--max_batches", "1", "--num_workers", "0"),
+        check=_check_eval_offline,
+    ),
     "src/pg_vla/model/paligemma/tiny_checkpoint.py": How(
-        EXECUTED, "writes the small tiny PaliGemma", check=_check_tiny_checkpoint),
+        EXECUTED, "writes the small tiny PaliGemma", check=_check_tiny_checkpoint
+    ),
     "src/pg_vla/model/vla/joint_model.py": How(EXECUTED, "prints the block mask", check=_check_joint_model),
     "src/pg_vla/model/vla/pizero.py": How(
-        EXECUTED, "small preset sampling (both heads); pi0 parameter counts on the meta device, equal to the "
-        "README's JSON; text generation and --inputs/--output on the tiny PaliGemma (DIR)", check=_check_pizero),
+        EXECUTED,
+        "small preset sampling (both heads); pi0 parameter counts on the meta device, equal to the "
+        "README's JSON; text generation and --inputs/--output on the tiny PaliGemma (DIR)",
+        check=_check_pizero,
+    ),
     "scripts/infer.py": How(
-        EXECUTED, "on the tiny two-camera checkpoint (frame.png, wrist.png); details: tests/test_infer.py",
-        check=_check_infer),
+        EXECUTED,
+        "on the tiny two-camera checkpoint (frame.png, wrist.png); details: tests/test_infer.py",
+        check=_check_infer,
+    ),
     "scripts/export_checkpoint.py": How(
-        EXECUTED, "exports the tiny checkpoint's run; transformers loads it in tests/test_pi0_export.py",
-        check=_check_export),
+        EXECUTED,
+        "exports the tiny checkpoint's run; transformers loads it in tests/test_pi0_export.py",
+        check=_check_export,
+    ),
     # ---- composed
-    "scripts/run.py": How(COMPOSED, f"train configs: {_COMPOSE}; config/eval: {_COMPOSE_EVAL}; --cfg job: "
-                          "compose + resolve only; training runs: tests/test_training_run.py (quickstart), "
-                          "tests/test_pi0_finetune.py (pi0_bridge), tests/test_metaworld_e2e.py (metaworld "
-                          "training and evaluation)"),
+    "scripts/run.py": How(
+        COMPOSED,
+        f"train configs: {_COMPOSE}; config/eval: {_COMPOSE_EVAL}; --cfg job: "
+        "compose + resolve only; training runs: tests/test_training_run.py (quickstart), "
+        "tests/test_pi0_finetune.py (pi0_bridge), tests/test_metaworld_e2e.py (metaworld "
+        "training and evaluation)",
+    ),
     # ---- parsed
-    "scripts/serve_policy.py": How(PARSED, "parse_args; served for real in tests/test_serving.py, "
-                                           "tests/test_serving_limits.py"),
-    "scripts/try_checkpoint_in_simpler.py": How(PARSED, "parse_args (needs SimplerEnv and a Vulkan GPU); an "
-                                                        "episode on a stand-in simulator in "
-                                                        "tests/test_simpler_adapters.py"),
-    "scripts/data/make_metaworld_demos.py": How(PARSED, "its argparse parser (minutes of rendering); run for real "
-                                                        "in tests/test_metaworld_e2e.py"),
-    "src/pg_vla/data/dataloader.py": How(PARSED, "its argparse parser (~30 s of CPU: statistics and the tf.data "
-                                                 "worker are two spawned tensorflow processes); run for real in "
-                                                 "tests/test_rlds_pipeline.py::test_cli_prints_statistics_path_and_"
-                                                 "throughput"),
+    "scripts/serve_policy.py": How(
+        PARSED, "parse_args; served for real in tests/test_serving.py, tests/test_serving_limits.py"
+    ),
+    "scripts/try_checkpoint_in_simpler.py": How(
+        PARSED,
+        "parse_args (needs SimplerEnv and a Vulkan GPU); an "
+        "episode on a stand-in simulator in "
+        "tests/test_simpler_adapters.py",
+    ),
+    "scripts/data/make_metaworld_demos.py": How(
+        PARSED, "its argparse parser (minutes of rendering); run for real in tests/test_metaworld_e2e.py"
+    ),
+    "src/pg_vla/data/dataloader.py": How(
+        PARSED,
+        "its argparse parser (~30 s of CPU: statistics and the tf.data "
+        "worker are two spawned tensorflow processes); run for real in "
+        "tests/test_rlds_pipeline.py::test_cli_prints_statistics_path_and_"
+        "throughput",
+    ),
     "scripts/bench/dataloader.py": How(PARSED, "its argparse parser (a benchmark: minutes)"),
-    "scripts/bench/inference.py": How(PARSED, "parse_args (a benchmark; pi0 and --device cuda need minutes or a "
-                                              "GPU); smoke test in tests/test_bench_inference.py"),
+    "scripts/bench/inference.py": How(
+        PARSED,
+        "parse_args (a benchmark; pi0 and --device cuda need minutes or a "
+        "GPU); smoke test in tests/test_bench_inference.py",
+    ),
     "scripts/bench/serving.py": How(PARSED, "parse_args (a benchmark: a server and many requests)"),
     # ---- shell
-    "scripts/bench/metaworld_benchmark.sh": How(SYNTAX, "bash -n (an hour of CPU); its steps are the "
-                                                        "metaworld commands checked above"),
+    "scripts/bench/metaworld_benchmark.sh": How(
+        SYNTAX, "bash -n (an hour of CPU); its steps are the metaworld commands checked above"
+    ),
     # ---- not run
     "pytest": How(EXTERNAL, "the test suite itself"),
     "git clone": How(EXTERNAL, "needs the network (SimplerEnv's repository)"),
@@ -288,6 +335,7 @@ COVERAGE: dict[str, How] = {
 @dataclass
 class Work:
     """Temporary folders and files the commands' placeholders stand for."""
+
     root: Path
     paligemma: Path  # the tiny PaliGemma DIR / /path/to/paligemma-3b-pt-224 stand for
     horizon: int = 4
@@ -312,19 +360,32 @@ class Work:
     @property
     def values(self) -> dict[str, str]:
         return {
-            "/path/to/paligemma-3b-pt-224": str(self.paligemma), "DIR": str(self.paligemma),
-            "/path/to/rlds": str(self.rlds), "/path/to/pi0_base": str(self.pi0_base),
-            "/tmp/tiny_paligemma": str(self.tiny_paligemma), "/tmp/rlds": str(self.rlds), "RAW_DIR": str(self.rlds),
-            "/data/rlds": str(self.rlds), "DATA_DIR": str(self.rlds_224),
-            "/data/bridge_parquet": str(self.bridge_parquet), "/data/bridge_lerobot": str(self.bridge_lerobot),
-            "/tmp/bench/rlds": str(self.root / "bench_rlds"), "/data/lab/train": str(self.lab / "train"),
-            "/data/lab/val": str(self.lab / "val"), "DATA": str(self.metaworld_data), "OUT": str(self.root / "out"),
-            "CKPT": str(self.run_dir / "checkpoints" / "step_010000"), "PATH": "frame.png", "KEY": "readme-key",
+            "/path/to/paligemma-3b-pt-224": str(self.paligemma),
+            "DIR": str(self.paligemma),
+            "/path/to/rlds": str(self.rlds),
+            "/path/to/pi0_base": str(self.pi0_base),
+            "/tmp/tiny_paligemma": str(self.tiny_paligemma),
+            "/tmp/rlds": str(self.rlds),
+            "RAW_DIR": str(self.rlds),
+            "/data/rlds": str(self.rlds),
+            "DATA_DIR": str(self.rlds_224),
+            "/data/bridge_parquet": str(self.bridge_parquet),
+            "/data/bridge_lerobot": str(self.bridge_lerobot),
+            "/tmp/bench/rlds": str(self.root / "bench_rlds"),
+            "/data/lab/train": str(self.lab / "train"),
+            "/data/lab/val": str(self.lab / "val"),
+            "DATA": str(self.metaworld_data),
+            "OUT": str(self.root / "out"),
+            "CKPT": str(self.run_dir / "checkpoints" / "step_010000"),
+            "PATH": "frame.png",
+            "KEY": "readme-key",
         }
 
 
 FLAG_VALUES = {  # a placeholder whose meaning depends on its flag
-    ("--max_episodes", "N"): "2", ("--max_batches", "N"): "1", ("--dataset_name", "N"): "bridge_dataset",
+    ("--max_episodes", "N"): "2",
+    ("--max_batches", "N"): "1",
+    ("--dataset_name", "N"): "bridge_dataset",
     ("--num_threads", "N"): "1",
 }
 _BOUNDARY = r"(?<![^=\[,]){}(?![^\],])"  # a whole word, a `key=` value or a Hydra list item
@@ -386,12 +447,15 @@ def test_every_readme_command_is_covered_by_the_table() -> None:
 
 
 def test_extraction_keeps_optional_parts_and_takes_first_alternatives() -> None:
-    markdown = ("```bash\n# a comment\nuv run a.py --x 1 \\\n    [--y 2] [--z a|b] \"k=[1, 2]\"  # note\n```\n"
-                "text `uv run b.py [--flag]` and `uv run`\n```python\nuv run c.py\n```\n")
+    markdown = (
+        '```bash\n# a comment\nuv run a.py --x 1 \\\n    [--y 2] [--z a|b] "k=[1, 2]"  # note\n```\n'
+        "text `uv run b.py [--flag]` and `uv run`\n```python\nuv run c.py\n```\n"
+    )
     commands = extract_commands(markdown)
     assert [(c.lines, c.argv) for c in commands] == [
         ((3,), ("uv", "run", "a.py", "--x", "1", "--y", "2", "--z", "a", "k=[1, 2]")),
-        ((6,), ("uv", "run", "b.py", "--flag"))]
+        ((6,), ("uv", "run", "b.py", "--flag")),
+    ]
     assert script_of(("uv", "run", "torchrun", "--nproc_per_node=8", "scripts/run.py", "x=1")) == "scripts/run.py"
 
 
@@ -417,8 +481,14 @@ def _write_parquet(path: Path, episodes: int, seed: int) -> None:
             action = rng.uniform(stats["action"]["p01"], stats["action"]["p99"], size=(length, 7))
             action[:, -1] = rng.integers(0, 2, length)
             state = rng.uniform(stats["proprio"]["p01"], stats["proprio"]["p99"], size=(length, 7))
-            writer.add_episode([_jpeg(10 * e + t) for t in range(length)], state, action, f"put block {e} away",
-                               episode_id=f"{path.stem}{e}", image_2=[_jpeg(200 - t) for t in range(length)])
+            writer.add_episode(
+                [_jpeg(10 * e + t) for t in range(length)],
+                state,
+                action,
+                f"put block {e} away",
+                episode_id=f"{path.stem}{e}",
+                image_2=[_jpeg(200 - t) for t in range(length)],
+            )
     (written,) = folder.glob("*.parquet")
     written.rename(path)
     folder.rmdir()
@@ -433,16 +503,28 @@ def _two_camera_checkpoint(log_dir: Path, paligemma: Path, horizon: int) -> Path
     from pg_vla.training.checkpoint import save_training_checkpoint
 
     torch.manual_seed(0)
-    overrides = {"proprio_dim": 7, "action_dim": 7, "horizon_steps": horizon, "cond_steps": 1, "num_cameras": 2,
-                 "max_text_tokens": 12, "action_expert": {"hidden_size": 32, "intermediate_size": 64}}
+    overrides = {
+        "proprio_dim": 7,
+        "action_dim": 7,
+        "horizon_steps": horizon,
+        "cond_steps": 1,
+        "num_cameras": 2,
+        "max_text_tokens": 12,
+        "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+    }
     model = PiZero.from_paligemma(paligemma, **overrides)
-    processor = VLAProcessor.from_pretrained(paligemma, max_text_tokens=12, image_size=model.config.vision.image_size,
-                                             max_cameras=2)
-    run_config = {"data": {"mix": "bridge", "camera_roles": ["primary", "wrist"], "normalization": "bounds"},
-                  "model": overrides, "seed": 0}
+    processor = VLAProcessor.from_pretrained(
+        paligemma, max_text_tokens=12, image_size=model.config.vision.image_size, max_cameras=2
+    )
+    run_config = {
+        "data": {"mix": "bridge", "camera_roles": ["primary", "wrist"], "normalization": "bounds"},
+        "model": overrides,
+        "seed": 0,
+    }
     statistics = {"bridge_dataset": ROOT / "config" / "bridge_statistics.json"}
-    return save_training_checkpoint(log_dir / "checkpoints", 10_000, model, config=run_config, statistics=statistics,
-                                    tokenizer=processor)
+    return save_training_checkpoint(
+        log_dir / "checkpoints", 10_000, model, config=run_config, statistics=statistics, tokenizer=processor
+    )
 
 
 def _write_inputs(path: Path, paligemma: Path, horizon: int) -> tuple[int, ...]:
@@ -454,12 +536,15 @@ def _write_inputs(path: Path, paligemma: Path, horizon: int) -> tuple[int, ...]:
     b, length, size = 2, 6, cfg.vision.image_size
     text_mask = np.ones((b, length), bool)
     text_mask[1, 4:] = False
-    arrays = {"images": rng.uniform(-1, 1, (b, 1, 3, size, size)).astype(np.float32),
-              "text_ids": rng.integers(3, 100, (b, length)).astype(np.int64), "text_mask": text_mask,
-              "state": rng.uniform(-1, 1, (b, cfg.proprio_dim)).astype(np.float32),
-              "noise": rng.standard_normal((b, horizon, cfg.action_dim)).astype(np.float32),
-              "actions": rng.uniform(-1, 1, (b, horizon, cfg.action_dim)).astype(np.float32),
-              "time": np.array([0.3, 0.9], np.float32)}
+    arrays = {
+        "images": rng.uniform(-1, 1, (b, 1, 3, size, size)).astype(np.float32),
+        "text_ids": rng.integers(3, 100, (b, length)).astype(np.int64),
+        "text_mask": text_mask,
+        "state": rng.uniform(-1, 1, (b, cfg.proprio_dim)).astype(np.float32),
+        "noise": rng.standard_normal((b, horizon, cfg.action_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (b, horizon, cfg.action_dim)).astype(np.float32),
+        "time": np.array([0.3, 0.9], np.float32),
+    }
     np.savez(path, **arrays)
     return (b, horizon, cfg.action_dim)
 
@@ -516,10 +601,19 @@ def executed(work: Work) -> dict[str, dict[str, Any]]:
     procs = {}
     for group, commands in groups.items():
         spec = work.root / f"{group}_spec.json"
-        spec.write_text(json.dumps({"commands": commands, "log_dir": str(work.root / f"{group}_logs"),
-                                    "keep_going": group != "data"}))  # the data chain stops at a broken link
-        procs[group] = subprocess.Popen([sys.executable, str(RUNNER), str(spec)], cwd=work.cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        spec.write_text(
+            json.dumps(
+                {"commands": commands, "log_dir": str(work.root / f"{group}_logs"), "keep_going": group != "data"}
+            )
+        )  # the data chain stops at a broken link
+        procs[group] = subprocess.Popen(
+            [sys.executable, str(RUNNER), str(spec)],
+            cwd=work.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     outputs = {}
     for group, proc in procs.items():
         try:
@@ -539,8 +633,13 @@ def executed(work: Work) -> dict[str, dict[str, Any]]:
                 path = logs / f"{name}{suffix}"
                 return path.read_text(errors="replace") if path.is_file() else ""
 
-            results[command["name"]] = {**entry, "stdout": read(".out"), "stderr": read(".err"),
-                                        "runner": outputs[group][-3000:], "group": group}
+            results[command["name"]] = {
+                **entry,
+                "stdout": read(".out"),
+                "stderr": read(".err"),
+                "runner": outputs[group][-3000:],
+                "group": group,
+            }
     return results
 
 
@@ -549,8 +648,10 @@ def executed(work: Work) -> dict[str, dict[str, Any]]:
 def test_executed(command: Command, executed: dict[str, dict[str, Any]], work: Work) -> None:
     result = executed[command.name]
     shown = shlex.join(_executed_argv(command, work))
-    assert result["rc"] is not None, (f"not reached in the {result['group']} group (an earlier command failed or "
-                                      f"the group timed out): {shown}\n{result['runner']}")
+    assert result["rc"] is not None, (
+        f"not reached in the {result['group']} group (an earlier command failed or "
+        f"the group timed out): {shown}\n{result['runner']}"
+    )
     assert result["rc"] == 0, f"{shown}\nexit status {result['rc']}\n{result['stderr'][-4000:]}"
     check = COVERAGE[command.script].check
     if check is not None:
@@ -686,16 +787,18 @@ def parse(path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) -> argpa
 
 
 @pytest.mark.parametrize("command", commands_of(PARSED), ids=_ids(commands_of(PARSED)))
-def test_parsed(command: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                capsys: pytest.CaptureFixture[str]) -> None:
+def test_parsed(
+    command: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = Work(tmp_path, tmp_path / "paligemma")
     monkeypatch.chdir(work.cwd)
     args = substitute(command.script_args, work)
     try:
         namespace = parse(ROOT / command.script, args, monkeypatch)
     except SystemExit as err:
-        pytest.fail(f"{command.script} refuses the README's arguments {args} (exit {err.code}):\n"
-                    f"{capsys.readouterr().err}")
+        pytest.fail(
+            f"{command.script} refuses the README's arguments {args} (exit {err.code}):\n{capsys.readouterr().err}"
+        )
     flags = {word.lstrip("-").split("=")[0].replace("-", "_") for word in args if word.startswith("--")}
     assert flags <= set(vars(namespace)), flags - set(vars(namespace))
 
@@ -739,8 +842,10 @@ def test_parquet_python_example(tmp_path: Path) -> None:
     lab.mkdir()
     _write_parquet(lab / "episodes.parquet", 2, seed=3)
     table = pq.read_table(lab / "episodes.parquet")  # the example's column names
-    pq.write_table(table.rename_columns([{"state": "observation.state", "prompt": "task"}.get(n, n)
-                                         for n in table.column_names]), lab / "episodes.parquet")
+    pq.write_table(
+        table.rename_columns([{"state": "observation.state", "prompt": "task"}.get(n, n) for n in table.column_names]),
+        lab / "episodes.parquet",
+    )
     namespace: dict[str, Any] = {"rank": 0, "world_size": 1}
     exec(compile(block.replace("/data/lab", str(lab)), "README.md", "exec"), namespace)
     loader, statistics = namespace["loader"], namespace["statistics"]

@@ -46,6 +46,7 @@ def _tensorflow_modules():
 
     pipeline, standardize = pipeline_module, standardize_module
 
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_BRIDGE_ROOT = REPO / ".." / "shared" / "data" / "bridge_debug"
 BRIDGE = "bridge_dataset"
@@ -56,6 +57,7 @@ SYNTH_IMAGE = 32  # synthetic images are SYNTH_IMAGE x SYNTH_IMAGE (no resize wh
 REAL_IMAGE = 64  # the debug bridge subset is 64x64
 # Synthetic bridge: with the default empty-language fraction 0.25, episode index 3 of 5 is unlabeled.
 SYNTH_UNLABELED = 1
+
 
 def _quiet_env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -117,22 +119,34 @@ def _raw_reference(root: str, name: str, split: str) -> dict[str, RefEpisode]:
             movement = state[1:, :6] - state[:-1, :6]
             action = np.concatenate([movement, gripper[:-1, None].astype(np.float32)], axis=1)
             out[tfds_id] = RefEpisode(
-                proprio=state[:-1], action=action, language=steps[0]["language_instruction"].decode(),
-                image=np.stack([s["observation"]["image_0"] for s in steps])[:-1], raw={"state": state})
+                proprio=state[:-1],
+                action=action,
+                language=steps[0]["language_instruction"].decode(),
+                image=np.stack([s["observation"]["image_0"] for s in steps])[:-1],
+                raw={"state": state},
+            )
         else:
             obs = [s["observation"] for s in steps]
             pose = np.stack([o["base_pose_tool_reached"] for o in obs]).astype(np.float32)
             closed = np.stack([o["gripper_closed"] for o in obs]).astype(np.float32)
             act = [s["action"] for s in steps]
             gripper = ref_relative_to_absolute(np.stack([a["gripper_closedness_action"][0] for a in act]))
-            action = np.concatenate([np.stack([a["world_vector"] for a in act]),
-                                     np.stack([a["rotation_delta"] for a in act]),
-                                     gripper[:, None]], axis=1).astype(np.float32)
+            action = np.concatenate(
+                [
+                    np.stack([a["world_vector"] for a in act]),
+                    np.stack([a["rotation_delta"] for a in act]),
+                    gripper[:, None],
+                ],
+                axis=1,
+            ).astype(np.float32)
             language = obs[0]["natural_language_instruction"]
             out[tfds_id] = RefEpisode(
-                proprio=np.concatenate([pose, closed], axis=1), action=action,
+                proprio=np.concatenate([pose, closed], axis=1),
+                action=action,
                 language=language.decode() if isinstance(language, bytes) else str(language),
-                image=np.stack([o["image"] for o in obs]), raw={"pose": pose, "closed": closed[:, 0]})
+                image=np.stack([o["image"] for o in obs]),
+                raw={"pose": pose, "closed": closed[:, 0]},
+            )
     return out
 
 
@@ -144,13 +158,23 @@ def reference(root, name: str, split: str = "train", skip_unlabeled: bool = True
 def ref_statistics(episodes: dict[str, RefEpisode]) -> dict:
     def stats(values: np.ndarray) -> dict[str, np.ndarray]:
         v = values.astype(np.float64)
-        return {"mean": v.mean(0), "std": v.std(0), "min": v.min(0), "max": v.max(0),
-                "p01": np.quantile(v, 0.01, axis=0), "p99": np.quantile(v, 0.99, axis=0)}
+        return {
+            "mean": v.mean(0),
+            "std": v.std(0),
+            "min": v.min(0),
+            "max": v.max(0),
+            "p01": np.quantile(v, 0.01, axis=0),
+            "p99": np.quantile(v, 0.99, axis=0),
+        }
 
     eps = list(episodes.values())
     action = np.concatenate([e.action for e in eps])
-    return {"action": stats(action), "proprio": stats(np.concatenate([e.proprio for e in eps])),
-            "num_transitions": len(action), "num_trajectories": len(eps)}
+    return {
+        "action": stats(action),
+        "proprio": stats(np.concatenate([e.proprio for e in eps])),
+        "num_transitions": len(action),
+        "num_trajectories": len(eps),
+    }
 
 
 def ref_bounds(x: np.ndarray, st: dict, mask: np.ndarray) -> np.ndarray:
@@ -170,8 +194,15 @@ def ref_bounds(x: np.ndarray, st: dict, mask: np.ndarray) -> np.ndarray:
 def synth_root(tmp_path_factory) -> Path:
     """Synthetic bridge and fractal datasets side by side: 5 episodes per split in 2 shards, 32x32."""
     root = tmp_path_factory.mktemp("rlds_synthetic")
-    common = dict(episodes_per_split=SYNTH_EPISODES, splits=("train", "val"), min_steps=4, max_steps=8,
-                  image_size=(SYNTH_IMAGE, SYNTH_IMAGE), num_shards=2, seed=1)
+    common = dict(
+        episodes_per_split=SYNTH_EPISODES,
+        splits=("train", "val"),
+        min_steps=4,
+        max_steps=8,
+        image_size=(SYNTH_IMAGE, SYNTH_IMAGE),
+        num_shards=2,
+        seed=1,
+    )
     make_synthetic_bridge(root, **common)
     make_synthetic_fractal(root, **common)
     return root
@@ -194,13 +225,25 @@ def stats_dir(tmp_path_factory) -> Path:
 def root_for(request, synth_root):
     def get(source: str) -> Path:
         return request.getfixturevalue("real_root") if source == "real" else synth_root
+
     return get
 
 
 def config(root, mix: str, stats_dir, **kwargs) -> RLDSConfig:
-    base = dict(data_path=str(root), mix=mix, train=False, image_size=SYNTH_IMAGE, cond_steps=3, horizon_steps=4,
-                batch_size=64, shuffle_buffer=64, read_threads=1, transform_threads=1,
-                statistics_dir=str(stats_dir), camera_roles=("primary",))
+    base = dict(
+        data_path=str(root),
+        mix=mix,
+        train=False,
+        image_size=SYNTH_IMAGE,
+        cond_steps=3,
+        horizon_steps=4,
+        batch_size=64,
+        shuffle_buffer=64,
+        read_threads=1,
+        transform_threads=1,
+        statistics_dir=str(stats_dir),
+        camera_roles=("primary",),
+    )
     base.update(kwargs)
     return RLDSConfig(**base)
 
@@ -224,8 +267,14 @@ def collect(cfg: RLDSConfig, rank: int = 0, world_size: int = 1, max_batches: in
 
 
 def load_stats(root, name: str, stats_dir, skip_unlabeled: bool = True, split: str = "train"):
-    return load_or_compute_statistics(root, dataset_configs.DATASET_CONFIGS[name], split=split,
-                                      skip_unlabeled=skip_unlabeled, statistics_dir=stats_dir, read_threads=1)
+    return load_or_compute_statistics(
+        root,
+        dataset_configs.DATASET_CONFIGS[name],
+        split=split,
+        skip_unlabeled=skip_unlabeled,
+        statistics_dir=stats_dir,
+        read_threads=1,
+    )
 
 
 def assert_statistics_equal(stats: DatasetStatistics, ref: dict, atol: float = 1e-5) -> None:
@@ -233,37 +282,44 @@ def assert_statistics_equal(stats: DatasetStatistics, ref: dict, atol: float = 1
     assert stats.num_trajectories == ref["num_trajectories"]
     for kind in ("action", "proprio"):
         for key in ("mean", "std", "min", "max", "p01", "p99"):
-            np.testing.assert_allclose(getattr(getattr(stats, kind), key), ref[kind][key], rtol=1e-5, atol=atol,
-                                       err_msg=f"{kind}/{key}")
+            np.testing.assert_allclose(
+                getattr(getattr(stats, kind), key), ref[kind][key], rtol=1e-5, atol=atol, err_msg=f"{kind}/{key}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
 # gripper conventions, hand-checked
 
 
-@pytest.mark.parametrize("commands, expected", [
-    ([0, 0, 1, 0, 0, -1, 0], [1, 1, 0, 0, 0, 1, 1]),  # first command closes: open before it
-    ([0, -1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0]),  # first command opens: closed before it
-    ([-1, -1, 0, 1], [1, 1, 1, 0]),  # command on the first step
-    ([0, 0, 0], [1, 1, 1]),  # no command at all: open
-    ([1.0], [0]),
-    ([0.05, -0.05, 0.2, 0.1, -0.1, -0.15, 0.0], [1, 1, 0, 0, 0, 1, 1]),  # |x| <= 0.1 is no command
-    ([0.0, 0.1, -0.1, -0.11, 0.11], [0, 0, 0, 1, 0]),  # first command (-0.11) opens: closed before it
-])
+@pytest.mark.parametrize(
+    "commands, expected",
+    [
+        ([0, 0, 1, 0, 0, -1, 0], [1, 1, 0, 0, 0, 1, 1]),  # first command closes: open before it
+        ([0, -1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0]),  # first command opens: closed before it
+        ([-1, -1, 0, 1], [1, 1, 1, 0]),  # command on the first step
+        ([0, 0, 0], [1, 1, 1]),  # no command at all: open
+        ([1.0], [0]),
+        ([0.05, -0.05, 0.2, 0.1, -0.1, -0.15, 0.0], [1, 1, 0, 0, 0, 1, 1]),  # |x| <= 0.1 is no command
+        ([0.0, 0.1, -0.1, -0.11, 0.11], [0, 0, 0, 1, 0]),  # first command (-0.11) opens: closed before it
+    ],
+)
 def test_relative_to_absolute_gripper_hand_checked(commands, expected):
     got = standardize.relative_to_absolute_gripper(tf.constant(commands, tf.float32)).numpy()
     np.testing.assert_array_equal(got, np.asarray(expected, np.float32))
     np.testing.assert_array_equal(ref_relative_to_absolute(np.asarray(commands, np.float32)), expected)
 
 
-@pytest.mark.parametrize("gripper, expected", [
-    ([1, 1, 0.5, 0, 0, 0.6, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]),  # in between: next decided value
-    ([1, 0.7, 0.3, 0.2, 0], [1, 0, 0, 0, 0]),  # a run of in-between values
-    ([0.96, 0.95, 0.05, 0.04], [1, 0, 0, 0]),  # thresholds are strict
-    ([0.0, 0.97], [0, 1]),
-    ([1, 0.5, 0.4], [1, 0.4, 0.4]),  # trailing undecided run keeps the last raw value
-    ([0.5, 0.3], [0.3, 0.3]),
-])
+@pytest.mark.parametrize(
+    "gripper, expected",
+    [
+        ([1, 1, 0.5, 0, 0, 0.6, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]),  # in between: next decided value
+        ([1, 0.7, 0.3, 0.2, 0], [1, 0, 0, 0, 0]),  # a run of in-between values
+        ([0.96, 0.95, 0.05, 0.04], [1, 0, 0, 0]),  # thresholds are strict
+        ([0.0, 0.97], [0, 1]),
+        ([1, 0.5, 0.4], [1, 0.4, 0.4]),  # trailing undecided run keeps the last raw value
+        ([0.5, 0.3], [0.3, 0.3]),
+    ],
+)
 def test_binarize_gripper_actions_hand_checked(gripper, expected):
     got = standardize.binarize_gripper_actions(tf.constant(gripper, tf.float32)).numpy()
     np.testing.assert_allclose(got, np.asarray(expected, np.float32), rtol=0, atol=1e-7)
@@ -277,11 +333,17 @@ def test_gripper_conversions_match_reference_on_random_sequences():
     for _ in range(30):
         n = int(rng.integers(1, 15))
         rel = rng.choice(levels, n)
-        np.testing.assert_array_equal(standardize.relative_to_absolute_gripper(tf.constant(rel)).numpy(),
-                                      ref_relative_to_absolute(rel), err_msg=str(rel))
+        np.testing.assert_array_equal(
+            standardize.relative_to_absolute_gripper(tf.constant(rel)).numpy(),
+            ref_relative_to_absolute(rel),
+            err_msg=str(rel),
+        )
         cont = rng.choice(grip_levels, n)
-        np.testing.assert_array_equal(standardize.binarize_gripper_actions(tf.constant(cont)).numpy(),
-                                      ref_binarize(cont).astype(np.float32), err_msg=str(cont))
+        np.testing.assert_array_equal(
+            standardize.binarize_gripper_actions(tf.constant(cont)).numpy(),
+            ref_binarize(cont).astype(np.float32),
+            err_msg=str(cont),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,8 +374,9 @@ def test_batches_match_raw_steps(root_for, stats_dir, source, name):
     cond, horizon = 3, 4
     image_size = REAL_IMAGE if source == "real" else SYNTH_IMAGE
     mix = "bridge" if name == BRIDGE else "fractal"
-    batch, info = collect(config(root, mix, stats_dir, image_size=image_size, cond_steps=cond,
-                                 horizon_steps=horizon, batch_size=50))
+    batch, info = collect(
+        config(root, mix, stats_dir, image_size=image_size, cond_steps=cond, horizon_steps=horizon, batch_size=50)
+    )
     episodes = reference(root, name)
     ref = ref_statistics(episodes)
     stats = info.statistics[name]
@@ -341,18 +404,30 @@ def test_batches_match_raw_steps(root_for, stats_dir, source, name):
         chunk = t + np.arange(horizon)
         raw_action = ep.action[np.minimum(chunk, length - 1)].astype(np.float64)
         np.testing.assert_array_equal(batch["action_mask"][i], chunk < length)
-        np.testing.assert_allclose(batch["actions"][i], ref_bounds(raw_action, ref["action"], action_mask),
-                                   rtol=0, atol=2e-5, err_msg=f"{tfds_id} step {t} actions")
+        np.testing.assert_allclose(
+            batch["actions"][i],
+            ref_bounds(raw_action, ref["action"], action_mask),
+            rtol=0,
+            atol=2e-5,
+            err_msg=f"{tfds_id} step {t} actions",
+        )
         # proprio history t-C+1 .. t, oldest first; before the start: the first step, mask False
         history = t - cond + 1 + np.arange(cond)
         raw_proprio = ep.proprio[np.maximum(history, 0)].astype(np.float64)
         np.testing.assert_array_equal(batch["proprio_mask"][i], history >= 0)
-        np.testing.assert_allclose(batch["proprio"][i], ref_bounds(raw_proprio, ref["proprio"], True),
-                                   rtol=0, atol=2e-5, err_msg=f"{tfds_id} step {t} proprio")
+        np.testing.assert_allclose(
+            batch["proprio"][i],
+            ref_bounds(raw_proprio, ref["proprio"], True),
+            rtol=0,
+            atol=2e-5,
+            err_msg=f"{tfds_id} step {t} proprio",
+        )
 
         # de-normalized with the project's statistics: the raw values where they were not clipped
-        for got, raw, st, mask in ((unnorm_action[i], raw_action, stats.action, action_mask),
-                                   (unnorm_proprio[i], raw_proprio, stats.proprio, np.ones(proprio_dim, bool))):
+        for got, raw, st, mask in (
+            (unnorm_action[i], raw_action, stats.action, action_mask),
+            (unnorm_proprio[i], raw_proprio, stats.proprio, np.ones(proprio_dim, bool)),
+        ):
             mask = np.broadcast_to(mask, raw.shape)
             inside = (raw >= st.p01) & (raw <= st.p99)
             np.testing.assert_allclose(got[inside & mask], raw[inside & mask], rtol=1e-5, atol=1e-6)
@@ -380,15 +455,31 @@ def test_batches_match_raw_steps(root_for, stats_dir, source, name):
 
 
 def test_train_batch_shapes_dtypes_ranges(real_root, stats_dir):
-    cfg = config(real_root, "bridge", stats_dir, train=True, image_size=32, cond_steps=2, horizon_steps=4,
-                 batch_size=16, shuffle_buffer=32, camera_roles=("primary", "secondary", "wrist"))
+    cfg = config(
+        real_root,
+        "bridge",
+        stats_dir,
+        train=True,
+        image_size=32,
+        cond_steps=2,
+        horizon_steps=4,
+        batch_size=16,
+        shuffle_buffer=32,
+        camera_roles=("primary", "secondary", "wrist"),
+    )
     batch, info = collect(cfg, max_batches=1)
     episodes = reference(real_root, BRIDGE)
     b = 16
-    expected = {"images": ((b, 3, 32, 32, 3), np.uint8), "image_mask": ((b, 3), np.bool_),
-                "proprio": ((b, 2, 7), np.float32), "proprio_mask": ((b, 2), np.bool_),
-                "actions": ((b, 4, 7), np.float32), "action_mask": ((b, 4), np.bool_),
-                "step": ((b,), np.int32), "dataset_index": ((b,), np.int32)}
+    expected = {
+        "images": ((b, 3, 32, 32, 3), np.uint8),
+        "image_mask": ((b, 3), np.bool_),
+        "proprio": ((b, 2, 7), np.float32),
+        "proprio_mask": ((b, 2), np.bool_),
+        "actions": ((b, 4, 7), np.float32),
+        "action_mask": ((b, 4), np.bool_),
+        "step": ((b,), np.int32),
+        "dataset_index": ((b,), np.int32),
+    }
     assert set(batch) == set(expected) | {"language", "tfds_id"}
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
@@ -407,14 +498,25 @@ def test_train_batch_shapes_dtypes_ranges(real_root, stats_dir):
 def test_normalization_options(synth_root, stats_dir, normalization):
     """normalize_gripper=True normalizes the gripper action too; mean_std (= gaussian) is (x - mean) / (std + 1e-6)
     and quantile 2 (x - p01) / (p99 - p01 + 1e-6) - 1, both unclipped (openpi's pi0 and pi0.5)."""
-    batch, _ = collect(config(synth_root, "bridge", stats_dir, normalization=normalization, normalize_gripper=True,
-                              cond_steps=1, horizon_steps=1))
+    batch, _ = collect(
+        config(
+            synth_root,
+            "bridge",
+            stats_dir,
+            normalization=normalization,
+            normalize_gripper=True,
+            cond_steps=1,
+            horizon_steps=1,
+        )
+    )
     episodes = reference(synth_root, BRIDGE)
     ref = ref_statistics(episodes)
     raw_action = np.stack([episodes[k].action[t] for k, t in zip(batch["tfds_id"], batch["step"])])
     raw_proprio = np.stack([episodes[k].proprio[t] for k, t in zip(batch["tfds_id"], batch["step"])])
-    for got, raw, st in ((batch["actions"][:, 0], raw_action, ref["action"]),
-                         (batch["proprio"][:, 0], raw_proprio, ref["proprio"])):
+    for got, raw, st in (
+        (batch["actions"][:, 0], raw_action, ref["action"]),
+        (batch["proprio"][:, 0], raw_proprio, ref["proprio"]),
+    ):
         raw = raw.astype(np.float64)
         if normalization == "bounds":
             expected = ref_bounds(raw, st, True)
@@ -429,8 +531,15 @@ def test_normalization_options(synth_root, stats_dir, normalization):
 
 @pytest.mark.parametrize("train", [False, True])
 def test_absent_camera_is_black(synth_root, stats_dir, train):
-    cfg = config(synth_root, "bridge", stats_dir, train=train, camera_roles=("primary", "wrist"), batch_size=16,
-                 shuffle_buffer=16)
+    cfg = config(
+        synth_root,
+        "bridge",
+        stats_dir,
+        train=train,
+        camera_roles=("primary", "wrist"),
+        batch_size=16,
+        shuffle_buffer=16,
+    )
     batch, _ = collect(cfg, max_batches=1)
     assert batch["image_mask"][:, 0].all() and not batch["image_mask"][:, 1].any()
     assert batch["images"][:, 0].any()
@@ -498,8 +607,18 @@ def test_skip_unlabeled(synth_root, stats_dir, skip_unlabeled):
 
 def test_mix_samples_by_weight_and_pads_proprio(synth_root, stats_dir, monkeypatch):
     monkeypatch.setitem(dataset_configs.MIXES, "test_mix", {FRACTAL: 3.0, BRIDGE: 1.0})
-    cfg = config(synth_root, "test_mix", stats_dir, train=True, cond_steps=2, horizon_steps=4, batch_size=100,
-                 shuffle_buffer=64, read_threads=2, transform_threads=2)
+    cfg = config(
+        synth_root,
+        "test_mix",
+        stats_dir,
+        train=True,
+        cond_steps=2,
+        horizon_steps=4,
+        batch_size=100,
+        shuffle_buffer=64,
+        read_threads=2,
+        transform_threads=2,
+    )
     batch, info = collect(cfg, max_batches=20)
     assert info.datasets == [FRACTAL, BRIDGE] and info.weights == pytest.approx([0.75, 0.25])
     assert info.proprio_dim == 8 and info.action_dim == 7
@@ -542,14 +661,12 @@ def test_statistics_cache_reuse_and_invalidation(synth_root, tmp_path):
     }
     paths = {path}
     for what, new_cfg in changed.items():
-        new_stats, new_path = load_or_compute_statistics(synth_root, new_cfg, statistics_dir=directory,
-                                                         read_threads=1)
+        new_stats, new_path = load_or_compute_statistics(synth_root, new_cfg, statistics_dir=directory, read_threads=1)
         assert new_path not in paths, what
         paths.add(new_path)
         assert new_path.is_file() and new_stats.num_transitions == truth["num_transitions"], what
     for kwargs in ({"skip_unlabeled": False}, {"split": "val"}):
-        _, new_path = load_or_compute_statistics(synth_root, cfg, statistics_dir=directory, read_threads=1,
-                                                 **kwargs)
+        _, new_path = load_or_compute_statistics(synth_root, cfg, statistics_dir=directory, read_threads=1, **kwargs)
         assert new_path not in paths, kwargs
         paths.add(new_path)
     assert json.loads(path.read_text())["num_transitions"] == 123456  # the old file is left alone
@@ -638,8 +755,15 @@ def test_import_safety_no_tensorflow():
         print("LOADED", loaded)
         sys.exit(1 if loaded else 0)
     """)
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                            cwd=REPO, env=_quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=_quiet_env(),
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
 
 
@@ -690,8 +814,9 @@ class _BackgroundRun:
         self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             # its own process group: killing it also ends the processes it spawned
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=_quiet_env(),
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=err, cwd=REPO, env=_quiet_env(), start_new_session=True
+            )
 
     def wait(self, timeout: float) -> tuple[int, str, str]:
         try:
@@ -712,9 +837,28 @@ CLI_TEST = "test_cli_prints_statistics_path_and_throughput"
 
 
 def cli_command(data_path: Path, statistics_dir: Path) -> list[str]:
-    return [sys.executable, "src/pg_vla/data/dataloader.py", "--data_path", str(data_path), "--mix", "bridge",
-            "--batch_size", "4", "--num_batches", "3", "--image_size", "64", "--statistics_dir", str(statistics_dir),
-            "--shuffle_buffer", "64", "--read_threads", "1", "--transform_threads", "1"]
+    return [
+        sys.executable,
+        "src/pg_vla/data/dataloader.py",
+        "--data_path",
+        str(data_path),
+        "--mix",
+        "bridge",
+        "--batch_size",
+        "4",
+        "--num_batches",
+        "3",
+        "--image_size",
+        "64",
+        "--statistics_dir",
+        str(statistics_dir),
+        "--shuffle_buffer",
+        "64",
+        "--read_threads",
+        "1",
+        "--transform_threads",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -722,8 +866,11 @@ def background_runs(request, tmp_path_factory):
     """The torch loader and CLI checks each spawn processes that import torch and tensorflow (~25 s each).
     They start when the module starts, so they run alongside the in-process tests; their tests (at the end
     of the module) wait for them. Only the selected ones are started."""
-    selected = {getattr(item, "originalname", item.name) for item in request.session.items
-                if getattr(item, "module", None) is request.module}
+    selected = {
+        getattr(item, "originalname", item.name)
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+    }
     runs: dict[str, _BackgroundRun] = {}
     if selected & {LOADER_TEST, CLI_TEST}:
         root = request.getfixturevalue("synth_root")
@@ -731,8 +878,9 @@ def background_runs(request, tmp_path_factory):
         if LOADER_TEST in selected:
             script = work / "loader_check.py"
             script.write_text(LOADER_SCRIPT)
-            runs[LOADER_TEST] = _BackgroundRun([sys.executable, str(script), str(root), str(work / "loader_stats")],
-                                               work / "loader")
+            runs[LOADER_TEST] = _BackgroundRun(
+                [sys.executable, str(script), str(root), str(work / "loader_stats")], work / "loader"
+            )
             runs[LOADER_TEST].statistics_dir = work / "loader_stats"
         if CLI_TEST in selected:
             runs[CLI_TEST] = _BackgroundRun(cli_command(root, work / "cli_stats"), work / "cli")
@@ -750,16 +898,23 @@ def test_torch_loader_end_to_end(synth_root, background_runs):
     assert returncode == 0, stdout[-3000:] + stderr[-5000:]
     lines = [line for line in stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, stdout[-3000:] + stderr[-5000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     assert report["tensorflow_loaded"] == []  # the pipeline ran in spawned processes only
     truth = ref_statistics(reference(synth_root, BRIDGE))
     assert report["stats"] == {BRIDGE: [truth["num_transitions"], truth["num_trajectories"]]}
     assert Path(report["paths"][BRIDGE]).is_file() and Path(report["paths"][BRIDGE]).parent == run.statistics_dir
-    expected = {"images": [[4, 2, 32, 32, 3], "torch.uint8"], "image_mask": [[4, 2], "torch.bool"],
-                "proprio": [[4, 2, 7], "torch.float32"], "proprio_mask": [[4, 2], "torch.bool"],
-                "actions": [[4, 3, 7], "torch.float32"], "action_mask": [[4, 3], "torch.bool"],
-                "step": [[4], "torch.int32"], "dataset_index": [[4], "torch.int32"],
-                "language": ["list", 4, ["str"]], "tfds_id": ["list", 4, ["str"]]}
+    expected = {
+        "images": [[4, 2, 32, 32, 3], "torch.uint8"],
+        "image_mask": [[4, 2], "torch.bool"],
+        "proprio": [[4, 2, 7], "torch.float32"],
+        "proprio_mask": [[4, 2], "torch.bool"],
+        "actions": [[4, 3, 7], "torch.float32"],
+        "action_mask": [[4, 3], "torch.bool"],
+        "step": [[4], "torch.int32"],
+        "dataset_index": [[4], "torch.int32"],
+        "language": ["list", 4, ["str"]],
+        "tfds_id": ["list", 4, ["str"]],
+    }
     assert len(report["batches"]) == 2
     for layout in report["batches"]:
         assert layout == expected

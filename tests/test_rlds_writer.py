@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from pg_vla.data.rlds import synthetic
-from pg_vla.data.rlds.schemas import (BRIDGE_IMAGE_KEYS, BRIDGE_NAME, BRIDGE_VERSION, FRACTAL_NAME,
-                                      FRACTAL_VERSION, bridge_features, fractal_features)
+from pg_vla.data.rlds.schemas import (
+    BRIDGE_IMAGE_KEYS,
+    BRIDGE_NAME,
+    BRIDGE_VERSION,
+    FRACTAL_NAME,
+    FRACTAL_VERSION,
+    bridge_features,
+    fractal_features,
+)
 from pg_vla.data.rlds.writer import write_rlds_dataset
 from rlds_features import feature_leaves
 
@@ -70,6 +77,7 @@ def test_bridge_schema_matches_release():
     assert repr(mine) == repr(real)  # includes descriptions
     # And the serialized schema is byte-for-byte the release's features.json content.
     from google.protobuf import json_format
+
     on_disk = json.loads((REAL_BRIDGE / "features.json").read_text())
     assert json.loads(json_format.MessageToJson(mine.to_proto())) == on_disk
 
@@ -107,27 +115,40 @@ def test_fractal_schema():
 
 def _toy_features():
     f = tfds.features
-    return f.FeaturesDict({
-        "steps": f.Dataset({
-            "observation": f.FeaturesDict({"image": f.Image(shape=(6, 5, 3), encoding_format="png"),
-                                           "state": f.Tensor(shape=(2,), dtype=np.float32)}),
-            "action": f.Tensor(shape=(2,), dtype=np.float32),
-            "is_last": f.Scalar(dtype=np.bool_),
-            "language_instruction": f.Text(),
-        }),
-        "episode_metadata": f.FeaturesDict({"episode_id": f.Scalar(dtype=np.int32)}),
-    })
+    return f.FeaturesDict(
+        {
+            "steps": f.Dataset(
+                {
+                    "observation": f.FeaturesDict(
+                        {
+                            "image": f.Image(shape=(6, 5, 3), encoding_format="png"),
+                            "state": f.Tensor(shape=(2,), dtype=np.float32),
+                        }
+                    ),
+                    "action": f.Tensor(shape=(2,), dtype=np.float32),
+                    "is_last": f.Scalar(dtype=np.bool_),
+                    "language_instruction": f.Text(),
+                }
+            ),
+            "episode_metadata": f.FeaturesDict({"episode_id": f.Scalar(dtype=np.int32)}),
+        }
+    )
 
 
 def _toy_episode(split: str, index: int) -> dict:
     rng = np.random.default_rng([len(split), index])
-    steps = [{
-        "observation": {"image": rng.integers(0, 256, (6, 5, 3), dtype=np.uint8),
-                        "state": rng.normal(size=2).astype(np.float32)},
-        "action": rng.normal(size=2).astype(np.float32),
-        "is_last": t == index % 3 + 1,
-        "language_instruction": f"{split} task {index}",
-    } for t in range(index % 3 + 2)]
+    steps = [
+        {
+            "observation": {
+                "image": rng.integers(0, 256, (6, 5, 3), dtype=np.uint8),
+                "state": rng.normal(size=2).astype(np.float32),
+            },
+            "action": rng.normal(size=2).astype(np.float32),
+            "is_last": t == index % 3 + 1,
+            "language_instruction": f"{split} task {index}",
+        }
+        for t in range(index % 3 + 2)
+    ]
     return {"steps": steps, "episode_metadata": {"episode_id": index}}
 
 
@@ -142,12 +163,14 @@ def _toy_splits(counts: dict[str, int]):
 
 def test_writer_round_trip_png_and_shards(tmp_path):
     counts = {"train": 7, "val": 3}
-    path = write_rlds_dataset(tmp_path, "toy_rlds", "1.2.0", _toy_features(), _toy_splits(counts),
-                              num_shards=3, description="toy")
+    path = write_rlds_dataset(
+        tmp_path, "toy_rlds", "1.2.0", _toy_features(), _toy_splits(counts), num_shards=3, description="toy"
+    )
     assert path == tmp_path / "toy_rlds" / "1.2.0"
     names = sorted(p.name for p in path.iterdir())
     assert names == ["dataset_info.json", "features.json"] + [
-        f"toy_rlds-{split}.tfrecord-{k:05d}-of-00003" for split in ("train", "val") for k in range(3)]
+        f"toy_rlds-{split}.tfrecord-{k:05d}-of-00003" for split in ("train", "val") for k in range(3)
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy_rlds"]  # no downloads/ left behind
 
     builder = tfds.builder_from_directory(str(path))
@@ -158,6 +181,7 @@ def test_writer_round_trip_png_and_shards(tmp_path):
         # Each shard file is a plain TFRecord file holding shard_lengths[k] examples (per-rank file sharding).
         files = sorted(path.glob(f"toy_rlds-{split}.tfrecord-*"))
         import tensorflow as tf
+
         assert [sum(1 for _ in tf.data.TFRecordDataset(str(f))) for f in files] == list(info.shard_lengths)
 
         decoded = _episodes(builder, split)
@@ -168,8 +192,9 @@ def test_writer_round_trip_png_and_shards(tmp_path):
 
 
 def test_writer_keeps_order_without_shuffle(tmp_path):
-    path = write_rlds_dataset(tmp_path, "toy_ordered", "0.1.0", _toy_features(), _toy_splits({"train": 6}),
-                              num_shards=2, shuffle=False)
+    path = write_rlds_dataset(
+        tmp_path, "toy_ordered", "0.1.0", _toy_features(), _toy_splits({"train": 6}), num_shards=2, shuffle=False
+    )
     builder = tfds.builder_from_directory(str(path))
     ids = [int(ep["episode_metadata"]["episode_id"]) for ep in _episodes(builder, "train")]
     assert ids == list(range(6))
@@ -187,8 +212,7 @@ def test_writer_errors(tmp_path):
         write_rlds_dataset(tmp_path, "toy_small", "1.0.0", features, _toy_splits({"train": 2}), num_shards=3)
     assert not (tmp_path / "toy_small" / "1.0.0").exists()
     with pytest.raises(ValueError, match="num_shards"):
-        write_rlds_dataset(tmp_path, "toy_list", "1.0.0", features, {"train": [_toy_episode("train", 0)]},
-                           num_shards=2)
+        write_rlds_dataset(tmp_path, "toy_list", "1.0.0", features, {"train": [_toy_episode("train", 0)]}, num_shards=2)
     no_steps = tfds.features.FeaturesDict({"x": tfds.features.Scalar(dtype=np.int32)})
     with pytest.raises(ValueError, match="steps"):
         write_rlds_dataset(tmp_path, "toy_bad", "1.0.0", no_steps, {"train": [{"x": 1}]})
@@ -201,10 +225,12 @@ def test_writer_errors(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_rlds")
-    synthetic.make_synthetic_bridge(root, episodes_per_split=EPISODES, image_size=BRIDGE_SIZE, num_shards=2,
-                                    empty_language_fraction=0.4, **SMALL)
-    synthetic.make_synthetic_fractal(root, episodes_per_split=EPISODES, image_size=FRACTAL_SIZE, num_shards=2,
-                                     empty_language_fraction=0.2, **SMALL)
+    synthetic.make_synthetic_bridge(
+        root, episodes_per_split=EPISODES, image_size=BRIDGE_SIZE, num_shards=2, empty_language_fraction=0.4, **SMALL
+    )
+    synthetic.make_synthetic_fractal(
+        root, episodes_per_split=EPISODES, image_size=FRACTAL_SIZE, num_shards=2, empty_language_fraction=0.2, **SMALL
+    )
     return root
 
 
@@ -269,7 +295,8 @@ def test_synthetic_bridge_is_plausible():
 def test_synthetic_fractal_round_trip(synthetic_dir, split):
     path = synthetic_dir / FRACTAL_NAME / FRACTAL_VERSION
     assert sorted(p.name for p in path.glob(f"*-{split}.tfrecord-*")) == [
-        f"{FRACTAL_NAME}-{split}.tfrecord-0000{k}-of-00002" for k in range(2)]
+        f"{FRACTAL_NAME}-{split}.tfrecord-0000{k}-of-00002" for k in range(2)
+    ]
     builder = tfds.builder_from_directory(str(path))
     assert feature_leaves(builder.info.features) == feature_leaves(fractal_features(FRACTAL_SIZE))
     assert builder.info.splits[split].num_examples == EPISODES
@@ -278,8 +305,11 @@ def test_synthetic_fractal_round_trip(synthetic_dir, split):
     matched = set()
     for episode in decoded:  # no episode id in this schema: match on the first pose
         first = episode["steps"][0]["observation"]["base_pose_tool_reached"]
-        index = next(i for i, e in enumerate(expected)
-                     if np.array_equal(e["steps"][0]["observation"]["base_pose_tool_reached"], first))
+        index = next(
+            i
+            for i, e in enumerate(expected)
+            if np.array_equal(e["steps"][0]["observation"]["base_pose_tool_reached"], first)
+        )
         matched.add(index)
         _assert_tree_equal(episode, expected[index], jpeg_keys=("image",))
         quats = np.stack([s["observation"]["base_pose_tool_reached"][3:] for s in episode["steps"]])
@@ -308,8 +338,10 @@ def test_synthetic_fractal_is_plausible():
             want = 1.0 if command[t] > 0 else 0.0 if command[t] < 0 else closed[t]
             assert closed[t + 1] == want
         starts_with_zero += int(command[0] == 0)
-        assert not steps[0]["observation"]["natural_language_instruction"] or \
-            steps[0]["observation"]["natural_language_instruction"] in synthetic.FRACTAL_INSTRUCTIONS
+        assert (
+            not steps[0]["observation"]["natural_language_instruction"]
+            or steps[0]["observation"]["natural_language_instruction"] in synthetic.FRACTAL_INSTRUCTIONS
+        )
         unlabeled += int(steps[0]["observation"]["natural_language_instruction"] == "")
         assert not np.array_equal(steps[0]["observation"]["image"], steps[-1]["observation"]["image"])
         assert set(episode) == {"steps", "aspects", "attributes"}
@@ -323,18 +355,39 @@ def test_synthetic_is_deterministic():
     c = synthetic.fractal_episode("val", 2, image_size=(16, 16), seed=8)
     for step_a, step_b in zip(a["steps"], b["steps"]):
         np.testing.assert_array_equal(step_a["observation"]["image"], step_b["observation"]["image"])
-        np.testing.assert_array_equal(step_a["observation"]["base_pose_tool_reached"],
-                                      step_b["observation"]["base_pose_tool_reached"])
-    assert not np.array_equal(a["steps"][0]["observation"]["base_pose_tool_reached"],
-                              c["steps"][0]["observation"]["base_pose_tool_reached"])
+        np.testing.assert_array_equal(
+            step_a["observation"]["base_pose_tool_reached"], step_b["observation"]["base_pose_tool_reached"]
+        )
+    assert not np.array_equal(
+        a["steps"][0]["observation"]["base_pose_tool_reached"], c["steps"][0]["observation"]["base_pose_tool_reached"]
+    )
 
 
 def test_script_end_to_end(tmp_path):
     script = REPO / "scripts" / "data" / "make_synthetic_rlds.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--output_dir", str(tmp_path), "--episodes_per_split", "2", "--steps", "3", "4",
-         "--image_size", "16", "20", "--num_shards", "2", "--seed", "1"],
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            str(script),
+            "--output_dir",
+            str(tmp_path),
+            "--episodes_per_split",
+            "2",
+            "--steps",
+            "3",
+            "4",
+            "--image_size",
+            "16",
+            "20",
+            "--num_shards",
+            "2",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for name, version in ((BRIDGE_NAME, BRIDGE_VERSION), (FRACTAL_NAME, FRACTAL_VERSION)):
         path = tmp_path / name / version
@@ -349,7 +402,9 @@ def test_script_end_to_end(tmp_path):
 
 
 def test_imports_do_not_load_tensorflow():
-    code = ("import sys, pg_vla.data, pg_vla.data.rlds, pg_vla.data.rlds.schemas, pg_vla.data.rlds.writer, "
-            "pg_vla.data.rlds.synthetic; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = (
+        "import sys, pg_vla.data, pg_vla.data.rlds, pg_vla.data.rlds.schemas, pg_vla.data.rlds.writer, "
+        "pg_vla.data.rlds.synthetic; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -30,8 +30,7 @@ from pg_vla.policy import Observation, Policy
 from pg_vla.serving import codec
 from pg_vla.serving.batching import BatchingRunner
 from pg_vla.serving.launch import ServerProcess
-from pg_vla.serving.observations import (DEFAULT_KEYS, InferenceRequest, ObservationKeys, RequestDecoder,
-                                         RequestError)
+from pg_vla.serving.observations import DEFAULT_KEYS, InferenceRequest, ObservationKeys, RequestDecoder, RequestError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "put the carrot on the plate"
@@ -56,13 +55,16 @@ def policy(tiny_policy_checkpoint: Path) -> Iterator[Policy]:
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_policy_checkpoint: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+def servers(
+    tiny_policy_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
     """Both servers start at once (each takes seconds to import torch and load the model)."""
     logs = tmp_path_factory.mktemp("server_logs")
     common = ["--checkpoint_path", str(tiny_policy_checkpoint), "--num_threads", "1"]
-    started = {"plain": ServerProcess([*common, "--max_message_mb", "2"], logs / "plain.log"),
-               "keyed": ServerProcess([*common, "--api_key", API_KEY], logs / "keyed.log")}
+    started = {
+        "plain": ServerProcess([*common, "--max_message_mb", "2"], logs / "plain.log"),
+        "keyed": ServerProcess([*common, "--api_key", API_KEY], logs / "keyed.log"),
+    }
     try:
         for server in started.values():
             server.start()
@@ -90,16 +92,20 @@ def plain(servers: dict[str, ServerProcess]) -> ServerProcess:
 
 
 def _request(rng: np.random.Generator, size: tuple[int, int] = (48, 64), seed: int | None = None) -> dict[str, Any]:
-    request: dict[str, Any] = {"observation/image": rng.integers(0, 256, (*size, 3), dtype=np.uint8),
-                               "observation/state": rng.normal(0, 0.1, 7), "prompt": PROMPT}
+    request: dict[str, Any] = {
+        "observation/image": rng.integers(0, 256, (*size, 3), dtype=np.uint8),
+        "observation/state": rng.normal(0, 0.1, 7),
+        "prompt": PROMPT,
+    }
     if seed is not None:
         request["seed"] = seed
     return request
 
 
 def _observation(request: dict[str, Any]) -> Observation:
-    return Observation(images={"primary": request["observation/image"]}, state=request["observation/state"],
-                       prompt=request["prompt"])
+    return Observation(
+        images={"primary": request["observation/image"]}, state=request["observation/state"], prompt=request["prompt"]
+    )
 
 
 @contextmanager
@@ -157,15 +163,18 @@ def test_codec_matches_openpi_client_wire_format() -> None:
         codec.packb(np.zeros(2, np.complex64))
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"\xc1", "not a valid msgpack"),
-    (client_msgpack.packb({"a": np.zeros(3)})[:-5], "not a valid msgpack"),
-    (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 5, b"dtype": "<f4", b"shape": [2]}), "needs 8 bytes"),
-    (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|O", b"shape": [1]}), "unsupported dtype"),
-    (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}), "unknown dtype"),
-    (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}), "non-negative"),
-    (msgpack.packb({b"__ndarray__": True, b"dtype": "<f4", b"shape": [1]}), "lacks its 'data'"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\xc1", "not a valid msgpack"),
+        (client_msgpack.packb({"a": np.zeros(3)})[:-5], "not a valid msgpack"),
+        (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 5, b"dtype": "<f4", b"shape": [2]}), "needs 8 bytes"),
+        (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|O", b"shape": [1]}), "unsupported dtype"),
+        (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}), "unknown dtype"),
+        (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}), "non-negative"),
+        (msgpack.packb({b"__ndarray__": True, b"dtype": "<f4", b"shape": [1]}), "lacks its 'data'"),
+    ],
+)
 def test_codec_rejects_malformed_messages(payload: bytes, message: str) -> None:
     with pytest.raises(codec.MessageError, match=message):
         codec.unpackb(payload)
@@ -177,15 +186,27 @@ def test_default_key_file_matches_built_in_defaults_and_droid_keys_concatenate()
     droid = ObservationKeys.load(REPO / "config" / "serve" / "droid.yaml")
     decoder = RequestDecoder(droid, droid.image_keys_for(["primary", "wrist"]), state_dim=8, cond_steps=1)
     image = np.zeros((8, 8, 3), np.uint8)
-    request = decoder.decode({"observation/exterior_image_1_left": image, "observation/wrist_image_left": image,
-                              "observation/joint_position": np.arange(7.0), "observation/gripper_position": [0.5],
-                              "prompt": "x"})
+    request = decoder.decode(
+        {
+            "observation/exterior_image_1_left": image,
+            "observation/wrist_image_left": image,
+            "observation/joint_position": np.arange(7.0),
+            "observation/gripper_position": [0.5],
+            "prompt": "x",
+        }
+    )
     np.testing.assert_array_equal(request.observation.state, [0, 1, 2, 3, 4, 5, 6, 0.5])
     assert request.seed is None
     with pytest.raises(RequestError, match=r"'observation/joint_position\+observation/gripper_position' has 9"):
-        decoder.decode({"observation/exterior_image_1_left": image, "observation/wrist_image_left": image,
-                        "observation/joint_position": np.arange(8.0), "observation/gripper_position": 0.5,
-                        "prompt": "x"})
+        decoder.decode(
+            {
+                "observation/exterior_image_1_left": image,
+                "observation/wrist_image_left": image,
+                "observation/joint_position": np.arange(8.0),
+                "observation/gripper_position": 0.5,
+                "prompt": "x",
+            }
+        )
 
 
 def test_bad_key_mappings_are_named(tmp_path: Path) -> None:
@@ -195,7 +216,8 @@ def test_bad_key_mappings_are_named(tmp_path: Path) -> None:
         ObservationKeys.from_mapping({**DEFAULT_KEYS, "prompt": "observation/state"})
     with pytest.raises(ValueError, match="reads camera role 'secondary', which the observation keys map from no"):
         ObservationKeys.from_mapping({**DEFAULT_KEYS, "images": {"img": "primary"}}).image_keys_for(
-            ["primary", "secondary"])
+            ["primary", "secondary"]
+        )
     (tmp_path / "bad.yaml").write_text("images: [a, b]\nstate: s\nprompt: p\n")
     with pytest.raises(ValueError, match="'images' must map request keys to camera roles"):
         ObservationKeys.load(tmp_path / "bad.yaml")
@@ -211,10 +233,20 @@ def _history_decoder() -> RequestDecoder:
     return RequestDecoder(ObservationKeys.load(None), {"primary": "observation/image"}, state_dim=7, cond_steps=2)
 
 
-@pytest.mark.parametrize("seed, expected", [
-    (None, None), (0, 0), (2**63 - 1, 2**63 - 1), (np.int64(3), 3), (np.int32(4), 4), (np.uint64(2**63 - 1), 2**63 - 1),
-    (np.zeros((), np.int64), 0), (np.array(5, np.int64), 5), (np.array(6, np.uint8), 6),
-])
+@pytest.mark.parametrize(
+    "seed, expected",
+    [
+        (None, None),
+        (0, 0),
+        (2**63 - 1, 2**63 - 1),
+        (np.int64(3), 3),
+        (np.int32(4), 4),
+        (np.uint64(2**63 - 1), 2**63 - 1),
+        (np.zeros((), np.int64), 0),
+        (np.array(5, np.int64), 5),
+        (np.array(6, np.uint8), 6),
+    ],
+)
 @pytest.mark.parametrize("state", [np.zeros(7, np.float32), np.zeros((2, 7), np.float32), [[0.0] * 7] * 2])
 def test_values_of_the_advertised_spec_are_accepted(seed: Any, expected: int | None, state: Any) -> None:
     request = {"observation/image": np.zeros((32, 32, 3), np.uint8), "observation/state": state, "prompt": PROMPT}
@@ -225,18 +257,34 @@ def test_values_of_the_advertised_spec_are_accepted(seed: Any, expected: int | N
     assert decoded.observation.state.shape == np.shape(state)
 
 
-@pytest.mark.parametrize("seed, described", [
-    (True, "bool"), (np.bool_(False), "bool"), (np.array(True), "bool array of shape () holding True"),
-    (3.0, "float 3.0"), (np.float64(3.0), "float64 3.0"), (np.array(3.0), "float64 array of shape () holding 3.0"),
-    (-1, "int -1"), (np.int64(-1), "int64 -1"), (np.array(-1, np.int64), "int64 array of shape () holding -1"),
-    (2**63, "int 9223372036854775808"), (np.uint64(2**63), "uint64 9223372036854775808"),
-    (np.array(2**63, np.uint64), "uint64 array of shape () holding 9223372036854775808"),
-    (np.array([3]), "int64 array of shape (1,)"), (np.zeros((1, 1), np.int64), "int64 array of shape (1, 1)"),
-    ("7", "str"), (b"7", "bytes"),
-])
+@pytest.mark.parametrize(
+    "seed, described",
+    [
+        (True, "bool"),
+        (np.bool_(False), "bool"),
+        (np.array(True), "bool array of shape () holding True"),
+        (3.0, "float 3.0"),
+        (np.float64(3.0), "float64 3.0"),
+        (np.array(3.0), "float64 array of shape () holding 3.0"),
+        (-1, "int -1"),
+        (np.int64(-1), "int64 -1"),
+        (np.array(-1, np.int64), "int64 array of shape () holding -1"),
+        (2**63, "int 9223372036854775808"),
+        (np.uint64(2**63), "uint64 9223372036854775808"),
+        (np.array(2**63, np.uint64), "uint64 array of shape () holding 9223372036854775808"),
+        (np.array([3]), "int64 array of shape (1,)"),
+        (np.zeros((1, 1), np.int64), "int64 array of shape (1, 1)"),
+        ("7", "str"),
+        (b"7", "bytes"),
+    ],
+)
 def test_seeds_outside_the_spec_are_refused_with_the_key_named(seed: Any, described: str) -> None:
-    request = {"observation/image": np.zeros((32, 32, 3), np.uint8), "observation/state": np.zeros(7),
-               "prompt": PROMPT, "seed": seed}
+    request = {
+        "observation/image": np.zeros((32, 32, 3), np.uint8),
+        "observation/state": np.zeros(7),
+        "prompt": PROMPT,
+        "seed": seed,
+    }
     with pytest.raises(RequestError) as refused:
         _history_decoder().decode(request)
     assert str(refused.value) == SEED_ERROR + described
@@ -304,8 +352,13 @@ def test_openpi_client_gets_metadata_and_the_in_process_actions(plain: ServerPro
     assert meta["action_horizon"] == policy.horizon == 4 and meta["action_dim"] == policy.action_dim == 7
     assert meta["camera_roles"] == ["primary"] and meta["dataset_name"] == "bridge_dataset"
     spec = meta["observation_spec"]
-    assert spec["observation/image"] == {"shape": [32, 32, 3], "dtype": "uint8", "kind": "image",
-                                         "note": "any H x W is resized", "camera": "primary"}
+    assert spec["observation/image"] == {
+        "shape": [32, 32, 3],
+        "dtype": "uint8",
+        "kind": "image",
+        "note": "any H x W is resized",
+        "camera": "primary",
+    }
     assert spec["observation/state"]["shape"] == [7] and spec["observation/state"]["kind"] == "state"
     assert spec["prompt"]["kind"] == "prompt" and spec["seed"]["optional"] is True
     assert meta["max_message_bytes"] == 2 * 1024 * 1024
@@ -324,8 +377,9 @@ def test_openpi_client_gets_metadata_and_the_in_process_actions(plain: ServerPro
     request = _request(rng, seed=5)
     request["observation/state"] = request["observation/state"][None].tolist()
     request["seed"] = np.int64(5)
-    np.testing.assert_allclose(client.infer(request)["actions"],
-                               policy.infer(_observation(request), seed=5)["actions"], atol=ACTION_ATOL)
+    np.testing.assert_allclose(
+        client.infer(request)["actions"], policy.infer(_observation(request), seed=5)["actions"], atol=ACTION_ATOL
+    )
     # without a seed every request draws fresh noise
     unseeded = _request(rng)
     assert not np.allclose(client.infer(unseeded)["actions"], client.infer(unseeded)["actions"])
@@ -358,8 +412,12 @@ def test_a_request_built_from_the_advertised_spec_alone_is_answered(plain: Serve
     # the state's history form, then the seed as a numpy scalar, a Python int and a nonzero 0-d array
     state_spec = spec["observation/state"]
     assert state_spec["history_shape"] == [1, 7]  # cond_steps 1, 7 state values
-    variants = [({"observation/state": _value_for(state_spec, "history_shape")}, 0),
-                ({"seed": np.int64(0)}, 0), ({"seed": 0}, 0), ({"seed": np.array(3, np.int64)}, 3)]
+    variants = [
+        ({"observation/state": _value_for(state_spec, "history_shape")}, 0),
+        ({"seed": np.int64(0)}, 0),
+        ({"seed": 0}, 0),
+        ({"seed": np.array(3, np.int64)}, 3),
+    ]
     for change, seed in variants:
         actions = client.infer({**request, **change})["actions"]
         assert actions.shape == action_shape
@@ -398,8 +456,10 @@ def _malformed_requests() -> list[tuple[str | bytes, str]]:
         (codec.packb([1, 2, 3]), "must be a map of observation fields, got list"),
         (edit(prompt=None), "request lacks key(s) ['prompt']"),
         (edit(observation__image=None), "request lacks key(s) ['observation/image']"),
-        (edit(observation__image=valid["observation/image"].astype(np.float32)),
-         "'observation/image' (camera 'primary') must be a uint8 array of shape (H, W, 3), got float32"),
+        (
+            edit(observation__image=valid["observation/image"].astype(np.float32)),
+            "'observation/image' (camera 'primary') must be a uint8 array of shape (H, W, 3), got float32",
+        ),
         (edit(observation__image=valid["observation/image"][..., 0]), "got uint8 array of shape (48, 64)"),
         (edit(observation__image=np.zeros((3, 32, 32), np.uint8)), "channel-first images must be transposed"),
         (edit(observation__image=[[1, 2, 3]]), "got list"),
@@ -416,15 +476,20 @@ def _malformed_requests() -> list[tuple[str | bytes, str]]:
         (edit(seed=np.array(2**63, np.uint64)), SEED_ERROR + "uint64 array of shape () holding 9223372036854775808"),
         (edit(seed=np.array(3.0)), SEED_ERROR + "float64 array of shape () holding 3.0"),
         (edit(seed=np.array([3])), SEED_ERROR + "int64 array of shape (1,)"),
-        (msgpack.packb({**{k: v for k, v in valid.items() if k != "observation/state"},
-                        "observation/state": {b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f8",
-                                              b"shape": [7]}}, default=client_msgpack.pack_array),
-         "array of shape [7] and dtype <f8 needs 56 bytes, the message holds 7"),
+        (
+            msgpack.packb(
+                {
+                    **{k: v for k, v in valid.items() if k != "observation/state"},
+                    "observation/state": {b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f8", b"shape": [7]},
+                },
+                default=client_msgpack.pack_array,
+            ),
+            "array of shape [7] and dtype <f8 needs 56 bytes, the message holds 7",
+        ),
     ]
 
 
-def test_malformed_requests_get_errors_and_the_connection_keeps_serving(plain: ServerProcess,
-                                                                        policy: Policy) -> None:
+def test_malformed_requests_get_errors_and_the_connection_keeps_serving(plain: ServerProcess, policy: Policy) -> None:
     rng = np.random.default_rng(3)
     valid = _request(rng, seed=11)
     expected = policy.infer(_observation(valid), seed=11)["actions"]
@@ -495,8 +560,9 @@ def test_sequential_and_concurrent_clients_with_bounded_memory(plain: ServerProc
     for c in range(4):
         assert len(results[c]) == per_client
         for request, reply in zip(own[c], results[c]):
-            np.testing.assert_allclose(reply["actions"], policy.infer(_observation(request), seed=request["seed"])
-                                       ["actions"], atol=ACTION_ATOL)
+            np.testing.assert_allclose(
+                reply["actions"], policy.infer(_observation(request), seed=request["seed"])["actions"], atol=ACTION_ATOL
+            )
             batch_sizes.append(reply["server_timing"]["batch_size"])
     assert 1 <= max(batch_sizes) <= 4
     growth = plain.rss_mib() - rss_before
@@ -529,8 +595,21 @@ def test_non_finite_actions_are_never_sent(tiny_policy_checkpoint: Path, tmp_pat
     from pg_vla.serving.server import PolicyServer, ServerConfig
 
     nan = _nan_checkpoint(tiny_policy_checkpoint, tmp_path / "nan_policy" / "step_000001")
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "serve_policy.py"), "--checkpoint_path", str(nan),
-                           "--port", "0", "--num_threads", "1"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "serve_policy.py"),
+            "--checkpoint_path",
+            str(nan),
+            "--port",
+            "0",
+            "--num_threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "non-finite action values" in done.stderr and "not serving it" in done.stderr
     assert "listening" not in done.stdout
 
@@ -550,8 +629,10 @@ def test_non_finite_actions_are_never_sent(tiny_policy_checkpoint: Path, tmp_pat
         client = WebsocketClientPolicy(address["host"], address["port"])
         rng = np.random.default_rng(11)
         for _ in range(2):
-            with pytest.raises(RuntimeError, match="inference failed: NonFiniteActionsError: the model produced 28 "
-                                                   "non-finite action values of 28"):
+            with pytest.raises(
+                RuntimeError,
+                match="inference failed: NonFiniteActionsError: the model produced 28 non-finite action values of 28",
+            ):
                 client.infer(_request(rng, seed=0))
     finally:
         loop.call_soon_threadsafe(stop.set)

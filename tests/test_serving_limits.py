@@ -41,8 +41,12 @@ def _empty_arrays(total_bytes: int) -> bytes:
 
 
 def _request(rng: np.random.Generator, seed: int) -> dict[str, Any]:
-    return {"observation/image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
-            "observation/state": rng.normal(0, 0.1, 7), "prompt": PROMPT, "seed": seed}
+    return {
+        "observation/image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+        "observation/state": rng.normal(0, 0.1, 7),
+        "prompt": PROMPT,
+        "seed": seed,
+    }
 
 
 # ---- codec limits on small crafted messages ------------------------------------------------------------
@@ -56,18 +60,31 @@ def _nested_arrays(depth: int) -> bytes:
     return b"\x91" * depth + b"\x90"  # [[[...[]...]]]
 
 
-@pytest.mark.parametrize("payload, limit", [
-    (b"\xdf" + struct.pack(">I", 10**6) + b"\xa1k\xc0" * 10, "max_map_len"),  # claims 10^6 entries
-    (msgpack.packb({f"k{i}": i for i in range(10**4)}), "max_map_len"),  # a real 10^4-entry map
-    (_empty_arrays(64 * 1024), "max_array_len"),
-    (_nested_arrays(200), "max_depth"),
-    (msgpack.packb([[0] * 200] * 200), "max_objects"),  # every array short, 40k objects in all
-    (msgpack.packb({"observation/image": b"\0" * (64 * 1024 + 1)}), "max_bin_len"),  # more than a message holds
-    (msgpack.packb({"prompt": "x" * (1024 * 1024)}), "max_str_len"),
-    (msgpack.packb({"x": msgpack.ExtType(5, b"abc")}), "max_ext_len"),
-    (b"\xdd" + struct.pack(">I", 2**32 - 1), "max_array_len"),  # header only: refused before reading on
-], ids=["map_header_1e6", "map_1e4", "empty_arrays", "nested_200", "objects_40k", "bin", "str", "ext",
-        "array_header_4g"])
+@pytest.mark.parametrize(
+    "payload, limit",
+    [
+        (b"\xdf" + struct.pack(">I", 10**6) + b"\xa1k\xc0" * 10, "max_map_len"),  # claims 10^6 entries
+        (msgpack.packb({f"k{i}": i for i in range(10**4)}), "max_map_len"),  # a real 10^4-entry map
+        (_empty_arrays(64 * 1024), "max_array_len"),
+        (_nested_arrays(200), "max_depth"),
+        (msgpack.packb([[0] * 200] * 200), "max_objects"),  # every array short, 40k objects in all
+        (msgpack.packb({"observation/image": b"\0" * (64 * 1024 + 1)}), "max_bin_len"),  # more than a message holds
+        (msgpack.packb({"prompt": "x" * (1024 * 1024)}), "max_str_len"),
+        (msgpack.packb({"x": msgpack.ExtType(5, b"abc")}), "max_ext_len"),
+        (b"\xdd" + struct.pack(">I", 2**32 - 1), "max_array_len"),  # header only: refused before reading on
+    ],
+    ids=[
+        "map_header_1e6",
+        "map_1e4",
+        "empty_arrays",
+        "nested_200",
+        "objects_40k",
+        "bin",
+        "str",
+        "ext",
+        "array_header_4g",
+    ],
+)
 def test_codec_refuses_messages_beyond_its_limits_by_name(payload: bytes, limit: str) -> None:
     limits = _small_limits()
     start = time.perf_counter()
@@ -92,8 +109,9 @@ def test_codec_limits_pass_what_clients_send_and_keep_malformed_errors() -> None
             codec.unpackb(payload, limits)
         assert not isinstance(raised.value, codec.LimitError)
     # the limits follow the spec: a longer state history allows longer lists
-    history = RequestDecoder(ObservationKeys.load(None), {"primary": "observation/image"}, state_dim=32,
-                             cond_steps=64).decode_limits(max_message_bytes=32 * MIB)
+    history = RequestDecoder(
+        ObservationKeys.load(None), {"primary": "observation/image"}, state_dim=32, cond_steps=64
+    ).decode_limits(max_message_bytes=32 * MIB)
     assert history.max_array_len >= 64 * 32 and history.max_bin_len == 32 * MIB
     with pytest.raises(ValueError, match="max_depth"):
         codec.DecodeLimits(max_depth=0)
@@ -103,8 +121,12 @@ def test_codec_limits_pass_what_clients_send_and_keep_malformed_errors() -> None
 def test_server_config_validates_the_new_limits() -> None:
     from pg_vla.serving.server import ServerConfig
 
-    for field, value in (("decode_threads", 0), ("connection_bytes_per_s", 0.0),
-                         ("connection_messages_per_s", -1.0), ("max_limit_violations", 0)):
+    for field, value in (
+        ("decode_threads", 0),
+        ("connection_bytes_per_s", 0.0),
+        ("connection_messages_per_s", -1.0),
+        ("max_limit_violations", 0),
+    ):
         with pytest.raises(ValueError, match=field):
             ServerConfig(**{field: value})
 
@@ -128,10 +150,19 @@ def test_decoding_runs_off_the_event_loop() -> None:
     from pg_vla.serving.server import PolicyServer
 
     policy = SimpleNamespace(  # what PolicyServer reads from a Policy before inference
-        camera_roles=["primary"], state_dim=7, config=SimpleNamespace(cond_steps=1), dataset_name="d",
-        name="stub", horizon=4, action_dim=7,
-        observation_spec=lambda: {"primary": {"shape": [32, 32, 3]}, "state": {"shape": [7]},
-                                  "prompt": {"kind": "prompt"}})
+        camera_roles=["primary"],
+        state_dim=7,
+        config=SimpleNamespace(cond_steps=1),
+        dataset_name="d",
+        name="stub",
+        horizon=4,
+        action_dim=7,
+        observation_spec=lambda: {
+            "primary": {"shape": [32, 32, 3]},
+            "state": {"shape": [7]},
+            "prompt": {"kind": "prompt"},
+        },
+    )
     server = PolicyServer(policy, ObservationKeys.load(None))  # type: ignore[arg-type]
     slow_calls = []
 
@@ -154,8 +185,9 @@ def test_decoding_runs_off_the_event_loop() -> None:
 
         task = asyncio.create_task(ticker())
         try:
-            replies = await asyncio.gather(*(server.answer(codec.packb({"i": i}), time.perf_counter(), None)
-                                             for i in range(2)))
+            replies = await asyncio.gather(
+                *(server.answer(codec.packb({"i": i}), time.perf_counter(), None) for i in range(2))
+            )
         finally:
             task.cancel()
             server.close()
@@ -229,9 +261,11 @@ def test_a_flood_of_empty_arrays_does_not_stall_other_clients(server: ServerProc
         thread.join(timeout=30)
         rss_growth = server.rss_mib() - rss_before
 
-    print(f"normal client: {normal_s * 1000:.1f} ms median before; during {attacks} x 32 MiB attacks "
-          f"{len(latencies)} requests, median {statistics.median(latencies) * 1000:.1f} ms, max "
-          f"{max(latencies) * 1000:.1f} ms (bound {bound_s * 1000:.0f} ms); server RSS +{rss_growth:.0f} MiB")
+    print(
+        f"normal client: {normal_s * 1000:.1f} ms median before; during {attacks} x 32 MiB attacks "
+        f"{len(latencies)} requests, median {statistics.median(latencies) * 1000:.1f} ms, max "
+        f"{max(latencies) * 1000:.1f} ms (bound {bound_s * 1000:.0f} ms); server RSS +{rss_growth:.0f} MiB"
+    )
     assert not thread.is_alive()
     assert len(replies) == attacks and all(isinstance(r, str) for r in replies), replies
     assert all(r.startswith("invalid request: ") and "max_array_len" in r for r in replies), replies

@@ -36,16 +36,30 @@ def episodes(tmp_path_factory) -> Path:
                     buffer = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
                     frames.append(buffer.getvalue())
-                writer.add_episode(frames, rng.normal(size=(length, 2)), rng.normal(size=(length, 2)), "push",
-                                   episode_id=f"{name}{episode}")
+                writer.add_episode(
+                    frames,
+                    rng.normal(size=(length, 2)),
+                    rng.normal(size=(length, 2)),
+                    "push",
+                    episode_id=f"{name}{episode}",
+                )
     return root
 
 
 def _parquet_loader(episodes: Path, tmp: Path, workers: int, checkpoints: StreamCheckpoints):
     from pg_vla.data.parquet import ParquetConfig, make_parquet_loader
 
-    cfg = ParquetConfig(paths=(str(episodes),), batch_size=4, image_size=8, cond_steps=2, horizon_steps=3,
-                        shuffle_buffer=10, cycle_length=2, num_workers=workers, statistics_dir=str(tmp / "stats"))
+    cfg = ParquetConfig(
+        paths=(str(episodes),),
+        batch_size=4,
+        image_size=8,
+        cond_steps=2,
+        horizon_steps=3,
+        shuffle_buffer=10,
+        cycle_length=2,
+        num_workers=workers,
+        statistics_dir=str(tmp / "stats"),
+    )
     return make_parquet_loader(cfg, checkpoints=checkpoints)[0]
 
 
@@ -78,8 +92,9 @@ def test_parquet_loader_continues_from_a_saved_position(episodes: Path, tmp_path
     for start in (7, 23):
         folder = staging / staged_name(start) / "rank_3"
         assert sorted(p.name for p in folder.iterdir()) == [f"worker_{w}" for w in range(max(workers, 1))]
-        resumed = StreamCheckpoints(staging=str(tmp_path / f"again_{start}"), rank=3, every=23, final=7,
-                                    restore=str(folder), start=start)
+        resumed = StreamCheckpoints(
+            staging=str(tmp_path / f"again_{start}"), rank=3, every=23, final=7, restore=str(folder), start=start
+        )
         _assert_same_batches(_take(_parquet_loader(episodes, tmp_path, workers, resumed), 35 - start), batches[start:])
     # 140 frames: two epochs of the 70 rows, each in its own shuffled order, every episode in both
     names = [name for b in batches for name in b["tfds_id"]]
@@ -91,11 +106,19 @@ def test_a_position_of_other_workers_is_refused(episodes: Path, tmp_path: Path) 
     _take(_parquet_loader(episodes, tmp_path, 0, StreamCheckpoints(str(staging), 0, every=3, final=3)), 3)
     folder = staging / staged_name(3) / "rank_0"
     with pytest.raises(StreamRestoreError, match="1 worker.*2 worker"):
-        _parquet_loader(episodes, tmp_path, 2, StreamCheckpoints(str(tmp_path / "x"), 0, every=3, final=3,
-                                                                  restore=str(folder), start=3))
+        _parquet_loader(
+            episodes,
+            tmp_path,
+            2,
+            StreamCheckpoints(str(tmp_path / "x"), 0, every=3, final=3, restore=str(folder), start=3),
+        )
     with pytest.raises(StreamRestoreError, match="resumes after 4"):
-        _parquet_loader(episodes, tmp_path, 0, StreamCheckpoints(str(tmp_path / "x"), 0, every=3, final=3,
-                                                                  restore=str(folder), start=4))
+        _parquet_loader(
+            episodes,
+            tmp_path,
+            0,
+            StreamCheckpoints(str(tmp_path / "x"), 0, every=3, final=3, restore=str(folder), start=4),
+        )
 
 
 @pytest.mark.skipif(not REAL_BRIDGE.is_dir(), reason="the bridge subset (../shared/data) is not on this machine")
@@ -105,17 +128,28 @@ def test_rlds_loader_continues_from_tf_data_iterator_checkpoint(tmp_path: Path) 
     from pg_vla.data.dataloader import make_rlds_loader, rlds_config
 
     def loader(checkpoints):
-        cfg = rlds_config(data_path=str(REAL_BRIDGE), mix="bridge", batch_size=8, image_size=32, cond_steps=2,
-                          horizon_steps=3, shuffle_buffer=50, read_threads=2, transform_threads=2, deterministic=True,
-                          statistics_dir=str(tmp_path / "stats"))
+        cfg = rlds_config(
+            data_path=str(REAL_BRIDGE),
+            mix="bridge",
+            batch_size=8,
+            image_size=32,
+            cond_steps=2,
+            horizon_steps=3,
+            shuffle_buffer=50,
+            read_threads=2,
+            transform_threads=2,
+            deterministic=True,
+            statistics_dir=str(tmp_path / "stats"),
+        )
         return make_rlds_loader(cfg, checkpoints=checkpoints)[0]
 
     staging = tmp_path / "staging"
     batches = _take(loader(StreamCheckpoints(str(staging), 0, every=6, final=6)), 40)  # 320 frames: over an epoch
     folder = staging / staged_name(6) / "rank_0"
     assert any(p.name.startswith("iterator") for p in (folder / "worker_0").iterdir())
-    resumed = _take(loader(StreamCheckpoints(str(tmp_path / "again"), 0, every=6, final=6, restore=str(folder),
-                                             start=6)), 34)
+    resumed = _take(
+        loader(StreamCheckpoints(str(tmp_path / "again"), 0, every=6, final=6, restore=str(folder), start=6)), 34
+    )
     _assert_same_batches(resumed, batches[6:])
 
 
@@ -124,8 +158,9 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def test_resumed_trainer_repeats_the_uninterrupted_run(tiny_episodes: Path, tiny_checkpoint_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_resumed_trainer_repeats_the_uninterrupted_run(
+    tiny_episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path
+) -> None:
     """7 steps straight vs 3 steps, then a resume to 7: the same per-step losses and final weights (1e-6),
     the stream restored from the checkpoint's position (not replayed)."""
     from safetensors.torch import load_file
@@ -133,9 +168,17 @@ def test_resumed_trainer_repeats_the_uninterrupted_run(tiny_episodes: Path, tiny
     from conftest import tiny_train_config
     from pg_vla.training.trainer import Trainer
 
-    common = {"save_every": 3, "schedule": {"kind": "cosine", "warmup_steps": 1, "total_steps": 7},
-              "data": {"source": "parquet", "paths": [str(tiny_episodes / "train")], "num_workers": 0,
-                       "shuffle_buffer": 6, "cycle_length": 2}}
+    common = {
+        "save_every": 3,
+        "schedule": {"kind": "cosine", "warmup_steps": 1, "total_steps": 7},
+        "data": {
+            "source": "parquet",
+            "paths": [str(tiny_episodes / "train")],
+            "num_workers": 0,
+            "shuffle_buffer": 6,
+            "cycle_length": 2,
+        },
+    }
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     Trainer(tiny_train_config(tiny_episodes, tiny_checkpoint_dir, straight, n_updates=7, **common)).run()
     Trainer(tiny_train_config(tiny_episodes, tiny_checkpoint_dir, resumed, n_updates=3, **common)).run()
@@ -174,18 +217,29 @@ def test_lerobot_mix_continues_from_a_saved_position(tmp_path: Path) -> None:
                     buffer = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
                     frames.append(buffer.getvalue())
-                writer.add_episode(rng.normal(size=(n, 2)), rng.normal(size=(n, 2)), f"{name} task",
-                                   {"observation.image": frames})
+                writer.add_episode(
+                    rng.normal(size=(n, 2)), rng.normal(size=(n, 2)), f"{name} task", {"observation.image": frames}
+                )
 
     def loader(checkpoints):
-        cfg = LeRobotConfig(path=[str(tmp_path / "a"), str(tmp_path / "b")], weights=[1.0, 3.0],
-                            camera_roles=("primary",), image_size=8, cond_steps=2, horizon_steps=3, batch_size=4,
-                            shuffle_buffer=12, num_workers=0, statistics_dir=str(tmp_path / "stats"))
+        cfg = LeRobotConfig(
+            path=[str(tmp_path / "a"), str(tmp_path / "b")],
+            weights=[1.0, 3.0],
+            camera_roles=("primary",),
+            image_size=8,
+            cond_steps=2,
+            horizon_steps=3,
+            batch_size=4,
+            shuffle_buffer=12,
+            num_workers=0,
+            statistics_dir=str(tmp_path / "stats"),
+        )
         return make_lerobot_loader(cfg, checkpoints=checkpoints)[0]
 
     staging = tmp_path / "staging"
     batches = _take(loader(StreamCheckpoints(str(staging), 0, every=6, final=6)), 20)
-    restored = StreamCheckpoints(str(tmp_path / "again"), 0, every=6, final=6,
-                                 restore=str(staging / staged_name(6) / "rank_0"), start=6)
+    restored = StreamCheckpoints(
+        str(tmp_path / "again"), 0, every=6, final=6, restore=str(staging / staged_name(6) / "rank_0"), start=6
+    )
     _assert_same_batches(_take(loader(restored), 14), batches[6:])
     assert {int(i) for b in batches for i in b["dataset_index"]} == {0, 1}

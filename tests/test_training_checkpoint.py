@@ -61,8 +61,12 @@ def _train_steps(model: PiZero, optimizer, scheduler, n: int = 2) -> None:
 
 def _stats(dim: int = 3) -> DatasetStatistics:
     values = np.random.default_rng(0).normal(size=(50, dim))
-    return DatasetStatistics(action=ArrayStatistics.from_values(values), proprio=ArrayStatistics.from_values(values),
-                             num_transitions=50, num_trajectories=2)
+    return DatasetStatistics(
+        action=ArrayStatistics.from_values(values),
+        proprio=ArrayStatistics.from_values(values),
+        num_transitions=50,
+        num_trajectories=2,
+    )
 
 
 class _Averaging:
@@ -101,18 +105,33 @@ def test_round_trip_restores_everything(tmp_path):
     np.random.seed(5)
     random.seed(5)
     path = save_training_checkpoint(
-        tmp_path / "run", 100, model, optimizer=optimizer, schedulers=[scheduler], averaging=averaging,
-        config=config, statistics={"bridge": stats, "other": stats_file}, tokenizer=tok_src,
-        data_state={"epoch": 1, "offset": 42}, inference_state_dict=averaging.shadow)
+        tmp_path / "run",
+        100,
+        model,
+        optimizer=optimizer,
+        schedulers=[scheduler],
+        averaging=averaging,
+        config=config,
+        statistics={"bridge": stats, "other": stats_file},
+        tokenizer=tok_src,
+        data_state={"epoch": 1, "offset": 42},
+        inference_state_dict=averaging.shadow,
+    )
     expected_draws = (torch.rand(4), np.random.rand(4), random.random())
 
     assert path == tmp_path / "run" / "step_000100"
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_000100"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["latest", "step_000100"]
     manifest = verify_checkpoint(path)
-    assert set(manifest["files"]) == {"model.safetensors", "config.json", "statistics/bridge.json",
-                                      "statistics/other.json", "tokenizer/tokenizer.json",
-                                      "training_state.safetensors", "training_state.json"}
+    assert set(manifest["files"]) == {
+        "model.safetensors",
+        "config.json",
+        "statistics/bridge.json",
+        "statistics/other.json",
+        "tokenizer/tokenizer.json",
+        "training_state.safetensors",
+        "training_state.json",
+    }
     assert DatasetStatistics.load(path / "statistics" / "bridge.json").to_dict() == stats.to_dict()
     assert json.loads((path / "config.json").read_text())["out"] == str(tmp_path)
 
@@ -220,8 +239,9 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     marker = tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, str(script), str(ckpt_dir), str(marker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ckpt_dir), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():
@@ -339,7 +359,6 @@ def test_resolve_resume(tmp_path):
         resolve_resume(path, tmp_path, False)
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # The state encoding: JSON + safetensors, no pickle
 # ----------------------------------------------------------------------------------------------------------
@@ -350,11 +369,17 @@ def test_state_file_keeps_tuples_int_keys_and_shared_tensors():
 
     qmap = torch.linspace(-1, 1, 5)  # one tensor in two places, as bitsandbytes shares its quantization map
     transposed = torch.arange(6, dtype=torch.float32).reshape(2, 3).t()  # not contiguous
-    state = {"param_groups": [{"betas": (0.9, 0.95), "lr": 1e-3, "foreach": None, "params": [0, 1]}],
-             "state": {0: {"step": torch.tensor(3.0), "qmap": qmap, "exp_avg": transposed},
-                       1: {"step": np.int64(3), "qmap": qmap, "state1": torch.tensor([7, 255], dtype=torch.uint8)}},
-             "floats": [float("nan"), float("inf"), -float("inf"), -0.0, 0.1],
-             "python_rng": (3, (1, 2, 2**32 - 1), None), "flag": True, "mixed": {1: "a", "1": "b"}}
+    state = {
+        "param_groups": [{"betas": (0.9, 0.95), "lr": 1e-3, "foreach": None, "params": [0, 1]}],
+        "state": {
+            0: {"step": torch.tensor(3.0), "qmap": qmap, "exp_avg": transposed},
+            1: {"step": np.int64(3), "qmap": qmap, "state1": torch.tensor([7, 255], dtype=torch.uint8)},
+        },
+        "floats": [float("nan"), float("inf"), -float("inf"), -0.0, 0.1],
+        "python_rng": (3, (1, 2, 2**32 - 1), None),
+        "flag": True,
+        "mixed": {1: "a", "1": "b"},
+    }
     skeleton, tensors = state_file.flatten(state)
     text = json.dumps(skeleton, allow_nan=False)  # strict JSON: no NaN/Infinity literals
     back = state_file.unflatten(json.loads(text), load(save(tensors)))
@@ -416,8 +441,10 @@ def _rewrite_manifest(folder: Path, fmt: str) -> None:
     """What a forger does: list every file with its real size and sha256."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size,
-                                                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        files[path.relative_to(folder).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
     (folder / "manifest.json").write_text(json.dumps({"format": fmt, "step": 1, "files": files}))
 
 
@@ -510,8 +537,9 @@ def test_resume_continues_training_bit_exactly(tmp_path, name):
 
     def build(seed):
         model = _model(seed)
-        optimizer = make_optimizer(model, OptimizerConfig(name=name, vlm_lr=1e-3, action_expert_lr=3e-3,
-                                                          vlm_weight_decay=0.01))
+        optimizer = make_optimizer(
+            model, OptimizerConfig(name=name, vlm_lr=1e-3, action_expert_lr=3e-3, vlm_weight_decay=0.01)
+        )
         scheduler = make_scheduler(optimizer, ScheduleConfig(kind="cosine", warmup_steps=2, total_steps=10))
         return model, optimizer, scheduler, make_weight_average(AveragingConfig(kind="ema", decay=0.9), model)
 
@@ -521,8 +549,11 @@ def test_resume_continues_training_bit_exactly(tmp_path, name):
     def train_step(model, optimizer, scheduler, averaging, step):
         # the step's noise comes from the global python, numpy and torch generators
         scale = random.random() + float(np.random.rand())
-        loss = sum(((p - targets[n] - scale * torch.randn(p.shape)) ** 2).mean()
-                   for n, p in model.named_parameters() if p.requires_grad)
+        loss = sum(
+            ((p - targets[n] - scale * torch.randn(p.shape)) ** 2).mean()
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        )
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -538,8 +569,15 @@ def test_resume_continues_training_bit_exactly(tmp_path, name):
         train_step(model, optimizer, scheduler, averaging, step)
     saved_optimizer = _clone_state(optimizer.state_dict())
     saved_averaging = _clone_state(averaging.state_dict())
-    path = _save(tmp_path, 3, model, optimizer=optimizer, schedulers=[scheduler], averaging=averaging,
-                 inference_state_dict=averaging.averaged_state_dict(model))
+    path = _save(
+        tmp_path,
+        3,
+        model,
+        optimizer=optimizer,
+        schedulers=[scheduler],
+        averaging=averaging,
+        inference_state_dict=averaging.averaged_state_dict(model),
+    )
     continued = [train_step(model, optimizer, scheduler, averaging, step) for step in (4, 5, 6)]
 
     torch.manual_seed(99), np.random.seed(99), random.seed(99)  # other RNG states, restored by the load
@@ -580,10 +618,12 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with torch.no_grad():
         param.view(-1)[0] = float("nan")
         param.view(-1)[1] = float("inf")
-    with pytest.raises(NonFiniteCheckpointError,
-                       match=rf"not saving checkpoint step_000002: 1 tensor\(s\) hold NaN or Inf, first "
-                             rf"model\.safetensors {re.escape(name)} \(2 of {param.numel()} values\); the previous "
-                             r"checkpoint step_000001 stays `latest`"):
+    with pytest.raises(
+        NonFiniteCheckpointError,
+        match=rf"not saving checkpoint step_000002: 1 tensor\(s\) hold NaN or Inf, first "
+        rf"model\.safetensors {re.escape(name)} \(2 of {param.numel()} values\); the previous "
+        r"checkpoint step_000001 stays `latest`",
+    ):
         _save(tmp_path, 2, model, optimizer=optimizer)
     unchanged()
 

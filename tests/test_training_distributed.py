@@ -19,7 +19,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
 
 # Runs one rank: builds the TrainConfig from a JSON file, records the parameters right before training,
 # counts the samples this rank trains on, then saves the final parameters (rank<r>.pt, init_rank<r>.pt).
-DRIVER = '''
+DRIVER = """
 import json, logging, os, sys
 import torch
 from pg_vla.training.config import TrainConfig
@@ -54,7 +54,7 @@ if __name__ == "__main__":  # the data workers are spawned and import this modul
         json.dump({**seen, "batch_sizes": sorted(seen["batch_sizes"]), "result": result,
                    "world_size": int(os.environ.get("WORLD_SIZE", 1)),
                    "statistics": {k: v.to_dict() for k, v in trainer.statistics.items()}}, f)
-'''
+"""
 
 
 def _free_port() -> int:
@@ -75,13 +75,26 @@ def quickstart_inputs(tmp_path_factory):
 
 def _config(data_path: Path, model_path: Path, log_dir: Path, **overrides) -> dict:
     cfg = {
-        "pretrained_model_path": str(model_path), "log_dir": str(log_dir), "n_updates": 3, "seed": 7,
-        "global_batch_size": 4, "per_device_batch_size": 2, "precision": "fp32", "device": "cpu",
-        "log_every": 1, "save_every": 100, "model": {"max_text_tokens": 12, "horizon_steps": 4, "cond_steps": 1},
+        "pretrained_model_path": str(model_path),
+        "log_dir": str(log_dir),
+        "n_updates": 3,
+        "seed": 7,
+        "global_batch_size": 4,
+        "per_device_batch_size": 2,
+        "precision": "fp32",
+        "device": "cpu",
+        "log_every": 1,
+        "save_every": 100,
+        "model": {"max_text_tokens": 12, "horizon_steps": 4, "cond_steps": 1},
         "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "grad_clip_norm": 1.0},
         "schedule": {"kind": "constant", "warmup_steps": 0},
-        "data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
-                 "transform_threads": 1},
+        "data": {
+            "data_path": str(data_path),
+            "mix": "bridge",
+            "shuffle_buffer": 50,
+            "read_threads": 1,
+            "transform_threads": 1,
+        },
     }
     cfg.update(overrides)
     return cfg
@@ -99,10 +112,19 @@ def _run_driver(tmp_path: Path, data_path: Path, model_path: Path, name: str, np
 def _launch(out: Path, nproc: int) -> Path:
     driver = out.parent / "driver.py"
     driver.write_text(DRIVER)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                 f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable])
-    result = subprocess.run([*launcher, str(driver), str(out / "cfg.json"), str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=400, env=ENV)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    result = subprocess.run(
+        [*launcher, str(driver), str(out / "cfg.json"), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=ENV,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (out / "stderr.txt").write_text(result.stderr)  # every rank's log lines
     return out
@@ -154,8 +176,16 @@ def test_torchrun_two_ranks_accumulate_and_stay_in_sync(quickstart_inputs, tmp_p
     Rank 0 alone computes the statistics; rank 1 waits and reads its file."""
     _, data_path, model_path = quickstart_inputs
     statistics = tmp_path / "statistics"
-    out = _run_driver(tmp_path, data_path, model_path, "accumulate", 2, n_updates=2, global_batch_size=8,
-                      **_fresh_statistics(data_path, statistics))
+    out = _run_driver(
+        tmp_path,
+        data_path,
+        model_path,
+        "accumulate",
+        2,
+        n_updates=2,
+        global_batch_size=8,
+        **_fresh_statistics(data_path, statistics),
+    )
     _check_ranks_in_sync(out, n_updates=2, global_batch_size=8, micro_batches=2)
     checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert checkpoints == ["step_000002"]
@@ -173,19 +203,40 @@ def test_two_nodes_train_as_one_job(quickstart_inputs, single_reference, tmp_pat
     _, data_path, model_path = quickstart_inputs
     out, statistics = tmp_path / "nodes", tmp_path / "statistics"
     out.mkdir()
-    cfg = _config(data_path, model_path, out / "run", **REFERENCE,
-                  data={**_reference_data(data_path)["data"], "statistics_dir": str(statistics)})
+    cfg = _config(
+        data_path,
+        model_path,
+        out / "run",
+        **REFERENCE,
+        data={**_reference_data(data_path)["data"], "statistics_dir": str(statistics)},
+    )
     (out / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "driver.py").write_text(DRIVER)
     endpoint = f"127.0.0.1:{_free_port()}"
     nodes, logs = [], [out / f"node{i}.log" for i in (0, 1)]
     try:
         for i in (0, 1):
-            nodes.append(subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                 "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=two-nodes",
-                 str(tmp_path / "driver.py"), str(out / "cfg.json"), str(out)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"), env=ENV))
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--nnodes=2",
+                        "--nproc_per_node=1",
+                        "--rdzv_backend=c10d",
+                        f"--rdzv_endpoint={endpoint}",
+                        "--rdzv_id=two-nodes",
+                        str(tmp_path / "driver.py"),
+                        str(out / "cfg.json"),
+                        str(out),
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(logs[i], "w"),
+                    env=ENV,
+                )
+            )
         codes = [node.wait(timeout=400) for node in nodes]
     finally:
         for node in nodes:
@@ -204,7 +255,7 @@ def test_two_nodes_train_as_one_job(quickstart_inputs, single_reference, tmp_pat
         torch.testing.assert_close(nodes_weights[name], single[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
-RANK_ZERO_FIRST = '''
+RANK_ZERO_FIRST = """
 import sys, time
 import torch.distributed as dist
 from pg_vla.training.distributed import rank_zero_first
@@ -232,7 +283,7 @@ except Exception as err:
     with open(f"{out}/error{rank}", "w") as f:
         f.write(f"{type(err).__name__}: {err}")
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -241,45 +292,87 @@ def test_rank_zero_first_runs_rank_zero_alone_first_and_shares_its_failure(tmp_p
     instead of waiting for ever or doing the work themselves."""
     script = tmp_path / "rank_zero_first.py"
     script.write_text(RANK_ZERO_FIRST)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             f"--master_port={_free_port()}", str(script), str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env=ENV)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            str(script),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "order").read_text().split("\n")[:4] == ["start 0", "end 0", "start 1", "end 1"]
     assert (tmp_path / "error0").read_text() == "ValueError: no such dataset"
-    assert (tmp_path / "error1").read_text() == ("RuntimeError: rank 0 failed in work the other ranks wait for "
-                                                 "(1 rank(s) failed): ValueError: no such dataset")
+    assert (tmp_path / "error1").read_text() == (
+        "RuntimeError: rank 0 failed in work the other ranks wait for (1 rank(s) failed): ValueError: no such dataset"
+    )
 
 
 # One 2-rank DDP run serves as the reference of the single-process, FSDP and resume tests: 4 steps of global
 # batch 4 (1 micro-batch of 2 per rank), the replicated deterministic stream, a checkpoint every 2 steps.
-REFERENCE = {"n_updates": 4, "global_batch_size": 4, "per_device_batch_size": 2, "data_stream": "replicated",
-             "save_every": 2}
+REFERENCE = {
+    "n_updates": 4,
+    "global_batch_size": 4,
+    "per_device_batch_size": 2,
+    "data_stream": "replicated",
+    "save_every": 2,
+}
 
 
 def _reference_data(data_path: Path) -> dict:
-    return {"data": {"data_path": str(data_path), "mix": "bridge", "shuffle_buffer": 50, "read_threads": 1,
-                     "transform_threads": 1, "deterministic": True}}
+    return {
+        "data": {
+            "data_path": str(data_path),
+            "mix": "bridge",
+            "shuffle_buffer": 50,
+            "read_threads": 1,
+            "transform_threads": 1,
+            "deterministic": True,
+        }
+    }
 
 
 @pytest.fixture(scope="module")
 def ddp_reference(quickstart_inputs, tmp_path_factory) -> Path:
     _, data_path, model_path = quickstart_inputs
-    return _run_driver(tmp_path_factory.mktemp("ddp_reference"), data_path, model_path, "ddp", 2, **REFERENCE,
-                       **_reference_data(data_path))
+    return _run_driver(
+        tmp_path_factory.mktemp("ddp_reference"),
+        data_path,
+        model_path,
+        "ddp",
+        2,
+        **REFERENCE,
+        **_reference_data(data_path),
+    )
 
 
 @pytest.fixture(scope="module")
 def single_reference(quickstart_inputs, tmp_path_factory) -> Path:
     """The reference run in one process: 2 micro-batches of 2 per step."""
     _, data_path, model_path = quickstart_inputs
-    return _run_driver(tmp_path_factory.mktemp("single_reference"), data_path, model_path, "single", 1, **REFERENCE,
-                       **_reference_data(data_path))
+    return _run_driver(
+        tmp_path_factory.mktemp("single_reference"),
+        data_path,
+        model_path,
+        "single",
+        1,
+        **REFERENCE,
+        **_reference_data(data_path),
+    )
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_inputs, ddp_reference, single_reference,
-                                                                 tmp_path):
+def test_two_ranks_equal_one_process_with_the_same_global_batch(
+    quickstart_inputs, ddp_reference, single_reference, tmp_path
+):
     """DDP (and FSDP) over 2 ranks x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2: with the replicated
     data stream both see the same 4 samples per step with the same flow noise, so only the gradient
     averaging differs in how it is computed."""
@@ -287,8 +380,9 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_input
     _check_ranks_in_sync(ddp_reference, n_updates=4, global_batch_size=4, micro_batches=1)
     ddp = torch.load(ddp_reference / "rank0.pt")
     single = torch.load(single_reference / "rank0.pt")
-    fsdp_out = _run_driver(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **REFERENCE,
-                           **_reference_data(data_path))
+    fsdp_out = _run_driver(
+        tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **REFERENCE, **_reference_data(data_path)
+    )
     initial = torch.load(single_reference / "init_rank0.pt")
     assert single.keys() == ddp.keys()
     assert sum(not torch.equal(single[k], initial[k]) for k in single) > len(single) // 2
@@ -305,8 +399,9 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(quickstart_input
             torch.testing.assert_close(fsdp[name], single[name], atol=1e-4, rtol=1e-3, msg=f"fsdp: {name}")
 
 
-OFFLOADED = {"optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "grad_clip_norm": 1.0,
-                           "offload": True}}
+OFFLOADED = {
+    "optimizer": {"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "grad_clip_norm": 1.0, "offload": True}
+}
 
 
 @pytest.mark.slow
@@ -316,12 +411,23 @@ def test_optimizer_offload_under_ddp_and_fsdp(quickstart_inputs, request, tmp_pa
     arithmetic: the reference DDP run's weights within 1e-6); FSDP's CPU offload policy keeps shards, gradients
     and AdamW state in CPU memory (the one-process reference within FSDP's own tolerance, as above)."""
     _, data_path, model_path = quickstart_inputs
-    out = _run_driver(tmp_path, data_path, model_path, mode, 2, distributed=mode, **REFERENCE,
-                      **_reference_data(data_path), **OFFLOADED)
+    out = _run_driver(
+        tmp_path,
+        data_path,
+        model_path,
+        mode,
+        2,
+        distributed=mode,
+        **REFERENCE,
+        **_reference_data(data_path),
+        **OFFLOADED,
+    )
     if mode == "ddp":
         _check_ranks_in_sync(out, n_updates=4, global_batch_size=4, micro_batches=1)
-        ours, reference = torch.load(out / "rank0.pt"), torch.load(request.getfixturevalue("ddp_reference") /
-                                                                    "rank0.pt")
+        ours, reference = (
+            torch.load(out / "rank0.pt"),
+            torch.load(request.getfixturevalue("ddp_reference") / "rank0.pt"),
+        )
         for name in reference:
             torch.testing.assert_close(ours[name], reference[name], atol=1e-6, rtol=0, msg=name)
         return
@@ -349,8 +455,11 @@ def test_two_rank_resume_continues_like_an_uninterrupted_run(ddp_reference, tmp_
     records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["data_stream"]) for r in records if r.get("event") == "resumed"] == [(2, "restored")]
     assert [r["step"] for r in records if "loss" in r] == [3, 4]
-    reference = {r["step"]: r["loss"] for r in map(json.loads, (ddp_reference / "run" / "log.jsonl").read_text()
-                                                   .splitlines()) if "loss" in r}
+    reference = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (ddp_reference / "run" / "log.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
     for r in records:
         if "loss" in r:
             assert abs(r["loss"] - reference[r["step"]]) <= 1e-6, (r, reference)
@@ -360,12 +469,26 @@ def test_two_rank_resume_continues_like_an_uninterrupted_run(ddp_reference, tmp_
 
 
 def _run_args(cache: Path, log_dir: Path) -> list[str]:
-    return [sys.executable, "scripts/run.py", "--config-name=quickstart", f"quickstart.cache_dir={cache}",
-            "quickstart.episodes=4", "quickstart.image_size=32", "quickstart.evaluate=false", f"log_dir={log_dir}",
-            "model.action_head=flow",
-            "n_updates=6", "seed=3",
-            "save_every=2", "log_every=1", "global_batch_size=4", "per_device_batch_size=2",
-            "schedule.warmup_steps=1", "data.shuffle_buffer=50", "data.deterministic=true"]
+    return [
+        sys.executable,
+        "scripts/run.py",
+        "--config-name=quickstart",
+        f"quickstart.cache_dir={cache}",
+        "quickstart.episodes=4",
+        "quickstart.image_size=32",
+        "quickstart.evaluate=false",
+        f"log_dir={log_dir}",
+        "model.action_head=flow",
+        "n_updates=6",
+        "seed=3",
+        "save_every=2",
+        "log_every=1",
+        "global_batch_size=4",
+        "per_device_batch_size=2",
+        "schedule.warmup_steps=1",
+        "data.shuffle_buffer=50",
+        "data.deterministic=true",
+    ]
 
 
 def _losses(log_dir: Path) -> dict[int, float]:
@@ -393,8 +516,14 @@ def test_resume_after_sigkill_is_exact(quickstart_inputs, tmp_path):
     first = subprocess.run(_run_args(cache, run_a), cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert first.returncode == 0, first.stderr[-4000:]
 
-    proc = subprocess.Popen(_run_args(cache, run_b), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        _run_args(cache, run_b),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        start_new_session=True,
+    )
     latest = run_b / "checkpoints" / "latest"
     try:
         deadline = time.monotonic() + 240
@@ -410,8 +539,11 @@ def test_resume_after_sigkill_is_exact(quickstart_inputs, tmp_path):
 
     second = subprocess.run(_run_args(cache, run_b), cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert second.returncode == 0, second.stderr[-4000:]
-    resumed = [json.loads(line) for line in (run_b / "log.jsonl").read_text().splitlines()
-               if json.loads(line).get("event") == "resumed"]
+    resumed = [
+        json.loads(line)
+        for line in (run_b / "log.jsonl").read_text().splitlines()
+        if json.loads(line).get("event") == "resumed"
+    ]
     assert [r["step"] for r in resumed] == [int(killed_at.split("_")[1])]
 
     losses_a, losses_b = _losses(run_a), _losses(run_b)

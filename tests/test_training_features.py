@@ -15,18 +15,33 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["quickstart.episodes=4", "quickstart.image_size=32", "quickstart.evaluate=false", "model.action_head=flow",
-        "global_batch_size=2",
-        "per_device_batch_size=2",
-        "schedule.warmup_steps=1", "log_every=1", "save_every=1", "keep_last_n=null", "data.shuffle_buffer=20",
-        "validation.batches=1"]
+TINY = [
+    "quickstart.episodes=4",
+    "quickstart.image_size=32",
+    "quickstart.evaluate=false",
+    "model.action_head=flow",
+    "global_batch_size=2",
+    "per_device_batch_size=2",
+    "schedule.warmup_steps=1",
+    "log_every=1",
+    "save_every=1",
+    "keep_last_n=null",
+    "data.shuffle_buffer=20",
+    "validation.batches=1",
+]
 
 
 def _run(cache: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "VLA_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_MODE", None)  # the config decides
-    result = subprocess.run([sys.executable, "scripts/run.py", "--config-name=quickstart", *TINY, *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(
+        [sys.executable, "scripts/run.py", "--config-name=quickstart", *TINY, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -57,27 +72,52 @@ def _train(episodes: Path, paligemma: Path, log_dir: Path, **overrides) -> None:
     from pg_vla.training.config import TrainConfig
     from pg_vla.training.trainer import Trainer
 
-    cfg = {"pretrained_model_path": str(paligemma), "log_dir": str(log_dir), "seed": 0, "global_batch_size": 2,
-           "per_device_batch_size": 2, "device": "cpu", "log_every": 1, "save_every": 1, "keep_last_n": None,
-           "model": {"max_text_tokens": 12, "horizon_steps": 4,
-                     "action_expert": {"hidden_size": 32, "intermediate_size": 64}},
-           "optimizer": {"name": "adamw", "vlm_lr": 3e-4, "action_expert_lr": 1e-3},
-           "schedule": {"kind": "cosine", "warmup_steps": 1, "total_steps": overrides["n_updates"]},
-           "validation": {"every": None, "batches": 1},
-           "data": {"source": "parquet", "paths": [str(episodes / "train")], "val_paths": [str(episodes / "val")],
-                    "num_workers": 0, "shuffle_buffer": 20}}
+    cfg = {
+        "pretrained_model_path": str(paligemma),
+        "log_dir": str(log_dir),
+        "seed": 0,
+        "global_batch_size": 2,
+        "per_device_batch_size": 2,
+        "device": "cpu",
+        "log_every": 1,
+        "save_every": 1,
+        "keep_last_n": None,
+        "model": {
+            "max_text_tokens": 12,
+            "horizon_steps": 4,
+            "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+        },
+        "optimizer": {"name": "adamw", "vlm_lr": 3e-4, "action_expert_lr": 1e-3},
+        "schedule": {"kind": "cosine", "warmup_steps": 1, "total_steps": overrides["n_updates"]},
+        "validation": {"every": None, "batches": 1},
+        "data": {
+            "source": "parquet",
+            "paths": [str(episodes / "train")],
+            "val_paths": [str(episodes / "val")],
+            "num_workers": 0,
+            "shuffle_buffer": 20,
+        },
+    }
     for key, value in overrides.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     Trainer(TrainConfig.from_dict(cfg)).run()
 
 
 @pytest.mark.slow
-def test_ema_checkpoints_validation_and_wandb_offline(episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ema_checkpoints_validation_and_wandb_offline(
+    episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the config decides
     run = tmp_path / "ema"
-    _train(episodes, tiny_checkpoint_dir, run, n_updates=3, averaging={"kind": "ema", "decay": 0.5},
-           validation={"every": 3}, wandb={"mode": "offline"})
+    _train(
+        episodes,
+        tiny_checkpoint_dir,
+        run,
+        n_updates=3,
+        averaging={"kind": "ema", "decay": 0.5},
+        validation={"every": 3},
+        wandb={"mode": "offline"},
+    )
 
     # model.safetensors holds the EMA, the training state the raw weights: ema_1 = raw_1,
     # ema_k = 0.5 ema_(k-1) + 0.5 raw_k for every trained tensor; frozen tensors are the raw ones.
@@ -90,8 +130,9 @@ def test_ema_checkpoints_validation_and_wandb_offline(episodes: Path, tiny_check
     for key in raws[0]:
         torch.testing.assert_close(emas[0][key], raws[0][key], atol=1e-6, rtol=0)
         expected = 0.5 * emas[1][key].double() + 0.5 * raws[2][key].double()
-        torch.testing.assert_close(emas[2][key].double(), expected if key in trained else raws[2][key].double(),
-                                   atol=1e-6, rtol=0, msg=key)
+        torch.testing.assert_close(
+            emas[2][key].double(), expected if key in trained else raws[2][key].double(), atol=1e-6, rtol=0, msg=key
+        )
     assert any(not torch.allclose(emas[2][k], raws[2][k]) for k in trained)
 
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -106,22 +147,28 @@ def test_ema_checkpoints_validation_and_wandb_offline(episodes: Path, tiny_check
 
 
 @pytest.mark.slow
-def test_qlora_trains_adapters_only_and_resumes_from_trainable_state(episodes: Path, tiny_checkpoint_dir: Path,
-                                                                      tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qlora_trains_adapters_only_and_resumes_from_trainable_state(
+    episodes: Path, tiny_checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the config decides
     run = tmp_path / "qlora"
-    common = {"lora": True, "quantize": True, "lora_r": 2, "lora_alpha": 4, "optimizer": {"vlm_lr": 1e-2},
-              "wandb": {"mode": "disabled"}}
+    common = {
+        "lora": True,
+        "quantize": True,
+        "lora_r": 2,
+        "lora_alpha": 4,
+        "optimizer": {"vlm_lr": 1e-2},
+        "wandb": {"mode": "disabled"},
+    }
     _train(episodes, tiny_checkpoint_dir, run, n_updates=2, **common)
     _train(episodes, tiny_checkpoint_dir, run, n_updates=3, **common)
     assert not (run / "wandb").exists()  # disabled: nothing written
 
     (merged_2, _), (merged_3, state_3) = _checkpoint(run, 2), _checkpoint(run, 3)
     # resuming needs only the trainable tensors: adapters and the action-expert side
-    assert state_3["model_partial"] and all(".lora_" in k or not k.startswith(("joint.experts.vlm",
-                                                                                 "vision_tower"))
-                                            for k in state_3["model"])
+    assert state_3["model_partial"] and all(
+        ".lora_" in k or not k.startswith(("joint.experts.vlm", "vision_tower")) for k in state_3["model"]
+    )
     assert "resumed" in (run / "log.jsonl").read_text()
     # Between two checkpoints a merged VLM weight moves by scaling x (B3 A3 - B2 A2): rank <= 2 r = 4, while the
     # 4-bit base (and its quantization error) cancels. Everything else on the VLM side stays exactly the same.
@@ -175,13 +222,23 @@ def test_parquet_source_trains_validates_and_serves(cache: Path, tmp_path: Path)
     _write_parquet_episodes(tmp_path / "train", 4, seed=0)
     _write_parquet_episodes(tmp_path / "val", 2, seed=1)
     run = tmp_path / "parquet_run"
-    _run(cache, f"log_dir={run}", "n_updates=2", "validation.every=2", "data.source=parquet",
-         f"data.paths=[{tmp_path / 'train'}]", f"data.val_paths=[{tmp_path / 'val'}]", "data.dataset_name=lab",
-         "data.num_workers=0")  # the README's keys, no Hydra '+': they are in the config schema
+    _run(
+        cache,
+        f"log_dir={run}",
+        "n_updates=2",
+        "validation.every=2",
+        "data.source=parquet",
+        f"data.paths=[{tmp_path / 'train'}]",
+        f"data.val_paths=[{tmp_path / 'val'}]",
+        "data.dataset_name=lab",
+        "data.num_workers=0",
+    )  # the README's keys, no Hydra '+': they are in the config schema
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [2]
     policy = Policy.from_checkpoint(run)
     assert policy.dataset_name == "lab" and (policy.state_dim, policy.action_dim) == (5, 4)
-    out = policy.infer(Observation(images={"primary": np.zeros((32, 32, 3), np.uint8)}, state=np.zeros(5),
-                                   prompt="stack the blocks"), seed=0)
+    out = policy.infer(
+        Observation(images={"primary": np.zeros((32, 32, 3), np.uint8)}, state=np.zeros(5), prompt="stack the blocks"),
+        seed=0,
+    )
     assert out["actions"].shape == (4, 4) and np.all(np.isfinite(out["actions"]))

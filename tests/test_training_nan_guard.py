@@ -67,8 +67,11 @@ def test_a_non_finite_step_is_skipped_and_logged(parquet_data, tiny_checkpoint_d
 def test_consecutive_non_finite_steps_stop_the_run(parquet_data, tiny_checkpoint_dir, tmp_path) -> None:
     PoisonedTrainer.poisoned = {2, 3, 4}
     trainer = PoisonedTrainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", max_nonfinite_steps=2))
-    with pytest.raises(NonFiniteTrainingError, match=r"at 2 steps in a row, 2..3: training stopped "
-                                                     r"\(max_nonfinite_steps=2\).*last checkpoint \(step_000002\)"):
+    with pytest.raises(
+        NonFiniteTrainingError,
+        match=r"at 2 steps in a row, 2..3: training stopped "
+        r"\(max_nonfinite_steps=2\).*last checkpoint \(step_000002\)",
+    ):
         trainer.run()
     records = _records(tmp_path / "run")
     assert [r["step"] for r in records if r.get("event") == "skipped_non_finite"] == [2, 3]

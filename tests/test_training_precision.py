@@ -26,6 +26,7 @@ LR = 5e-5
 # constant gradient g, Adam's bias-corrected moments are m = g and v = g^2, so every step moves the weight by
 # lr * g / (|g| + eps) = lr (to 1e-8 relative): 5e-5, far below half the spacing (0.0039).
 
+
 def _bf16_weight(value: float = 1.0, n: int = 1) -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.full((n,), value, dtype=torch.bfloat16))
 
@@ -76,8 +77,7 @@ def test_make_optimizer_wraps_bf16_models_only() -> None:
     from pg_vla.model.vla.pizero import PiZero
     from pg_vla.training.optim import OptimizerConfig, make_optimizer
 
-    assert not isinstance(make_optimizer(PiZero(PiZeroConfig.preset("tiny")), OptimizerConfig()),
-                          MasterWeightOptimizer)
+    assert not isinstance(make_optimizer(PiZero(PiZeroConfig.preset("tiny")), OptimizerConfig()), MasterWeightOptimizer)
     model = PiZero(PiZeroConfig.preset("tiny")).to(torch.bfloat16)
     opt = make_optimizer(model, OptimizerConfig(name="adamw8bit"))
     assert isinstance(opt, MasterWeightOptimizer)
@@ -110,8 +110,9 @@ def test_master_weights_survive_a_state_round_trip() -> None:
     # 1 + 60 * 5e-5 = 1.003: below 1 + 2^-8 (half the spacing), so the bf16 weight still reads 1.0 while the
     # master holds the progress.
     assert torch.all(resumed == 1.0)
-    assert torch.allclose(opt2.state[resumed][MASTER_KEY].double(), torch.full((8,), 1.003, dtype=torch.float64),
-                          rtol=0, atol=60 * 2**-23)
+    assert torch.allclose(
+        opt2.state[resumed][MASTER_KEY].double(), torch.full((8,), 1.003, dtype=torch.float64), rtol=0, atol=60 * 2**-23
+    )
 
 
 def test_fp32_masters_track_fp32_on_a_fixed_batch_while_plain_bf16_stalls() -> None:
@@ -134,8 +135,15 @@ def test_fp32_masters_track_fp32_on_a_fixed_batch_while_plain_bf16_stalls() -> N
         images, text_ids, text_mask, proprio, actions, noise, time = fixed_batch(model.config)
         losses = []
         for _ in range(40):
-            loss = model(images.to(dtype), text_ids, text_mask, proprio.to(dtype), actions.to(dtype),
-                         noise=noise.to(dtype), time=time.to(dtype))
+            loss = model(
+                images.to(dtype),
+                text_ids,
+                text_mask,
+                proprio.to(dtype),
+                actions.to(dtype),
+                noise=noise.to(dtype),
+                time=time.to(dtype),
+            )
             opt.zero_grad(set_to_none=True)
             loss.float().backward()
             opt.step()
@@ -170,8 +178,9 @@ def _losses(log_dir: Path) -> dict[int, float]:
 
 
 def _dtypes(log_dir: Path, step: int) -> set[torch.dtype]:
-    return {t.dtype for t in load_file(str(log_dir / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
-            .values()}
+    return {
+        t.dtype for t in load_file(str(log_dir / "checkpoints" / f"step_{step:06d}" / "model.safetensors")).values()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -189,19 +198,20 @@ def test_bf16_autocast_trains_and_saves_fp32_weights(parquet_data, tiny_checkpoi
     # each draws new flow times) are comparable step by step. They differ only by bf16 matmuls (8
     # significant bits, ~2^-8 relative per product, partly averaging out), and the updates by what those
     # errors do to the gradients: the bf16 run follows the fp32 trajectory within 2% at every step.
-    assert [losses[s] == pytest.approx(reference[s], rel=0.02) for s in (1, 2, 3, 4)] == [True] * 4, \
-        (losses, reference)
+    assert [losses[s] == pytest.approx(reference[s], rel=0.02) for s in (1, 2, 3, 4)] == [True] * 4, (losses, reference)
     assert _dtypes(tmp_path / "run", 4) == {torch.float32}
-    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors"))
-                   for s in (1, 4))
+    first, last = (
+        load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors")) for s in (1, 4)
+    )
     assert any(not torch.equal(first[k], last[k]) for k in first)  # it trained
 
 
 def test_gradient_checkpointing_follows_the_plain_run(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
     """Recomputing each joint layer in the backward pass changes no arithmetic: the same losses and weights as
     the fp32 run at every step (to float32 rounding of the recomputed activations: exactly equal here)."""
-    trainer = Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="fp32",
-                              gradient_checkpointing=True))
+    trainer = Trainer(
+        _config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="fp32", gradient_checkpointing=True)
+    )
     trainer.run()
     assert trainer.model.joint.gradient_checkpointing and trainer.model.vision_tower.encoder.gradient_checkpointing
     losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
@@ -217,8 +227,14 @@ def test_gradient_checkpointing_follows_the_plain_run(parquet_data, tiny_checkpo
 def test_optimizer_offload_follows_the_plain_run(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
     """optimizer.offload=true in the trainer: the step runs on host copies of the parameters (here the host is
     the device, the same code path), with the same arithmetic: the same losses and weights as the fp32 run."""
-    trainer = Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "run",
-                              optimizer={"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "offload": True}))
+    trainer = Trainer(
+        _config(
+            parquet_data,
+            tiny_checkpoint_dir,
+            tmp_path / "run",
+            optimizer={"name": "adamw", "vlm_lr": 1e-3, "action_expert_lr": 1e-3, "offload": True},
+        )
+    )
     trainer.run()
     assert isinstance(trainer.optimizer, MasterWeightOptimizer) and trainer.optimizer.offload
     losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
@@ -229,8 +245,13 @@ def test_optimizer_offload_follows_the_plain_run(parquet_data, tiny_checkpoint_d
 
 
 def test_bf16_pure_saves_bf16_weights_and_fp32_masters(parquet_data, tiny_checkpoint_dir, fp32_run, tmp_path) -> None:
-    cfg = _config(parquet_data, tiny_checkpoint_dir, tmp_path / "run", precision="bf16_pure",
-                  optimizer={"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR})
+    cfg = _config(
+        parquet_data,
+        tiny_checkpoint_dir,
+        tmp_path / "run",
+        precision="bf16_pure",
+        optimizer={"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR},
+    )
     Trainer(cfg).run()
     losses, reference = _losses(tmp_path / "run"), _losses(fp32_run)
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
@@ -245,33 +266,63 @@ def test_bf16_pure_saves_bf16_weights_and_fp32_masters(parquet_data, tiny_checkp
 def test_bf16_pure_resume_matches_an_uninterrupted_run(parquet_data, tiny_checkpoint_dir, tmp_path) -> None:
     """The masters go through the real checkpoint (save, load on resume): 2 + 2 steps equal 4 steps."""
     opt = {"name": "adamw", "vlm_lr": LR, "action_expert_lr": LR}
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "straight", precision="bf16_pure",
-                    optimizer=opt)).run()
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure", optimizer=opt,
-                    n_updates=2)).run()
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure",
-                    optimizer=opt)).run()
+    Trainer(
+        _config(parquet_data, tiny_checkpoint_dir, tmp_path / "straight", precision="bf16_pure", optimizer=opt)
+    ).run()
+    Trainer(
+        _config(
+            parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure", optimizer=opt, n_updates=2
+        )
+    ).run()
+    Trainer(
+        _config(parquet_data, tiny_checkpoint_dir, tmp_path / "resumed", precision="bf16_pure", optimizer=opt)
+    ).run()
     straight = load_file(str(tmp_path / "straight" / "checkpoints" / "step_000004" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_000004" / "model.safetensors"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
-    with safetensors.safe_open(str(tmp_path / "straight" / "checkpoints" / "step_000004" /
-                                   "training_state.safetensors"), "pt") as a, \
-            safetensors.safe_open(str(tmp_path / "resumed" / "checkpoints" / "step_000004" /
-                                      "training_state.safetensors"), "pt") as b:
+    with (
+        safetensors.safe_open(
+            str(tmp_path / "straight" / "checkpoints" / "step_000004" / "training_state.safetensors"), "pt"
+        ) as a,
+        safetensors.safe_open(
+            str(tmp_path / "resumed" / "checkpoints" / "step_000004" / "training_state.safetensors"), "pt"
+        ) as b,
+    ):
         keys = [k for k in a.keys() if MASTER_KEY in k]
         assert keys and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in keys)
 
 
-@pytest.mark.parametrize("overrides,weights_dtype", [
-    ({"lora": True, "lora_r": 2, "lora_alpha": 4, "precision": "bf16", "averaging": {"kind": "ema", "decay": 0.5}},
-     torch.float32),
-    ({"precision": "bf16_pure", "averaging": {"kind": "ema", "decay": 0.5},
-      "optimizer": {"name": "adamw8bit", "offload": True}}, torch.bfloat16),
-    ({"lora": True, "lora_r": 2, "lora_alpha": 4, "precision": "bf16_pure", "gradient_checkpointing": True},
-     torch.bfloat16),
-], ids=["lora-bf16-ema", "bf16_pure-ema-8bit-offload", "lora-bf16_pure-checkpointing"])
-def test_allowed_combinations_train_and_load_as_policies(parquet_data, tiny_checkpoint_dir, tmp_path, overrides,
-                                                         weights_dtype) -> None:
+@pytest.mark.parametrize(
+    "overrides,weights_dtype",
+    [
+        (
+            {
+                "lora": True,
+                "lora_r": 2,
+                "lora_alpha": 4,
+                "precision": "bf16",
+                "averaging": {"kind": "ema", "decay": 0.5},
+            },
+            torch.float32,
+        ),
+        (
+            {
+                "precision": "bf16_pure",
+                "averaging": {"kind": "ema", "decay": 0.5},
+                "optimizer": {"name": "adamw8bit", "offload": True},
+            },
+            torch.bfloat16,
+        ),
+        (
+            {"lora": True, "lora_r": 2, "lora_alpha": 4, "precision": "bf16_pure", "gradient_checkpointing": True},
+            torch.bfloat16,
+        ),
+    ],
+    ids=["lora-bf16-ema", "bf16_pure-ema-8bit-offload", "lora-bf16_pure-checkpointing"],
+)
+def test_allowed_combinations_train_and_load_as_policies(
+    parquet_data, tiny_checkpoint_dir, tmp_path, overrides, weights_dtype
+) -> None:
     """Precision modes with LoRA, EMA, 8-bit AdamW and offload together: 2 finite steps, weights of the mode's
     dtype that moved, and a checkpoint a Policy loads and samples from."""
     import numpy as np
@@ -282,12 +333,14 @@ def test_allowed_combinations_train_and_load_as_policies(parquet_data, tiny_chec
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
     assert _dtypes(tmp_path / "run", 2) == {weights_dtype}
-    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors"))
-                   for s in (1, 2))
+    first, last = (
+        load_file(str(tmp_path / "run" / "checkpoints" / f"step_{s:06d}" / "model.safetensors")) for s in (1, 2)
+    )
     assert any(not torch.equal(first[k], last[k]) for k in first)
     policy = Policy.from_checkpoint(tmp_path / "run")
-    out = policy.infer(Observation(images={"primary": np.zeros((16, 16, 3), np.uint8)}, state=np.zeros(3),
-                                   prompt="push"), seed=0)
+    out = policy.infer(
+        Observation(images={"primary": np.zeros((16, 16, 3), np.uint8)}, state=np.zeros(3), prompt="push"), seed=0
+    )
     assert np.isfinite(out["actions"]).all()
 
 

@@ -16,13 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/run.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "scripts/run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
 
 
 def test_bridge_config_composes_without_data_and_takes_nested_overrides():
-    result = _run(["--config-name=bridge", "--cfg", "job", "data.mix=oxe_simple", "optimizer.vlm_lr=1e-4",
-                   "model.horizon_steps=8"])
+    result = _run(
+        [
+            "--config-name=bridge",
+            "--cfg",
+            "job",
+            "data.mix=oxe_simple",
+            "optimizer.vlm_lr=1e-4",
+            "model.horizon_steps=8",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     printed = result.stdout
     assert "mix: oxe_simple" in printed and "vlm_lr: 0.0001" in printed and "horizon_steps: 8" in printed
@@ -30,25 +44,39 @@ def test_bridge_config_composes_without_data_and_takes_nested_overrides():
 
 
 def test_batch_sizes_must_divide(tmp_path):
-    cfg = TrainConfig(pretrained_model_path=str(tmp_path), data={"data_path": str(tmp_path)}, log_dir=str(tmp_path),
-                      global_batch_size=48, per_device_batch_size=16)
+    cfg = TrainConfig(
+        pretrained_model_path=str(tmp_path),
+        data={"data_path": str(tmp_path)},
+        log_dir=str(tmp_path),
+        global_batch_size=48,
+        per_device_batch_size=16,
+    )
     assert cfg.gradient_accumulation(1) == 3
     with pytest.raises(ValueError, match="not divisible by per_device_batch_size 16 x world size 2"):
         cfg.gradient_accumulation(2)
     with pytest.raises(ValueError, match="pretrained_model_path is not set"):
         TrainConfig(pretrained_model_path="", data={"data_path": str(tmp_path)}, log_dir=str(tmp_path))
     with pytest.raises(ValueError, match="data.batch_size"):
-        TrainConfig(pretrained_model_path=str(tmp_path), data={"batch_size": 4, "data_path": str(tmp_path)},
-                    log_dir=str(tmp_path))
+        TrainConfig(
+            pretrained_model_path=str(tmp_path),
+            data={"batch_size": 4, "data_path": str(tmp_path)},
+            log_dir=str(tmp_path),
+        )
 
 
-@pytest.mark.parametrize("override,valid,message", [
-    ("n_updates=abc", "n_updates=1000", "training config key 'n_updates' must be an integer, got 'abc' (str)"),
-    ("seed=1.5", "seed=1", "training config key 'seed' must be an integer, got 1.5 (float)"),
-    ("precision=3", "precision=fp32", "training config key 'precision' must be a string, got 3 (int)"),
-    ("gradient_checkpointing=2", "gradient_checkpointing=true",
-     "training config key 'gradient_checkpointing' must be true or false, got 2 (int)"),
-])
+@pytest.mark.parametrize(
+    "override,valid,message",
+    [
+        ("n_updates=abc", "n_updates=1000", "training config key 'n_updates' must be an integer, got 'abc' (str)"),
+        ("seed=1.5", "seed=1", "training config key 'seed' must be an integer, got 1.5 (float)"),
+        ("precision=3", "precision=fp32", "training config key 'precision' must be a string, got 3 (int)"),
+        (
+            "gradient_checkpointing=2",
+            "gradient_checkpointing=true",
+            "training config key 'gradient_checkpointing' must be true or false, got 2 (int)",
+        ),
+    ],
+)
 def test_config_values_of_the_wrong_kind_are_named(tmp_path, override, valid, message):
     """The key given is named, not a later config derived from it (n_updates=abc once read as a bad
     schedule.total_steps); the same key with a value of the right kind builds."""
@@ -57,8 +85,9 @@ def test_config_values_of_the_wrong_kind_are_named(tmp_path, override, valid, me
 
     paths = [f"pretrained_model_path={tmp_path}", f"data.data_path={tmp_path}", f"log_dir={tmp_path / 'run'}"]
     with initialize_config_dir(str(ROOT / "config" / "train"), version_base=None):
-        bad, good = (OmegaConf.to_container(compose("bridge", overrides=[o, *paths]), resolve=True)
-                     for o in (override, valid))
+        bad, good = (
+            OmegaConf.to_container(compose("bridge", overrides=[o, *paths]), resolve=True) for o in (override, valid)
+        )
     with pytest.raises(ValueError) as raised:
         TrainConfig.from_dict(bad)
     assert str(raised.value) == message
@@ -97,9 +126,18 @@ def quickstart_run(tmp_path_factory):
     """A 4-step quickstart run with a checkpoint every 2 steps, then resumed to step 6."""
     root = tmp_path_factory.mktemp("quickstart")
     env = {"VLA_CACHE_DIR": str(root / "cache")}
-    common = [f"log_dir={root / 'run'}", "quickstart.episodes=4", "quickstart.image_size=32", "save_every=2",
-              "quickstart.evaluate=false", "model.action_head=flow",
-              "log_every=1", "global_batch_size=4", "per_device_batch_size=2", "schedule.warmup_steps=1"]
+    common = [
+        f"log_dir={root / 'run'}",
+        "quickstart.episodes=4",
+        "quickstart.image_size=32",
+        "save_every=2",
+        "quickstart.evaluate=false",
+        "model.action_head=flow",
+        "log_every=1",
+        "global_batch_size=4",
+        "per_device_batch_size=2",
+        "schedule.warmup_steps=1",
+    ]
     first = _run(["--config-name=quickstart", "n_updates=4", *common], env)
     assert first.returncode == 0, first.stderr[-4000:]
     second = _run(["--config-name=quickstart", "n_updates=6", *common], env)

@@ -22,9 +22,17 @@ def parquet_data(tiny_episodes: Path) -> Path:
 
 
 def _config(data: Path, paligemma: Path, log_dir: Path, **overrides) -> TrainConfig:
-    return tiny_train_config(data, paligemma, log_dir, **{
-        "save_every": 2, "logging": {"tensorboard": True},
-        "validation": {"every": 2, "batches": 1, "thresholds": [0.5]}, **overrides})
+    return tiny_train_config(
+        data,
+        paligemma,
+        log_dir,
+        **{
+            "save_every": 2,
+            "logging": {"tensorboard": True},
+            "validation": {"every": 2, "batches": 1, "thresholds": [0.5]},
+            **overrides,
+        },
+    )
 
 
 def _scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -69,11 +77,18 @@ def test_resumed_run_replaces_the_events_after_its_checkpoint(parquet_data, tiny
     Trainer(_config(parquet_data, tiny_checkpoint_dir, log_dir, n_updates=3)).run()
     (log_dir / "checkpoints" / "step_000003").rename(log_dir / "step_000003_dropped")
     (log_dir / "checkpoints" / "latest").write_text("step_000002\n")
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, log_dir, optimizer={"name": "adamw", "vlm_lr": 2e-3,
-                                                                           "action_expert_lr": 2e-3})).run()
+    Trainer(
+        _config(
+            parquet_data,
+            tiny_checkpoint_dir,
+            log_dir,
+            optimizer={"name": "adamw", "vlm_lr": 2e-3, "action_expert_lr": 2e-3},
+        )
+    ).run()
     logged, scalars = _logged(log_dir), _scalars(log_dir)
     assert sorted(logged["loss"]) == [1, 2, 3, 4]
     _assert_same(scalars, logged)
-    Trainer(_config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", logging={"tensorboard": False},
-                    n_updates=1)).run()
+    Trainer(
+        _config(parquet_data, tiny_checkpoint_dir, tmp_path / "off", logging={"tensorboard": False}, n_updates=1)
+    ).run()
     assert not (tmp_path / "off" / "tensorboard").exists()

@@ -70,11 +70,20 @@ def log(message: str) -> None:
 
 # ---- measurements inside one fresh process --------------------------------------------------------
 def rlds_kwargs(spec: dict) -> dict:
-    return dict(data_path=spec["data_path"], mix=spec["mix"], split=spec["split"], train=True,
-                camera_roles=tuple(spec["camera_roles"]), image_size=spec["target_size"],
-                batch_size=spec["batch_size"], shuffle_buffer=spec.get("shuffle_buffer", 1000),
-                read_threads=spec.get("threads", 1), transform_threads=spec.get("threads", 1),
-                statistics_dir=spec["statistics_dir"], seed=spec.get("seed", 0))
+    return dict(
+        data_path=spec["data_path"],
+        mix=spec["mix"],
+        split=spec["split"],
+        train=True,
+        camera_roles=tuple(spec["camera_roles"]),
+        image_size=spec["target_size"],
+        batch_size=spec["batch_size"],
+        shuffle_buffer=spec.get("shuffle_buffer", 1000),
+        read_threads=spec.get("threads", 1),
+        transform_threads=spec.get("threads", 1),
+        statistics_dir=spec["statistics_dir"],
+        seed=spec.get("seed", 0),
+    )
 
 
 def child_statistics(spec: dict) -> dict:
@@ -86,11 +95,15 @@ def child_statistics(spec: dict) -> dict:
     info = prepare_mix(RLDSConfig(**rlds_kwargs(spec)))
     return {
         "seconds": round(time.perf_counter() - start, 2),
-        "datasets": {name: {"statistics_path": str(info.statistics_paths[name]),
-                            "trajectories": info.statistics[name].num_trajectories,
-                            "frames": info.statistics[name].num_transitions,
-                            "weight": weight}
-                     for name, weight in zip(info.datasets, info.weights)},
+        "datasets": {
+            name: {
+                "statistics_path": str(info.statistics_paths[name]),
+                "trajectories": info.statistics[name].num_trajectories,
+                "frames": info.statistics[name].num_transitions,
+                "weight": weight,
+            }
+            for name, weight in zip(info.datasets, info.weights)
+        },
     }
 
 
@@ -172,8 +185,10 @@ def run_child(task: str, spec: dict, timeout_s: float) -> dict:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
         except subprocess.TimeoutExpired as err:
             tail = (err.stderr or b"")[-2000:]
-            return {"error": f"timed out after {timeout_s:.0f} s",
-                    "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+            return {
+                "error": f"timed out after {timeout_s:.0f} s",
+                "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail,
+            }
         wall = time.perf_counter() - start
         if done.returncode != 0 or not result_path.is_file():
             return {"error": f"exit status {done.returncode}", "stderr_tail": done.stderr[-2000:]}
@@ -195,8 +210,10 @@ def ensure_synthetic(args: argparse.Namespace) -> str:
             info = json.loads((folder / "dataset_info.json").read_text())
             counts = {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in info.get("splits", [])}
             if counts.get(args.split) != args.episodes:
-                raise SystemExit(f"error: {folder} holds {counts} episodes, not {args.episodes} in {args.split!r}: "
-                                 "pass --regenerate or another --synthetic_dir")
+                raise SystemExit(
+                    f"error: {folder} holds {counts} episodes, not {args.episodes} in {args.split!r}: "
+                    "pass --regenerate or another --synthetic_dir"
+                )
             log(f"reusing {folder} ({counts[args.split]} episodes in {args.split!r})")
             continue
         from pg_vla.data.rlds import synthetic
@@ -207,15 +224,25 @@ def ensure_synthetic(args: argparse.Namespace) -> str:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-        log(f"writing synthetic {name}: {args.episodes} episodes of {args.steps[0]}-{args.steps[1]} steps, "
-            f"images {args.image_size[0]}x{args.image_size[1]} ...")
+        log(
+            f"writing synthetic {name}: {args.episodes} episodes of {args.steps[0]}-{args.steps[1]} steps, "
+            f"images {args.image_size[0]}x{args.image_size[1]} ..."
+        )
         start = time.perf_counter()
         saved = os.dup(1)
         os.dup2(2, 1)  # TFDS prints to stdout; stdout is for the JSON document only
         try:
-            makers[name](root, episodes_per_split=args.episodes, splits=(args.split,), min_steps=args.steps[0],
-                         max_steps=args.steps[1], image_size=tuple(args.image_size), num_shards=args.num_shards,
-                         seed=args.seed, overwrite=True)
+            makers[name](
+                root,
+                episodes_per_split=args.episodes,
+                splits=(args.split,),
+                min_steps=args.steps[0],
+                max_steps=args.steps[1],
+                image_size=tuple(args.image_size),
+                num_shards=args.num_shards,
+                seed=args.seed,
+                overwrite=True,
+            )
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
@@ -254,24 +281,26 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--_child":
         child_main(*argv[1:4])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_path", help="root holding <name>/<version> of the mix's datasets")
     source.add_argument("--synthetic_dir", help="write/reuse synthetic datasets of the mix here")
     parser.add_argument("--episodes", type=int, default=200, help="synthetic: episodes in the split")
-    parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), default=[256, 256],
-                        help="synthetic: camera image size")
-    parser.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"), default=[20, 40],
-                        help="synthetic: episode length range")
+    parser.add_argument(
+        "--image_size", type=int, nargs=2, metavar=("H", "W"), default=[256, 256], help="synthetic: camera image size"
+    )
+    parser.add_argument(
+        "--steps", type=int, nargs=2, metavar=("MIN", "MAX"), default=[20, 40], help="synthetic: episode length range"
+    )
     parser.add_argument("--num_shards", type=int, default=16, help="synthetic: shard files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--regenerate", action="store_true", help="synthetic: rewrite even if present")
     parser.add_argument("--mix", default="bridge")
     parser.add_argument("--split", default="train")
     parser.add_argument("--shuffle_buffers", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4],
-                        help="read_threads = transform_threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4], help="read_threads = transform_threads")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_batches", type=int, default=50, help="timed batches per configuration")
     parser.add_argument("--warmup_batches", type=int, default=5, help="untimed batches, the first included")
@@ -300,18 +329,29 @@ def main(argv: list[str] | None = None) -> None:
         "options": vars(args),
     }
     data_path = args.data_path or ensure_synthetic(args)
-    base = {"data_path": data_path, "mix": args.mix, "split": args.split, "camera_roles": args.camera_roles,
-            "target_size": args.target_size, "batch_size": args.batch_size, "statistics_dir": args.statistics_dir,
-            "seed": args.seed, "num_batches": args.num_batches, "warmup_batches": args.warmup_batches,
-            "windows": args.windows}
+    base = {
+        "data_path": data_path,
+        "mix": args.mix,
+        "split": args.split,
+        "camera_roles": args.camera_roles,
+        "target_size": args.target_size,
+        "batch_size": args.batch_size,
+        "statistics_dir": args.statistics_dir,
+        "seed": args.seed,
+        "num_batches": args.num_batches,
+        "warmup_batches": args.warmup_batches,
+        "windows": args.windows,
+    }
     log("statistics (computed once, or loaded from the cache) ...")
     stats = run_child("statistics", {**base, "threads": max(args.threads)}, args.timeout_s)
     if "error" in stats:
         print(json.dumps({"header": header, "statistics": stats, "results": []}, indent=2))
         raise SystemExit(f"error: statistics failed: {stats['error']}")
     header["data_path"] = data_path
-    header["dataset"] = {name: {**entry, "tfrecord_bytes": _folder_bytes(data_path, args.mix)[name]}
-                         for name, entry in stats["datasets"].items()}
+    header["dataset"] = {
+        name: {**entry, "tfrecord_bytes": _folder_bytes(data_path, args.mix)[name]}
+        for name, entry in stats["datasets"].items()
+    }
     header["statistics_s"] = stats["seconds"]
 
     results = []
@@ -323,8 +363,10 @@ def main(argv: list[str] | None = None) -> None:
                 result = {"shuffle_buffer": buffer, "threads": threads, **result}
                 log(f"  failed: {result['error']}")
             else:
-                log(f"  {result['frames_per_s']} frames/s, first batch {result['time_to_first_batch_s']} s, "
-                    f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+                log(
+                    f"  {result['frames_per_s']} frames/s, first batch {result['time_to_first_batch_s']} s, "
+                    f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+                )
             results.append(result)
     header["load_average_at_end"] = _load_average()
     header["wall_s"] = round(time.perf_counter() - started, 1)

@@ -77,8 +77,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pg_vla.model.vla.attention_mask import (ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK,
-                                             block_attention_mask)
+from pg_vla.model.vla.attention_mask import ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, block_attention_mask
 from pg_vla.model.vla.config import PRESETS, PiZeroConfig
 from pg_vla.model.vla.flops import sampling_flops, train_step_flops
 from pg_vla.model.vla.pizero import PiZero
@@ -159,7 +158,8 @@ def is_oom(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return isinstance(error, (RuntimeError, MemoryError)) and (
-        isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text)
+        isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def error_entry(error: BaseException) -> dict[str, Any]:
@@ -184,8 +184,9 @@ def latency_stats(seconds: list[float], batch: int) -> dict[str, Any]:
     }
 
 
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, runs: int,
-               max_seconds: float | None) -> tuple[dict[str, Any], Any, list[float]]:
+def time_calls(
+    fn: Callable[[], Any], device: torch.device, warmup: int, runs: int, max_seconds: float | None
+) -> tuple[dict[str, Any], Any, list[float]]:
     """Warm-up calls, then timed calls; -> (timing fields, output of the last call, seconds per timed call).
 
     Each timed call is bracketed by device synchronizations, so it is the end-to-end latency of the
@@ -219,13 +220,18 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, runs: i
             event_ms.append(events[0].elapsed_time(events[1]))
         if max_seconds and time.perf_counter() - budget_start > max_seconds:
             break
-    fields: dict[str, Any] = {"warmup": warmup,
-                              "first_call_ms": None if first_call_ms is None else round(first_call_ms, 3)}
+    fields: dict[str, Any] = {
+        "warmup": warmup,
+        "first_call_ms": None if first_call_ms is None else round(first_call_ms, 3),
+    }
     if event_ms:
         ms = np.asarray(event_ms)
-        fields["cuda_event_ms"] = {"median": round(float(np.median(ms)), 3),
-                                   "p10": round(float(np.percentile(ms, 10)), 3),
-                                   "p90": round(float(np.percentile(ms, 90)), 3), "min": round(float(ms.min()), 3)}
+        fields["cuda_event_ms"] = {
+            "median": round(float(np.median(ms)), 3),
+            "p10": round(float(np.percentile(ms, 10)), 3),
+            "p90": round(float(np.percentile(ms, 90)), 3),
+            "min": round(float(ms.min()), 3),
+        }
     return fields, out, seconds
 
 
@@ -251,8 +257,9 @@ def memory_probe(device: torch.device, into: dict[str, Any]):
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
-def make_inputs(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device: torch.device,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
+def make_inputs(
+    cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Random observation and action chunk; text of random length (right padded)."""
     s, lt = cfg.vision.image_size, cfg.max_text_tokens
 
@@ -311,8 +318,12 @@ def activation_bytes(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, checkpoi
     vlm, act, vis = cfg.vlm, cfg.action_gemma(), cfg.vision
     layers = [  # (tokens per sample, layers, elements per token and layer, layer input width)
         (cfg.prefix_len, vlm.num_layers, 12 * vlm.hidden_size + 3 * vlm.intermediate_size, vlm.hidden_size),
-        (cfg.cond_steps + cfg.horizon_steps, vlm.num_layers, 12 * act.hidden_size + 3 * act.intermediate_size,
-         act.hidden_size),
+        (
+            cfg.cond_steps + cfg.horizon_steps,
+            vlm.num_layers,
+            12 * act.hidden_size + 3 * act.intermediate_size,
+            act.hidden_size,
+        ),
         (cfg.num_image_tokens, vis.num_layers, 12 * vis.hidden_size + 2 * vis.intermediate_size, vis.hidden_size),
     ]
     if checkpointing:
@@ -330,8 +341,10 @@ def check_fits(needed: int, device: torch.device, what: str) -> str | None:
     available = available_bytes(device)
     headroom = GIB if device.type == "cpu" else GIB // 2
     if needed + headroom > 0.85 * available:
-        return (f"{what}: estimated {needed / GIB:.1f} GiB needed (+{headroom / GIB:.1f} GiB headroom), "
-                f"{available / GIB:.1f} GiB available on {device.type}")
+        return (
+            f"{what}: estimated {needed / GIB:.1f} GiB needed (+{headroom / GIB:.1f} GiB headroom), "
+            f"{available / GIB:.1f} GiB available on {device.type}"
+        )
     return None
 
 
@@ -367,8 +380,9 @@ def trainable_parameters(model: PiZero) -> list[torch.nn.Parameter]:
 _PEAKS: dict[tuple[str, str, int], dict[str, Any]] = {}
 
 
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype, size: int, warmup: int = 3,
-                        runs: int = 10) -> dict[str, Any]:
+def measure_peak_tflops(
+    device: torch.device, dtype: torch.dtype, size: int, warmup: int = 3, runs: int = 10
+) -> dict[str, Any]:
     """Dense (size x size) @ (size x size) matmul rate in TFLOP/s: median over `runs` timed calls after
     `warmup` calls; on CUDA each timed call is 10 back-to-back matmuls between CUDA events.
     Measured once per (device, dtype, size) and process; float32 on CUDA follows the TF32 setting."""
@@ -400,10 +414,14 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype, size: int, war
             seconds.append(time.perf_counter() - start)
     del a, b, out
     median = float(np.median(seconds))
-    peak = {"dtype": str(dtype).removeprefix("torch."), "matmul_size": size, "runs": runs,
-            "median_ms": round(median * 1000.0, 3),
-            "tflops": round(2.0 * size**3 / median / 1e12, 4),
-            "max_tflops": round(2.0 * size**3 / min(seconds) / 1e12, 4)}
+    peak = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "matmul_size": size,
+        "runs": runs,
+        "median_ms": round(median * 1000.0, 3),
+        "tflops": round(2.0 * size**3 / median / 1e12, 4),
+        "max_tflops": round(2.0 * size**3 / min(seconds) / 1e12, 4),
+    }
     if cuda:
         peak["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     _PEAKS[key] = peak
@@ -447,8 +465,9 @@ def profile_calls(fn: Callable[[], Any], device: torch.device, args: argparse.Na
     return {"trace": path, "calls": args.profile_calls, "sorted_by": sort_key.replace("_total", ""), "top_ops": top}
 
 
-def maybe_profile(fn: Callable[[], Any], device: torch.device, args: argparse.Namespace, name: str,
-                  entry: dict[str, Any]) -> None:
+def maybe_profile(
+    fn: Callable[[], Any], device: torch.device, args: argparse.Namespace, name: str, entry: dict[str, Any]
+) -> None:
     if not args.profile:
         return
     log(f"  profiling {args.profile_calls} calls -> {args.profile}/{name}.json")
@@ -460,16 +479,28 @@ def maybe_profile(fn: Callable[[], Any], device: torch.device, args: argparse.Na
 
 
 # ---- timed modes ------------------------------------------------------------------------------------------------
-def bench_sampling(model: PiZero, inputs: dict[str, torch.Tensor], use_cache: bool, num_steps: int,
-                   args: argparse.Namespace, device: torch.device, label: str = "sample"
-                   ) -> tuple[dict[str, Any], torch.Tensor | None]:
+def bench_sampling(
+    model: PiZero,
+    inputs: dict[str, torch.Tensor],
+    use_cache: bool,
+    num_steps: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str = "sample",
+) -> tuple[dict[str, Any], torch.Tensor | None]:
     model.eval()
 
     def call() -> torch.Tensor:
         with torch.inference_mode():
-            return model.sample_actions(inputs["images"], inputs["text_ids"], inputs["text_mask"],
-                                        inputs["proprio"], noise=inputs["noise"], num_steps=num_steps,
-                                        use_cache=use_cache)
+            return model.sample_actions(
+                inputs["images"],
+                inputs["text_ids"],
+                inputs["text_mask"],
+                inputs["proprio"],
+                noise=inputs["noise"],
+                num_steps=num_steps,
+                use_cache=use_cache,
+            )
 
     entry: dict[str, Any] = {}
     with memory_probe(device, entry):
@@ -479,8 +510,9 @@ def bench_sampling(model: PiZero, inputs: dict[str, torch.Tensor], use_cache: bo
     return entry, out
 
 
-def make_train_step(model: PiZero, inputs: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
-                    ) -> Callable[[], torch.Tensor]:
+def make_train_step(
+    model: PiZero, inputs: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> Callable[[], torch.Tensor]:
     def step() -> torch.Tensor:
         loss = model(inputs["images"], inputs["text_ids"], inputs["text_mask"], inputs["proprio"], inputs["actions"])
         loss.backward()
@@ -491,8 +523,13 @@ def make_train_step(model: PiZero, inputs: dict[str, torch.Tensor], optimizer: t
     return step
 
 
-def bench_train(model: PiZero, inputs: dict[str, torch.Tensor], args: argparse.Namespace,
-                device: torch.device, label: str = "train_step") -> dict[str, Any]:
+def bench_train(
+    model: PiZero,
+    inputs: dict[str, torch.Tensor],
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str = "train_step",
+) -> dict[str, Any]:
     params = trainable_parameters(model)
     model.train()
     model.set_gradient_checkpointing(args.gradient_checkpointing)
@@ -513,9 +550,12 @@ def bench_train(model: PiZero, inputs: dict[str, torch.Tensor], args: argparse.N
         del optimizer
         model.set_gradient_checkpointing(False)
         model.eval()
-    entry.update(batch_size=args.train_batch_size, optimizer=args.optimizer,
-                 gradient_checkpointing=args.gradient_checkpointing,
-                 trainable_parameters=sum(p.numel() for p in params))
+    entry.update(
+        batch_size=args.train_batch_size,
+        optimizer=args.optimizer,
+        gradient_checkpointing=args.gradient_checkpointing,
+        trainable_parameters=sum(p.numel() for p in params),
+    )
     return entry
 
 
@@ -543,8 +583,9 @@ def _difference(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, f
     return {"mean_l1": float(diff.mean()), "max_abs_diff": float(diff.max())}
 
 
-def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namespace,
-                        device: torch.device) -> dict[str, Any]:
+def bench_precision_gap(
+    cfg: PiZeroConfig, num_steps: int, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """bf16 KV-cached sampling against fp32 uncached sampling from the same weights and noise.
 
     The model is built in float32 with the benchmark's seed (the same weights every combination
@@ -552,12 +593,15 @@ def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namesp
     the cache. Differences are in normalized action units (sample_actions' output in [-1, 1]).
     """
     total = parameter_counts(cfg)[0]["total"]
-    reason = None if args.no_memory_check else check_fits(int(total * 4 * 1.1), device,
-                                                               "precision_gap (float32 model)")
+    reason = None if args.no_memory_check else check_fits(int(total * 4 * 1.1), device, "precision_gap (float32 model)")
     if reason:
         return {"skipped": reason}
-    entry: dict[str, Any] = {"reference": "float32, uncached (use_cache=False)", "candidate": "bfloat16, KV-cached",
-                             "batch_size": args.batch_size, "num_steps": num_steps}
+    entry: dict[str, Any] = {
+        "reference": "float32, uncached (use_cache=False)",
+        "candidate": "bfloat16, KV-cached",
+        "batch_size": args.batch_size,
+        "num_steps": num_steps,
+    }
     model = None
     try:
         torch.manual_seed(args.seed)
@@ -568,9 +612,19 @@ def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namesp
 
         def sample(images: torch.Tensor, use_cache: bool) -> torch.Tensor:
             with torch.inference_mode():
-                return model.sample_actions(images, inputs["text_ids"], inputs["text_mask"], inputs["proprio"],
-                                            noise=inputs["noise"], num_steps=num_steps,
-                                            use_cache=use_cache).float().cpu()
+                return (
+                    model.sample_actions(
+                        images,
+                        inputs["text_ids"],
+                        inputs["text_mask"],
+                        inputs["proprio"],
+                        noise=inputs["noise"],
+                        num_steps=num_steps,
+                        use_cache=use_cache,
+                    )
+                    .float()
+                    .cpu()
+                )
 
         with full_float32_matmuls():
             reference = sample(inputs["images"], use_cache=False)
@@ -580,14 +634,20 @@ def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namesp
         bf16_cached = sample(images, use_cache=True)
         bf16_uncached = sample(images, use_cache=False)
         entry.update(_difference(bf16_cached, reference))
-        entry.update(elements=reference.numel(), target_mean_l1=TARGET_MEAN_L1,
-                     meets_target=entry["mean_l1"] < TARGET_MEAN_L1, published_mean_l1_range=list(PUBLISHED_MEAN_L1),
-                     reference_mean_abs_action=float(reference.abs().mean()),
-                     float32_cached=_difference(fp32_cached, reference),
-                     bfloat16_uncached=_difference(bf16_uncached, reference),
-                     note="randomly initialized weights (seeded): trained checkpoints can differ")
-        log(f"  precision gap: mean L1 {entry['mean_l1']:.3g}, max {entry['max_abs_diff']:.3g} "
-            f"(target < {TARGET_MEAN_L1:g})")
+        entry.update(
+            elements=reference.numel(),
+            target_mean_l1=TARGET_MEAN_L1,
+            meets_target=entry["mean_l1"] < TARGET_MEAN_L1,
+            published_mean_l1_range=list(PUBLISHED_MEAN_L1),
+            reference_mean_abs_action=float(reference.abs().mean()),
+            float32_cached=_difference(fp32_cached, reference),
+            bfloat16_uncached=_difference(bf16_uncached, reference),
+            note="randomly initialized weights (seeded): trained checkpoints can differ",
+        )
+        log(
+            f"  precision gap: mean L1 {entry['mean_l1']:.3g}, max {entry['max_abs_diff']:.3g} "
+            f"(target < {TARGET_MEAN_L1:g})"
+        )
     except Exception as error:  # noqa: BLE001 - reported in the JSON
         if not is_oom(error):
             traceback.print_exc(file=sys.stderr)
@@ -599,14 +659,22 @@ def bench_precision_gap(cfg: PiZeroConfig, num_steps: int, args: argparse.Namesp
 
 
 # ---- largest train batch ----------------------------------------------------------------------------------------
-def try_train_batch(model: PiZero, cfg: PiZeroConfig, batch: int, dtype: torch.dtype, args: argparse.Namespace,
-                    device: torch.device, checkpointing: bool) -> dict[str, Any]:
+def try_train_batch(
+    model: PiZero,
+    cfg: PiZeroConfig,
+    batch: int,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    device: torch.device,
+    checkpointing: bool,
+) -> dict[str, Any]:
     """`--max_batch_steps` train steps at `batch` -> {"batch", "fits", peak memory, ...}; frees everything after."""
     row: dict[str, Any] = {"batch": batch}
     if device.type == "cpu" and not args.no_memory_check:
         # On CPU running out of memory is the OOM killer, not an exception: check the estimate first.
         need = train_extra_bytes(trainable_count(model), dtype, args.optimizer) + activation_bytes(
-            cfg, batch, dtype, checkpointing)
+            cfg, batch, dtype, checkpointing
+        )
         reason = check_fits(need, device, f"train step at batch {batch}")
         if reason:
             row.update(fits=False, reason=f"memory estimate: {reason}")
@@ -643,8 +711,14 @@ def try_train_batch(model: PiZero, cfg: PiZeroConfig, batch: int, dtype: torch.d
     return row
 
 
-def find_max_batch(model: PiZero, cfg: PiZeroConfig, dtype: torch.dtype, args: argparse.Namespace,
-                   device: torch.device, checkpointing: bool) -> dict[str, Any]:
+def find_max_batch(
+    model: PiZero,
+    cfg: PiZeroConfig,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    device: torch.device,
+    checkpointing: bool,
+) -> dict[str, Any]:
     """Largest train batch <= the limit that fits: batch 1, 2, 4, ... until one fails (or the limit),
     then bisection between the last fitting and the first failing batch."""
     limit = args.max_batch_limit
@@ -654,8 +728,7 @@ def find_max_batch(model: PiZero, cfg: PiZeroConfig, dtype: torch.dtype, args: a
     def fits(batch: int) -> bool:
         row = try_train_batch(model, cfg, batch, dtype, args, device, checkpointing)
         tried.append(row)
-        log(f"  max batch (checkpointing={checkpointing}): batch {batch} "
-            f"{'fits' if row['fits'] else 'does not fit'}")
+        log(f"  max batch (checkpointing={checkpointing}): batch {batch} {'fits' if row['fits'] else 'does not fit'}")
         if not row["fits"] and row.get("error") not in (None, "out_of_memory"):
             stop.update(error=row["error"], message=row.get("message", ""))  # not a memory failure
         return row["fits"]
@@ -678,9 +751,16 @@ def find_max_batch(model: PiZero, cfg: PiZeroConfig, dtype: torch.dtype, args: a
             good = mid
         else:
             bad = mid
-    out: dict[str, Any] = {"max_batch": good, "limit": limit, "hit_limit": good == limit,
-                           "first_failing_batch": bad, "gradient_checkpointing": checkpointing,
-                           "optimizer": args.optimizer, "steps_per_try": args.max_batch_steps, "tried": tried}
+    out: dict[str, Any] = {
+        "max_batch": good,
+        "limit": limit,
+        "hit_limit": good == limit,
+        "first_failing_batch": bad,
+        "gradient_checkpointing": checkpointing,
+        "optimizer": args.optimizer,
+        "steps_per_try": args.max_batch_steps,
+        "tried": tried,
+    }
     if stop:
         out["stopped_by"] = stop
     return out
@@ -690,9 +770,11 @@ def find_max_batch(model: PiZero, cfg: PiZeroConfig, dtype: torch.dtype, args: a
 def attention_calls(cfg: PiZeroConfig, batch: int) -> dict[str, tuple[int, int, bool]]:
     """The model's attention calls: name -> (query tokens, key tokens, with backward)."""
     prefix = cfg.prefix_len + cfg.cond_steps
-    return {"prefix": (prefix, prefix, False),  # encode_prefix (KV cache)
-            "denoise": (cfg.horizon_steps, prefix + cfg.horizon_steps, False),  # one denoising step
-            "train": (cfg.seq_len, cfg.seq_len, True)}  # training / uncached sampling (all tokens)
+    return {
+        "prefix": (prefix, prefix, False),  # encode_prefix (KV cache)
+        "denoise": (cfg.horizon_steps, prefix + cfg.horizon_steps, False),  # one denoising step
+        "train": (cfg.seq_len, cfg.seq_len, True),
+    }  # training / uncached sampling (all tokens)
 
 
 def sdpa_backends(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
@@ -741,18 +823,37 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
     vlm = cfg.vlm
     gqa = vlm.num_heads != vlm.num_kv_heads
     functions = _attention_functions(gqa)
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     lengths = torch.full((batch,), cfg.max_text_tokens)
-    lengths[batch // 2:] = max(1, cfg.max_text_tokens // 2)  # some text padding, as real batches have
+    lengths[batch // 2 :] = max(1, cfg.max_text_tokens // 2)  # some text padding, as real batches have
     text_valid = torch.arange(cfg.max_text_tokens).expand(batch, -1) < lengths[:, None]
-    blocks_all = torch.cat([torch.full((cfg.prefix_len,), IMAGE_TEXT_BLOCK),
-                            torch.full((cfg.cond_steps,), PROPRIO_BLOCK),
-                            torch.full((cfg.horizon_steps,), ACTION_BLOCK)]).expand(batch, -1)
-    valid_all = torch.cat((torch.ones(batch, cfg.num_image_tokens, dtype=torch.bool), text_valid,
-                           torch.ones(batch, cfg.cond_steps + cfg.horizon_steps, dtype=torch.bool)), dim=1)
-    out: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch."), "batch_size": batch,
-                           "num_heads": vlm.num_heads, "num_kv_heads": vlm.num_kv_heads, "head_dim": vlm.head_dim}
+    blocks_all = torch.cat(
+        [
+            torch.full((cfg.prefix_len,), IMAGE_TEXT_BLOCK),
+            torch.full((cfg.cond_steps,), PROPRIO_BLOCK),
+            torch.full((cfg.horizon_steps,), ACTION_BLOCK),
+        ]
+    ).expand(batch, -1)
+    valid_all = torch.cat(
+        (
+            torch.ones(batch, cfg.num_image_tokens, dtype=torch.bool),
+            text_valid,
+            torch.ones(batch, cfg.cond_steps + cfg.horizon_steps, dtype=torch.bool),
+        ),
+        dim=1,
+    )
+    out: dict[str, Any] = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": batch,
+        "num_heads": vlm.num_heads,
+        "num_kv_heads": vlm.num_kv_heads,
+        "head_dim": vlm.head_dim,
+    }
     generator = torch.Generator(device=device).manual_seed(0)
     for name, (q_len, k_len, backward) in attention_calls(cfg, batch).items():
         keys = slice(0, k_len)
@@ -760,13 +861,25 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
         mask = block_attention_mask(blocks_all[:, queries], blocks_all[:, keys], valid_all[:, keys]).to(device)
 
         def tensor(heads: int, length: int, backward: bool = backward) -> torch.Tensor:
-            return torch.randn(batch, heads, length, vlm.head_dim, device=device, dtype=dtype, generator=generator,
-                               requires_grad=backward)
+            return torch.randn(
+                batch,
+                heads,
+                length,
+                vlm.head_dim,
+                device=device,
+                dtype=dtype,
+                generator=generator,
+                requires_grad=backward,
+            )
 
         q, k, v = tensor(vlm.num_heads, q_len), tensor(vlm.num_kv_heads, k_len), tensor(vlm.num_kv_heads, k_len)
 
-        row: dict[str, Any] = {"query_tokens": q_len, "key_tokens": k_len, "backward": backward,
-                               "mask": f"bool {tuple(mask.shape)}"}
+        row: dict[str, Any] = {
+            "query_tokens": q_len,
+            "key_tokens": k_len,
+            "backward": backward,
+            "mask": f"bool {tuple(mask.shape)}",
+        }
         for function_name, attend in functions.items():
             row[function_name] = _backend_row(attend, q, k, v, mask, backward, backends, device)
         out[name] = row
@@ -774,8 +887,16 @@ def sdpa_backend_table(cfg: PiZeroConfig, batch: int, dtype: torch.dtype, device
     return out
 
 
-def _backend_row(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 mask: torch.Tensor, backward: bool, backends: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _backend_row(
+    attend: Callable[..., torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    backward: bool,
+    backends: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
     """backend name -> {"accepted": True, "median_ms"} or {"accepted": False, "error", "reasons"}."""
     import warnings
 
@@ -798,30 +919,45 @@ def _backend_row(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.
                 row[backend_name] = {"accepted": True, "median_ms": round(float(np.median(timings)), 4)}
             except Exception as error:  # noqa: BLE001 - "not accepted" is the answer
                 reasons = [str(w.message).strip().splitlines()[0] for w in caught][:3]
-                row[backend_name] = {"accepted": False, "error": (str(error).strip().splitlines() or [""])[0][:300],
-                                     "reasons": reasons}
+                row[backend_name] = {
+                    "accepted": False,
+                    "error": (str(error).strip().splitlines() or [""])[0][:300],
+                    "reasons": reasons,
+                }
         for t in (q, k, v):
             t.grad = None
     return row
 
 
 # ---- one combination --------------------------------------------------------------------------------------------
-def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args: argparse.Namespace,
-                      device: torch.device) -> dict[str, Any]:
+def bench_combination(
+    config_name: str, dtype_name: str, use_compile: bool, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     dtype = DTYPES[dtype_name]
     cfg = build_config(config_name, args)
     num_steps = args.num_steps or cfg.num_inference_steps
     result: dict[str, Any] = {}
     if getattr(args, "target", None):
         result["target"] = args.target
-    result.update({
-        "config": config_name, "dtype": dtype_name, "compile": use_compile, "device": device.type,
-        "batch_size": args.batch_size, "num_cameras": cfg.num_cameras, "image_size": cfg.vision.image_size,
-        "max_text_tokens": cfg.max_text_tokens, "horizon_steps": cfg.horizon_steps,
-        "num_steps": num_steps, "seq_len": cfg.seq_len, "prefix_len": cfg.prefix_len,
-    })
-    label = "_".join(x for x in (getattr(args, "target", None), config_name, dtype_name,
-                                 "compiled" if use_compile else None) if x)
+    result.update(
+        {
+            "config": config_name,
+            "dtype": dtype_name,
+            "compile": use_compile,
+            "device": device.type,
+            "batch_size": args.batch_size,
+            "num_cameras": cfg.num_cameras,
+            "image_size": cfg.vision.image_size,
+            "max_text_tokens": cfg.max_text_tokens,
+            "horizon_steps": cfg.horizon_steps,
+            "num_steps": num_steps,
+            "seq_len": cfg.seq_len,
+            "prefix_len": cfg.prefix_len,
+        }
+    )
+    label = "_".join(
+        x for x in (getattr(args, "target", None), config_name, dtype_name, "compiled" if use_compile else None) if x
+    )
     counts, trainable = parameter_counts(cfg)
     result["parameters"] = counts
     total = counts["total"]
@@ -830,21 +966,29 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
         try:
             size = args.peak_matmul_size or (8192 if device.type == "cuda" else 1024)
             result["peak_matmul"] = measure_peak_tflops(device, peak_dtype, size)
-            log(f"{config_name}/{dtype_name}: dense {size}x{size} matmul peak "
-                f"{result['peak_matmul']['tflops']:.3f} TFLOP/s")
+            log(
+                f"{config_name}/{dtype_name}: dense {size}x{size} matmul peak "
+                f"{result['peak_matmul']['tflops']:.3f} TFLOP/s"
+            )
         except Exception as error:  # noqa: BLE001 - reported in the JSON
             result["peak_matmul"] = error_entry(error)
         free_memory(device)
     peak = result.get("peak_matmul") if args.mfu and "tflops" in result.get("peak_matmul", {}) else None
-    result["sdpa_backends"] = sdpa_backends(cfg, args.batch_size, dtype, device) if not use_compile else {
-        "skipped": "reported for the eager combination"}
+    result["sdpa_backends"] = (
+        sdpa_backends(cfg, args.batch_size, dtype, device)
+        if not use_compile
+        else {"skipped": "reported for the eager combination"}
+    )
 
     free_memory(device)
     weights = total * bytes_per_element(dtype)
     train_need = train_extra_bytes(trainable, dtype, args.optimizer) + activation_bytes(
-        cfg, args.train_batch_size, dtype, args.gradient_checkpointing)
-    train_what = (f"train step (gradients + {args.optimizer} states for {trainable / 1e6:.0f}M trainable "
-                  f"{dtype_name} parameters + activations at batch {args.train_batch_size})")
+        cfg, args.train_batch_size, dtype, args.gradient_checkpointing
+    )
+    train_what = (
+        f"train step (gradients + {args.optimizer} states for {trainable / 1e6:.0f}M trainable "
+        f"{dtype_name} parameters + activations at batch {args.train_batch_size})"
+    )
     modes: dict[str, Any] = {}
     if "train_step" in args.modes and not args.no_memory_check:
         # Checked before building too, so that a combination whose only mode cannot fit is not built.
@@ -860,8 +1004,11 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
         result["modes"] = {m: modes[m] for m in args.modes}
         return result
     # The model is built in float32 and then cast, so building needs 4 bytes per parameter.
-    reason = None if args.no_memory_check else check_fits(int(total * 4 * 1.05), device,
-                                                               "model build (float32, cast afterwards)")
+    reason = (
+        None
+        if args.no_memory_check
+        else check_fits(int(total * 4 * 1.05), device, "model build (float32, cast afterwards)")
+    )
     if reason:
         log(f"{config_name}/{dtype_name}/compile={use_compile}: skipped ({reason})")
         result["skipped"] = reason
@@ -882,14 +1029,18 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
         if device.type == "cuda":
             result["model_memory_mib"] = round(torch.cuda.memory_allocated(device) / MIB, 1)
         else:
-            result["model_memory_mib"] = round(sum(t.numel() * t.element_size() for t in
-                                                   [*model.parameters(), *model.buffers()]) / MIB, 1)
+            result["model_memory_mib"] = round(
+                sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / MIB, 1
+            )
         if use_compile:
             compile_model(model, args.compile_mode)
         generator = torch.Generator().manual_seed(args.seed)
         inputs = make_inputs(cfg, args.batch_size, dtype, device, generator)
-        train_inputs = inputs if args.train_batch_size == args.batch_size else make_inputs(
-            cfg, args.train_batch_size, dtype, device, generator)
+        train_inputs = (
+            inputs
+            if args.train_batch_size == args.batch_size
+            else make_inputs(cfg, args.train_batch_size, dtype, device, generator)
+        )
     except Exception as error:  # noqa: BLE001 - reported in the JSON
         if not is_oom(error):
             traceback.print_exc(file=sys.stderr)
@@ -904,8 +1055,7 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
     for mode in args.modes:
         if mode in modes:  # skipped before the build, or precision_gap
             continue
-        log(f"{config_name}/{dtype_name}/compile={use_compile}: {mode} "
-            f"(warmup {args.warmup}, runs {args.runs})")
+        log(f"{config_name}/{dtype_name}/compile={use_compile}: {mode} (warmup {args.warmup}, runs {args.runs})")
         free_memory(device)
         try:
             if mode == "train_step":
@@ -926,16 +1076,17 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
                             modes[mode]["hfu"] = round(modes[mode]["mfu"] * hardware / flops, 6)
             else:
                 use_cache = mode == "sample_cached"
-                modes[mode], out = bench_sampling(model, inputs, use_cache, num_steps, args, device,
-                                                  f"{label}_{mode}")
+                modes[mode], out = bench_sampling(model, inputs, use_cache, num_steps, args, device, f"{label}_{mode}")
                 outputs[mode] = out.float().cpu()
                 if args.mfu:
                     flops = sampling_flops(cfg, num_steps, use_cache=use_cache, batch=args.batch_size)
                     modes[mode]["flops"] = flops
                     add_rates(modes[mode], flops, peak)
             if "median_ms" in modes[mode]:
-                log(f"  median {modes[mode]['median_ms']:.2f} ms over {modes[mode]['runs']} runs"
-                    + (f", {modes[mode]['achieved_tflops']:.4g} TFLOP/s" if "achieved_tflops" in modes[mode] else ""))
+                log(
+                    f"  median {modes[mode]['median_ms']:.2f} ms over {modes[mode]['runs']} runs"
+                    + (f", {modes[mode]['achieved_tflops']:.4g} TFLOP/s" if "achieved_tflops" in modes[mode] else "")
+                )
         except Exception as error:  # noqa: BLE001 - reported in the JSON
             if not is_oom(error):
                 traceback.print_exc(file=sys.stderr)
@@ -953,8 +1104,10 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
         result["max_batch"] = {}
         for checkpointing in (False, True):
             key = "with_gradient_checkpointing" if checkpointing else "without_gradient_checkpointing"
-            log(f"{config_name}/{dtype_name}: largest train batch {key.replace('_', ' ')} "
-                f"(limit {args.max_batch_limit}, {args.optimizer})")
+            log(
+                f"{config_name}/{dtype_name}: largest train batch {key.replace('_', ' ')} "
+                f"(limit {args.max_batch_limit}, {args.optimizer})"
+            )
             try:
                 result["max_batch"][key] = find_max_batch(model, cfg, dtype, args, device, checkpointing)
                 log(f"  max batch {result['max_batch'][key]['max_batch']}")
@@ -969,8 +1122,13 @@ def bench_combination(config_name: str, dtype_name: str, use_compile: bool, args
     return result
 
 
-def consistency(model: PiZero, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], num_steps: int,
-                device: torch.device) -> dict[str, Any]:
+def consistency(
+    model: PiZero,
+    inputs: dict[str, torch.Tensor],
+    outputs: dict[str, torch.Tensor],
+    num_steps: int,
+    device: torch.device,
+) -> dict[str, Any]:
     """Max abs difference between cached and uncached sampling from the same noise."""
     try:
         if "sample_cached" in outputs and "sample_uncached" in outputs:
@@ -979,9 +1137,20 @@ def consistency(model: PiZero, inputs: dict[str, torch.Tensor], outputs: dict[st
             steps = 1
             model.eval()
             with torch.inference_mode():
-                a, b = (model.sample_actions(inputs["images"], inputs["text_ids"], inputs["text_mask"],
-                                             inputs["proprio"], noise=inputs["noise"], num_steps=1,
-                                             use_cache=use_cache).float().cpu() for use_cache in (True, False))
+                a, b = (
+                    model.sample_actions(
+                        inputs["images"],
+                        inputs["text_ids"],
+                        inputs["text_mask"],
+                        inputs["proprio"],
+                        noise=inputs["noise"],
+                        num_steps=1,
+                        use_cache=use_cache,
+                    )
+                    .float()
+                    .cpu()
+                    for use_cache in (True, False)
+                )
         return {"max_abs_diff": float((a - b).abs().max()), "num_steps": steps}
     except Exception as error:  # noqa: BLE001 - reported in the JSON
         return error_entry(error)
@@ -999,9 +1168,17 @@ SUITE_TARGETS: dict[str, dict[str, Any]] = {
     "train_b32": dict(train_batch_size=32, num_cameras=1, horizon_steps=4, modes=["train_step"]),
     "max_batch": dict(num_cameras=1, horizon_steps=4, modes=[], find_max_batch=True),
 }
-SUITE_COMMON: dict[str, Any] = dict(dtype=["bfloat16"], compile=False, mfu=True, max_text_tokens=20, num_steps=10,
-                                    optimizer="adamw8bit", gradient_checkpointing=False, no_consistency_check=True,
-                                    find_max_batch=False)
+SUITE_COMMON: dict[str, Any] = dict(
+    dtype=["bfloat16"],
+    compile=False,
+    mfu=True,
+    max_text_tokens=20,
+    num_steps=10,
+    optimizer="adamw8bit",
+    gradient_checkpointing=False,
+    no_consistency_check=True,
+    find_max_batch=False,
+)
 
 
 def run_suite(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -1023,8 +1200,19 @@ def run_suite(args: argparse.Namespace, device: torch.device) -> tuple[list[dict
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The key figures of one suite result."""
-    keys = ("median_ms", "samples_per_s", "achieved_tflops", "mfu", "peak_memory_mib", "batch_size", "mean_l1",
-            "max_abs_diff", "meets_target", "skipped", "error")
+    keys = (
+        "median_ms",
+        "samples_per_s",
+        "achieved_tflops",
+        "mfu",
+        "peak_memory_mib",
+        "batch_size",
+        "mean_l1",
+        "max_abs_diff",
+        "meets_target",
+        "skipped",
+        "error",
+    )
     out: dict[str, Any] = {}
     for key in ("skipped", "error"):
         if key in result:
@@ -1032,8 +1220,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     for mode, entry in result.get("modes", {}).items():
         out[mode] = {k: entry[k] for k in keys if k in entry}
     if "max_batch" in result:
-        out["max_batch"] = {k: v.get("max_batch", v) if isinstance(v, dict) else v
-                            for k, v in result["max_batch"].items()}
+        out["max_batch"] = {
+            k: v.get("max_batch", v) if isinstance(v, dict) else v for k, v in result["max_batch"].items()
+        }
     if "peak_matmul" in result:
         out["peak_tflops"] = result["peak_matmul"].get("tflops")
     return out
@@ -1041,55 +1230,107 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 # ---- command line -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=None, choices=tuple(PRESETS),
-                        help="model presets (default: tiny small; with --suite: pi0)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        choices=tuple(PRESETS),
+        help="model presets (default: tiny small; with --suite: pi0)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=tuple(DTYPES),
-                        help="parameter dtypes (default: float32)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also measure with torch.compile (encode_prefix, denoise_step, predict_velocity)")
-    parser.add_argument("--compile_mode", default="default",
-                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    parser.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=tuple(DTYPES), help="parameter dtypes (default: float32)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure with torch.compile (encode_prefix, denoise_step, predict_velocity)",
+    )
+    parser.add_argument(
+        "--compile_mode",
+        default="default",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
     parser.add_argument("--batch_size", type=int, default=1, help="sampling batch size (default 1)")
-    parser.add_argument("--train_batch_size", type=int, default=None,
-                        help="train step batch size (default: batch_size)")
+    parser.add_argument(
+        "--train_batch_size", type=int, default=None, help="train step batch size (default: batch_size)"
+    )
     parser.add_argument("--num_cameras", type=int, default=None, help="override the preset's num_cameras")
     parser.add_argument("--horizon_steps", type=int, default=None, help="override the preset's horizon_steps")
     parser.add_argument("--max_text_tokens", type=int, default=None, help="override the preset's max_text_tokens")
     parser.add_argument("--num_steps", type=int, default=None, help="flow steps (default: the config's, 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per mode (default 3)")
     parser.add_argument("--runs", type=int, default=20, help="timed calls per mode (default 20)")
-    parser.add_argument("--max_seconds_per_mode", type=float, default=None,
-                        help="stop timing a mode after this many seconds of timed runs (at least one run)")
-    parser.add_argument("--modes", nargs="+", default=list(TIMED_MODES), choices=MODES,
-                        help="default: the timed modes (precision_gap only when named)")
-    parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
-                        help="train step optimizer: torch AdamW or bitsandbytes AdamW8bit")
+    parser.add_argument(
+        "--max_seconds_per_mode",
+        type=float,
+        default=None,
+        help="stop timing a mode after this many seconds of timed runs (at least one run)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(TIMED_MODES),
+        choices=MODES,
+        help="default: the timed modes (precision_gap only when named)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("adamw", "adamw8bit"),
+        default="adamw",
+        help="train step optimizer: torch AdamW or bitsandbytes AdamW8bit",
+    )
     parser.add_argument("--gradient_checkpointing", action="store_true", help="train step with gradient checkpointing")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls for float32 on CUDA")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_memory_check", action="store_true",
-                        help="run combinations even when the memory estimate says they will not fit")
-    parser.add_argument("--no_consistency_check", action="store_true",
-                        help="do not report the cached vs uncached sampling difference")
-    parser.add_argument("--mfu", action="store_true",
-                        help="measure the dense matmul peak per dtype; add FLOPs, achieved TFLOP/s and MFU")
-    parser.add_argument("--peak_matmul_size", type=int, default=None,
-                        help="square matmul size of the peak measurement (default: 8192 on CUDA, 1024 on CPU)")
-    parser.add_argument("--find_max_batch", action="store_true",
-                        help="search the largest train batch that fits, with and without gradient checkpointing")
-    parser.add_argument("--max_batch_limit", type=int, default=None,
-                        help="largest batch the search tries (default: 1024 on CUDA, 64 on CPU)")
+    parser.add_argument(
+        "--no_memory_check",
+        action="store_true",
+        help="run combinations even when the memory estimate says they will not fit",
+    )
+    parser.add_argument(
+        "--no_consistency_check", action="store_true", help="do not report the cached vs uncached sampling difference"
+    )
+    parser.add_argument(
+        "--mfu",
+        action="store_true",
+        help="measure the dense matmul peak per dtype; add FLOPs, achieved TFLOP/s and MFU",
+    )
+    parser.add_argument(
+        "--peak_matmul_size",
+        type=int,
+        default=None,
+        help="square matmul size of the peak measurement (default: 8192 on CUDA, 1024 on CPU)",
+    )
+    parser.add_argument(
+        "--find_max_batch",
+        action="store_true",
+        help="search the largest train batch that fits, with and without gradient checkpointing",
+    )
+    parser.add_argument(
+        "--max_batch_limit",
+        type=int,
+        default=None,
+        help="largest batch the search tries (default: 1024 on CUDA, 64 on CPU)",
+    )
     parser.add_argument("--max_batch_steps", type=int, default=2, help="train steps per tried batch (default 2)")
-    parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="torch.profiler over a few calls per timed mode: chrome traces into DIR, "
-                             "top ops in the JSON")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="torch.profiler over a few calls per timed mode: chrome traces into DIR, top ops in the JSON",
+    )
     parser.add_argument("--profile_calls", type=int, default=3, help="calls per profiled mode (default 3)")
-    parser.add_argument("--suite", choices=("targets",), default=None,
-                        help="run a predefined target set (default preset pi0; --config for a smoke run)")
+    parser.add_argument(
+        "--suite",
+        choices=("targets",),
+        default=None,
+        help="run a predefined target set (default preset pi0; --config for a smoke run)",
+    )
     parser.add_argument("--output", default=None, help="also write the JSON document to this file")
     args = parser.parse_args(argv)
     if args.config is None:
@@ -1174,11 +1415,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             for config_name in args.config:
                 for dtype_name in args.dtype:
-                    for use_compile in ((False, True) if args.compile else (False,)):
+                    for use_compile in (False, True) if args.compile else (False,):
                         if use_compile:
                             torch._dynamo.reset()
-                        document["results"].append(bench_combination(config_name, dtype_name, use_compile, args,
-                                                                     device))
+                        document["results"].append(
+                            bench_combination(config_name, dtype_name, use_compile, args, device)
+                        )
         document["header"]["total_s"] = round(time.perf_counter() - started, 1)
         document["header"]["load_average_at_end"] = _load_average()
         document = _finite(document)

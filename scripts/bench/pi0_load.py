@@ -35,13 +35,16 @@ def build(folder: Path) -> None:
     from pg_vla.model.vla.config import PiZeroConfig
     from pg_vla.model.vla.pizero import PiZero
 
-    config = PiZeroConfig.preset("pi0", vlm={"vocab_size": 257152}, proprio_dim=32, action_dim=32, horizon_steps=50,
-                                 max_text_tokens=48)
+    config = PiZeroConfig.preset(
+        "pi0", vlm={"vocab_size": 257152}, proprio_dim=32, action_dim=32, horizon_steps=50, max_text_tokens=48
+    )
     with torch.device("meta"):
         model = PiZero(config)
     generator = torch.Generator().manual_seed(0)
-    state = {name: (torch.randn(p.shape, generator=generator) * 0.02).to(torch.bfloat16)
-             for name, p in model.state_dict().items()}
+    state = {
+        name: (torch.randn(p.shape, generator=generator) * 0.02).to(torch.bfloat16)
+        for name, p in model.state_dict().items()
+    }
     folder.mkdir(parents=True, exist_ok=True)
     transformers_config(config).save_pretrained(str(folder))
     save_file(export_tensors(state, config), str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -63,8 +66,15 @@ def measure(folder: Path) -> dict:
     touch_seconds = time.perf_counter() - tic
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return {"load_s": seconds, "read_all_s": touch_seconds, "peak_rss_bytes": peak, "rss_after_load_bytes": after_load,
-            "rss_before_load_bytes": base, "model_weight_bytes": weights, "finite": bool(checksum == checksum)}
+    return {
+        "load_s": seconds,
+        "read_all_s": touch_seconds,
+        "peak_rss_bytes": peak,
+        "rss_after_load_bytes": after_load,
+        "rss_before_load_bytes": base,
+        "model_weight_bytes": weights,
+        "finite": bool(checksum == checksum),
+    }
 
 
 def main() -> None:
@@ -84,19 +94,29 @@ def main() -> None:
         return
     runs = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, __file__, "--folder", str(folder), "--child"], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--folder", str(folder), "--child"], capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     weights = runs[0]["model_weight_bytes"]
     file_bytes = (folder / "model.safetensors").stat().st_size
     peak = statistics.median(r["peak_rss_bytes"] for r in runs)
-    print(json.dumps({"folder": str(folder), "runs": len(runs),
-                      "load_s_median": statistics.median(r["load_s"] for r in runs),
-                      "read_all_s_median": statistics.median(r["read_all_s"] for r in runs),
-                      "rss_after_load_gib_median": statistics.median(r["rss_after_load_bytes"] for r in runs) / 2**30,
-                      "peak_rss_gib_median": peak / 2**30, "model_weight_gib": weights / 2**30,
-                      "file_gib": file_bytes / 2**30, "peak_rss_over_weights": peak / weights,
-                      "rss_before_load_gib": runs[0]["rss_before_load_bytes"] / 2**30}))
+    print(
+        json.dumps(
+            {
+                "folder": str(folder),
+                "runs": len(runs),
+                "load_s_median": statistics.median(r["load_s"] for r in runs),
+                "read_all_s_median": statistics.median(r["read_all_s"] for r in runs),
+                "rss_after_load_gib_median": statistics.median(r["rss_after_load_bytes"] for r in runs) / 2**30,
+                "peak_rss_gib_median": peak / 2**30,
+                "model_weight_gib": weights / 2**30,
+                "file_gib": file_bytes / 2**30,
+                "peak_rss_over_weights": peak / weights,
+                "rss_before_load_gib": runs[0]["rss_before_load_bytes"] / 2**30,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

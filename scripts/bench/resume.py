@@ -29,18 +29,46 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def config(args: argparse.Namespace, work: Path, log_dir: Path, n_updates: int, save_every: int) -> dict:
     data_path, model_path = work / "data", work / "model"
-    data = ({"source": "rlds", "data_path": str(data_path), "mix": "bridge", "shuffle_buffer": args.shuffle_buffer,
-             "read_threads": 1, "transform_threads": 1, "deterministic": True}
-            if args.source == "rlds" else
-            {"source": "parquet", "paths": [str(work / "parquet")], "num_workers": 1,
-             "shuffle_buffer": args.shuffle_buffer})
-    return {"pretrained_model_path": str(model_path), "log_dir": str(log_dir), "n_updates": n_updates, "seed": 0,
-            "global_batch_size": args.batch_size, "per_device_batch_size": args.batch_size, "device": "cpu",
-            "log_every": 1, "save_every": save_every, "keep_last_n": None,
-            "model": {"max_text_tokens": 12, "horizon_steps": 4,  # the quickstart's sizes
-                      "action_expert": {"hidden_size": 128, "intermediate_size": 512}},
-            "optimizer": {"name": "adamw"}, "schedule": {"kind": "constant", "warmup_steps": 0},
-            "validation": {"every": None}, "wandb": {"mode": "disabled"}, "data": data}
+    data = (
+        {
+            "source": "rlds",
+            "data_path": str(data_path),
+            "mix": "bridge",
+            "shuffle_buffer": args.shuffle_buffer,
+            "read_threads": 1,
+            "transform_threads": 1,
+            "deterministic": True,
+        }
+        if args.source == "rlds"
+        else {
+            "source": "parquet",
+            "paths": [str(work / "parquet")],
+            "num_workers": 1,
+            "shuffle_buffer": args.shuffle_buffer,
+        }
+    )
+    return {
+        "pretrained_model_path": str(model_path),
+        "log_dir": str(log_dir),
+        "n_updates": n_updates,
+        "seed": 0,
+        "global_batch_size": args.batch_size,
+        "per_device_batch_size": args.batch_size,
+        "device": "cpu",
+        "log_every": 1,
+        "save_every": save_every,
+        "keep_last_n": None,
+        "model": {
+            "max_text_tokens": 12,
+            "horizon_steps": 4,  # the quickstart's sizes
+            "action_expert": {"hidden_size": 128, "intermediate_size": 512},
+        },
+        "optimizer": {"name": "adamw"},
+        "schedule": {"kind": "constant", "warmup_steps": 0},
+        "validation": {"every": None},
+        "wandb": {"mode": "disabled"},
+        "data": data,
+    }
 
 
 def prepare(args: argparse.Namespace, work: Path) -> None:
@@ -50,9 +78,22 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     os.symlink(data_path, work / "data")
     os.symlink(model_path, work / "model")
     if args.source == "parquet":
-        subprocess.run([sys.executable, str(ROOT / "scripts/data/rlds_to_parquet.py"), "--data_path", str(data_path),
-                        "--dataset_name", "bridge_dataset", "--split", "train", "--output_dir", str(work / "parquet")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts/data/rlds_to_parquet.py"),
+                "--data_path",
+                str(data_path),
+                "--dataset_name",
+                "bridge_dataset",
+                "--split",
+                "train",
+                "--output_dir",
+                str(work / "parquet"),
+            ],
+            check=True,
+            capture_output=True,
+        )
 
 
 def one_resume(cfg_path: Path) -> None:
@@ -69,8 +110,15 @@ def one_resume(cfg_path: Path) -> None:
     records = [json.loads(line) for line in (Path(cfg.log_dir) / "log.jsonl").read_text().splitlines()]
     resumed = next(r for r in records if r.get("event") == "resumed")
     step = next(r for r in records if r.get("step") == cfg.n_updates and "loss" in r)
-    print(json.dumps({"run_s": toc - tic, "stream_and_step_s": step["time"] - resumed["time"],
-                      "data_stream": resumed["data_stream"]}))
+    print(
+        json.dumps(
+            {
+                "run_s": toc - tic,
+                "stream_and_step_s": step["time"] - resumed["time"],
+                "data_stream": resumed["data_stream"],
+            }
+        )
+    )
 
 
 def drop_stream_position(checkpoint: Path) -> None:
@@ -113,22 +161,43 @@ def main() -> None:
     for r in range(args.rounds):
         for mode in modes:
             for k in args.steps:
-                source = checkpoints[k] if mode == "restored" else (work / f"replay_{k}" / "checkpoints" /
-                                                                   checkpoints[k].name)
+                source = (
+                    checkpoints[k]
+                    if mode == "restored"
+                    else (work / f"replay_{k}" / "checkpoints" / checkpoints[k].name)
+                )
                 cfg = config(args, work, work / f"resume_{mode}_{k}_{r}", k + 1, k + 1)
                 cfg["resume_checkpoint_path"] = str(source)
                 path = work / f"resume_{mode}_{k}_{r}.json"
                 path.write_text(json.dumps(cfg))
-                out = subprocess.run([sys.executable, __file__, "--one", str(path)], check=True, capture_output=True,
-                                     text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", str(path)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                )
                 times[mode][k].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    result = {"source": args.source, "batch_size": args.batch_size, "shuffle_buffer": args.shuffle_buffer,
-              "rounds": args.rounds, "torch_threads": __import__("torch").get_num_threads(),
-              "cpu_count": os.cpu_count(), "resume": {
-                  mode: {str(k): {"batches_consumed": k, "median_run_s": statistics.median(t["run_s"] for t in v),
-                                  "median_stream_and_step_s": statistics.median(t["stream_and_step_s"] for t in v),
-                                  "data_stream": sorted({t["data_stream"] for t in v})}
-                         for k, v in per_k.items()} for mode, per_k in times.items()}}
+    result = {
+        "source": args.source,
+        "batch_size": args.batch_size,
+        "shuffle_buffer": args.shuffle_buffer,
+        "rounds": args.rounds,
+        "torch_threads": __import__("torch").get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "resume": {
+            mode: {
+                str(k): {
+                    "batches_consumed": k,
+                    "median_run_s": statistics.median(t["run_s"] for t in v),
+                    "median_stream_and_step_s": statistics.median(t["stream_and_step_s"] for t in v),
+                    "data_stream": sorted({t["data_stream"] for t in v}),
+                }
+                for k, v in per_k.items()
+            }
+            for mode, per_k in times.items()
+        },
+    }
     print(json.dumps(result, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -66,36 +66,61 @@ def make_checkpoint(config_name: str, folder: Path) -> Path:
     variant = {"tiny": "gqa", "small": "small"}[config_name]
     paligemma = make_tiny_paligemma_checkpoint(folder / "paligemma", variant=variant, seed=0)
     torch.manual_seed(0)
-    overrides = {"proprio_dim": STATE_DIM, "action_dim": STATE_DIM, "horizon_steps": 4, "cond_steps": 1,
-                 "num_cameras": 1, "max_text_tokens": 20,
-                 "action_expert": dataclasses.asdict(PRESETS[config_name].action_expert)}
+    overrides = {
+        "proprio_dim": STATE_DIM,
+        "action_dim": STATE_DIM,
+        "horizon_steps": 4,
+        "cond_steps": 1,
+        "num_cameras": 1,
+        "max_text_tokens": 20,
+        "action_expert": dataclasses.asdict(PRESETS[config_name].action_expert),
+    }
     model = PiZero.from_paligemma(paligemma, **overrides)
     cfg = model.config
-    processor = VLAProcessor.from_pretrained(paligemma, max_text_tokens=cfg.max_text_tokens,
-                                             image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras)
+    processor = VLAProcessor.from_pretrained(
+        paligemma, max_text_tokens=cfg.max_text_tokens, image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras
+    )
     statistics = Path(__file__).resolve().parents[2] / "config" / "bridge_statistics.json"
-    run_config = {"data": {"mix": "bridge", "camera_roles": ["primary"], "normalization": "bounds"},
-                  "model": overrides, "seed": 0}
-    return save_training_checkpoint(folder / "checkpoints", 1, model, config=run_config,
-                                    statistics={"bridge_dataset": statistics}, tokenizer=processor)
+    run_config = {
+        "data": {"mix": "bridge", "camera_roles": ["primary"], "normalization": "bounds"},
+        "model": overrides,
+        "seed": 0,
+    }
+    return save_training_checkpoint(
+        folder / "checkpoints",
+        1,
+        model,
+        config=run_config,
+        statistics={"bridge_dataset": statistics},
+        tokenizer=processor,
+    )
 
 
 def request(rng: np.random.Generator, image_size: int, seed: int) -> dict[str, Any]:
-    return {"observation/image": rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8),
-            "observation/state": rng.normal(0, 0.1, STATE_DIM), "prompt": PROMPT, "seed": seed}
+    return {
+        "observation/image": rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8),
+        "observation/state": rng.normal(0, 0.1, STATE_DIM),
+        "prompt": PROMPT,
+        "seed": seed,
+    }
 
 
 def stats(values: list[float]) -> dict[str, float]:
     ms = np.asarray(values)
-    return {"median_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "mean_ms": round(float(ms.mean()), 3), "n": len(values)}
+    return {
+        "median_ms": round(float(np.median(ms)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "n": len(values),
+    }
 
 
 def bench_in_process(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
     policy = Policy.from_checkpoint(checkpoint, device=args.device)
     obs = request(np.random.default_rng(0), args.image_size, 0)
-    observation = Observation(images={"primary": obs["observation/image"]}, state=obs["observation/state"],
-                              prompt=PROMPT)
+    observation = Observation(
+        images={"primary": obs["observation/image"]}, state=obs["observation/state"], prompt=PROMPT
+    )
     for _ in range(args.warmup):
         policy.infer(observation, seed=0)
     seconds = []
@@ -123,8 +148,12 @@ def bench_sequential(server: ServerProcess, args: argparse.Namespace) -> dict[st
         round_trip.append((time.perf_counter() - start) * 1000.0)
         server_ms.append(reply["server_timing"]["infer_ms"])
         policy_ms.append(reply["policy_timing"]["infer_ms"])
-    return {"round_trip": stats(round_trip), "server_infer": stats(server_ms), "policy_infer": stats(policy_ms),
-            "overhead_median_ms": round(float(np.median(np.subtract(round_trip, policy_ms))), 3)}
+    return {
+        "round_trip": stats(round_trip),
+        "server_infer": stats(server_ms),
+        "policy_infer": stats(policy_ms),
+        "overhead_median_ms": round(float(np.median(np.subtract(round_trip, policy_ms))), 3),
+    }
 
 
 def bench_concurrent(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
@@ -163,9 +192,13 @@ def bench_concurrent(server: ServerProcess, args: argparse.Namespace) -> dict[st
     if errors:
         return {"error": f"{type(errors[0]).__name__}: {errors[0]}"}
     sizes = np.asarray(batch_sizes)
-    return {"clients": args.clients, "round_trip": stats(round_trip),
-            "requests_per_s": round(len(round_trip) / elapsed, 2),
-            "mean_batch_size": round(float(sizes.mean()), 2), "max_batch_size": int(sizes.max())}
+    return {
+        "clients": args.clients,
+        "round_trip": stats(round_trip),
+        "requests_per_s": round(len(round_trip) / elapsed, 2),
+        "mean_batch_size": round(float(sizes.mean()), 2),
+        "max_batch_size": int(sizes.max()),
+    }
 
 
 def bench_config(config_name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -208,13 +241,17 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.num_threads)
     document: dict[str, Any] = {
         "header": {
-            "torch_version": torch.__version__, "python_version": platform.python_version(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
             "device": args.device,
             "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model_name(),
-            "cpu_count": os.cpu_count(), "num_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "num_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join([sys.executable, *sys.argv]), "options": vars(args)},
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "options": vars(args),
+        },
         "results": [],
     }
     with tempfile.TemporaryDirectory(prefix="pg_vla_bench_serving_") as tmp:

@@ -29,13 +29,20 @@ MAKERS = {FRACTAL_NAME: make_synthetic_fractal, BRIDGE_NAME: make_synthetic_brid
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", required=True, help="root data dir (datasets go to <dir>/<name>/<version>)")
     parser.add_argument("--datasets", nargs="+", choices=sorted(MAKERS), default=[FRACTAL_NAME, BRIDGE_NAME])
     parser.add_argument("--episodes_per_split", type=int, default=8)
-    parser.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"), default=[10, 20],
-                        help="episode length range, drawn uniformly per episode")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=[10, 20],
+        help="episode length range, drawn uniformly per episode",
+    )
     parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), default=None)
     parser.add_argument("--num_shards", type=int, default=2, help="shards per split (at most episodes_per_split)")
     parser.add_argument("--seed", type=int, default=0)
@@ -48,8 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     tfds.disable_progress_bar()
 
     for name in args.datasets:
-        kwargs = dict(episodes_per_split=args.episodes_per_split, min_steps=args.steps[0], max_steps=args.steps[1],
-                      num_shards=args.num_shards, seed=args.seed, overwrite=args.overwrite)
+        kwargs = dict(
+            episodes_per_split=args.episodes_per_split,
+            min_steps=args.steps[0],
+            max_steps=args.steps[1],
+            num_shards=args.num_shards,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
         if args.image_size is not None:
             kwargs["image_size"] = tuple(args.image_size)
         if args.empty_language_fraction is not None:

@@ -35,8 +35,13 @@ import contextlib
 import sys
 import time
 
-from pg_vla.data.rlds.resize import (DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, check_output_dir, modify_rlds_dataset,
-                                     resolve_input_dir)
+from pg_vla.data.rlds.resize import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_JPEG_QUALITY,
+    check_output_dir,
+    modify_rlds_dataset,
+    resolve_input_dir,
+)
 
 
 def log(message: str) -> None:
@@ -44,8 +49,9 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_path", required=True, help="input root (the dataset is DATA_PATH/NAME/VERSION)")
     parser.add_argument("--dataset_name", required=True, help="e.g. bridge_dataset, fractal20220817_data")
     parser.add_argument("--version", default=None, help="default: the only version present")
@@ -77,9 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         # for the output folder alone.
         with contextlib.redirect_stdout(sys.stderr):
             output_dir = modify_rlds_dataset(
-                args.data_path, args.dataset_name, args.output_path, version=input_dir.name,
-                image_size=args.image_size, jpeg_quality=args.jpeg_quality, num_workers=args.num_workers,
-                num_shards=args.num_shards, splits=args.splits, overwrite=args.overwrite, log=log)
+                args.data_path,
+                args.dataset_name,
+                args.output_path,
+                version=input_dir.name,
+                image_size=args.image_size,
+                jpeg_quality=args.jpeg_quality,
+                num_workers=args.num_workers,
+                num_shards=args.num_shards,
+                splits=args.splits,
+                overwrite=args.overwrite,
+                log=log,
+            )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         sys.exit(f"error: {err}")
     log(f"done in {time.perf_counter() - start:.1f} s")

@@ -33,9 +33,18 @@ def main() -> None:
 
     from pg_vla.data.lerobot.convert import convert_rlds_to_lerobot
 
-    out = convert_rlds_to_lerobot(args.data_path, args.dataset_name, args.split, args.output_dir, video=not args.images,
-                                  fps=args.fps, codec=args.codec, frames_per_file=args.frames_per_file,
-                                  max_episodes=args.max_episodes, log=print)
+    out = convert_rlds_to_lerobot(
+        args.data_path,
+        args.dataset_name,
+        args.split,
+        args.output_dir,
+        video=not args.images,
+        fps=args.fps,
+        codec=args.codec,
+        frames_per_file=args.frames_per_file,
+        max_episodes=args.max_episodes,
+        log=print,
+    )
     print(out)
 
 

@@ -29,17 +29,26 @@ def main() -> None:
     parser.add_argument("--rows_per_group", type=int, default=1024)
     parser.add_argument("--rows_per_file", type=int, default=100_000)
     parser.add_argument("--max_episodes", type=int, default=None)
-    parser.add_argument("--image_2_role", default="default",
-                        help="camera role stored as image_2 (default: wrist if the dataset has one, else secondary)")
+    parser.add_argument(
+        "--image_2_role",
+        default="default",
+        help="camera role stored as image_2 (default: wrist if the dataset has one, else secondary)",
+    )
     args = parser.parse_args()
 
     from pg_vla.data.parquet.convert import convert_rlds_to_parquet
 
-    files = convert_rlds_to_parquet(args.data_path, args.dataset_name, args.split, args.output_dir,
-                                    rows_per_group=args.rows_per_group, rows_per_file=args.rows_per_file,
-                                    max_episodes=args.max_episodes,
-                                    image_2_role=None if args.image_2_role == "none" else args.image_2_role,
-                                    log=print)
+    files = convert_rlds_to_parquet(
+        args.data_path,
+        args.dataset_name,
+        args.split,
+        args.output_dir,
+        rows_per_group=args.rows_per_group,
+        rows_per_file=args.rows_per_file,
+        max_episodes=args.max_episodes,
+        image_2_role=None if args.image_2_role == "none" else args.image_2_role,
+        log=print,
+    )
     for path in files:
         print(path)
 

@@ -46,10 +46,10 @@ INFERENCE_FILE = "inference.json"
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _TMP_RE = re.compile(r"^\.(?:tmp|del)-.*-(\d+)$")
-_REQUIRED_FILES = {FORMAT: (MODEL_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, CONFIG_FILE),
-                   LEGACY_FORMAT: (MODEL_FILE, LEGACY_STATE_FILE, CONFIG_FILE)}
-
-
+_REQUIRED_FILES = {
+    FORMAT: (MODEL_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, CONFIG_FILE),
+    LEGACY_FORMAT: (MODEL_FILE, LEGACY_STATE_FILE, CONFIG_FILE),
+}
 
 
 def checkpoint_name(step: int) -> str:
@@ -104,7 +104,6 @@ def write_manifest(folder: Path, step: int) -> None:
         os.fsync(handle.fileno())
 
 
-
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check that every file listed in the manifest exists with the recorded size and sha256.
 
@@ -136,11 +135,13 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path}: {rel} is missing")
         size = file.stat().st_size
         if size != entry["size"]:
-            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: size {size} bytes, "
-                                  f"manifest says {entry['size']}")
+            raise CheckpointError(
+                f"checkpoint {path}: {rel} is truncated or corrupted: size {size} bytes, manifest says {entry['size']}"
+            )
         if sha256_file(file) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {path}: {rel} is truncated or corrupted: sha256 does not match "
-                                  "the manifest")
+            raise CheckpointError(
+                f"checkpoint {path}: {rel} is truncated or corrupted: sha256 does not match the manifest"
+            )
     return manifest
 
 
@@ -149,8 +150,9 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.iterdir()
-             if p.is_dir() and checkpoint_step(p) is not None and (p / MANIFEST_FILE).is_file()]
+    found = [
+        p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / MANIFEST_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: checkpoint_step(p))
 
 
@@ -181,11 +183,17 @@ def find_latest_checkpoint(ckpt_dir: str | Path, verify: bool = True) -> Path | 
             named = ckpt_dir / text
             if named.is_dir() and usable(named):
                 return named
-            logger.warning("%s names %s, which is missing or damaged; falling back to the newest intact "
-                           "checkpoint", latest_file, named)
+            logger.warning(
+                "%s names %s, which is missing or damaged; falling back to the newest intact checkpoint",
+                latest_file,
+                named,
+            )
         else:
-            logger.warning("%s does not name a checkpoint folder (%r); falling back to the newest intact "
-                           "checkpoint", latest_file, text)
+            logger.warning(
+                "%s does not name a checkpoint folder (%r); falling back to the newest intact checkpoint",
+                latest_file,
+                text,
+            )
     for candidate in reversed(list_checkpoints(ckpt_dir)):
         if candidate == named:
             continue
@@ -194,8 +202,6 @@ def find_latest_checkpoint(ckpt_dir: str | Path, verify: bool = True) -> Path | 
                 logger.warning("using checkpoint %s instead, the newest intact one", candidate)
             return candidate
     return None
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -35,8 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pg_vla.checkpoint_folder import (CONFIG_FILE, INFERENCE_FILE, MODEL_FILE, STATISTICS_DIR, TOKENIZER_DIR,
-                                      read_inference_record)
+from pg_vla.checkpoint_folder import (
+    CONFIG_FILE,
+    INFERENCE_FILE,
+    MODEL_FILE,
+    STATISTICS_DIR,
+    TOKENIZER_DIR,
+    read_inference_record,
+)
 from pg_vla.data.normalization import DatasetStatistics, Normalizer
 from pg_vla.data.sources import inference_record
 from pg_vla.model.checkpoint import load_model
@@ -70,8 +76,10 @@ def resolve_checkpoint_folder(path: str | Path, verify: bool = True) -> Path:
 
     layout, folder = detect_layout(path, verify)
     if layout != "pg-vla":
-        raise CheckpointError(f"{path} is a {layout} folder, not a pg-vla checkpoint: a policy loads what training "
-                              "wrote (fine-tune from this folder with pretrained_model_path=...)")
+        raise CheckpointError(
+            f"{path} is a {layout} folder, not a pg-vla checkpoint: a policy loads what training "
+            "wrote (fine-tune from this folder with pretrained_model_path=...)"
+        )
     return folder
 
 
@@ -82,9 +90,19 @@ class NonFiniteActionsError(RuntimeError):
 class Policy:
     """pi0 inference with the normalization and tokenization the model was trained with."""
 
-    def __init__(self, model: PiZero, processor: VLAProcessor, statistics: DatasetStatistics, *,
-                 dataset_name: str, camera_roles: Sequence[str], action_mask: Sequence[bool] | None,
-                 normalization: str = "bounds", num_steps: int | None = None, name: str = "pg-vla"):
+    def __init__(
+        self,
+        model: PiZero,
+        processor: VLAProcessor,
+        statistics: DatasetStatistics,
+        *,
+        dataset_name: str,
+        camera_roles: Sequence[str],
+        action_mask: Sequence[bool] | None,
+        normalization: str = "bounds",
+        num_steps: int | None = None,
+        name: str = "pg-vla",
+    ):
         """action_mask: the action dims training normalized (False: left in robot units, e.g. a 0..1
         gripper; None: every dim), as the checkpoint's inference record says."""
         self.model = model.eval()
@@ -98,15 +116,19 @@ class Policy:
         self.state_dim = statistics.proprio.dim
         self.action_dim = statistics.action.dim
         if self.state_dim > self.config.proprio_dim or self.action_dim > self.config.action_dim:
-            raise CheckpointError(f"statistics of {dataset_name} (proprio {self.state_dim}, action {self.action_dim}) "
-                                  f"exceed the model's proprio_dim {self.config.proprio_dim} / action_dim "
-                                  f"{self.config.action_dim}")
+            raise CheckpointError(
+                f"statistics of {dataset_name} (proprio {self.state_dim}, action {self.action_dim}) "
+                f"exceed the model's proprio_dim {self.config.proprio_dim} / action_dim "
+                f"{self.config.action_dim}"
+            )
         if len(self.camera_roles) != self.config.num_cameras:
-            raise CheckpointError(f"camera roles {list(self.camera_roles)} do not match the model's num_cameras "
-                                  f"{self.config.num_cameras}")
+            raise CheckpointError(
+                f"camera roles {list(self.camera_roles)} do not match the model's num_cameras {self.config.num_cameras}"
+            )
         self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
-        self.action_normalizer = Normalizer(statistics.action, normalization,
-                                            None if action_mask is None else list(action_mask))
+        self.action_normalizer = Normalizer(
+            statistics.action, normalization, None if action_mask is None else list(action_mask)
+        )
         kept = ~self.action_normalizer.mask  # unnormalized dims: the model's output is in robot units already
         self._kept_dims = np.flatnonzero(kept)
         self._kept_range = (statistics.action.min[kept], statistics.action.max[kept])
@@ -115,9 +137,17 @@ class Policy:
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype |
-                        None = None, dataset_name: str | None = None, num_steps: int | None = None,
-                        compile: bool = False, verify: bool = True) -> "Policy":
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        dataset_name: str | None = None,
+        num_steps: int | None = None,
+        compile: bool = False,
+        verify: bool = True,
+    ) -> "Policy":
         """Load a checkpoint folder written by training (see the module docstring).
 
         dataset_name picks the statistics to de-normalize with when the run mixed several datasets.
@@ -136,8 +166,9 @@ class Policy:
             raise CheckpointError(f"{folder} has no normalization statistics ({STATISTICS_DIR}/<dataset>.json)")
         if dataset_name is None:
             if len(available) > 1:
-                raise ValueError(f"{folder} was trained on several datasets {available}: choose the statistics "
-                                 "with dataset_name")
+                raise ValueError(
+                    f"{folder} was trained on several datasets {available}: choose the statistics with dataset_name"
+                )
             dataset_name = available[0]
         elif dataset_name not in available:
             raise ValueError(f"dataset_name {dataset_name!r} has no statistics in {folder}; choose from {available}")
@@ -157,21 +188,37 @@ class Policy:
         if transforms is None:
             raise CheckpointError(f"{folder / INFERENCE_FILE} records no transforms of {dataset_name}")
         if (transforms.proprio_dim, transforms.action_dim) != (statistics.proprio.dim, statistics.action.dim):
-            raise CheckpointError(f"{folder / INFERENCE_FILE} records {transforms.proprio_dim}-D state and "
-                                  f"{transforms.action_dim}-D actions for {dataset_name}, its statistics "
-                                  f"{statistics.proprio.dim} / {statistics.action.dim}")
+            raise CheckpointError(
+                f"{folder / INFERENCE_FILE} records {transforms.proprio_dim}-D state and "
+                f"{transforms.action_dim}-D actions for {dataset_name}, its statistics "
+                f"{statistics.proprio.dim} / {statistics.action.dim}"
+            )
         if record.image_size != cfg.vision.image_size:
-            raise CheckpointError(f"{folder / INFERENCE_FILE} records image size {record.image_size}, the model "
-                                  f"reads {cfg.vision.image_size}")
-        processor = VLAProcessor.from_pretrained(tokenizer_dir, max_text_tokens=cfg.max_text_tokens,
-                                                 image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras,
-                                                 image_resize=record.image_resize)
+            raise CheckpointError(
+                f"{folder / INFERENCE_FILE} records image size {record.image_size}, the model "
+                f"reads {cfg.vision.image_size}"
+            )
+        processor = VLAProcessor.from_pretrained(
+            tokenizer_dir,
+            max_text_tokens=cfg.max_text_tokens,
+            image_size=cfg.vision.image_size,
+            max_cameras=cfg.num_cameras,
+            image_resize=record.image_resize,
+        )
         roles = list(record.camera_roles)
         if stored is None and not data.get("camera_roles"):  # older run configs without camera roles
             roles = ["primary"] * cfg.num_cameras
-        policy = cls(model, processor, statistics, dataset_name=dataset_name, camera_roles=roles,
-                     action_mask=transforms.action_mask, normalization=record.normalization, num_steps=num_steps,
-                     name=f"{folder.parent.parent.name}/{folder.name}")
+        policy = cls(
+            model,
+            processor,
+            statistics,
+            dataset_name=dataset_name,
+            camera_roles=roles,
+            action_mask=transforms.action_mask,
+            normalization=record.normalization,
+            num_steps=num_steps,
+            name=f"{folder.parent.parent.name}/{folder.name}",
+        )
         if compile:
             policy.compile()
         return policy
@@ -192,11 +239,18 @@ class Policy:
         """What `infer` reads: for each field its shape, dtype and kind (image / state / prompt); the state's
         history_shape is the other accepted form, (cond_steps, P)."""
         size = self.config.vision.image_size
-        spec = {role: {"shape": [size, size, 3], "dtype": "uint8", "kind": "image",
-                       "note": "any H x W is resized"} for role in self.camera_roles}
+        spec = {
+            role: {"shape": [size, size, 3], "dtype": "uint8", "kind": "image", "note": "any H x W is resized"}
+            for role in self.camera_roles
+        }
         history = [self.config.cond_steps, self.state_dim]
-        spec["state"] = {"shape": [self.state_dim], "dtype": "float32", "kind": "state", "history_shape": history,
-                         "note": f"or {history} with history (history_shape, oldest first)"}
+        spec["state"] = {
+            "shape": [self.state_dim],
+            "dtype": "float32",
+            "kind": "state",
+            "history_shape": history,
+            "note": f"or {history} with history (history_shape, oldest first)",
+        }
         spec["prompt"] = {"shape": [], "dtype": "str", "kind": "prompt"}
         return spec
 
@@ -207,8 +261,9 @@ class Policy:
         for obs in observations:
             missing = [role for role in self.camera_roles if role not in obs.images]
             if missing:
-                raise ValueError(f"observation lacks camera image(s) {missing}; "
-                                 f"the policy reads {list(self.camera_roles)}")
+                raise ValueError(
+                    f"observation lacks camera image(s) {missing}; the policy reads {list(self.camera_roles)}"
+                )
             frames = [np.asarray(obs.images[role]) for role in self.camera_roles]
             for role, frame in zip(self.camera_roles, frames):
                 if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3 or 0 in frame.shape:
@@ -217,9 +272,12 @@ class Policy:
             images.append(torch.cat([self.processor.preprocess_images(frame)[0] for frame in frames]))
             states.append(self.normalize_state(obs.state))
         text = self.processor.tokenize([obs.prompt for obs in observations])
-        return {"images": torch.stack(images).to(self.device, self.dtype),
-                "text_ids": text["input_ids"].to(self.device), "text_mask": text["attention_mask"].to(self.device),
-                "proprio": torch.from_numpy(np.stack(states)).to(self.device)}
+        return {
+            "images": torch.stack(images).to(self.device, self.dtype),
+            "text_ids": text["input_ids"].to(self.device),
+            "text_mask": text["attention_mask"].to(self.device),
+            "proprio": torch.from_numpy(np.stack(states)).to(self.device),
+        }
 
     def normalize_state(self, state: Any) -> np.ndarray:
         """Robot-unit state (P,) or (C, P) -> normalized, zero-padded (C, proprio_dim) float32."""
@@ -244,20 +302,22 @@ class Policy:
         return torch.randn(shape, generator=generator).to(self.device)
 
     @torch.no_grad()
-    def infer_batch(self, observations: Sequence[Observation], seed: int | None = None,
-                    noise: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    def infer_batch(
+        self, observations: Sequence[Observation], seed: int | None = None, noise: torch.Tensor | None = None
+    ) -> dict[str, np.ndarray]:
         """-> actions (B, H, A) in robot units, normalized_actions (B, H, A) as the model predicted them."""
         if not observations:
             raise ValueError("no observations given")
         inputs = self.prepare(observations)
         noise = self.noise(len(observations), seed) if noise is None else noise.to(self.device)
         normalized = self.model.sample_actions(**inputs, noise=noise, num_steps=self.num_steps)
-        normalized = normalized[..., :self.action_dim].float().cpu().numpy()  # (B, H, A_dataset)
+        normalized = normalized[..., : self.action_dim].float().cpu().numpy()  # (B, H, A_dataset)
         bad = ~np.isfinite(normalized)
         if bad.any():
             raise NonFiniteActionsError(
                 f"the model produced {int(bad.sum())} non-finite action values of {bad.size} (NaN or inf) for "
-                f"{len(observations)} observation(s): its weights or inputs are broken; no actions are returned")
+                f"{len(observations)} observation(s): its weights or inputs are broken; no actions are returned"
+            )
         actions = self.action_normalizer.unnormalize(normalized.astype(np.float64))
         low, high = self._kept_range  # e.g. a gripper in 0..1 stays in 0..1
         actions[..., self._kept_dims] = np.clip(actions[..., self._kept_dims], low, high)

@@ -110,8 +110,9 @@ def _to_torch(batch: dict) -> dict:
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
-def make_rlds_loader(rlds, rank: int = 0, world_size: int = 1, prefetch_batches: int = 4,
-                     checkpoints: StreamCheckpoints | None = None) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+def make_rlds_loader(
+    rlds, rank: int = 0, world_size: int = 1, prefetch_batches: int = 4, checkpoints: StreamCheckpoints | None = None
+) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the mix, and the statistics it normalizes with.
 
     `rlds` is a `pg_vla.data.rlds.pipeline.RLDSConfig`; it may be built without importing tensorflow
@@ -122,8 +123,14 @@ def make_rlds_loader(rlds, rank: int = 0, world_size: int = 1, prefetch_batches:
         check_restorable(checkpoints, "rlds", 1)
     paths = {**resolve_statistics(rlds), **rlds.statistics_paths}
     rlds = replace(rlds, statistics_paths=paths)
-    loader = DataLoader(RLDSBatches(rlds, rank, world_size, checkpoints), batch_size=None, num_workers=1,
-                        multiprocessing_context=SPAWN, persistent_workers=True, prefetch_factor=prefetch_batches)
+    loader = DataLoader(
+        RLDSBatches(rlds, rank, world_size, checkpoints),
+        batch_size=None,
+        num_workers=1,
+        multiprocessing_context=SPAWN,
+        persistent_workers=True,
+        prefetch_factor=prefetch_batches,
+    )
     return loader, {name: DatasetStatistics.load(path) for name, path in paths.items()}
 
 
@@ -151,10 +158,19 @@ def main() -> None:
     parser.add_argument("--transform_threads", type=int, default=4)
     parser.add_argument("--statistics_dir", default=None)
     args = parser.parse_args()
-    rlds = rlds_config(data_path=args.data_path, mix=args.mix, split=args.split, batch_size=args.batch_size,
-                       image_size=args.image_size, cond_steps=args.cond_steps, horizon_steps=args.horizon_steps,
-                       shuffle_buffer=args.shuffle_buffer, read_threads=args.read_threads,
-                       transform_threads=args.transform_threads, statistics_dir=args.statistics_dir)
+    rlds = rlds_config(
+        data_path=args.data_path,
+        mix=args.mix,
+        split=args.split,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        cond_steps=args.cond_steps,
+        horizon_steps=args.horizon_steps,
+        shuffle_buffer=args.shuffle_buffer,
+        read_threads=args.read_threads,
+        transform_threads=args.transform_threads,
+        statistics_dir=args.statistics_dir,
+    )
     loader, stats = make_rlds_loader(rlds)
     for path in rlds_statistics_paths(loader).values():
         print(path)
@@ -168,8 +184,14 @@ def time_batches(loader: DataLoader, num_batches: int) -> None:
     for i, batch in enumerate(loader):
         if i == 0:
             start = time.perf_counter()
-            print("batch:", {k: (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else f"list[{len(v)}]"
-                             for k, v in batch.items()}, flush=True)
+            print(
+                "batch:",
+                {
+                    k: (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else f"list[{len(v)}]"
+                    for k, v in batch.items()
+                },
+                flush=True,
+            )
         else:
             frames += len(batch["language"])
         if i == num_batches:

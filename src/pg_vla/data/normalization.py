@@ -71,10 +71,17 @@ class ArrayStatistics:
             raise ValueError(f"statistics need a non-empty (N, D) array, got shape {values.shape}")
         if not np.isfinite(values).all():
             row, dim = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
-            raise ValueError(f"statistics over non-finite values: value {values[row, dim]} at row {row}, "
-                             f"dimension {dim}")
-        return cls(mean=values.mean(0), std=values.std(0), min=values.min(0), max=values.max(0),
-                   p01=np.quantile(values, 0.01, axis=0), p99=np.quantile(values, 0.99, axis=0))
+            raise ValueError(
+                f"statistics over non-finite values: value {values[row, dim]} at row {row}, dimension {dim}"
+            )
+        return cls(
+            mean=values.mean(0),
+            std=values.std(0),
+            min=values.min(0),
+            max=values.max(0),
+            p01=np.quantile(values, 0.01, axis=0),
+            p99=np.quantile(values, 0.99, axis=0),
+        )
 
     @property
     def dim(self) -> int:
@@ -104,9 +111,13 @@ class DatasetStatistics:
     extra: dict = field(default_factory=dict)  # e.g. the dataset config hash the file was computed for
 
     def to_dict(self) -> dict:
-        return {"action": self.action.to_dict(), "proprio": self.proprio.to_dict(),
-                "num_transitions": int(self.num_transitions), "num_trajectories": int(self.num_trajectories),
-                **self.extra}
+        return {
+            "action": self.action.to_dict(),
+            "proprio": self.proprio.to_dict(),
+            "num_transitions": int(self.num_transitions),
+            "num_trajectories": int(self.num_trajectories),
+            **self.extra,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON atomically: a reader never sees a half-written file, and writers never share a
@@ -141,10 +152,13 @@ class DatasetStatistics:
             if key not in data:
                 raise ValueError(f"normalization statistics {path} lack the key {key!r}")
         extra = {k: v for k, v in data.items() if k not in ("action", "proprio", "num_transitions", "num_trajectories")}
-        return cls(action=ArrayStatistics.from_dict(data["action"], f"{path} action"),
-                   proprio=ArrayStatistics.from_dict(data["proprio"], f"{path} proprio"),
-                   num_transitions=int(data["num_transitions"]), num_trajectories=int(data["num_trajectories"]),
-                   extra=extra)
+        return cls(
+            action=ArrayStatistics.from_dict(data["action"], f"{path} action"),
+            proprio=ArrayStatistics.from_dict(data["proprio"], f"{path} proprio"),
+            num_transitions=int(data["num_transitions"]),
+            num_trajectories=int(data["num_trajectories"]),
+            extra=extra,
+        )
 
 
 def normalization_mode(mode: str) -> str:
@@ -176,8 +190,9 @@ class NormalizationParams:
     clip: bool
 
     @classmethod
-    def from_statistics(cls, stats: ArrayStatistics, mode: str, mask: list[bool] | None = None
-                        ) -> "NormalizationParams":
+    def from_statistics(
+        cls, stats: ArrayStatistics, mode: str, mask: list[bool] | None = None
+    ) -> "NormalizationParams":
         mode = normalization_mode(mode)
         mask = [True] * stats.dim if mask is None else list(mask)
         if len(mask) != stats.dim:
@@ -191,8 +206,14 @@ class NormalizationParams:
             offset, scale, bias = stats.p01, (stats.p99 - stats.p01 + eps) / 2.0, np.where(constant, 0.0, -1.0)
             gain = np.where(constant, 0.0, 2.0 / np.where(constant, 1.0, stats.p99 - stats.p01 + eps))
         f64 = lambda a: np.broadcast_to(np.asarray(a, np.float64), (stats.dim,)).copy()  # noqa: E731
-        return cls(offset=f64(offset), gain=f64(gain), bias=f64(bias), scale=f64(scale), mask=np.asarray(mask, bool),
-                   clip=mode == "bounds")
+        return cls(
+            offset=f64(offset),
+            gain=f64(gain),
+            bias=f64(bias),
+            scale=f64(scale),
+            mask=np.asarray(mask, bool),
+            clip=mode == "bounds",
+        )
 
 
 class Normalizer:
@@ -213,13 +234,29 @@ class Normalizer:
         if isinstance(like, torch.Tensor):
             dtype = like.dtype if like.is_floating_point() else torch.float64
             to = lambda a: torch.as_tensor(a, dtype=dtype, device=like.device)  # noqa: E731
-            return (like.to(dtype), to(p.offset), to(p.gain), to(p.bias), to(p.scale),
-                    torch.as_tensor(p.mask, device=like.device), torch.clamp, torch.where)
+            return (
+                like.to(dtype),
+                to(p.offset),
+                to(p.gain),
+                to(p.bias),
+                to(p.scale),
+                torch.as_tensor(p.mask, device=like.device),
+                torch.clamp,
+                torch.where,
+            )
         like = np.asarray(like)
         dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
         to = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
-        return (like.astype(dtype, copy=False), to(p.offset), to(p.gain), to(p.bias), to(p.scale), p.mask, np.clip,
-                np.where)
+        return (
+            like.astype(dtype, copy=False),
+            to(p.offset),
+            to(p.gain),
+            to(p.bias),
+            to(p.scale),
+            p.mask,
+            np.clip,
+            np.where,
+        )
 
     def _check(self, x) -> None:
         if x.shape[-1] != len(self.mask):
@@ -245,8 +282,9 @@ def default_action_mask(action_dim: int, gripper_dims: int = 1) -> list[bool]:
     return [True] * (action_dim - gripper_dims) + [False] * gripper_dims
 
 
-def action_normalization_mask(action_dim: int, normalize_gripper: bool = False, gripper_dims: int = 1,
-                              dataset_mask: Sequence[bool] | None = None) -> list[bool] | None:
+def action_normalization_mask(
+    action_dim: int, normalize_gripper: bool = False, gripper_dims: int = 1, dataset_mask: Sequence[bool] | None = None
+) -> list[bool] | None:
     """The action-normalization mask a loader applies (and inference inverts): None (every dimension
     normalized) with `normalize_gripper`; else the dataset's own mask when it has one of this size (RLDS
     dataset configs), else every dimension but the trailing `gripper_dims`."""

@@ -44,8 +44,9 @@ def _defaults(cls: type) -> dict[str, Any]:
     out = {}
     for f in fields(cls):
         if f.name not in FIXED:
-            out[f.name] = (f.default_factory() if f.default_factory is not MISSING
-                           else None if f.default is MISSING else f.default)
+            out[f.name] = (
+                f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
+            )
     return out
 
 
@@ -56,16 +57,20 @@ def read_keys() -> dict[str, dict[str, Any]]:
     from pg_vla.data.parquet.config import ParquetConfig
     from pg_vla.data.rlds.config import RLDSConfig
 
-    return {"rlds": _defaults(RLDSConfig), "parquet": {**_defaults(ParquetConfig), **PARQUET_EXTRA},
-            "lerobot": {**_defaults(LeRobotConfig), **LEROBOT_EXTRA}}
+    return {
+        "rlds": _defaults(RLDSConfig),
+        "parquet": {**_defaults(ParquetConfig), **PARQUET_EXTRA},
+        "lerobot": {**_defaults(LeRobotConfig), **LEROBOT_EXTRA},
+    }
 
 
 @cache
 def source_keys() -> dict[str, dict[str, Any]]:
     """source -> {data.* key: its default} of the keys only that source reads (the shared ones excluded)."""
     keys = read_keys()
-    return {s: {k: v for k, v in own.items() if not any(k in keys[o] for o in SOURCES if o != s)}
-            for s, own in keys.items()}
+    return {
+        s: {k: v for k, v in own.items() if not any(k in keys[o] for o in SOURCES if o != s)} for s, own in keys.items()
+    }
 
 
 def source_of(data: Mapping[str, Any]) -> str:
@@ -90,9 +95,11 @@ def source_options(data: Mapping[str, Any]) -> dict[str, Any]:
         changed = sorted(k for k in keys if k in data and _plain(data[k]) != _plain(keys[k]))
         if changed:
             name = {"parquet": "Parquet", "lerobot": "LeRobot"}[other]
-            raise ValueError(f"data.{changed[0]} is an option of data.source={other}, but this run reads "
-                             f"data.source={source} (changed {name} keys: {changed}); set data.source={other} "
-                             "or leave them at their defaults")
+            raise ValueError(
+                f"data.{changed[0]} is an option of data.source={other}, but this run reads "
+                f"data.source={source} (changed {name} keys: {changed}); set data.source={other} "
+                "or leave them at their defaults"
+            )
     foreign = {k for other in SOURCES if other != source for k in read_keys()[other] if k not in own}
     return {k: v for k, v in data.items() if k != "source" and k not in foreign}
 
@@ -123,8 +130,10 @@ def check_paths(data: Mapping[str, Any]) -> None:
                 raise FileNotFoundError(f"data.path {folder} does not exist")
         return
     if not data.get("data_path"):
-        raise ValueError("data.data_path is not set: set VLA_DATA_DIR to the folder holding the RLDS datasets "
-                         "or pass data.data_path=...")
+        raise ValueError(
+            "data.data_path is not set: set VLA_DATA_DIR to the folder holding the RLDS datasets "
+            "or pass data.data_path=..."
+        )
     if not os.path.isdir(data["data_path"]):
         raise FileNotFoundError(f"data.data_path {data['data_path']} does not exist")
 
@@ -141,8 +150,9 @@ def action_mask(data: Mapping[str, Any], dataset_name: str, action_dim: int) -> 
 
         config = DATASET_CONFIGS.get(dataset_name)
         dataset_mask = config.action_normalization_mask if config is not None else None
-    return action_normalization_mask(action_dim, bool(data.get("normalize_gripper", False)),
-                                     int(data.get("gripper_dims", 1)), dataset_mask)
+    return action_normalization_mask(
+        action_dim, bool(data.get("normalize_gripper", False)), int(data.get("gripper_dims", 1)), dataset_mask
+    )
 
 
 def inference_record(data: Mapping[str, Any], statistics: Mapping[str, DatasetStatistics], image_size: int):
@@ -157,13 +167,23 @@ def inference_record(data: Mapping[str, Any], statistics: Mapping[str, DatasetSt
         from pg_vla.data.rlds.dataset_configs import DATASET_CONFIGS
 
         conventions = {name: c.gripper_convention for name, c in DATASET_CONFIGS.items()}
-    datasets = {name: DatasetTransforms(proprio_dim=stats.proprio.dim, action_dim=stats.action.dim,
-                                        action_mask=action_mask(data, name, stats.action.dim),
-                                        gripper_convention=conventions.get(name))
-                for name, stats in statistics.items()}
-    return InferenceRecord(source=source, camera_roles=tuple(data.get("camera_roles") or ("primary",)),
-                           image_size=int(image_size), image_resize=str(data.get("image_resize", "stretch")),
-                           normalization=str(data.get("normalization", "bounds")), datasets=datasets)
+    datasets = {
+        name: DatasetTransforms(
+            proprio_dim=stats.proprio.dim,
+            action_dim=stats.action.dim,
+            action_mask=action_mask(data, name, stats.action.dim),
+            gripper_convention=conventions.get(name),
+        )
+        for name, stats in statistics.items()
+    }
+    return InferenceRecord(
+        source=source,
+        camera_roles=tuple(data.get("camera_roles") or ("primary",)),
+        image_size=int(image_size),
+        image_resize=str(data.get("image_resize", "stretch")),
+        normalization=str(data.get("normalization", "bounds")),
+        datasets=datasets,
+    )
 
 
 def _parquet_config(data: Mapping[str, Any], **fixed: Any):
@@ -187,8 +207,11 @@ def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
 
         cfg = _lerobot_config(data)
         folders = _rank_zero_first(lambda: open_folders(cfg))  # computes missing statistics once
-        return (max(f.statistics.proprio.dim for f in folders), max(f.statistics.action.dim for f in folders),
-                tuple(cfg.camera_roles))
+        return (
+            max(f.statistics.proprio.dim for f in folders),
+            max(f.statistics.action.dim for f in folders),
+            tuple(cfg.camera_roles),
+        )
     if source_of(data) == "parquet":
         from pg_vla.data.parquet.loader import ParquetSource
         from pg_vla.data.parquet.statistics import load_or_compute_statistics
@@ -204,14 +227,28 @@ def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
     from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
 
     configs = [get_dataset_config(name) for name in get_mix(data.get("mix", "bridge"))]
-    return (max(c.proprio_dim for c in configs), max(c.action_dim for c in configs),
-            tuple(data.get("camera_roles", ("primary",))))
+    return (
+        max(c.proprio_dim for c in configs),
+        max(c.action_dim for c in configs),
+        tuple(data.get("camera_roles", ("primary",))),
+    )
 
 
-def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
-                seed: int, rank: int = 0, world_size: int = 1, validation: bool = False, val_split: str = "val",
-                train_statistics: Mapping[str, DatasetStatistics] | None = None,
-                checkpoints: StreamCheckpoints | None = None) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+def make_loader(
+    data: Mapping[str, Any],
+    *,
+    batch_size: int,
+    image_size: int,
+    cond_steps: int,
+    horizon_steps: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    validation: bool = False,
+    val_split: str = "val",
+    train_statistics: Mapping[str, DatasetStatistics] | None = None,
+    checkpoints: StreamCheckpoints | None = None,
+) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A loader of this rank's batches and the statistics they are normalized with.
 
     validation=True: one ordered pass over the validation data (RLDS: `val_split` of the same datasets,
@@ -225,11 +262,22 @@ def make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, co
     and caching statistics that are missing) while the others wait, then they build theirs from the
     cache (`pg_vla.training.distributed.rank_zero_first`), so the statistics are computed once per job.
     """
-    return _rank_zero_first(lambda: _make_loader(data, batch_size=batch_size, image_size=image_size,
-                                                 cond_steps=cond_steps, horizon_steps=horizon_steps, seed=seed,
-                                                 rank=rank, world_size=world_size, validation=validation,
-                                                 val_split=val_split, train_statistics=train_statistics,
-                                                 checkpoints=checkpoints))
+    return _rank_zero_first(
+        lambda: _make_loader(
+            data,
+            batch_size=batch_size,
+            image_size=image_size,
+            cond_steps=cond_steps,
+            horizon_steps=horizon_steps,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            validation=validation,
+            val_split=val_split,
+            train_statistics=train_statistics,
+            checkpoints=checkpoints,
+        )
+    )
 
 
 def _rank_zero_first(fn):
@@ -238,12 +286,28 @@ def _rank_zero_first(fn):
     return rank_zero_first(fn)
 
 
-def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, cond_steps: int, horizon_steps: int,
-                 seed: int, rank: int, world_size: int, validation: bool, val_split: str,
-                 train_statistics: Mapping[str, DatasetStatistics] | None, checkpoints: StreamCheckpoints | None
-                 ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
-    fixed = {"batch_size": batch_size, "image_size": image_size, "cond_steps": cond_steps,
-             "horizon_steps": horizon_steps, "seed": seed}
+def _make_loader(
+    data: Mapping[str, Any],
+    *,
+    batch_size: int,
+    image_size: int,
+    cond_steps: int,
+    horizon_steps: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    validation: bool,
+    val_split: str,
+    train_statistics: Mapping[str, DatasetStatistics] | None,
+    checkpoints: StreamCheckpoints | None,
+) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+    fixed = {
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "cond_steps": cond_steps,
+        "horizon_steps": horizon_steps,
+        "seed": seed,
+    }
     if source_of(data) == "parquet":
         from pg_vla.data.parquet import make_parquet_loader
 
@@ -265,11 +329,14 @@ def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, c
                 raise ValueError("validation needs data.val_path (the LeRobot folder of the validation episodes)")
             stats = dict(train_statistics or {})
             if len(stats) != 1:
-                raise ValueError(f"validation normalizes with the training statistics of one folder; this run has "
-                                 f"{sorted(stats)}: validate a mix's folders one at a time")
+                raise ValueError(
+                    f"validation normalizes with the training statistics of one folder; this run has "
+                    f"{sorted(stats)}: validate a mix's folders one at a time"
+                )
             path = _statistics_file(next(iter(stats.values())))
-            cfg = _lerobot_config({**data, "path": data["val_path"], "weights": None}, train=False,
-                                  statistics_path=path, **fixed)
+            cfg = _lerobot_config(
+                {**data, "path": data["val_path"], "weights": None}, train=False, statistics_path=path, **fixed
+            )
         else:
             cfg = _lerobot_config(data, **fixed)
         return make_lerobot_loader(cfg, rank, world_size, checkpoints=None if validation else checkpoints)
@@ -278,8 +345,9 @@ def _make_loader(data: Mapping[str, Any], *, batch_size: int, image_size: int, c
     options = source_options(data)
     if validation:
         options.update(split=val_split, train=False)
-    return make_rlds_loader(rlds_config(**options, **fixed), rank, world_size,
-                            checkpoints=None if validation else checkpoints)
+    return make_rlds_loader(
+        rlds_config(**options, **fixed), rank, world_size, checkpoints=None if validation else checkpoints
+    )
 
 
 def _statistics_file(stats: DatasetStatistics | str | None) -> str | None:

@@ -92,11 +92,13 @@ def check_restorable(checkpoints: StreamCheckpoints | None, source: str, workers
             raise StreamRestoreError(
                 f"{folder}: the saved stream position is of a {position['source']} loader with {position['workers']} "
                 f"worker(s) after {position['batches']} batches; this loader reads {source} with {workers} worker(s) "
-                f"and resumes after {checkpoints.start}")
+                f"and resumes after {checkpoints.start}"
+            )
     extra = sorted(p.name for p in folder.glob("worker_*") if int(p.name.split("_")[1]) >= workers)
     if extra:
-        raise StreamRestoreError(f"{folder}: positions of workers {extra}, which this loader ({workers} worker(s)) "
-                                 "does not have")
+        raise StreamRestoreError(
+            f"{folder}: positions of workers {extra}, which this loader ({workers} worker(s)) does not have"
+        )
 
 
 def read_position(folder: Path) -> dict[str, Any]:
@@ -112,8 +114,13 @@ def read_position(folder: Path) -> dict[str, Any]:
     return position
 
 
-def checkpointed(open_stream: Callable[[Path | None], CheckpointableStream], checkpoints: StreamCheckpoints | None,
-                 source: str, worker: int, workers: int) -> Iterator[dict]:
+def checkpointed(
+    open_stream: Callable[[Path | None], CheckpointableStream],
+    checkpoints: StreamCheckpoints | None,
+    source: str,
+    worker: int,
+    workers: int,
+) -> Iterator[dict]:
     """The batches of logical worker `worker` of `workers`, writing its position at the save points.
 
     `open_stream(folder)` opens the stream at the position saved in `folder` (None: the start).
@@ -135,16 +142,18 @@ def checkpointed(open_stream: Callable[[Path | None], CheckpointableStream], che
         g += workers
 
 
-def _write(stream: CheckpointableStream, rank_folder: Path, worker: int, workers: int, batches: int,
-           source: str) -> None:
+def _write(
+    stream: CheckpointableStream, rank_folder: Path, worker: int, workers: int, batches: int, source: str
+) -> None:
     """The position into rank_folder/worker_<l>, atomically (a stale folder of a crashed run is replaced)."""
     final = rank_folder / f"worker_{worker}"
     tmp = rank_folder / f".tmp-worker_{worker}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     stream.save(tmp)
-    (tmp / POSITION_FILE).write_text(json.dumps({"format": FORMAT, "source": source, "worker": worker,
-                                                 "workers": workers, "batches": batches}))
+    (tmp / POSITION_FILE).write_text(
+        json.dumps({"format": FORMAT, "source": source, "worker": worker, "workers": workers, "batches": batches})
+    )
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -26,8 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from pg_vla.eval.controllers import (POLICIES, CheckpointController, Controller, ExpertController,
-                                     RandomController, ReplayController, Request, ZeroController)
+from pg_vla.eval.controllers import (
+    POLICIES,
+    CheckpointController,
+    Controller,
+    ExpertController,
+    RandomController,
+    ReplayController,
+    Request,
+    ZeroController,
+)
 from pg_vla.eval.report import EpisodeResult, JsonlWriter, plot_success, summarize, write_video
 from pg_vla.eval.suite import EnvSuite, get_suite
 from pg_vla.utils.configs import dataclass_from_dict
@@ -111,8 +119,13 @@ class Evaluator:
         if cfg.policy == "checkpoint":
             from pg_vla.policy import Policy
 
-            policy = Policy.from_checkpoint(cfg.checkpoint_path, device=cfg.device, dataset_name=cfg.dataset_name,
-                                            dtype="bfloat16" if cfg.use_bf16 else None, verify=cfg.verify)
+            policy = Policy.from_checkpoint(
+                cfg.checkpoint_path,
+                device=cfg.device,
+                dataset_name=cfg.dataset_name,
+                dtype="bfloat16" if cfg.use_bf16 else None,
+                verify=cfg.verify,
+            )
             return CheckpointController(policy, self.adapters, cfg.act_steps, cfg.seed)
         if cfg.policy == "expert":
             return ExpertController(self.suite)
@@ -147,20 +160,23 @@ class Evaluator:
             slot.seed = cfg.eval_seed_start + slot.episode
             slot.obs, slot.instruction = slot.env.reset(slot.seed)
             slot.steps, slot.planned = 0, deque()
-            slot.frames = ([self.adapters[slot.index].get_video_frame(slot.env, slot.obs)]
-                           if slot.episode < cfg.n_video else None)
+            slot.frames = (
+                [self.adapters[slot.index].get_video_frame(slot.env, slot.obs)] if slot.episode < cfg.n_video else None
+            )
             controller.start_episode(slot.index, slot.task, slot.seed)
             return True
 
         def finish(slot: _Slot, success: bool) -> None:
-            result = EpisodeResult(task=slot.task, seed=slot.seed, success=bool(success), steps=slot.steps,
-                                   instruction=slot.instruction)
+            result = EpisodeResult(
+                task=slot.task, seed=slot.seed, success=bool(success), steps=slot.steps, instruction=slot.instruction
+            )
             results.append(result)
             jsonl.write(result)
             if slot.frames is not None:
                 outcome = "success" if success else "failure"
-                write_video(slot.frames, self.log_dir / "videos" / f"{slot.task}_seed{slot.seed}_{outcome}",
-                            cfg.video_fps)
+                write_video(
+                    slot.frames, self.log_dir / "videos" / f"{slot.task}_seed{slot.seed}_{outcome}", cfg.video_fps
+                )
             progress.update(1)
             progress.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
 
@@ -189,10 +205,18 @@ class Evaluator:
             for env in envs.values():
                 env.close()
 
-        summary = {**summarize(results, self.tasks), "policy": cfg.policy, "checkpoint_path": cfg.checkpoint_path,
-                   "suite": self.suite.name, "n_eval_episode": cfg.n_eval_episode,
-                   "eval_seed_start": cfg.eval_seed_start, "act_steps": cfg.act_steps, "num_envs": cfg.num_envs,
-                   "seconds": round(time.perf_counter() - tic, 1), "config": asdict(cfg)}
+        summary = {
+            **summarize(results, self.tasks),
+            "policy": cfg.policy,
+            "checkpoint_path": cfg.checkpoint_path,
+            "suite": self.suite.name,
+            "n_eval_episode": cfg.n_eval_episode,
+            "eval_seed_start": cfg.eval_seed_start,
+            "act_steps": cfg.act_steps,
+            "num_envs": cfg.num_envs,
+            "seconds": round(time.perf_counter() - tic, 1),
+            "config": asdict(cfg),
+        }
         (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         title = f"{self.suite.name}, policy={cfg.policy}, {cfg.n_eval_episode} episodes per task"
         plot_success(summary, self.log_dir / "success.png", title)

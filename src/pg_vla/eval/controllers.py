@@ -61,7 +61,7 @@ class CheckpointController(Controller):
         chunks = self.policy.infer_batch(observations, seed=self.seed + self.calls)["actions"]  # (B, H, A)
         self.calls += 1
         # only the executed steps go through postprocess: stateful adapters (a sticky gripper) count them
-        return [self.adapters[r.slot].postprocess(chunk[:self.act_steps]) for r, chunk in zip(requests, chunks)]
+        return [self.adapters[r.slot].postprocess(chunk[: self.act_steps]) for r, chunk in zip(requests, chunks)]
 
 
 class ExpertController(Controller):

@@ -37,25 +37,35 @@ class ActionMetrics:
         self.samples = 0
         self.within = np.zeros(len(self.thresholds), dtype=np.int64)
 
-    def add(self, pred: np.ndarray, true: np.ndarray, pred_original: np.ndarray, true_original: np.ndarray,
-            mask: np.ndarray, pred_bins: np.ndarray | None = None, true_bins: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        pred: np.ndarray,
+        true: np.ndarray,
+        pred_original: np.ndarray,
+        true_original: np.ndarray,
+        mask: np.ndarray,
+        pred_bins: np.ndarray | None = None,
+        true_bins: np.ndarray | None = None,
+    ) -> None:
         """pred/true (B, H, A) normalized, *_original (B, H, A) in robot units, mask (B, H) bool,
         bins (B, H, A) int (discrete head)."""
         a = self.action_dim
         if pred.shape != true.shape or pred.shape[-1] != a or mask.shape != pred.shape[:2]:
-            raise ValueError(f"expected pred/true (B, H, {a}) and mask (B, H), got {pred.shape}, {true.shape}, "
-                             f"{mask.shape}")
+            raise ValueError(
+                f"expected pred/true (B, H, {a}) and mask (B, H), got {pred.shape}, {true.shape}, {mask.shape}"
+            )
         valid = mask.astype(bool)  # (B, H)
         for units, (p, t) in (("normalized", (pred, true)), ("original", (pred_original, true_original))):
             error = p.astype(np.float64)[valid] - t.astype(np.float64)[valid]  # (V, A)
-            self.squared[units] += (error ** 2).sum(axis=0)
+            self.squared[units] += (error**2).sum(axis=0)
             self.absolute[units] += np.abs(error).sum(axis=0)
         if self.binned:
             if pred_bins is None or true_bins is None:
                 raise ValueError("bin accuracy needs pred_bins and true_bins")
             self.bin_correct += (pred_bins[valid] == true_bins[valid]).sum(axis=0)
-        within = chunk_within_threshold(torch.from_numpy(pred), torch.from_numpy(true), torch.from_numpy(valid),
-                                        self.thresholds)  # (len(thresholds), B)
+        within = chunk_within_threshold(
+            torch.from_numpy(pred), torch.from_numpy(true), torch.from_numpy(valid), self.thresholds
+        )  # (len(thresholds), B)
         self.within += within.sum(dim=1).numpy()
         self.valid_steps += int(valid.sum())
         self.samples += pred.shape[0]

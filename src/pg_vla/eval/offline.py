@@ -45,10 +45,28 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 PLOT_FILE = "trajectories.png"
 # Run-config data keys that describe the data of a checkpoint but not where it is (carried to the eval data).
-_NOT_CARRIED = {"source", "paths", "val_paths", "path", "val_path", "weights", "data_path", "split", "train",
-                "statistics_path", "statistics_dir",
-                "statistics_paths", "batch_size", "image_size", "cond_steps", "horizon_steps", "seed", "mix",
-                "dataset_name", "num_workers"}
+_NOT_CARRIED = {
+    "source",
+    "paths",
+    "val_paths",
+    "path",
+    "val_path",
+    "weights",
+    "data_path",
+    "split",
+    "train",
+    "statistics_path",
+    "statistics_dir",
+    "statistics_paths",
+    "batch_size",
+    "image_size",
+    "cond_steps",
+    "horizon_steps",
+    "seed",
+    "mix",
+    "dataset_name",
+    "num_workers",
+}
 
 
 @dataclass
@@ -72,8 +90,9 @@ class OfflineEvalConfig:
     thresholds: tuple[float, ...] = field(default=DEFAULT_THRESHOLDS)
 
     def __post_init__(self) -> None:
-        self.eval_data_path = [str(p) for p in ([self.eval_data_path] if isinstance(self.eval_data_path, str)
-                                                else self.eval_data_path)]
+        self.eval_data_path = [
+            str(p) for p in ([self.eval_data_path] if isinstance(self.eval_data_path, str) else self.eval_data_path)
+        ]
         if not self.eval_data_path:
             raise ValueError("eval_data_path is empty: give Parquet files or an RLDS data folder")
         if self.source not in ("auto", *SOURCES):
@@ -117,15 +136,28 @@ def data_config(cfg: OfflineEvalConfig, policy: Policy, checkpoint: Path) -> dic
             raise ValueError(f"LeRobot evaluation reads one dataset folder, got {list(cfg.eval_data_path)}")
         keep = {f.name for f in dataclasses.fields(LeRobotConfig)} - _NOT_CARRIED
         carried = {k: v for k, v in run_data.items() if k in keep}
-        return {**carried, "source": "lerobot", "path": list(cfg.eval_data_path), "train": False,
-                "statistics_path": statistics, "num_workers": cfg.num_workers}
+        return {
+            **carried,
+            "source": "lerobot",
+            "path": list(cfg.eval_data_path),
+            "train": False,
+            "statistics_path": statistics,
+            "num_workers": cfg.num_workers,
+        }
     if source == "parquet":
         from pg_vla.data.parquet import ParquetConfig
 
         keep = {f.name for f in dataclasses.fields(ParquetConfig)} - _NOT_CARRIED
         carried = {k: v for k, v in run_data.items() if k in keep}
-        return {**carried, "source": "parquet", "paths": list(cfg.eval_data_path), "train": False,
-                "dataset_name": policy.dataset_name, "statistics_path": statistics, "num_workers": cfg.num_workers}
+        return {
+            **carried,
+            "source": "parquet",
+            "paths": list(cfg.eval_data_path),
+            "train": False,
+            "dataset_name": policy.dataset_name,
+            "statistics_path": statistics,
+            "num_workers": cfg.num_workers,
+        }
     from pg_vla.data.rlds.config import RLDSConfig
     from pg_vla.data.rlds.dataset_configs import MIXES
 
@@ -135,13 +167,22 @@ def data_config(cfg: OfflineEvalConfig, policy: Policy, checkpoint: Path) -> dic
     if mix is None or set(MIXES.get(mix, {})) != {policy.dataset_name}:
         single = [name for name, weights in MIXES.items() if set(weights) == {policy.dataset_name}]
         if cfg.mix is not None or not single:
-            raise ValueError(f"RLDS evaluation needs a mix holding only {policy.dataset_name!r} (the statistics it "
-                             f"is de-normalized with); got {mix!r}. Mixes: {sorted(MIXES)}")
+            raise ValueError(
+                f"RLDS evaluation needs a mix holding only {policy.dataset_name!r} (the statistics it "
+                f"is de-normalized with); got {mix!r}. Mixes: {sorted(MIXES)}"
+            )
         mix = single[0]
     keep = {f.name for f in dataclasses.fields(RLDSConfig)} - _NOT_CARRIED - {"augment", "deterministic"}
     carried = {k: v for k, v in run_data.items() if k in keep}
-    return {**carried, "source": "rlds", "data_path": cfg.eval_data_path[0], "mix": mix, "split": cfg.split,
-            "train": False, "statistics_paths": {policy.dataset_name: statistics}}
+    return {
+        **carried,
+        "source": "rlds",
+        "data_path": cfg.eval_data_path[0],
+        "mix": mix,
+        "split": cfg.split,
+        "train": False,
+        "statistics_paths": {policy.dataset_name: statistics},
+    }
 
 
 # ---- prediction ---------------------------------------------------------------------------------------
@@ -170,8 +211,12 @@ def predict_batch(policy: Policy, batch: dict[str, Any], generator: torch.Genera
     if proprio.shape[-1] > cfg.proprio_dim:
         raise ValueError(f"the data's proprio has {proprio.shape[-1]} values, the model reads {cfg.proprio_dim}")
     proprio = torch.nn.functional.pad(proprio, (0, cfg.proprio_dim - proprio.shape[-1]))  # zero-padded as Policy
-    inputs = {"images": images.to(policy.device, policy.dtype), "text_ids": text["input_ids"].to(policy.device),
-              "text_mask": text["attention_mask"].to(policy.device), "proprio": proprio.to(policy.device)}
+    inputs = {
+        "images": images.to(policy.device, policy.dtype),
+        "text_ids": text["input_ids"].to(policy.device),
+        "text_mask": text["attention_mask"].to(policy.device),
+        "proprio": proprio.to(policy.device),
+    }
     a = policy.action_dim
     true = torch.as_tensor(batch["actions"], dtype=torch.float32)[..., :a]  # (B, H, A)
     b = true.shape[0]
@@ -187,10 +232,17 @@ def predict_batch(policy: Policy, batch: dict[str, Any], generator: torch.Genera
     pred_np = pred.float().cpu().numpy()
     true_np = true.numpy()
     unnormalize = policy.action_normalizer.unnormalize
-    return BatchResult(episode_ids=[str(e) for e in batch["tfds_id"]], steps=np.asarray(batch["step"]).astype(int),
-                       mask=np.asarray(batch["action_mask"]).astype(bool), true=true_np, pred=pred_np,
-                       true_original=unnormalize(true_np.astype(np.float64)),
-                       pred_original=unnormalize(pred_np.astype(np.float64)), true_bins=true_bins, pred_bins=pred_bins)
+    return BatchResult(
+        episode_ids=[str(e) for e in batch["tfds_id"]],
+        steps=np.asarray(batch["step"]).astype(int),
+        mask=np.asarray(batch["action_mask"]).astype(bool),
+        true=true_np,
+        pred=pred_np,
+        true_original=unnormalize(true_np.astype(np.float64)),
+        pred_original=unnormalize(pred_np.astype(np.float64)),
+        true_bins=true_bins,
+        pred_bins=pred_bins,
+    )
 
 
 # ---- outputs ------------------------------------------------------------------------------------------
@@ -206,12 +258,20 @@ def prediction_rows(result: BatchResult, first_index: int) -> Iterator[list[Any]
     b, h, a = result.true.shape
     binned = result.true_bins is not None
     for i in range(b):
-        row: list[Any] = [first_index + i, result.episode_ids[i], int(result.steps[i]),
-                          *(int(v) for v in result.mask[i])]
+        row: list[Any] = [
+            first_index + i,
+            result.episode_ids[i],
+            int(result.steps[i]),
+            *(int(v) for v in result.mask[i]),
+        ]
         for s in range(h):
             for d in range(a):
-                row += [repr(float(result.true[i, s, d])), repr(float(result.pred[i, s, d])),
-                        repr(float(result.true_original[i, s, d])), repr(float(result.pred_original[i, s, d]))]
+                row += [
+                    repr(float(result.true[i, s, d])),
+                    repr(float(result.pred[i, s, d])),
+                    repr(float(result.true_original[i, s, d])),
+                    repr(float(result.pred_original[i, s, d])),
+                ]
                 if binned:
                     row += [int(result.true_bins[i, s, d]), int(result.pred_bins[i, s, d])]  # type: ignore[index]
         yield row
@@ -229,7 +289,8 @@ class TrajectoryRecorder:
             if episode not in self.episodes and len(self.episodes) >= self.max_episodes:
                 continue
             self.episodes.setdefault(episode, []).append(
-                (int(result.steps[i]), result.true_original[i, 0], result.pred_original[i, 0]))
+                (int(result.steps[i]), result.true_original[i, 0], result.pred_original[i, 0])
+            )
 
     def plot(self, path: Path, dimension_names: Sequence[str] | None = None) -> Path | None:
         if not self.episodes:
@@ -278,13 +339,20 @@ def run(cfg: OfflineEvalConfig) -> dict[str, Any]:
 
     checkpoint = resolve_checkpoint_folder(cfg.checkpoint_path, cfg.verify)
     device = resolve_device(cfg.device)
-    policy = Policy.from_checkpoint(checkpoint, device=device, dtype=cfg.dtype, dataset_name=cfg.dataset_name,
-                                    verify=False)  # checked just above
+    policy = Policy.from_checkpoint(
+        checkpoint, device=device, dtype=cfg.dtype, dataset_name=cfg.dataset_name, verify=False
+    )  # checked just above
     model_cfg = policy.config
     data = data_config(cfg, policy, checkpoint)
-    loader, _ = make_loader(data, batch_size=cfg.batch_size, image_size=model_cfg.vision.image_size,
-                            cond_steps=model_cfg.cond_steps, horizon_steps=model_cfg.horizon_steps, seed=cfg.seed,
-                            validation=False)
+    loader, _ = make_loader(
+        data,
+        batch_size=cfg.batch_size,
+        image_size=model_cfg.vision.image_size,
+        cond_steps=model_cfg.cond_steps,
+        horizon_steps=model_cfg.horizon_steps,
+        seed=cfg.seed,
+        validation=False,
+    )
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     binned = policy.model.is_discrete
@@ -302,8 +370,15 @@ def run(cfg: OfflineEvalConfig) -> dict[str, Any]:
                 result = predict_batch(policy, batch, generator)
                 if writer is not None:
                     writer.writerows(prediction_rows(result, metrics.samples))
-                metrics.add(result.pred, result.true, result.pred_original, result.true_original, result.mask,
-                            result.pred_bins, result.true_bins)
+                metrics.add(
+                    result.pred,
+                    result.true,
+                    result.pred_original,
+                    result.true_original,
+                    result.mask,
+                    result.pred_bins,
+                    result.true_bins,
+                )
                 recorder.add(result)
                 batches += 1
                 progress.update(1)
@@ -313,14 +388,24 @@ def run(cfg: OfflineEvalConfig) -> dict[str, Any]:
     if batches == 0:
         raise ValueError(f"no samples in {list(cfg.eval_data_path)} (unlabeled episodes are skipped)")
     out: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "action_head": model_cfg.action_head, "dataset_name": policy.dataset_name,
-        "data_source": data["source"], "eval_data_path": list(cfg.eval_data_path), "num_batches": batches,
-        "seed": cfg.seed, "action_dim": policy.action_dim, "horizon_steps": model_cfg.horizon_steps,
-        "thresholds": list(cfg.thresholds), **metrics.compute(),
+        "checkpoint": str(checkpoint),
+        "action_head": model_cfg.action_head,
+        "dataset_name": policy.dataset_name,
+        "data_source": data["source"],
+        "eval_data_path": list(cfg.eval_data_path),
+        "num_batches": batches,
+        "seed": cfg.seed,
+        "action_dim": policy.action_dim,
+        "horizon_steps": model_cfg.horizon_steps,
+        "thresholds": list(cfg.thresholds),
+        **metrics.compute(),
     }
     if binned:
-        out.update(num_action_bins=model_cfg.num_action_bins, discrete_decoding=model_cfg.discrete_decoding,
-                   action_bounds=list(model_cfg.action_bounds))
+        out.update(
+            num_action_bins=model_cfg.num_action_bins,
+            discrete_decoding=model_cfg.discrete_decoding,
+            action_bounds=list(model_cfg.action_bounds),
+        )
     else:
         out["num_inference_steps"] = policy.num_steps
     (output_dir / METRICS_FILE).write_text(json.dumps(out, indent=2) + "\n")

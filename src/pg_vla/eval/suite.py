@@ -40,8 +40,10 @@ class EnvSuite(ABC):
     def record_expert_actions(self, task: str, seed: int) -> list[np.ndarray]: ...
 
 
-SUITES: dict[str, str] = {"metaworld": "pg_vla.eval.metaworld.suite:MetaWorldSuite",
-                          "simpler": "pg_vla.eval.envs.simpler:SimplerSuite"}
+SUITES: dict[str, str] = {
+    "metaworld": "pg_vla.eval.metaworld.suite:MetaWorldSuite",
+    "simpler": "pg_vla.eval.envs.simpler:SimplerSuite",
+}
 
 
 def get_suite(name: str, **options: Any) -> EnvSuite:

@@ -46,15 +46,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = handle.metadata() or {}
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): "
-                              f"{err}") from err
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {err}"
+        ) from err
     if meta.get("format") != FORMAT or "pg_vla_config" not in meta:
         raise CheckpointError(f"{path} is not a pg-vla model checkpoint (metadata format {meta.get('format')!r})")
     return meta
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               config_overrides: dict[str, Any] | None = None) -> PiZero:
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> PiZero:
     """Rebuild the model from a checkpoint written by `save_model`; every tensor must match.
 
     Built on the meta device and filled tensor by tensor in `dtype`; `config_overrides` may change
@@ -80,8 +85,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise CheckpointError(f"{path} does not match its config: missing {missing[:20]}, unexpected {unexpected[:20]}")
     for key, tensor in state.items():
         if tensor.shape != model.state_dict()[key].shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, expected "
-                                  f"{tuple(model.state_dict()[key].shape)}")
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(tensor.shape)}, expected {tuple(model.state_dict()[key].shape)}"
+            )
     model.load_state_dict(state, assign=True)
     return model.eval()
-

@@ -30,8 +30,9 @@ from pg_vla.model.pretrained import PG_VLA_MODEL_FILE, detect_layout
 TRAINING_CONFIG_FILE = "pg_vla_training_config.json"
 
 
-def export_pi0(checkpoint_path: str | Path, output_dir: str | Path, dtype: torch.dtype | None = None,
-               verify: bool = True) -> Path:
+def export_pi0(
+    checkpoint_path: str | Path, output_dir: str | Path, dtype: torch.dtype | None = None, verify: bool = True
+) -> Path:
     """pg-vla checkpoint (step folder, checkpoints/ folder or log_dir) -> a pi0 folder at `output_dir`.
     verify: check the checkpoint against its manifest first."""
     layout, folder = detect_layout(checkpoint_path, verify)
@@ -48,8 +49,9 @@ def export_pi0(checkpoint_path: str | Path, output_dir: str | Path, dtype: torch
     tmp.mkdir(parents=True)
     try:
         transformers_config(model.config).save_pretrained(str(tmp))
-        save_file(export_tensors(model.state_dict(), model.config), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            export_tensors(model.state_dict(), model.config), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
         if (folder / "statistics").is_dir():
             shutil.copytree(folder / "statistics", tmp / "statistics")
         if (folder / "tokenizer").is_dir():
@@ -74,7 +76,8 @@ def model_card(config, run_config: dict, source: Path, folder: Path) -> str:
         "# pi0 policy exported by pg-vla",
         "",
         f"Exported from `{source}`. Trained on: {', '.join(datasets) or 'unknown'}"
-        + (f" (mix `{data['mix']}`)" if data.get("mix") else "") + ".",
+        + (f" (mix `{data['mix']}`)" if data.get("mix") else "")
+        + ".",
         "",
         "## Load",
         "- transformers: `PI0ForConditionalGeneration.from_pretrained(this_folder)`",

@@ -92,7 +92,7 @@ EXPERT_EMBEDDING_KEY = _P + "gemma_expert.lm_head.weight"  # transformers' PI0 k
 
 def strip_lerobot_prefix(key: str) -> str:
     """LeRobot's files prefix every key with `model.`."""
-    return key[len("model."):] if key.startswith("model.") else key
+    return key[len("model.") :] if key.startswith("model.") else key
 
 
 def map_pi0_key(key: str) -> str | None:
@@ -102,7 +102,7 @@ def map_pi0_key(key: str) -> str | None:
         return EMBEDDING_NAME
     for prefix, own in _KEY_RULES:
         if key.startswith(prefix):
-            return UNUSED if own == UNUSED else own + key[len(prefix):]
+            return UNUSED if own == UNUSED else own + key[len(prefix) :]
     return None
 
 
@@ -110,7 +110,7 @@ def export_key(name: str) -> str:
     """pg-vla parameter name -> key in transformers' save_pretrained layout."""
     for own, prefix in _EXPORT_RULES:
         if name.startswith(own):
-            return prefix + name[len(own):]
+            return prefix + name[len(own) :]
     raise CheckpointError(f"parameter {name} has no place in pi0's layout")
 
 
@@ -144,8 +144,10 @@ def read_pi0_config(config_file: Path, shapes: dict[str, tuple[int, ...]]) -> Pi
     if dialect is None:
         raise CheckpointError(f"{config_file} is not a pi0 config (no model_type pi0, LeRobot type or openpi keys)")
     if raw.get("type") == "pi05" or raw.get("pi05") or raw.get("model_type") == "pi05":
-        raise CheckpointError(f"{config_file} describes pi0.5 (adaRMS time conditioning, tokenized state), which "
-                              "this model does not implement; use a pi0 checkpoint")
+        raise CheckpointError(
+            f"{config_file} describes pi0.5 (adaRMS time conditioning, tokenized state), which "
+            "this model does not implement; use a pi0 checkpoint"
+        )
     if dialect == "transformers":
         config = _config_from_transformers(raw, config_file)
     else:
@@ -160,31 +162,57 @@ def _config_from_transformers(raw: dict[str, Any], config_file: Path) -> PiZeroC
     text, vision, dit = hf.vlm_config.text_config, hf.vlm_config.vision_config, hf.dit_config
     offset = hf.time_sampling_offset
     if abs(offset - (1.0 - hf.time_sampling_scale)) > 1e-9:
-        raise CheckpointError(f"{config_file}: time_sampling_offset {offset} != 1 - time_sampling_scale "
-                              f"{hf.time_sampling_scale}; pg-vla samples t = scale * Beta + (1 - scale)")
+        raise CheckpointError(
+            f"{config_file}: time_sampling_offset {offset} != 1 - time_sampling_scale "
+            f"{hf.time_sampling_scale}; pg-vla samples t = scale * Beta + (1 - scale)"
+        )
+
     def rope(cfg: Any) -> float:
         return float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
-    vlm = GemmaConfig(hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
-                      num_layers=text.num_hidden_layers, num_heads=text.num_attention_heads,
-                      num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, vocab_size=text.vocab_size,
-                      rms_norm_eps=text.rms_norm_eps, rope_theta=rope(text))
+
+    vlm = GemmaConfig(
+        hidden_size=text.hidden_size,
+        intermediate_size=text.intermediate_size,
+        num_layers=text.num_hidden_layers,
+        num_heads=text.num_attention_heads,
+        num_kv_heads=text.num_key_value_heads,
+        head_dim=text.head_dim,
+        vocab_size=text.vocab_size,
+        rms_norm_eps=text.rms_norm_eps,
+        rope_theta=rope(text),
+    )
     geometry = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
     if any(getattr(dit, g) != getattr(text, g) for g in geometry) or rope(dit) != rope(text):
-        raise CheckpointError(f"{config_file}: dit_config and vlm_config.text_config differ in "
-                              f"{[g for g in geometry if getattr(dit, g) != getattr(text, g)]}; the joint "
-                              "attention needs the same layers, heads, KV heads and head dim")
+        raise CheckpointError(
+            f"{config_file}: dit_config and vlm_config.text_config differ in "
+            f"{[g for g in geometry if getattr(dit, g) != getattr(text, g)]}; the joint "
+            "attention needs the same layers, heads, KV heads and head dim"
+        )
     return PiZeroConfig(
-        vision=VisionConfig(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
-                            num_layers=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
-                            patch_size=vision.patch_size, image_size=vision.image_size,
-                            layer_norm_eps=vision.layer_norm_eps),
+        vision=VisionConfig(
+            hidden_size=vision.hidden_size,
+            intermediate_size=vision.intermediate_size,
+            num_layers=vision.num_hidden_layers,
+            num_heads=vision.num_attention_heads,
+            patch_size=vision.patch_size,
+            image_size=vision.image_size,
+            layer_norm_eps=vision.layer_norm_eps,
+        ),
         vlm=vlm,
         action_expert=ActionExpertConfig(hidden_size=dit.hidden_size, intermediate_size=dit.intermediate_size),
-        image_token_id=int(hf.vlm_config.image_token_id), pad_token_id=int(text.pad_token_id or 0),
-        max_text_tokens=PI0_TEXT_TOKENS, horizon_steps=hf.chunk_size, action_dim=hf.max_action_dim,
-        proprio_dim=hf.max_state_dim, time_beta_alpha=hf.time_sampling_beta_alpha,
-        time_beta_beta=hf.time_sampling_beta_beta, time_max=hf.time_sampling_scale,
-        time_min_period=hf.min_period, time_max_period=hf.max_period, num_inference_steps=hf.num_inference_steps)
+        image_token_id=int(hf.vlm_config.image_token_id),
+        pad_token_id=int(text.pad_token_id or 0),
+        max_text_tokens=PI0_TEXT_TOKENS,
+        horizon_steps=hf.chunk_size,
+        action_dim=hf.max_action_dim,
+        proprio_dim=hf.max_state_dim,
+        time_beta_alpha=hf.time_sampling_beta_alpha,
+        time_beta_beta=hf.time_sampling_beta_beta,
+        time_max=hf.time_sampling_scale,
+        time_min_period=hf.min_period,
+        time_max_period=hf.max_period,
+        num_inference_steps=hf.num_inference_steps,
+    )
 
 
 def _variant(raw: dict[str, Any], key: str, default: str, config_file: Path) -> tuple[int, int, int]:
@@ -195,8 +223,9 @@ def _variant(raw: dict[str, Any], key: str, default: str, config_file: Path) -> 
     return GEMMA_VARIANTS[name]
 
 
-def _config_from_variants(raw: dict[str, Any], dialect: str, shapes: dict[str, tuple[int, ...]],
-                          config_file: Path) -> PiZeroConfig:
+def _config_from_variants(
+    raw: dict[str, Any], dialect: str, shapes: dict[str, tuple[int, ...]], config_file: Path
+) -> PiZeroConfig:
     def find(pattern: str) -> list[tuple[re.Match, tuple[int, ...]]]:
         regex = re.compile(pattern)
         return [(m, s) for k, s in shapes.items() if (m := regex.search(strip_lerobot_prefix(k)))]
@@ -216,48 +245,79 @@ def _config_from_variants(raw: dict[str, Any], dialect: str, shapes: dict[str, t
 
     def gemma(pattern: str, variant: tuple[int, int, int], name: str, vocab: int) -> GemmaConfig:
         heads, kv_heads, head_dim = variant
-        cfg = GemmaConfig(hidden_size=shape(pattern + r"layers\.0\.input_layernorm\.weight")[0],
-                          intermediate_size=shape(pattern + r"layers\.0\.mlp\.gate_proj\.weight")[0],
-                          num_layers=layers(pattern), num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-                          vocab_size=vocab)
+        cfg = GemmaConfig(
+            hidden_size=shape(pattern + r"layers\.0\.input_layernorm\.weight")[0],
+            intermediate_size=shape(pattern + r"layers\.0\.mlp\.gate_proj\.weight")[0],
+            num_layers=layers(pattern),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            vocab_size=vocab,
+        )
         q = shape(pattern + r"layers\.0\.self_attn\.q_proj\.weight")
         k = shape(pattern + r"layers\.0\.self_attn\.k_proj\.weight")
         if q[0] != heads * head_dim or k[0] != kv_heads * head_dim:
-            raise CheckpointError(f"{config_file}: {name}'s q_proj/k_proj shapes {q}/{k} do not fit its variant "
-                                  f"({heads} heads, {kv_heads} KV heads of {head_dim})")
+            raise CheckpointError(
+                f"{config_file}: {name}'s q_proj/k_proj shapes {q}/{k} do not fit its variant "
+                f"({heads} heads, {kv_heads} KV heads of {head_dim})"
+            )
         return cfg
 
     embed = find(r"paligemma\.(?:model\.language_model\.(?:model\.)?embed_tokens|lm_head)\.weight$")
     if not embed:
         raise CheckpointError(f"{config_file.parent}: neither the VLM token embeddings nor paligemma.lm_head.weight")
-    vlm = gemma(r"paligemma\.model\.language_model\.(?:model\.)?", _variant(raw, "paligemma_variant", "gemma_2b",
-                config_file), "the VLM", embed[0][1][0])
-    expert = gemma(r"gemma_expert\.model\.", _variant(raw, "action_expert_variant", "gemma_300m", config_file),
-                   "the action expert", 1)
+    vlm = gemma(
+        r"paligemma\.model\.language_model\.(?:model\.)?",
+        _variant(raw, "paligemma_variant", "gemma_2b", config_file),
+        "the VLM",
+        embed[0][1][0],
+    )
+    expert = gemma(
+        r"gemma_expert\.model\.",
+        _variant(raw, "action_expert_variant", "gemma_300m", config_file),
+        "the action expert",
+        1,
+    )
     if expert.num_layers != vlm.num_layers:
-        raise CheckpointError(f"{config_file.parent}: the VLM has {vlm.num_layers} layers, the action expert "
-                              f"{expert.num_layers}; the joint attention needs the same number")
+        raise CheckpointError(
+            f"{config_file.parent}: the VLM has {vlm.num_layers} layers, the action expert "
+            f"{expert.num_layers}; the joint attention needs the same number"
+        )
     patch = shape(r"embeddings\.patch_embedding\.weight")  # (D, 3, p, p)
     side = round(shape(r"embeddings\.position_embedding\.weight")[0] ** 0.5)
     if patch[0] % SIGLIP_HEAD_DIM:
-        raise CheckpointError(f"{config_file.parent}: SigLIP width {patch[0]} is not a multiple of its "
-                              f"{SIGLIP_HEAD_DIM}-wide heads")
-    vision = VisionConfig(hidden_size=patch[0], intermediate_size=shape(r"encoder\.layers\.0\.mlp\.fc1\.weight")[0],
-                          num_layers=layers(r"vision_tower\.(?:vision_model\.)?encoder\."),
-                          num_heads=patch[0] // SIGLIP_HEAD_DIM, patch_size=patch[2], image_size=side * patch[2])
-    horizon_key, action_key, state_key = (("chunk_size", "max_action_dim", "max_state_dim") if dialect == "lerobot"
-                                          else ("action_horizon", "action_dim", "action_dim"))
+        raise CheckpointError(
+            f"{config_file.parent}: SigLIP width {patch[0]} is not a multiple of its {SIGLIP_HEAD_DIM}-wide heads"
+        )
+    vision = VisionConfig(
+        hidden_size=patch[0],
+        intermediate_size=shape(r"encoder\.layers\.0\.mlp\.fc1\.weight")[0],
+        num_layers=layers(r"vision_tower\.(?:vision_model\.)?encoder\."),
+        num_heads=patch[0] // SIGLIP_HEAD_DIM,
+        patch_size=patch[2],
+        image_size=side * patch[2],
+    )
+    horizon_key, action_key, state_key = (
+        ("chunk_size", "max_action_dim", "max_state_dim")
+        if dialect == "lerobot"
+        else ("action_horizon", "action_dim", "action_dim")
+    )
     action_dim, state_dim = shape(r"^action_in_proj\.weight")[1], shape(r"^state_proj\.weight")[1]
     for key, value in ((action_key, action_dim), (state_key, state_dim)):
         if key in raw and raw[key] != value:
             raise CheckpointError(f"{config_file}: {key} {raw[key]} does not match the weights ({value})")
     return PiZeroConfig(
-        vision=vision, vlm=vlm,
+        vision=vision,
+        vlm=vlm,
         action_expert=ActionExpertConfig(hidden_size=expert.hidden_size, intermediate_size=expert.intermediate_size),
         max_text_tokens=int(raw.get("tokenizer_max_length", raw.get("max_token_len", PI0_TEXT_TOKENS))),
-        horizon_steps=int(raw.get(horizon_key, 50)), action_dim=action_dim, proprio_dim=state_dim,
+        horizon_steps=int(raw.get(horizon_key, 50)),
+        action_dim=action_dim,
+        proprio_dim=state_dim,
         num_inference_steps=int(raw.get("num_steps", raw.get("num_inference_steps", 10))),
-        time_min_period=float(raw.get("min_period", 4e-3)), time_max_period=float(raw.get("max_period", 4.0)))
+        time_min_period=float(raw.get("min_period", 4e-3)),
+        time_max_period=float(raw.get("max_period", 4.0)),
+    )
 
 
 def refuse_unexportable(config: PiZeroConfig) -> None:
@@ -266,8 +326,10 @@ def refuse_unexportable(config: PiZeroConfig) -> None:
     if config.action_head != "flow":
         reasons.append(f"action_head={config.action_head!r} (pi0 has only the flow-matching action expert)")
     if config.time_conditioning != "mlp":
-        reasons.append(f"time_conditioning={config.time_conditioning!r} (pi0 feeds time through its action-time "
-                       "MLP; adaLN norms have no tensors in its layout)")
+        reasons.append(
+            f"time_conditioning={config.time_conditioning!r} (pi0 feeds time through its action-time "
+            "MLP; adaLN norms have no tensors in its layout)"
+        )
     if config.cond_steps != 1:
         reasons.append(f"cond_steps={config.cond_steps} (pi0 reads one state token)")
     if config.time_sampling != "beta":
@@ -285,27 +347,56 @@ def transformers_config(config: PiZeroConfig) -> Any:
     rope = {"rope_theta": vlm.rope_theta, "rope_type": "default"}
     return PI0Config(
         vlm_config={
-            "model_type": "paligemma", "image_token_id": config.image_token_id, "projection_dim": vlm.hidden_size,
-            "text_config": {"model_type": "gemma", "hidden_size": vlm.hidden_size,
-                            "intermediate_size": vlm.intermediate_size, "num_hidden_layers": vlm.num_layers,
-                            "num_attention_heads": vlm.num_heads, "num_key_value_heads": vlm.num_kv_heads,
-                            "head_dim": vlm.head_dim, "vocab_size": vlm.vocab_size, "rms_norm_eps": vlm.rms_norm_eps,
-                            "rope_parameters": rope, "pad_token_id": config.pad_token_id},
-            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": vis.hidden_size,
-                              "intermediate_size": vis.intermediate_size, "num_hidden_layers": vis.num_layers,
-                              "num_attention_heads": vis.num_heads, "patch_size": vis.patch_size,
-                              "image_size": vis.image_size, "layer_norm_eps": vis.layer_norm_eps,
-                              "vision_use_head": False},
+            "model_type": "paligemma",
+            "image_token_id": config.image_token_id,
+            "projection_dim": vlm.hidden_size,
+            "text_config": {
+                "model_type": "gemma",
+                "hidden_size": vlm.hidden_size,
+                "intermediate_size": vlm.intermediate_size,
+                "num_hidden_layers": vlm.num_layers,
+                "num_attention_heads": vlm.num_heads,
+                "num_key_value_heads": vlm.num_kv_heads,
+                "head_dim": vlm.head_dim,
+                "vocab_size": vlm.vocab_size,
+                "rms_norm_eps": vlm.rms_norm_eps,
+                "rope_parameters": rope,
+                "pad_token_id": config.pad_token_id,
+            },
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                "hidden_size": vis.hidden_size,
+                "intermediate_size": vis.intermediate_size,
+                "num_hidden_layers": vis.num_layers,
+                "num_attention_heads": vis.num_heads,
+                "patch_size": vis.patch_size,
+                "image_size": vis.image_size,
+                "layer_norm_eps": vis.layer_norm_eps,
+                "vision_use_head": False,
+            },
         },
-        dit_config={"model_type": "gemma", "hidden_size": act.hidden_size, "intermediate_size": act.intermediate_size,
-                    "num_hidden_layers": vlm.num_layers, "num_attention_heads": vlm.num_heads,
-                    "num_key_value_heads": vlm.num_kv_heads, "head_dim": vlm.head_dim,
-                    "rms_norm_eps": vlm.rms_norm_eps, "rope_parameters": rope},
-        chunk_size=config.horizon_steps, max_state_dim=config.proprio_dim, max_action_dim=config.action_dim,
-        num_inference_steps=config.num_inference_steps, time_sampling_beta_alpha=config.time_beta_alpha,
-        time_sampling_beta_beta=config.time_beta_beta, time_sampling_scale=config.time_max,
-        time_sampling_offset=1.0 - config.time_max, min_period=config.time_min_period,
-        max_period=config.time_max_period)
+        dit_config={
+            "model_type": "gemma",
+            "hidden_size": act.hidden_size,
+            "intermediate_size": act.intermediate_size,
+            "num_hidden_layers": vlm.num_layers,
+            "num_attention_heads": vlm.num_heads,
+            "num_key_value_heads": vlm.num_kv_heads,
+            "head_dim": vlm.head_dim,
+            "rms_norm_eps": vlm.rms_norm_eps,
+            "rope_parameters": rope,
+        },
+        chunk_size=config.horizon_steps,
+        max_state_dim=config.proprio_dim,
+        max_action_dim=config.action_dim,
+        num_inference_steps=config.num_inference_steps,
+        time_sampling_beta_alpha=config.time_beta_alpha,
+        time_sampling_beta_beta=config.time_beta_beta,
+        time_sampling_scale=config.time_max,
+        time_sampling_offset=1.0 - config.time_max,
+        min_period=config.time_min_period,
+        max_period=config.time_max_period,
+    )
 
 
 def export_tensors(state: dict[str, torch.Tensor], config: PiZeroConfig) -> dict[str, torch.Tensor]:

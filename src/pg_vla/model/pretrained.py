@@ -27,8 +27,15 @@ import torch
 from safetensors import safe_open
 
 from pg_vla.model.paligemma.loading import CheckpointError, _names, safetensors_files
-from pg_vla.model.pi0_format import (EMBEDDING_NAME, TIED_EMBEDDING_KEY, UNUSED, config_dialect, map_pi0_key,
-                                     read_pi0_config, strip_lerobot_prefix)
+from pg_vla.model.pi0_format import (
+    EMBEDDING_NAME,
+    TIED_EMBEDDING_KEY,
+    UNUSED,
+    config_dialect,
+    map_pi0_key,
+    read_pi0_config,
+    strip_lerobot_prefix,
+)
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
 
@@ -68,11 +75,17 @@ def detect_layout(folder: str | Path, verify: bool = True) -> tuple[str, Path]:
         f"{folder} is not a model folder pg-vla knows: expected a pg-vla checkpoint ({PG_VLA_MODEL_FILE} with "
         "pg-vla metadata, or a run folder holding checkpoints/step_N), a pi0 folder (config.json with model_type "
         "pi0, LeRobot's type pi0, or openpi's action_horizon/paligemma_variant) or a PaliGemma folder (config.json "
-        "with model_type paligemma)")
+        "with model_type paligemma)"
+    )
 
 
-def load_pretrained(folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    verify: bool = True, **config_overrides: Any) -> PiZero:
+def load_pretrained(
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    **config_overrides: Any,
+) -> PiZero:
     """The model of any folder `detect_layout` knows (verified as it says), in `dtype` (default: float32
     for PaliGemma, the checkpoint's own dtype otherwise) on `device`."""
     layout, path = detect_layout(folder, verify)
@@ -95,8 +108,9 @@ def pi0_config(folder: str | Path, **config_overrides: Any) -> PiZeroConfig:
     return config.with_overrides(**config_overrides)
 
 
-def load_pi0(folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-             **config_overrides: Any) -> PiZero:
+def load_pi0(
+    folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", **config_overrides: Any
+) -> PiZero:
     """pi0 weights of an openpi / LeRobot / transformers folder (pi0_format.py) -> PiZero."""
     folder = Path(folder)
     index = _tensor_index(folder)
@@ -115,21 +129,25 @@ def load_pi0(folder: str | Path, dtype: torch.dtype | None = None, device: str |
         elif strip_lerobot_prefix(key) == TIED_EMBEDDING_KEY:
             tied = (file, key)
         elif name in sources:
-            raise CheckpointError(f"{folder}: {key} ({file.name}) and {sources[name][1]} ({sources[name][0].name}) "
-                                  f"both hold {name}")
+            raise CheckpointError(
+                f"{folder}: {key} ({file.name}) and {sources[name][1]} ({sources[name][0].name}) both hold {name}"
+            )
         else:
             sources[name] = (file, key)
     if EMBEDDING_NAME not in sources and tied is not None:  # pi0 files tie the embeddings to the LM head
         sources[EMBEDDING_NAME] = tied
     missing = sorted(set(expected) - set(sources))
     if missing or unexpected:
-        raise CheckpointError(f"pi0 folder {folder} does not match its config: missing {_names(missing)}; "
-                              f"unexpected {_names(unexpected)}")
+        raise CheckpointError(
+            f"pi0 folder {folder} does not match its config: missing {_names(missing)}; unexpected {_names(unexpected)}"
+        )
     for name, (file, key) in sources.items():
         shape = index[key][0]
         if shape != expected[name]:
-            raise CheckpointError(f"{file}: {key} has shape {shape}, the model built from {folder / 'config.json'} "
-                                  f"(and overrides) expects {expected[name]} for {name}")
+            raise CheckpointError(
+                f"{file}: {key} has shape {shape}, the model built from {folder / 'config.json'} "
+                f"(and overrides) expects {expected[name]} for {name}"
+            )
     state = _read_tensors(sources, dtype, device)
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval()
@@ -154,8 +172,9 @@ def _tensor_index(folder: Path) -> dict[str, tuple[tuple[int, ...], str, Path]]:
     return index
 
 
-def _read_tensors(sources: dict[str, tuple[Path, str]], dtype: torch.dtype | None,
-                  device: str | torch.device) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    sources: dict[str, tuple[Path, str]], dtype: torch.dtype | None, device: str | torch.device
+) -> dict[str, torch.Tensor]:
     """Read each (file, key) once, file by file, cast to `dtype` one tensor at a time."""
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for name, (file, key) in sources.items():
@@ -197,8 +216,9 @@ def _latest_checkpoint(folder: Path, verify: bool) -> Path | None:
         try:
             verify_checkpoint(candidates[-1])
         except CheckpointError as err:
-            raise CheckpointError(f"{folder} holds {len(candidates)} checkpoint(s), none of them intact; the newest: "
-                                  f"{err}") from None
+            raise CheckpointError(
+                f"{folder} holds {len(candidates)} checkpoint(s), none of them intact; the newest: {err}"
+            ) from None
     return found
 
 
@@ -209,4 +229,3 @@ def _verified(folder: Path, verify: bool) -> Path:
     if verify and (folder / MANIFEST_FILE).is_file():
         verify_checkpoint(folder)
     return folder
-

@@ -87,8 +87,9 @@ class BatchingRunner:
             if not batch:
                 continue
             try:
-                outcomes = await asyncio.to_thread(self.run_batch, [p.request for p in batch],
-                                                   [p.enqueued for p in batch])
+                outcomes = await asyncio.to_thread(
+                    self.run_batch, [p.request for p in batch], [p.enqueued for p in batch]
+                )
             except Exception as err:  # noqa: BLE001 - the worker thread could not run: fail this batch only
                 outcomes = [err] * len(batch)
             for pending, outcome in zip(batch, outcomes):
@@ -99,8 +100,9 @@ class BatchingRunner:
                 else:
                     pending.future.set_result(outcome)
 
-    def run_batch(self, requests: list[InferenceRequest],
-                  enqueued: list[float]) -> list[InferenceResult | BaseException]:
+    def run_batch(
+        self, requests: list[InferenceRequest], enqueued: list[float]
+    ) -> list[InferenceResult | BaseException]:
         """Infer a batch (in the worker thread); on failure each request alone, so errors stay per request."""
         start = time.perf_counter()
         try:
@@ -111,8 +113,9 @@ class BatchingRunner:
             log.info("batch of %d failed (%s); running its requests one by one", len(requests), err)
             return [self.run_batch([r], [t])[0] for r, t in zip(requests, enqueued)]
         infer_ms = (time.perf_counter() - start) * 1000.0
-        return [InferenceResult(actions[i], infer_ms, (start - t) * 1000.0, len(requests))
-                for i, t in enumerate(enqueued)]
+        return [
+            InferenceResult(actions[i], infer_ms, (start - t) * 1000.0, len(requests)) for i, t in enumerate(enqueued)
+        ]
 
     def _infer(self, requests: list[InferenceRequest]) -> np.ndarray:
         noise = torch.cat([self.policy.noise(1, r.seed) for r in requests])  # (B, H, A_model)

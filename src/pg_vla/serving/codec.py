@@ -69,14 +69,18 @@ class DecodeLimits:
                 raise ValueError(f"DecodeLimits.{f.name} must be an integer >= {least}, got {value!r}")
 
     def msgpack_kwargs(self) -> dict[str, int]:
-        return {"max_str_len": self.max_str_len, "max_bin_len": self.max_bin_len,
-                "max_array_len": self.max_array_len, "max_map_len": self.max_map_len,
-                "max_ext_len": self.max_ext_len}
+        return {
+            "max_str_len": self.max_str_len,
+            "max_bin_len": self.max_bin_len,
+            "max_array_len": self.max_array_len,
+            "max_map_len": self.max_map_len,
+            "max_ext_len": self.max_ext_len,
+        }
 
 
 # First bytes of msgpack's fixed-size scalars -> payload bytes after the first byte
 # (float 32/64, uint 8..64, int 8..64).
-_SCALAR_PAYLOAD = {0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+_SCALAR_PAYLOAD = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
 
 
 def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> None:
@@ -92,7 +96,7 @@ def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> 
         nonlocal pos
         if pos + size > end:
             return None
-        value = int.from_bytes(data[pos:pos + size], "big")
+        value = int.from_bytes(data[pos : pos + size], "big")
         pos += size
         return value
 
@@ -108,18 +112,18 @@ def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> 
         objects += 1
         if objects > limits.max_objects:
             raise LimitError(f"the message holds more than max_objects={limits.max_objects} values")
-        if first <= 0x7f or first >= 0xe0 or first in (0xc0, 0xc2, 0xc3):  # fixint, nil, bool
+        if first <= 0x7F or first >= 0xE0 or first in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
             continue
         if first in _SCALAR_PAYLOAD:
             pos += _SCALAR_PAYLOAD[first]
             continue
         count: int | None
-        if 0x80 <= first <= 0x9f or first in (0xdc, 0xdd, 0xde, 0xdf):  # map or array
-            is_map = first <= 0x8f or first >= 0xde
-            if first <= 0x9f:
-                count = first & 0x0f
+        if 0x80 <= first <= 0x9F or first in (0xDC, 0xDD, 0xDE, 0xDF):  # map or array
+            is_map = first <= 0x8F or first >= 0xDE
+            if first <= 0x9F:
+                count = first & 0x0F
             else:
-                count = length(2 if first in (0xdc, 0xde) else 4)
+                count = length(2 if first in (0xDC, 0xDE) else 4)
                 if count is None:
                     return
             name, limit = ("map", limits.max_map_len) if is_map else ("array", limits.max_array_len)
@@ -131,13 +135,13 @@ def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> 
             if count:
                 remaining.append(2 * count if is_map else count)
             continue
-        if 0xa0 <= first <= 0xbf or 0xd9 <= first <= 0xdb:  # str
-            count = first & 0x1f if first <= 0xbf else length(1 << (first - 0xd9))
+        if 0xA0 <= first <= 0xBF or 0xD9 <= first <= 0xDB:  # str
+            count = first & 0x1F if first <= 0xBF else length(1 << (first - 0xD9))
             name, limit = "str", limits.max_str_len
-        elif 0xc4 <= first <= 0xc6:  # bin
-            count, name, limit = length(1 << (first - 0xc4)), "bin", limits.max_bin_len
-        elif 0xc7 <= first <= 0xc9 or 0xd4 <= first <= 0xd8:  # ext (one type byte after the length)
-            count = length(1 << (first - 0xc7)) if first <= 0xc9 else 1 << (first - 0xd4)
+        elif 0xC4 <= first <= 0xC6:  # bin
+            count, name, limit = length(1 << (first - 0xC4)), "bin", limits.max_bin_len
+        elif 0xC7 <= first <= 0xC9 or 0xD4 <= first <= 0xD8:  # ext (one type byte after the length)
+            count = length(1 << (first - 0xC7)) if first <= 0xC9 else 1 << (first - 0xD4)
             name, limit = "ext", limits.max_ext_len
             pos += 1
         else:  # 0xc1: never used in msgpack
@@ -151,16 +155,17 @@ def check_limits(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> 
 
 def _check_kind(dtype: np.dtype, what: str) -> None:
     if dtype.kind not in ALLOWED_KINDS:
-        raise MessageError(f"{what} has unsupported dtype {dtype.str!r} (kind {dtype.kind!r}); "
-                           "only bool, integer and float arrays travel")
+        raise MessageError(
+            f"{what} has unsupported dtype {dtype.str!r} (kind {dtype.kind!r}); "
+            "only bool, integer and float arrays travel"
+        )
 
 
 def _encode(obj: Any) -> Any:
     """msgpack `default` hook: numpy arrays and scalars -> their marked maps."""
     if isinstance(obj, np.ndarray):
         _check_kind(obj.dtype, "array")
-        return {_ARRAY_MARK: True, b"data": obj.tobytes(order="C"), b"dtype": obj.dtype.str,
-                b"shape": list(obj.shape)}
+        return {_ARRAY_MARK: True, b"data": obj.tobytes(order="C"), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
     if isinstance(obj, np.generic):
         _check_kind(obj.dtype, "numpy scalar")
         return {_SCALAR_MARK: True, b"data": obj.item(), b"dtype": obj.dtype.str}
@@ -191,15 +196,17 @@ def _decode_array(obj: dict) -> np.ndarray:
     dtype = _dtype(_field(obj, "dtype"), "array")
     shape = _field(obj, "shape")
     if not isinstance(shape, (list, tuple)) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise MessageError(f"array shape must be a list of non-negative integers, got {shape!r}")
     data = _field(obj, "data")
     if not isinstance(data, bytes):
         raise MessageError(f"array data must be binary, got {type(data).__name__}")
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
-        raise MessageError(f"array of shape {list(shape)} and dtype {dtype.str} needs {expected} bytes, "
-                           f"the message holds {len(data)}")
+        raise MessageError(
+            f"array of shape {list(shape)} and dtype {dtype.str} needs {expected} bytes, the message holds {len(data)}"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # writable, detached from the message
 
 

@@ -22,8 +22,13 @@ _LISTENING = re.compile(r"listening on ws://(?P<host>[^\s:]+):(?P<port>\d+)")
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path | None = None, startup_timeout_s: float = 300.0,
-                 script: Path = SERVE_SCRIPT) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path | None = None,
+        startup_timeout_s: float = 300.0,
+        script: Path = SERVE_SCRIPT,
+    ) -> None:
         self.command = [sys.executable, str(script), "--port", "0", *args]
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
@@ -51,12 +56,12 @@ class ServerProcess:
         while not self._seen.wait(0.2):
             if not self.alive():
                 status = None if self._process is None else self._process.returncode
-                raise RuntimeError(f"the policy server exited with status {status} before listening"
-                                   f"{self._log_tail()}")
+                raise RuntimeError(f"the policy server exited with status {status} before listening{self._log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"the policy server did not listen within {self.startup_timeout_s:.0f} s"
-                                   f"{self._log_tail()}")
+                raise TimeoutError(
+                    f"the policy server did not listen within {self.startup_timeout_s:.0f} s{self._log_tail()}"
+                )
         assert self._address is not None
         self.host, self.port = self._address
         return self
@@ -85,8 +90,9 @@ class ServerProcess:
     def __enter__(self) -> "ServerProcess":
         return self.start().wait_ready()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _read_stdout(self) -> None:

@@ -31,8 +31,11 @@ from pg_vla.utils.seeds import SEED_RULE, check_seed
 
 # The same mapping as config/serve/default.yaml (openpi's single-arm key names).
 DEFAULT_KEYS: dict[str, Any] = {
-    "images": {"observation/image": "primary", "observation/secondary_image": "secondary",
-               "observation/wrist_image": "wrist"},
+    "images": {
+        "observation/image": "primary",
+        "observation/secondary_image": "secondary",
+        "observation/wrist_image": "wrist",
+    },
     "state": "observation/state",
     "prompt": "prompt",
     "seed": "seed",
@@ -63,16 +66,22 @@ class ObservationKeys:
     @classmethod
     def from_mapping(cls, raw: Any, source: str = "observation keys") -> "ObservationKeys":
         if not isinstance(raw, Mapping):
-            raise ValueError(f"{source}: expected a mapping with images, state, prompt (and seed), got "
-                             f"{type(raw).__name__}")
+            raise ValueError(
+                f"{source}: expected a mapping with images, state, prompt (and seed), got {type(raw).__name__}"
+            )
         unknown = sorted(set(raw) - {"images", "state", "prompt", "seed"})
         if unknown:
             raise ValueError(f"{source}: unknown entries {unknown}; expected images, state, prompt, seed")
         images = raw.get("images")
-        if not isinstance(images, Mapping) or not images or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
-            raise ValueError(f"{source}: 'images' must map request keys to camera roles "
-                             f"(e.g. observation/image: primary), got {images!r}")
+        if (
+            not isinstance(images, Mapping)
+            or not images
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in images.items())
+        ):
+            raise ValueError(
+                f"{source}: 'images' must map request keys to camera roles "
+                f"(e.g. observation/image: primary), got {images!r}"
+            )
         state = raw.get("state")
         state_keys = (state,) if isinstance(state, str) else tuple(state) if isinstance(state, list) else ()
         if not state_keys or not all(isinstance(k, str) for k in state_keys):
@@ -110,9 +119,11 @@ class ObservationKeys:
         for role in dict.fromkeys(camera_roles):
             matching = [key for key, r in self.images.items() if r == role]
             if len(matching) != 1:
-                raise ValueError(f"the policy reads camera role {role!r}, which the observation keys map from "
-                                 f"{'no request key' if not matching else f'several keys {matching}'}; "
-                                 f"mapped roles: {sorted(set(self.images.values()))}")
+                raise ValueError(
+                    f"the policy reads camera role {role!r}, which the observation keys map from "
+                    f"{'no request key' if not matching else f'several keys {matching}'}; "
+                    f"mapped roles: {sorted(set(self.images.values()))}"
+                )
             keys[role] = matching[0]
         return keys
 
@@ -141,8 +152,13 @@ class RequestDecoder:
 
     @classmethod
     def for_policy(cls, policy: Policy, keys: ObservationKeys) -> "RequestDecoder":
-        return cls(keys, keys.image_keys_for(policy.camera_roles), policy.state_dim, policy.config.cond_steps,
-                   policy.dataset_name)
+        return cls(
+            keys,
+            keys.image_keys_for(policy.camera_roles),
+            policy.state_dim,
+            policy.config.cond_steps,
+            policy.dataset_name,
+        )
 
     def decode_limits(self, max_message_bytes: int) -> DecodeLimits:
         """msgpack limits for one request to this policy (see the module docstring)."""
@@ -150,36 +166,49 @@ class RequestDecoder:
         fields = len(self._required) + (1 if self.keys.seed else 0)
         # per field: an ndarray map is 9 values plus its shape; a list state 1 + cond_steps + values
         needed = fields * (9 + 4) + len(self.keys.state) * (1 + self.cond_steps + history)
-        return DecodeLimits(max_str_len=MAX_STR_LEN, max_bin_len=max_message_bytes,
-                            max_array_len=max(MIN_ARRAY_LEN, history), max_map_len=fields + SPARE_MAP_ENTRIES,
-                            max_ext_len=0, max_depth=MAX_DEPTH, max_objects=SPARE_OBJECTS + needed)
+        return DecodeLimits(
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=max_message_bytes,
+            max_array_len=max(MIN_ARRAY_LEN, history),
+            max_map_len=fields + SPARE_MAP_ENTRIES,
+            max_ext_len=0,
+            max_depth=MAX_DEPTH,
+            max_objects=SPARE_OBJECTS + needed,
+        )
 
     def decode(self, message: Any) -> InferenceRequest:
         if not isinstance(message, Mapping):
             raise RequestError(f"a request must be a map of observation fields, got {type(message).__name__}")
         missing = [key for key in self._required if key not in message]
         if missing:
-            raise RequestError(f"request lacks key(s) {missing}; it has {sorted(map(str, message))}, the policy "
-                               f"reads {self._required}")
+            raise RequestError(
+                f"request lacks key(s) {missing}; it has {sorted(map(str, message))}, the policy reads {self._required}"
+            )
         images = {role: self._image(message[key], key, role) for role, key in self.camera_keys.items()}
         prompt = message[self.keys.prompt]
         if not isinstance(prompt, str):
-            raise RequestError(f"{self.keys.prompt!r} must be a string (the instruction), got "
-                               f"{_describe(prompt)}")
-        return InferenceRequest(Observation(images=images, state=self._state(message), prompt=prompt),
-                                self._seed(message))
+            raise RequestError(f"{self.keys.prompt!r} must be a string (the instruction), got {_describe(prompt)}")
+        return InferenceRequest(
+            Observation(images=images, state=self._state(message), prompt=prompt), self._seed(message)
+        )
 
     def _image(self, value: Any, key: str, role: str) -> np.ndarray:
-        if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and \
-                value.shape[-1] == 3 and 0 not in value.shape:
+        if (
+            isinstance(value, np.ndarray)
+            and value.dtype == np.uint8
+            and value.ndim == 3
+            and value.shape[-1] == 3
+            and 0 not in value.shape
+        ):
             return value  # (H, W, 3)
         hint = ""
         if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[0] == 3 and value.shape[-1] != 3:
             hint = " (channel-first images must be transposed to (H, W, 3))"
         elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
             hint = " (convert float images to uint8 0..255)"
-        raise RequestError(f"{key!r} (camera {role!r}) must be a uint8 array of shape (H, W, 3), got "
-                           f"{_describe(value)}{hint}")
+        raise RequestError(
+            f"{key!r} (camera {role!r}) must be a uint8 array of shape (H, W, 3), got {_describe(value)}{hint}"
+        )
 
     def _state(self, message: Mapping[str, Any]) -> np.ndarray:
         parts = [self._numeric(message[key], key) for key in self.keys.state]
@@ -190,8 +219,10 @@ class RequestDecoder:
         what = self.keys.state[0] if len(parts) == 1 else "+".join(self.keys.state)
         p, c = self.state_dim, self.cond_steps
         if state.ndim == 1 and state.shape[0] != p:
-            raise RequestError(f"{what!r} has {state.shape[0]} values, the policy expects {p}"
-                               f"{f' ({self.dataset_name})' if self.dataset_name else ''}")
+            raise RequestError(
+                f"{what!r} has {state.shape[0]} values, the policy expects {p}"
+                f"{f' ({self.dataset_name})' if self.dataset_name else ''}"
+            )
         if state.ndim != 1 and state.shape != (c, p):
             raise RequestError(f"{what!r} must have shape ({p},) or ({c}, {p}), got {state.shape}")
         if not np.all(np.isfinite(state)):
@@ -242,15 +273,23 @@ def server_metadata(policy: Policy, decoder: RequestDecoder, **extra: Any) -> di
         spec[state_keys[0]] = dict(policy_spec["state"])
     else:  # several keys: each flattened, concatenated in order into the (P,) state
         for key in state_keys:
-            spec[key] = {"kind": "state", "dtype": "float32",
-                         "note": f"flattened and concatenated in the order {state_keys} into the "
-                                 f"{policy.state_dim} state values"}
+            spec[key] = {
+                "kind": "state",
+                "dtype": "float32",
+                "note": f"flattened and concatenated in the order {state_keys} into the "
+                f"{policy.state_dim} state values",
+            }
     spec[decoder.keys.prompt] = policy_spec["prompt"]
     if decoder.keys.seed:
-        spec[decoder.keys.seed] = {"shape": [], "dtype": "int64", "kind": "seed", "optional": True,
-                                   "note": f"noise seed, {SEED_RULE} (a 0-d array, numpy or Python integer): "
-                                           "the same seed and observation give the same actions; absent -> fresh "
-                                           "noise"}
+        spec[decoder.keys.seed] = {
+            "shape": [],
+            "dtype": "int64",
+            "kind": "seed",
+            "optional": True,
+            "note": f"noise seed, {SEED_RULE} (a 0-d array, numpy or Python integer): "
+            "the same seed and observation give the same actions; absent -> fresh "
+            "noise",
+        }
     return {
         "policy_name": policy.name,
         "dataset_name": policy.dataset_name,

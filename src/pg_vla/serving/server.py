@@ -47,8 +47,7 @@ from websockets.http11 import Request, Response
 from pg_vla.policy import Policy
 from pg_vla.serving.batching import BatchingRunner
 from pg_vla.serving.codec import LimitError, MessageError, packb, unpackb
-from pg_vla.serving.observations import (InferenceRequest, ObservationKeys, RequestDecoder, RequestError,
-                                         server_metadata)
+from pg_vla.serving.observations import InferenceRequest, ObservationKeys, RequestDecoder, RequestError, server_metadata
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +94,9 @@ class ConnectionBudget:
     pay the debt back, so a client that waits before sending its next request is charged its rate.
     """
 
-    def __init__(self, bytes_per_s: float, messages_per_s: float, burst_bytes: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, bytes_per_s: float, messages_per_s: float, burst_bytes: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self._rates = (float(bytes_per_s), float(messages_per_s))
         self._capacity = (max(float(burst_bytes), float(bytes_per_s)), max(1.0, float(messages_per_s)))
@@ -116,16 +116,26 @@ class ConnectionBudget:
 class PolicyServer:
     """Serves one `Policy` to any number of websocket clients (see the module docstring)."""
 
-    def __init__(self, policy: Policy, keys: ObservationKeys, config: ServerConfig = ServerConfig(),
-                 checkpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        keys: ObservationKeys,
+        config: ServerConfig = ServerConfig(),
+        checkpoint: str | None = None,
+    ) -> None:
         self.policy = policy
         self.config = config
         self.decoder = RequestDecoder.for_policy(policy, keys)
         self.limits = self.decoder.decode_limits(config.max_message_bytes)
         self.runner = BatchingRunner(policy, config.max_batch_size)
-        self.metadata = server_metadata(policy, self.decoder, checkpoint=checkpoint,
-                                        max_message_bytes=config.max_message_bytes,
-                                        max_batch_size=config.max_batch_size, decode_limits=asdict(self.limits))
+        self.metadata = server_metadata(
+            policy,
+            self.decoder,
+            checkpoint=checkpoint,
+            max_message_bytes=config.max_message_bytes,
+            max_batch_size=config.max_batch_size,
+            decode_limits=asdict(self.limits),
+        )
         self._metadata_message = packb(self.metadata)
         self._connections = 0
         self._decode_pool: ThreadPoolExecutor | None = None
@@ -134,10 +144,17 @@ class PolicyServer:
         """Serve until `stop` is set; `on_ready(host, port)` runs once the socket listens."""
         self.runner.start()
         try:
-            async with serve(self._handle, self.config.host, self.config.port, process_request=self._admit,
-                             compression=None, max_size=self.config.max_message_bytes,
-                             max_queue=MAX_QUEUED_MESSAGES, ping_interval=PING_INTERVAL_S,
-                             ping_timeout=PING_INTERVAL_S) as server:
+            async with serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self._admit,
+                compression=None,
+                max_size=self.config.max_message_bytes,
+                max_queue=MAX_QUEUED_MESSAGES,
+                ping_interval=PING_INTERVAL_S,
+                ping_timeout=PING_INTERVAL_S,
+            ) as server:
                 host, port = server.sockets[0].getsockname()[:2]
                 if on_ready is not None:
                     on_ready(host, port)
@@ -166,11 +183,14 @@ class PolicyServer:
             expected = f"Api-Key {self.config.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 log.warning("refused %s: %s API key", connection.remote_address, "wrong" if given else "no")
-                return connection.respond(HTTPStatus.UNAUTHORIZED,
-                                          "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n",
+                )
         if self._connections >= self.config.max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"the server already has {self._connections} connections (its limit)\n")
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"the server already has {self._connections} connections (its limit)\n"
+            )
         return None
 
     # ---- one connection -----------------------------------------------------------------------------
@@ -179,8 +199,9 @@ class PolicyServer:
         self._connections += 1
         log.info("connected: %s (%d open)", peer, self._connections)
         config = self.config
-        budget = ConnectionBudget(config.connection_bytes_per_s, config.connection_messages_per_s,
-                                  burst_bytes=config.max_message_bytes)
+        budget = ConnectionBudget(
+            config.connection_bytes_per_s, config.connection_messages_per_s, burst_bytes=config.max_message_bytes
+        )
         violations = 0
         try:
             await websocket.send(self._metadata_message)
@@ -204,16 +225,16 @@ class PolicyServer:
             self._connections -= 1
             log.info("disconnected: %s (%d open)", peer, self._connections)
 
-    async def answer(self, message: str | bytes, received: float,
-                     prev_total_ms: float | None) -> tuple[str | bytes, bool]:
+    async def answer(
+        self, message: str | bytes, received: float, prev_total_ms: float | None
+    ) -> tuple[str | bytes, bool]:
         """One request -> (packed reply or the error text, whether it exceeded the decoding limits)."""
         try:
             if isinstance(message, str):
                 raise RequestError("requests must be binary msgpack messages, got a text frame")
             if self._decode_pool is None:
                 self._decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
-            request = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.decode_request,
-                                                                       message)
+            request = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.decode_request, message)
             result = await self.runner.infer(request)
         except (MessageError, RequestError) as err:
             log.info("invalid request: %s", err)
@@ -224,9 +245,13 @@ class PolicyServer:
         except Exception as err:  # noqa: BLE001 - reported to this client, the server keeps serving
             log.exception("inference failed")
             return f"inference failed: {type(err).__name__}: {err}", False
-        server_timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - received) * 1000.0,
-                                         "queue_ms": result.queue_ms, "batch_size": result.batch_size}
+        server_timing: dict[str, Any] = {
+            "infer_ms": (time.perf_counter() - received) * 1000.0,
+            "queue_ms": result.queue_ms,
+            "batch_size": result.batch_size,
+        }
         if prev_total_ms is not None:
             server_timing["prev_total_ms"] = prev_total_ms
-        return packb({"actions": result.actions, "policy_timing": {"infer_ms": result.infer_ms},
-                      "server_timing": server_timing}), False
+        return packb(
+            {"actions": result.actions, "policy_timing": {"infer_ms": result.infer_ms}, "server_timing": server_timing}
+        ), False

@@ -67,18 +67,44 @@ def pi0_config(geometry: Pi0Geometry):
 
     g = geometry
     return PI0Config(
-        vlm_config={"model_type": "paligemma", "image_token_id": g.vocab - 1, "projection_dim": g.vlm_hidden,
-                    "text_config": {"model_type": "gemma", "hidden_size": g.vlm_hidden, "intermediate_size": g.vlm_mlp,
-                                    "num_hidden_layers": g.layers, "num_attention_heads": g.heads,
-                                    "num_key_value_heads": g.kv_heads, "head_dim": g.head_dim, "vocab_size": g.vocab},
-                    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": g.vision_hidden,
-                                      "intermediate_size": g.vision_mlp, "num_hidden_layers": g.vision_layers,
-                                      "num_attention_heads": g.vision_heads, "patch_size": g.patch,
-                                      "image_size": g.image, "vision_use_head": False}},
-        dit_config={"model_type": "gemma", "hidden_size": g.expert_hidden, "intermediate_size": g.expert_mlp,
-                    "num_hidden_layers": g.layers, "num_attention_heads": g.heads, "num_key_value_heads": g.kv_heads,
-                    "head_dim": g.head_dim},
-        chunk_size=g.chunk, max_state_dim=g.state_dim, max_action_dim=g.action_dim)
+        vlm_config={
+            "model_type": "paligemma",
+            "image_token_id": g.vocab - 1,
+            "projection_dim": g.vlm_hidden,
+            "text_config": {
+                "model_type": "gemma",
+                "hidden_size": g.vlm_hidden,
+                "intermediate_size": g.vlm_mlp,
+                "num_hidden_layers": g.layers,
+                "num_attention_heads": g.heads,
+                "num_key_value_heads": g.kv_heads,
+                "head_dim": g.head_dim,
+                "vocab_size": g.vocab,
+            },
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                "hidden_size": g.vision_hidden,
+                "intermediate_size": g.vision_mlp,
+                "num_hidden_layers": g.vision_layers,
+                "num_attention_heads": g.vision_heads,
+                "patch_size": g.patch,
+                "image_size": g.image,
+                "vision_use_head": False,
+            },
+        },
+        dit_config={
+            "model_type": "gemma",
+            "hidden_size": g.expert_hidden,
+            "intermediate_size": g.expert_mlp,
+            "num_hidden_layers": g.layers,
+            "num_attention_heads": g.heads,
+            "num_key_value_heads": g.kv_heads,
+            "head_dim": g.head_dim,
+        },
+        chunk_size=g.chunk,
+        max_state_dim=g.state_dim,
+        max_action_dim=g.action_dim,
+    )
 
 
 def build_reference(geometry: Pi0Geometry, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -103,8 +129,13 @@ def _older_key_style(key: str) -> str:
     return key
 
 
-def write_pi0_folder(folder: str | Path, geometry: str | Pi0Geometry = "gqa", layout: str = "transformers",
-                     seed: int = 0, dtype: torch.dtype = torch.float32):
+def write_pi0_folder(
+    folder: str | Path,
+    geometry: str | Pi0Geometry = "gqa",
+    layout: str = "transformers",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """Write a random pi0 folder; returns (folder, the transformers reference model it holds)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
@@ -122,17 +153,38 @@ def write_pi0_folder(folder: str | Path, geometry: str | Pi0Geometry = "gqa", la
         tensors = {"model." + k: v for k, v in tensors.items()}
     save_file(tensors, str(weights), metadata={"format": "pt"})
     if layout == "lerobot":
-        _write_json(folder / "config.json", {
-            "type": "pi0", "n_obs_steps": 1, "chunk_size": g.chunk, "n_action_steps": g.chunk,
-            "max_state_dim": g.state_dim, "max_action_dim": g.action_dim, "paligemma_variant": "dummy",
-            "action_expert_variant": "dummy", "tokenizer_max_length": 48, "num_steps": 10,
-            "min_period": 4e-3, "max_period": 4.0, "resize_imgs_with_padding": [g.image, g.image]})
+        _write_json(
+            folder / "config.json",
+            {
+                "type": "pi0",
+                "n_obs_steps": 1,
+                "chunk_size": g.chunk,
+                "n_action_steps": g.chunk,
+                "max_state_dim": g.state_dim,
+                "max_action_dim": g.action_dim,
+                "paligemma_variant": "dummy",
+                "action_expert_variant": "dummy",
+                "tokenizer_max_length": 48,
+                "num_steps": 10,
+                "min_period": 4e-3,
+                "max_period": 4.0,
+                "resize_imgs_with_padding": [g.image, g.image],
+            },
+        )
     elif layout == "openpi":
         if g.state_dim != g.action_dim:
             raise ValueError("openpi's config has one action_dim for state and action: use equal dims")
-        _write_json(folder / "config.json", {
-            "action_dim": g.action_dim, "action_horizon": g.chunk, "paligemma_variant": "dummy",
-            "action_expert_variant": "dummy", "precision": "float32", "pi05": False})
+        _write_json(
+            folder / "config.json",
+            {
+                "action_dim": g.action_dim,
+                "action_horizon": g.chunk,
+                "paligemma_variant": "dummy",
+                "action_expert_variant": "dummy",
+                "precision": "float32",
+                "pi05": False,
+            },
+        )
     return folder, reference
 
 

@@ -61,8 +61,7 @@ class AveragingConfig:
             raise ValueError(f"AveragingConfig.decay must be in (0, 1), got {self.decay}")
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"AveragingConfig.start_step must be an int >= 0, got {self.start_step!r}")
-        if (isinstance(self.update_every, bool) or not isinstance(self.update_every, int)
-                or self.update_every < 1):
+        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
             raise ValueError(f"AveragingConfig.update_every must be an int >= 1, got {self.update_every!r}")
         _check_device(self.device)
 
@@ -89,8 +88,9 @@ class WeightAverage:
 
     kind: ClassVar[str] = "none"
 
-    def __init__(self, model: nn.Module, *, start_step: int = 0, update_every: int = 1,
-                 device: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, *, start_step: int = 0, update_every: int = 1, device: str | None = None
+    ) -> None:
         # Validates the shared options (decay is checked by the subclass).
         AveragingConfig(kind="none", start_step=start_step, update_every=update_every, device=device)
         self.start_step = start_step
@@ -114,8 +114,13 @@ class WeightAverage:
 
     @property
     def config(self) -> AveragingConfig:
-        return AveragingConfig(kind=self.kind, start_step=self.start_step,  # type: ignore[arg-type]
-                               update_every=self.update_every, device=self.device, **self._extra_config())
+        return AveragingConfig(
+            kind=self.kind,
+            start_step=self.start_step,  # type: ignore[arg-type]
+            update_every=self.update_every,
+            device=self.device,
+            **self._extra_config(),
+        )
 
     def _extra_config(self) -> dict[str, Any]:
         return {}
@@ -141,8 +146,11 @@ class WeightAverage:
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         missing = [n for n in self._names if n not in trainable]
         extra = [n for n in trainable if n not in self._shapes]
-        bad_shape = [f"{n}: {tuple(trainable[n].shape)} != {tuple(self._shapes[n])}"
-                     for n in self._names if n in trainable and trainable[n].shape != self._shapes[n]]
+        bad_shape = [
+            f"{n}: {tuple(trainable[n].shape)} != {tuple(self._shapes[n])}"
+            for n in self._names
+            if n in trainable and trainable[n].shape != self._shapes[n]
+        ]
         if missing or extra or bad_shape:
             parts = []
             if missing:
@@ -151,8 +159,10 @@ class WeightAverage:
                 parts.append(f"new trainable: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
             if bad_shape:
                 parts.append(f"shape changed: {bad_shape[:5]}{' ...' if len(bad_shape) > 5 else ''}")
-            raise ValueError("weight averaging: the model's trainable parameters differ from those the "
-                             "average was created with (" + "; ".join(parts) + ")")
+            raise ValueError(
+                "weight averaging: the model's trainable parameters differ from those the "
+                "average was created with (" + "; ".join(parts) + ")"
+            )
         return [trainable[n] for n in self._names]
 
     # ----------------------------------------------------------------- averaging
@@ -259,8 +269,9 @@ class WeightAverage:
             raise ValueError(f"weight averaging: saved parameter names differ (missing {missing}, extra {extra})")
         for n in self._names:
             if avgs[n].shape != self._shapes[n]:
-                raise ValueError(f"weight averaging: saved {n!r} has shape {tuple(avgs[n].shape)}, "
-                                 f"expected {tuple(self._shapes[n])}")
+                raise ValueError(
+                    f"weight averaging: saved {n!r} has shape {tuple(avgs[n].shape)}, expected {tuple(self._shapes[n])}"
+                )
         for n, a in zip(self._names, self._avgs):
             a.copy_(avgs[n])
         self.num_updates = int(state["num_updates"])
@@ -268,12 +279,15 @@ class WeightAverage:
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self._extra_config().items())
-        return (f"{type(self).__name__}(params={len(self._names)}{extra}, start_step={self.start_step}, "
-                f"update_every={self.update_every}, device={self.device}, num_updates={self.num_updates})")
+        return (
+            f"{type(self).__name__}(params={len(self._names)}{extra}, start_step={self.start_step}, "
+            f"update_every={self.update_every}, device={self.device}, num_updates={self.num_updates})"
+        )
 
 
-def _by_device(avgs: list[torch.Tensor], ws: list[torch.Tensor]
-               ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+def _by_device(
+    avgs: list[torch.Tensor], ws: list[torch.Tensor]
+) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     groups: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for a, w in zip(avgs, ws):
         ga, gw = groups.setdefault(a.device, ([], []))
@@ -287,8 +301,15 @@ class EMA(WeightAverage):
 
     kind: ClassVar[str] = "ema"
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.999, start_step: int = 0,
-                 update_every: int = 1, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        decay: float = 0.999,
+        start_step: int = 0,
+        update_every: int = 1,
+        device: str | None = None,
+    ) -> None:
         AveragingConfig(kind="ema", decay=decay)
         self.decay = float(decay)
         super().__init__(model, start_step=start_step, update_every=update_every, device=device)

@@ -55,12 +55,32 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pg_vla.data.normalization import DatasetStatistics
-from pg_vla.checkpoint_folder import (CONFIG_FILE, DATA_STREAM_DIR, FORMAT, INFERENCE_FILE, LATEST_FILE,
-                                      LEGACY_FORMAT, LEGACY_STATE_FILE, MANIFEST_FILE, MODEL_FILE,
-                                      PROCESSOR_SETTINGS_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, STATISTICS_DIR,
-                                      TOKENIZER_DIR, _TMP_RE, InferenceRecord, checkpoint_name, checkpoint_step,
-                                      find_latest_checkpoint, fsync_dir, list_checkpoints,
-                                      verify_checkpoint, write_inference_record, write_manifest)
+from pg_vla.checkpoint_folder import (
+    CONFIG_FILE,
+    DATA_STREAM_DIR,
+    FORMAT,
+    INFERENCE_FILE,
+    LATEST_FILE,
+    LEGACY_FORMAT,
+    LEGACY_STATE_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROCESSOR_SETTINGS_FILE,
+    STATE_JSON_FILE,
+    STATE_TENSORS_FILE,
+    STATISTICS_DIR,
+    TOKENIZER_DIR,
+    _TMP_RE,
+    InferenceRecord,
+    checkpoint_name,
+    checkpoint_step,
+    find_latest_checkpoint,
+    fsync_dir,
+    list_checkpoints,
+    verify_checkpoint,
+    write_inference_record,
+    write_manifest,
+)
 from pg_vla.model.checkpoint import read_metadata, save_model
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.training import state_file
@@ -135,8 +155,13 @@ def _rng_state() -> dict[str, Any]:
     name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -150,17 +175,26 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
     key = saved["key"]
     if not isinstance(key, torch.Tensor) or key.dtype != torch.int64:
         raise TypeError(f"numpy RNG key must be an int64 tensor, got {type(key).__name__}")
-    np.random.set_state((saved["bit_generator"], key.numpy().astype(np.uint32), int(saved["pos"]),
-                         int(saved["has_gauss"]), float(saved["cached_gaussian"])))
+    np.random.set_state(
+        (
+            saved["bit_generator"],
+            key.numpy().astype(np.uint32),
+            int(saved["pos"]),
+            int(saved["has_gauss"]),
+            float(saved["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("torch_cuda")
     if cuda is not None:
         if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
             torch.cuda.set_rng_state_all(cuda)
         else:
-            logger.warning("checkpoint holds RNG states of %d CUDA device(s) but %d are visible; CUDA RNG "
-                           "states are not restored", len(cuda),
-                           torch.cuda.device_count() if torch.cuda.is_available() else 0)
+            logger.warning(
+                "checkpoint holds RNG states of %d CUDA device(s) but %d are visible; CUDA RNG states are not restored",
+                len(cuda),
+                torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            )
 
 
 def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
@@ -232,18 +266,26 @@ def _write_tokenizer(folder: Path, tokenizer: Any) -> None:
     elif hasattr(getattr(tokenizer, "tokenizer", None), "save_pretrained"):  # a VLAProcessor
         dest.mkdir()
         tokenizer.tokenizer.save_pretrained(str(dest))
-        settings = {key: getattr(tokenizer, key) for key in ("image_size", "max_text_tokens", "max_cameras")
-                    if hasattr(tokenizer, key)}
+        settings = {
+            key: getattr(tokenizer, key)
+            for key in ("image_size", "max_text_tokens", "max_cameras")
+            if hasattr(tokenizer, key)
+        }
         (dest / PROCESSOR_SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     else:
-        raise TypeError("tokenizer must be a folder path, an object with save_pretrained, or a processor "
-                        f"whose .tokenizer has save_pretrained; got {type(tokenizer).__name__}")
+        raise TypeError(
+            "tokenizer must be a folder path, an object with save_pretrained, or a processor "
+            f"whose .tokenizer has save_pretrained; got {type(tokenizer).__name__}"
+        )
 
 
 def _prune(ckpt_dir: Path, keep_last_n: int, keep: Path) -> None:
-    others = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and p != keep),
-                    key=lambda p: checkpoint_step(p), reverse=True)
-    for old in others[max(keep_last_n - 1, 0):]:
+    others = sorted(
+        (p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None and p != keep),
+        key=lambda p: checkpoint_step(p),
+        reverse=True,
+    )
+    for old in others[max(keep_last_n - 1, 0) :]:
         hidden = ckpt_dir / f".del-{old.name}-{os.getpid()}"
         os.rename(old, hidden)  # readers never see a half-deleted checkpoint
         shutil.rmtree(hidden, ignore_errors=True)
@@ -275,8 +317,11 @@ def _non_finite(label: str, tree: Any, found: list[str], limit: int = 5) -> int:
     def walk(node: Any, where: str) -> None:
         nonlocal count
         if isinstance(node, torch.Tensor):
-            if (node.is_floating_point() or node.is_complex()) and node.numel() \
-                    and not bool(torch.isfinite(node.detach()).all()):
+            if (
+                (node.is_floating_point() or node.is_complex())
+                and node.numel()
+                and not bool(torch.isfinite(node.detach()).all())
+            ):
                 count += 1
                 if len(found) < limit:
                     bad = int((~torch.isfinite(node.detach())).sum())
@@ -296,10 +341,14 @@ def _check_finite(name: str, previous: str | None, parts: Sequence[tuple[str, An
     found: list[str] = []
     total = sum(_non_finite(label, tree, found) for label, tree in parts if tree is not None)
     if total:
-        kept = (f"the previous checkpoint {previous} stays `latest`" if previous is not None
-                else "no checkpoint was written")
+        kept = (
+            f"the previous checkpoint {previous} stays `latest`"
+            if previous is not None
+            else "no checkpoint was written"
+        )
         raise NonFiniteCheckpointError(
-            f"not saving checkpoint {name}: {total} tensor(s) hold NaN or Inf, first {', '.join(found)}; {kept}")
+            f"not saving checkpoint {name}: {total} tensor(s) hold NaN or Inf, first {', '.join(found)}; {kept}"
+        )
 
 
 def _disk_full_errno(err: BaseException, folder: Path) -> int | None:
@@ -411,8 +460,9 @@ def save_training_checkpoint(
         missing = sorted(set(raw_state) - set(inference_state_dict))
         unexpected = sorted(set(inference_state_dict) - set(raw_state))
         if missing or unexpected:
-            raise ValueError(f"inference_state_dict does not match the model: missing {missing[:10]}, "
-                             f"unexpected {unexpected[:10]}")
+            raise ValueError(
+                f"inference_state_dict does not match the model: missing {missing[:10]}, unexpected {unexpected[:10]}"
+            )
         published, separate_raw = inference_state_dict, not _same_weights(raw_state, inference_state_dict)
     else:
         published, separate_raw = raw_state, False
@@ -434,8 +484,16 @@ def save_training_checkpoint(
         "rng": _rng_state(),
         "data_state": data_state,
     }
-    _check_finite(name, previous, [(MODEL_FILE, published), ("raw training weights", state["model"]),
-                                   ("optimizer state", state["optimizer"]), ("averaging state", state["averaging"])])
+    _check_finite(
+        name,
+        previous,
+        [
+            (MODEL_FILE, published),
+            ("raw training weights", state["model"]),
+            ("optimizer state", state["optimizer"]),
+            ("averaging state", state["averaging"]),
+        ],
+    )
     try:
         skeleton, tensors = state_file.flatten(state, name="training state")
     except TypeError as err:
@@ -452,8 +510,11 @@ def save_training_checkpoint(
     try:
         tmp.mkdir()
         writing = MODEL_FILE
-        save_model(_WeightsView(model.config, published), tmp / MODEL_FILE,  # type: ignore[arg-type]
-                   metadata={"step": str(step)})
+        save_model(
+            _WeightsView(model.config, published),
+            tmp / MODEL_FILE,  # type: ignore[arg-type]
+            metadata={"step": str(step)},
+        )
         writing = CONFIG_FILE
         (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=1, default=_json_default))
         writing = f"{STATISTICS_DIR}/"
@@ -503,11 +564,16 @@ def save_training_checkpoint(
             except OSError:
                 pass
         if code is not None:
-            what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                    errno.EFBIG: "a file-size limit was reached"}[code]
+            what = {
+                errno.ENOSPC: "the disk is full",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EFBIG: "a file-size limit was reached",
+            }[code]
             raise CheckpointDiskFullError(
-                code, f"saving checkpoint {name} in {ckpt_dir} failed while writing {writing}: {what} "
-                f"({err}); the partial folder was removed and {_intact_note(previous)}") from err
+                code,
+                f"saving checkpoint {name} in {ckpt_dir} failed while writing {writing}: {what} "
+                f"({err}); the partial folder was removed and {_intact_note(previous)}",
+            ) from err
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -529,10 +595,12 @@ def save_training_checkpoint(
 
 
 def _legacy_message(path: Path) -> str:
-    return (f"checkpoint {path} has the older format {LEGACY_FORMAT!r}: its training state is a pickle "
-            f"({LEGACY_STATE_FILE}), which pg-vla no longer reads because unpickling can run code. Its "
-            f"{MODEL_FILE} still loads for inference; to train on, start a new run from it "
-            f"(pretrained_model_path={path}) or resume with the pg-vla version that wrote it")
+    return (
+        f"checkpoint {path} has the older format {LEGACY_FORMAT!r}: its training state is a pickle "
+        f"({LEGACY_STATE_FILE}), which pg-vla no longer reads because unpickling can run code. Its "
+        f"{MODEL_FILE} still loads for inference; to train on, start a new run from it "
+        f"(pretrained_model_path={path}) or resume with the pg-vla version that wrote it"
+    )
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:
@@ -548,8 +616,11 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
     try:
         document = json.loads((path / STATE_JSON_FILE).read_text())
         if not isinstance(document, dict) or document.get("format") != FORMAT or "state" not in document:
-            raise ValueError(f"not a pg-vla training state (format {document.get('format')!r})"
-                             if isinstance(document, dict) else "not a JSON object")
+            raise ValueError(
+                f"not a pg-vla training state (format {document.get('format')!r})"
+                if isinstance(document, dict)
+                else "not a JSON object"
+            )
     except (ValueError, OSError, RecursionError) as err:
         raise CheckpointError(f"checkpoint {path}: {STATE_JSON_FILE} is truncated or corrupted: {err}") from err
     try:
@@ -559,18 +630,21 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
     try:
         state = state_file.unflatten(document["state"], tensors)
     except state_file.StateFormatError as err:
-        raise CheckpointError(f"checkpoint {path}: {STATE_JSON_FILE} and {STATE_TENSORS_FILE} do not fit "
-                              f"together: {err}") from err
+        raise CheckpointError(
+            f"checkpoint {path}: {STATE_JSON_FILE} and {STATE_TENSORS_FILE} do not fit together: {err}"
+        ) from err
     if not isinstance(state, dict) or set(state) != set(_STATE_KEYS) or not isinstance(state["step"], int):
         raise CheckpointError(f"checkpoint {path}: {STATE_JSON_FILE} does not hold a pg-vla training state")
-    if state["model"] is not None and not (isinstance(state["model"], dict)
-                                           and all(isinstance(t, torch.Tensor) for t in state["model"].values())):
+    if state["model"] is not None and not (
+        isinstance(state["model"], dict) and all(isinstance(t, torch.Tensor) for t in state["model"].values())
+    ):
         raise CheckpointError(f"checkpoint {path}: the raw training weights in {STATE_TENSORS_FILE} are malformed")
     return state
 
 
-def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.Tensor] | None,
-                   partial: bool = False) -> None:
+def _restore_model(
+    path: Path, model: torch.nn.Module, raw: Mapping[str, torch.Tensor] | None, partial: bool = False
+) -> None:
     if raw is None:
         read_metadata(path / MODEL_FILE)
         try:
@@ -585,12 +659,16 @@ def _restore_model(path: Path, model: torch.nn.Module, raw: Mapping[str, torch.T
     if partial:  # only the trainable tensors were kept; the rest comes from the pretrained weights
         missing = []
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path}: weights in {source} do not match the model: missing "
-                              f"{missing[:20]}, unexpected {unexpected[:20]}")
+        raise CheckpointError(
+            f"checkpoint {path}: weights in {source} do not match the model: missing "
+            f"{missing[:20]}, unexpected {unexpected[:20]}"
+        )
     for key, tensor in raw.items():
         if tensor.shape != expected[key].shape:
-            raise CheckpointError(f"checkpoint {path}: {key} in {source} has shape {tuple(tensor.shape)}, the "
-                                  f"model expects {tuple(expected[key].shape)}")
+            raise CheckpointError(
+                f"checkpoint {path}: {key} in {source} has shape {tuple(tensor.shape)}, the "
+                f"model expects {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(raw, strict=not partial)
 
 
@@ -629,8 +707,9 @@ def load_training_state(
     if scheduler_list:
         saved = state.get("schedulers") or []
         if len(saved) != len(scheduler_list):
-            raise CheckpointError(f"checkpoint {path} holds {len(saved)} scheduler state(s), "
-                                  f"{len(scheduler_list)} scheduler(s) given")
+            raise CheckpointError(
+                f"checkpoint {path} holds {len(saved)} scheduler state(s), {len(scheduler_list)} scheduler(s) given"
+            )
         for scheduler, scheduler_state in zip(scheduler_list, saved):
             try:
                 scheduler.load_state_dict(scheduler_state)

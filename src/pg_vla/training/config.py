@@ -96,14 +96,22 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available
 
     def __post_init__(self) -> None:
-        for name, cls in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig), ("averaging", AveragingConfig),
-                          ("validation", ValidationConfig), ("wandb", WandbConfig), ("logging", LoggingConfig)):
+        for name, cls in (
+            ("optimizer", OptimizerConfig),
+            ("schedule", ScheduleConfig),
+            ("averaging", AveragingConfig),
+            ("validation", ValidationConfig),
+            ("wandb", WandbConfig),
+            ("logging", LoggingConfig),
+        ):
             value = getattr(self, name)
             if not isinstance(value, cls):
                 setattr(self, name, cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(value).items()}))
         if not self.pretrained_model_path:
-            raise ValueError("pretrained_model_path is not set: point it at a local PaliGemma checkpoint folder "
-                             "(or set TRANSFORMERS_CACHE / the config's default)")
+            raise ValueError(
+                "pretrained_model_path is not set: point it at a local PaliGemma checkpoint folder "
+                "(or set TRANSFORMERS_CACHE / the config's default)"
+            )
         if not os.path.isdir(self.pretrained_model_path):
             raise FileNotFoundError(f"pretrained_model_path {self.pretrained_model_path} does not exist")
         if self.tokenizer_path:  # "" as null
@@ -112,8 +120,10 @@ class TrainConfig:
             if not os.path.isdir(self.tokenizer_path):
                 raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} does not exist")
             if not any(os.path.isfile(os.path.join(self.tokenizer_path, name)) for name in TOKENIZER_FILES):
-                raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} holds no tokenizer (expected one of "
-                                        f"{TOKENIZER_FILES}, e.g. a google/paligemma-3b-pt-224 folder)")
+                raise FileNotFoundError(
+                    f"tokenizer_path {self.tokenizer_path} holds no tokenizer (expected one of "
+                    f"{TOKENIZER_FILES}, e.g. a google/paligemma-3b-pt-224 folder)"
+                )
         if not self.log_dir:
             raise ValueError("log_dir is not set (set VLA_LOG_DIR or pass log_dir=...)")
         from pg_vla.data.sources import check_paths
@@ -130,36 +140,55 @@ class TrainConfig:
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
         if self.distributed == "fsdp" and (self.lora or self.averaging.kind != "none"):
-            raise ValueError("distributed=fsdp supports full fine-tuning without weight averaging; use ddp for "
-                             "lora/quantize or averaging")
+            raise ValueError(
+                "distributed=fsdp supports full fine-tuning without weight averaging; use ddp for "
+                "lora/quantize or averaging"
+            )
         if self.distributed == "fsdp" and self.precision == "bf16_pure":
-            raise ValueError("precision=bf16_pure is not supported with distributed=fsdp: the fp32 master weights "
-                             "that keep small updates from rounding away do not cover FSDP's sharded parameters; "
-                             "use precision=bf16 (autocast over fp32 weights) with fsdp")
+            raise ValueError(
+                "precision=bf16_pure is not supported with distributed=fsdp: the fp32 master weights "
+                "that keep small updates from rounding away do not cover FSDP's sharded parameters; "
+                "use precision=bf16 (autocast over fp32 weights) with fsdp"
+            )
         if self.distributed == "fsdp" and self.optimizer.name == "adamw8bit":
-            raise ValueError("optimizer.name=adamw8bit is not supported with distributed=fsdp: bitsandbytes' 8-bit "
-                             "kernels take plain tensors, not FSDP's sharded DTensor parameters; use adamw with fsdp "
-                             "(optimizer.offload=true puts its state in CPU memory) or adamw8bit with ddp")
+            raise ValueError(
+                "optimizer.name=adamw8bit is not supported with distributed=fsdp: bitsandbytes' 8-bit "
+                "kernels take plain tensors, not FSDP's sharded DTensor parameters; use adamw with fsdp "
+                "(optimizer.offload=true puts its state in CPU memory) or adamw8bit with ddp"
+            )
         if self.data_stream not in ("sharded", "replicated"):
             raise ValueError(f"data_stream must be sharded or replicated, got {self.data_stream!r}")
         if "batch_size" in self.data:
             raise ValueError("set per_device_batch_size instead of data.batch_size")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("n_updates", "global_batch_size", "per_device_batch_size", "log_every", "save_every",
-                     "max_nonfinite_steps"):
+        for name in (
+            "n_updates",
+            "global_batch_size",
+            "per_device_batch_size",
+            "log_every",
+            "save_every",
+            "max_nonfinite_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def lora_settings(self) -> LoraSettings:
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, vision=self.lora_vision,
-                            quantize=self.quantize)
+        return LoraSettings(
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            vision=self.lora_vision,
+            quantize=self.quantize,
+        )
 
     def gradient_accumulation(self, world_size: int) -> int:
         per_step = self.per_device_batch_size * world_size
         if self.global_batch_size % per_step:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by per_device_batch_size "
-                             f"{self.per_device_batch_size} x world size {world_size}")
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not divisible by per_device_batch_size "
+                f"{self.per_device_batch_size} x world size {world_size}"
+            )
         return self.global_batch_size // per_step
 
     @classmethod

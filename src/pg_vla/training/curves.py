@@ -52,8 +52,10 @@ def plot_loss_curve(train_losses: Sequence[tuple[int, float]], log_path: Path, p
     if train_losses:
         steps, values = [s for s, _ in train_losses], [v for _, v in train_losses]
         window = max(1, min(50, len(values) // 10))  # per-step losses are noisy (random flow times)
-        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                  for i in range(len(values))]
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
         ax.plot(steps, values, alpha=0.3, linewidth=0.8, label="training loss (per step)")
         ax.plot(steps, smooth, label=f"training loss (mean of last {window})")
     if val_losses:

@@ -75,8 +75,10 @@ def rank_zero_first(fn: Callable[[], T]) -> T:
             failed = {r: e for r, e in enumerate(errors) if e is not None}
             if failed:
                 first = min(failed)
-                raise RuntimeError(f"rank {first} failed in work the other ranks wait for ({len(failed)} rank(s) "
-                                   f"failed): {failed[first]}")
+                raise RuntimeError(
+                    f"rank {first} failed in work the other ranks wait for ({len(failed)} rank(s) "
+                    f"failed): {failed[first]}"
+                )
         return result
     finally:
         dist.destroy_process_group(group)
@@ -158,8 +160,9 @@ class FullStateOptimizer:
             return self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.model, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not self.sharded:

@@ -49,8 +49,9 @@ class LoraSettings:
 def target_module_names(model: nn.Module, vision: bool = True) -> list[str]:
     """Names of the linear layers that get adapters: the VLM expert's (and the vision tower's)."""
     prefixes = (VLM_LAYER_PREFIX, VISION_LAYER_PREFIX) if vision else (VLM_LAYER_PREFIX,)
-    return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.startswith(prefixes)]
+    return [
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.startswith(prefixes)
+    ]
 
 
 def quantize_linears_4bit(model: nn.Module, names: list[str], compute_dtype: torch.dtype = torch.float32) -> None:
@@ -62,8 +63,14 @@ def quantize_linears_4bit(model: nn.Module, names: list[str], compute_dtype: tor
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{name} is a {type(linear).__name__}, not an nn.Linear")
         device = linear.weight.device
-        quantized = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                      compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+        quantized = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=compute_dtype,
+            quant_type="nf4",
+            device="meta",
+        )
         quantized.weight = bnb.nn.Params4bit(linear.weight.data.float().cpu(), requires_grad=False, quant_type="nf4")
         if linear.bias is not None:
             quantized.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
@@ -86,8 +93,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings, compute_dtype: torch.dt
         raise ValueError("the model has no VLM linear layers to adapt")
     if settings.quantize:
         quantize_linears_4bit(model, names, compute_dtype)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=names, bias="none")
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=names, bias="none"
+    )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)  # freezes everything but the adapters
     for name, p in model.named_parameters():
         if name.startswith(ACTION_EXPERT_PREFIXES):

@@ -65,8 +65,10 @@ class OptimizerConfig:
         if not (isinstance(self.eps, (int, float)) and self.eps > 0):
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
         if self.grad_clip_norm is not None and not (
-                isinstance(self.grad_clip_norm, (int, float)) and math.isfinite(self.grad_clip_norm)
-                and self.grad_clip_norm > 0):
+            isinstance(self.grad_clip_norm, (int, float))
+            and math.isfinite(self.grad_clip_norm)
+            and self.grad_clip_norm > 0
+        ):
             raise ValueError(f"grad_clip_norm must be None or a finite number > 0, got {self.grad_clip_norm!r}")
         for field_name in ("train_vlm", "offload"):
             if not isinstance(getattr(self, field_name), bool):
@@ -80,7 +82,7 @@ def canonical_name(name: str) -> str:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
+                name, stripped = name[len(prefix) :], True
     return name.replace(".base_layer.", ".")
 
 
@@ -94,8 +96,10 @@ def _part(name: str) -> str:
         return "vlm"
     if plain.startswith(ACTION_EXPERT_PREFIXES):
         return "action_expert"
-    raise ValueError(f"parameter {name!r} belongs to neither the VLM ({', '.join(VLM_PREFIXES)}) nor the action "
-                     f"expert ({', '.join(ACTION_EXPERT_PREFIXES)})")
+    raise ValueError(
+        f"parameter {name!r} belongs to neither the VLM ({', '.join(VLM_PREFIXES)}) nor the action "
+        f"expert ({', '.join(ACTION_EXPERT_PREFIXES)})"
+    )
 
 
 def _always_frozen(model: nn.Module) -> set[str]:
@@ -152,10 +156,13 @@ def parameter_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     """
     always = _always_frozen(model)
     no_decay = _no_decay_names(model)
-    settings = {"vlm": (cfg.vlm_lr, cfg.vlm_weight_decay),
-                "action_expert": (cfg.action_expert_lr, cfg.action_expert_weight_decay)}
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {(part, decay): [] for part in settings
-                                                           for decay in (True, False)}
+    settings = {
+        "vlm": (cfg.vlm_lr, cfg.vlm_weight_decay),
+        "action_expert": (cfg.action_expert_lr, cfg.action_expert_weight_decay),
+    }
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (part, decay): [] for part in settings for decay in (True, False)
+    }
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or name in always or id(p) in seen:
@@ -169,8 +176,14 @@ def parameter_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     for (part, decay), params in buckets.items():
         if params:
             lr, weight_decay = settings[part]
-            groups.append({"name": f"{part}_{'decay' if decay else 'no_decay'}", "params": params, "lr": lr,
-                           "weight_decay": weight_decay if decay else 0.0})
+            groups.append(
+                {
+                    "name": f"{part}_{'decay' if decay else 'no_decay'}",
+                    "params": params,
+                    "lr": lr,
+                    "weight_decay": weight_decay if decay else 0.0,
+                }
+            )
     if not groups:
         raise ValueError("the model has no trainable parameters to optimize")
     return groups
@@ -194,8 +207,9 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
         params = [p for g in groups for p in g["params"]]
         on_cuda = all(p.device.type == "cuda" for p in params) and not cfg.offload
         kernel = {"fused": True} if on_cuda else {"foreach": True}
-        inner = torch.optim.AdamW(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
-                                  **kernel)
+        inner = torch.optim.AdamW(
+            groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0, **kernel
+        )
     wrapped = MasterWeightOptimizer(inner, offload=cfg.offload)
     return wrapped if wrapped.managed() else inner
 
@@ -264,12 +278,18 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
 
     def managed(self) -> list[torch.Tensor]:
         """The parameters updated through copies: bf16 ones, and every plain one when offloading."""
-        return [p for g in self.inner.param_groups for p in g["params"]
-                if _needs_master(p) or (self.offload and _is_plain(p))]
+        return [
+            p
+            for g in self.inner.param_groups
+            for p in g["params"]
+            if _needs_master(p) or (self.offload and _is_plain(p))
+        ]
 
     def _copy_spec(self, p: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-        return (torch.device("cpu") if self.offload else p.device,
-                torch.float32 if p.dtype == torch.bfloat16 else p.dtype)
+        return (
+            torch.device("cpu") if self.offload else p.device,
+            torch.float32 if p.dtype == torch.bfloat16 else p.dtype,
+        )
 
     def master(self, p: torch.Tensor) -> torch.Tensor:
         """The copy the inner optimizer updates for `p`: the fp32 master of a bf16 parameter (its weight

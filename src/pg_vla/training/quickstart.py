@@ -24,8 +24,9 @@ DATA_FOLDER = "reach_rlds"  # under the cache dir, so data of another generator 
 MODEL_FOLDER = "paligemma_small"
 
 
-def prepare(cache_dir: str | Path, episodes: int, image_size: int, val_episodes: int | None = None,
-            episode_steps: int = 24) -> tuple[Path, Path]:
+def prepare(
+    cache_dir: str | Path, episodes: int, image_size: int, val_episodes: int | None = None, episode_steps: int = 24
+) -> tuple[Path, Path]:
     """-> (data path with bridge_dataset/1.0.0, PaliGemma folder), created when missing."""
     from pg_vla.data.rlds.dataset_configs import get_dataset_config
     from pg_vla.model.paligemma.tiny_checkpoint import make_tiny_paligemma_checkpoint
@@ -69,13 +70,22 @@ def evaluate(log_dir: Path, data_path: Path, *, batch_size: int, max_batches: in
     """Offline evaluation of the run's last checkpoint on the `val` split -> the metrics of metrics.json."""
     from pg_vla.eval.offline import OfflineEvalConfig, run
 
-    return run(OfflineEvalConfig(checkpoint_path=str(log_dir), eval_data_path=[str(data_path)],
-                                 output_dir=str(log_dir / "eval"), split="val", batch_size=batch_size,
-                                 max_batches=max_batches, device="cpu"))
+    return run(
+        OfflineEvalConfig(
+            checkpoint_path=str(log_dir),
+            eval_data_path=[str(data_path)],
+            output_dir=str(log_dir / "eval"),
+            split="val",
+            batch_size=batch_size,
+            max_batches=max_batches,
+            device="cpu",
+        )
+    )
 
 
-def next_commands(checkpoint: Path, data_path: Path, image: Path, state: list[float], prompt: str,
-                  log_dir: Path) -> list[str]:
+def next_commands(
+    checkpoint: Path, data_path: Path, image: Path, state: list[float], prompt: str, log_dir: Path
+) -> list[str]:
     """The serve / infer / evaluate command lines for `checkpoint` (paths quoted for a shell)."""
     q = shlex.quote
     return [
@@ -109,24 +119,33 @@ def run(cfg: Any) -> dict[str, Any]:
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     options = data.pop("quickstart")
-    data_path, model_path = prepare(options["cache_dir"], options["episodes"], options["image_size"],
-                                    options.get("val_episodes"), options.get("episode_steps", 24))
+    data_path, model_path = prepare(
+        options["cache_dir"],
+        options["episodes"],
+        options["image_size"],
+        options.get("val_episodes"),
+        options.get("episode_steps", 24),
+    )
     data["data"] = {**data["data"], "data_path": str(data_path)}
     data["pretrained_model_path"] = str(model_path)
     result = train(data)
     if not options.get("evaluate", True) or int(os.environ.get("RANK", 0)) != 0:
         return result  # under torchrun, rank 0 evaluates
     log_dir = Path(data["log_dir"])
-    metrics = evaluate(log_dir, data_path, batch_size=data["per_device_batch_size"],
-                       max_batches=options.get("eval_batches"))
-    result["eval"] = {k: v for k, v in metrics.items()
-                      if k.startswith("accuracy@") or k in ("num_samples", "mae_normalized")}
+    metrics = evaluate(
+        log_dir, data_path, batch_size=data["per_device_batch_size"], max_batches=options.get("eval_batches")
+    )
+    result["eval"] = {
+        k: v for k, v in metrics.items() if k.startswith("accuracy@") or k in ("num_samples", "mae_normalized")
+    }
     checkpoint = resolve_checkpoint_folder(str(log_dir), False)
     image, state, prompt = _example_observation(log_dir, options["image_size"])
-    print(f"\nOffline evaluation of {checkpoint} on {metrics['num_samples']} held-out samples: "
-          + ", ".join(f"accuracy@{th:g} {metrics[f'accuracy@{th:g}']:.2f}" for th in metrics["thresholds"])
-          + f"\n  {log_dir / 'eval' / 'metrics.json'}\n  {log_dir / 'eval' / 'trajectories.png'}"
-          + f"\n  {log_dir / 'loss_curve.png'}\n\nNext:\n"
-          + "\n".join(f"  {line}" for line in next_commands(checkpoint, data_path, image, state, prompt, log_dir)),
-          flush=True)
+    print(
+        f"\nOffline evaluation of {checkpoint} on {metrics['num_samples']} held-out samples: "
+        + ", ".join(f"accuracy@{th:g} {metrics[f'accuracy@{th:g}']:.2f}" for th in metrics["thresholds"])
+        + f"\n  {log_dir / 'eval' / 'metrics.json'}\n  {log_dir / 'eval' / 'trajectories.png'}"
+        + f"\n  {log_dir / 'loss_curve.png'}\n\nNext:\n"
+        + "\n".join(f"  {line}" for line in next_commands(checkpoint, data_path, image, state, prompt, log_dir)),
+        flush=True,
+    )
     return result

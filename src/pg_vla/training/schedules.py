@@ -49,15 +49,18 @@ class ScheduleConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.kind == "cosine":
             if not _is_int(self.total_steps) or self.total_steps <= self.warmup_steps:
-                raise ValueError(f"cosine schedule needs total_steps (int) > warmup_steps ({self.warmup_steps}), "
-                                 f"got {self.total_steps!r}")
+                raise ValueError(
+                    f"cosine schedule needs total_steps (int) > warmup_steps ({self.warmup_steps}), "
+                    f"got {self.total_steps!r}"
+                )
         if self.total_steps is not None and (not _is_int(self.total_steps) or self.total_steps <= 0):
             raise ValueError(f"total_steps must be None or an int > 0, got {self.total_steps!r}")
         if self.kind == "cosine_restarts":
             if not _is_int(self.cycle_steps) or self.cycle_steps <= 0:
                 raise ValueError(f"cosine_restarts schedule needs cycle_steps (int) > 0, got {self.cycle_steps!r}")
-        if not (isinstance(self.cycle_mult, (int, float)) and math.isfinite(self.cycle_mult)
-                and self.cycle_mult >= 1.0):
+        if not (
+            isinstance(self.cycle_mult, (int, float)) and math.isfinite(self.cycle_mult) and self.cycle_mult >= 1.0
+        ):
             raise ValueError(f"cycle_mult must be a finite number >= 1, got {self.cycle_mult!r}")
         if not (isinstance(self.restart_decay, (int, float)) and 0.0 < self.restart_decay <= 1.0):
             raise ValueError(f"restart_decay must be in (0, 1], got {self.restart_decay!r}")
@@ -99,7 +102,7 @@ def lr_factor(step: int, cfg: ScheduleConfig) -> float:
         progress = min(s / (cfg.total_steps - cfg.warmup_steps), 1.0)
         return floor + (1.0 - floor) * _half_cosine(progress)
     index, fraction = _restart_cycle(s, cfg.cycle_steps, cfg.cycle_mult)
-    peak = cfg.restart_decay ** index
+    peak = cfg.restart_decay**index
     return floor + max(peak - floor, 0.0) * _half_cosine(fraction)
 
 

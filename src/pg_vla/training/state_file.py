@@ -52,8 +52,10 @@ def _scalar(value: Any, where: str) -> Any:
         return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, _SCALARS):
         return value
-    raise TypeError(f"{where} is a {type(value).__name__}, which a training state cannot hold "
-                    "(tensors, None, bool, int, float, str, and lists / tuples / dicts of them)")
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a training state cannot hold "
+        "(tensors, None, bool, int, float, str, and lists / tuples / dicts of them)"
+    )
 
 
 def _key(key: Any, where: str) -> Any:
@@ -62,8 +64,7 @@ def _key(key: Any, where: str) -> Any:
     if isinstance(key, float) and not math.isfinite(key):
         raise TypeError(f"{where} has the non-finite dict key {key!r}")
     if not isinstance(key, _SCALARS):
-        raise TypeError(f"{where} has a dict key of type {type(key).__name__} (None, bool, int, float, "
-                        "str only)")
+        raise TypeError(f"{where} has a dict key of type {type(key).__name__} (None, bool, int, float, str only)")
     return key
 
 
@@ -143,7 +144,7 @@ def unflatten(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
             raise StateFormatError(f"{_at(path)}: unexpected {type(node).__name__} in the skeleton")
         if len(node) != 1:
             raise StateFormatError(f"{_at(path)}: a skeleton object must have one tag, got {sorted(node)[:5]}")
-        (tag, body), = node.items()
+        ((tag, body),) = node.items()
         if tag == "tensor":
             if not isinstance(body, str) or body not in tensors:
                 raise StateFormatError(f"{_at(path)}: tensor {body!r} is not in the tensors file")
@@ -175,6 +176,7 @@ def unflatten(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         raise StateFormatError("the skeleton is nested too deeply") from err
     unused = sorted(set(tensors) - used)
     if unused:
-        raise StateFormatError(f"the tensors file holds {len(unused)} tensor(s) the skeleton does not name, e.g. "
-                               f"{unused[:5]}")
+        raise StateFormatError(
+            f"the tensors file holds {len(unused)} tensor(s) the skeleton does not name, e.g. {unused[:5]}"
+        )
     return state

@@ -40,8 +40,14 @@ from pg_vla.training.averaging import make_weight_average
 from pg_vla.checkpoint_folder import DATA_STREAM_DIR, TOKENIZER_DIR
 from pg_vla.training.checkpoint import load_training_state, resolve_resume, save_training_checkpoint
 from pg_vla.training.config import TrainConfig
-from pg_vla.training.distributed import (FullStateModel, FullStateOptimizer, all_reduce_sum, init_distributed,
-                                         world, wrap_model)
+from pg_vla.training.distributed import (
+    FullStateModel,
+    FullStateOptimizer,
+    all_reduce_sum,
+    init_distributed,
+    world,
+    wrap_model,
+)
 from pg_vla.training.optim import clip_gradients, freeze_parameters, make_optimizer
 from pg_vla.training.schedules import make_scheduler
 from pg_vla.training.curves import plot_loss_curve
@@ -90,24 +96,35 @@ class Trainer:
         model_cfg = self.model.config
         if cfg.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
-        self.processor = VLAProcessor.from_pretrained(self.tokenizer_folder, max_text_tokens=model_cfg.max_text_tokens,
-                                                      image_size=model_cfg.vision.image_size,
-                                                      max_cameras=model_cfg.num_cameras)
+        self.processor = VLAProcessor.from_pretrained(
+            self.tokenizer_folder,
+            max_text_tokens=model_cfg.max_text_tokens,
+            image_size=model_cfg.vision.image_size,
+            max_cameras=model_cfg.num_cameras,
+        )
         if cfg.lora:
             from pg_vla.training.lora import apply_lora
 
             compute = torch.bfloat16 if cfg.precision != "fp32" else torch.float32
             apply_lora(self.model, cfg.lora_settings(), compute_dtype=compute)
         freeze_parameters(self.model, cfg.optimizer.train_vlm)
-        self.train_module = wrap_model(self.model, cfg.distributed, self.device,  # DDP / FSDP / the model
-                                       offload=cfg.optimizer.offload)
+        self.train_module = wrap_model(
+            self.model,
+            cfg.distributed,
+            self.device,  # DDP / FSDP / the model
+            offload=cfg.optimizer.offload,
+        )
         self.optimizer = make_optimizer(self.model, cfg.optimizer)  # after sharding: FSDP's parameters
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule)
         self.averaging = make_weight_average(cfg.averaging, self.model)
         self.forward = torch.compile(self.train_module) if cfg.compile else self.train_module
-        self.data_options = {"batch_size": cfg.per_device_batch_size, "image_size": model_cfg.vision.image_size,
-                             "cond_steps": model_cfg.cond_steps, "horizon_steps": model_cfg.horizon_steps,
-                             "seed": cfg.seed}
+        self.data_options = {
+            "batch_size": cfg.per_device_batch_size,
+            "image_size": model_cfg.vision.image_size,
+            "cond_steps": model_cfg.cond_steps,
+            "horizon_steps": model_cfg.horizon_steps,
+            "seed": cfg.seed,
+        }
 
     def _load_pretrained(self, proprio_dim: int, action_dim: int, num_cameras: int) -> PiZero:
         """The model `pretrained_model_path` holds (pg_vla.model.pretrained). A PaliGemma folder gets an
@@ -120,13 +137,17 @@ class Trainer:
             overrides.update(proprio_dim=proprio_dim, action_dim=action_dim)
         model = PiZero.from_pretrained(source, verify=False, **{**overrides, **cfg.model})  # verified just above
         if model.config.proprio_dim < proprio_dim or model.config.action_dim < action_dim:
-            raise ValueError(f"the data has {proprio_dim}-D state and {action_dim}-D actions, more than the "
-                             f"{model.config.proprio_dim} / {model.config.action_dim} dims of {source}")
+            raise ValueError(
+                f"the data has {proprio_dim}-D state and {action_dim}-D actions, more than the "
+                f"{model.config.proprio_dim} / {model.config.action_dim} dims of {source}"
+            )
         default_tokenizer = source / TOKENIZER_DIR if layout == "pg-vla" else Path(cfg.pretrained_model_path)
         self.tokenizer_folder = Path(cfg.tokenizer_path) if cfg.tokenizer_path else default_tokenizer
         if not any((self.tokenizer_folder / name).is_file() for name in TOKENIZER_FILES):
-            raise FileNotFoundError(f"{self.tokenizer_folder} holds no tokenizer (pi0 folders usually have none): set "
-                                    "tokenizer_path to a PaliGemma folder, e.g. google/paligemma-3b-pt-224")
+            raise FileNotFoundError(
+                f"{self.tokenizer_folder} holds no tokenizer (pi0 folders usually have none): set "
+                "tokenizer_path to a PaliGemma folder, e.g. google/paligemma-3b-pt-224"
+            )
         return model
 
     def _resume(self) -> tuple[int, StreamCheckpoints]:
@@ -135,9 +156,13 @@ class Trainer:
         self.batches_consumed, self.replay = 0, 0
         if path is None:
             return 0, self._stream_checkpoints(None)
-        state = load_training_state(path, FullStateModel(self.model, loading=True),  # type: ignore[arg-type]
-                                    optimizer=FullStateOptimizer(self.model, self.optimizer),  # type: ignore[arg-type]
-                                    schedulers=[self.scheduler], averaging=self.averaging)
+        state = load_training_state(
+            path,
+            FullStateModel(self.model, loading=True),  # type: ignore[arg-type]
+            optimizer=FullStateOptimizer(self.model, self.optimizer),  # type: ignore[arg-type]
+            schedulers=[self.scheduler],
+            averaging=self.averaging,
+        )
         if self.world_size > 1:  # the checkpoint holds rank 0's RNG (only dropout reads it): one stream per rank
             torch.manual_seed(self.cfg.seed + self.rank + 1_000_003 * int(state["step"]))
         # The optimizer came back with the learning rates of the saved run's schedule; a resumed run may
@@ -167,24 +192,33 @@ class Trainer:
         if not replicated and saved_world != self.world_size:
             self.data_seed = self.cfg.seed + 1_000_003 * self.batches_consumed
             if self.rank == 0:
-                logger.warning("the checkpoint's data shards are of %d ranks, this run has %d: the data stream "
-                               "restarts in a new shuffled order", saved_world, self.world_size)
+                logger.warning(
+                    "the checkpoint's data shards are of %d ranks, this run has %d: the data stream "
+                    "restarts in a new shuffled order",
+                    saved_world,
+                    self.world_size,
+                )
             return None
         if folder.is_dir():
             return folder
         self.replay = self.batches_consumed
         if self.rank == 0:
-            logger.warning("%s holds no data-stream position: replaying %d batches to restore it", path,
-                           self.batches_consumed)
+            logger.warning(
+                "%s holds no data-stream position: replaying %d batches to restore it", path, self.batches_consumed
+            )
         return None
 
     def _stream_checkpoints(self, restore: Path | None) -> StreamCheckpoints:
         """The loader writes its position at each save (every `save_every` steps and the last)."""
         per_step = self.accumulation * (self.world_size if self.cfg.data_stream == "replicated" else 1)
-        return StreamCheckpoints(staging=str(self.ckpt_dir / STAGING_DIR), rank=self.rank,
-                                 every=self.cfg.save_every * per_step, final=self.cfg.n_updates * per_step,
-                                 restore=None if restore is None else str(restore),
-                                 start=self.batches_consumed - self.replay)  # a replayed stream starts at 0
+        return StreamCheckpoints(
+            staging=str(self.ckpt_dir / STAGING_DIR),
+            rank=self.rank,
+            every=self.cfg.save_every * per_step,
+            final=self.cfg.n_updates * per_step,
+            restore=None if restore is None else str(restore),
+            start=self.batches_consumed - self.replay,
+        )  # a replayed stream starts at 0
 
     # ---- loop ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -194,8 +228,12 @@ class Trainer:
         self.data_seed = self.cfg.seed
         start_step, stream = self._resume()
         replicated = self.cfg.data_stream == "replicated"
-        options = {**self.data_options, "rank": 0 if replicated else self.rank,
-                   "world_size": 1 if replicated else self.world_size, "seed": self.data_seed}
+        options = {
+            **self.data_options,
+            "rank": 0 if replicated else self.rank,
+            "world_size": 1 if replicated else self.world_size,
+            "seed": self.data_seed,
+        }
         with torch.random.fork_rng(devices=[]):  # the loader's worker seeds leave the training RNG as restored
             try:
                 loader, self.statistics = make_loader(self.cfg.data, **options, checkpoints=stream)
@@ -222,23 +260,36 @@ class Trainer:
             record: dict[str, Any] = {}
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 skipped += 1
-                self._log({"step": step, "event": "skipped_non_finite", "loss": _finite_or_none(loss),
-                           "grad_norm": _finite_or_none(grad_norm), "consecutive": skipped})
+                self._log(
+                    {
+                        "step": step,
+                        "event": "skipped_non_finite",
+                        "loss": _finite_or_none(loss),
+                        "grad_norm": _finite_or_none(grad_norm),
+                        "consecutive": skipped,
+                    }
+                )
                 if skipped >= self.cfg.max_nonfinite_steps:
                     last = self.ckpt_dir / "latest"
                     raise NonFiniteTrainingError(
                         f"loss or gradients non-finite (loss {loss}, grad norm {grad_norm}) at {skipped} steps in a "
                         f"row, {step - skipped + 1}..{step}: training stopped (max_nonfinite_steps="
                         f"{self.cfg.max_nonfinite_steps}); the weights were not updated by those steps, and the last "
-                        f"checkpoint ({last.read_text().strip() if last.is_file() else 'none'}) is intact")
+                        f"checkpoint ({last.read_text().strip() if last.is_file() else 'none'}) is intact"
+                    )
             else:
                 skipped = 0
                 losses.append((step, loss))
             if step % self.cfg.log_every == 0 or step == self.cfg.n_updates:
                 elapsed = time.perf_counter() - tic
                 samples = (step - start_step) * self.cfg.global_batch_size
-                record = {"step": step, "loss": _finite_or_none(loss), "grad_norm": _finite_or_none(grad_norm),
-                          "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)}
+                record = {
+                    "step": step,
+                    "loss": _finite_or_none(loss),
+                    "grad_norm": _finite_or_none(grad_norm),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "samples_per_s": samples / max(elapsed, 1e-9),
+                }
             every = self.cfg.validation.every
             if every and (step % every == 0 or step == self.cfg.n_updates):
                 last_val = self.validate(step)
@@ -247,8 +298,9 @@ class Trainer:
                 self._log(record)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", **({"val_loss": f"{last_val['val_loss']:.4f}"}
-                                                            if last_val else {}))
+                progress.set_postfix(
+                    loss=f"{loss:.4f}", **({"val_loss": f"{last_val['val_loss']:.4f}"} if last_val else {})
+                )
             if step % self.cfg.save_every == 0 or step == self.cfg.n_updates:
                 self._save(step)
         if progress is not None:
@@ -276,10 +328,14 @@ class Trainer:
         if data_action_dim < cfg.action_dim:
             dims = torch.arange(cfg.action_dim) < data_action_dim
             mask = mask[..., None] & dims  # (B, H, A_model)
-        return {"images": images.to(self.device),
-                "text_ids": text["input_ids"].to(self.device), "text_mask": text["attention_mask"].to(self.device),
-                "proprio": _pad_last(proprio, cfg.proprio_dim).to(self.device),
-                "actions": _pad_last(actions, cfg.action_dim).to(self.device), "action_mask": mask.to(self.device)}
+        return {
+            "images": images.to(self.device),
+            "text_ids": text["input_ids"].to(self.device),
+            "text_mask": text["attention_mask"].to(self.device),
+            "proprio": _pad_last(proprio, cfg.proprio_dim).to(self.device),
+            "actions": _pad_last(actions, cfg.action_dim).to(self.device),
+            "action_mask": mask.to(self.device),
+        }
 
     def _step_noise(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow noise (G, H, A) and times (G,) of every sample of the step's global batch."""
@@ -287,8 +343,13 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed * 1_000_003 + step)
             noise = torch.randn(self.cfg.global_batch_size, cfg.horizon_steps, cfg.action_dim)
-            times = sample_time(self.cfg.global_batch_size, cfg.time_sampling, alpha=cfg.time_beta_alpha,
-                                beta=cfg.time_beta_beta, time_max=cfg.time_max)
+            times = sample_time(
+                self.cfg.global_batch_size,
+                cfg.time_sampling,
+                alpha=cfg.time_beta_alpha,
+                beta=cfg.time_beta_beta,
+                time_max=cfg.time_max,
+            )
         return noise, times
 
     def _micro_batches(self, batches):
@@ -314,8 +375,8 @@ class Trainer:
         for micro, batch, offset in self._micro_batches(batches):
             inputs = self._inputs(batch)
             b = inputs["actions"].shape[0]
-            inputs["noise"] = noise[offset:offset + b].to(self.device)
-            inputs["time"] = times[offset:offset + b].to(self.device)
+            inputs["noise"] = noise[offset : offset + b].to(self.device)
+            inputs["time"] = times[offset : offset + b].to(self.device)
             last = micro == self.accumulation - 1
             sync = contextlib.nullcontext() if ddp is None or last else ddp.no_sync()
             if self.cfg.distributed == "fsdp" and self.world_size > 1:
@@ -345,8 +406,15 @@ class Trainer:
         """Flow-matching loss and chunk accuracy at thresholds on the first `validation.batches` batches
         of each rank's validation shard, with the averaged (EMA/SWA) weights when there are some."""
         cfg = self.cfg.validation
-        loader, _ = make_loader(self.cfg.data, **self.data_options, rank=self.rank, world_size=self.world_size,
-                                validation=True, val_split=cfg.split, train_statistics=self.statistics)
+        loader, _ = make_loader(
+            self.cfg.data,
+            **self.data_options,
+            rank=self.rank,
+            world_size=self.world_size,
+            validation=True,
+            val_split=cfg.split,
+            train_statistics=self.statistics,
+        )
         totals = ValidationTotals(cfg.thresholds)
         averaged = self.averaging.swapped_in(self.model) if self.averaging is not None else contextlib.nullcontext()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
@@ -365,8 +433,10 @@ class Trainer:
                 predicted = self.model.sample_actions(**inputs)
                 dims = self.data_dims[1]  # the padded dims are not the data's
                 steps = mask if mask.ndim == 2 else mask[..., 0]
-                totals.add(float(loss), chunk_within_threshold(predicted[..., :dims], actions[..., :dims], steps,
-                                                               cfg.thresholds))
+                totals.add(
+                    float(loss),
+                    chunk_within_threshold(predicted[..., :dims], actions[..., :dims], steps, cfg.thresholds),
+                )
         if sharded:
             self.model.reshard()
         self.model.train()
@@ -392,17 +462,28 @@ class Trainer:
             if full.sharded:
                 model, optimizer = _Frozen(self.model.config, weights), _Frozen(None, optimizer_state)
             staged = self.ckpt_dir / STAGING_DIR / staged_name(self.batches_consumed)
-            data_state = {"batches_consumed": self.batches_consumed, "world_size": self.world_size,
-                          "data_stream": self.cfg.data_stream}
-            save_training_checkpoint(self.ckpt_dir, step, model, optimizer=optimizer,  # type: ignore[arg-type]
-                                     schedulers=[self.scheduler], averaging=self.averaging,
-                                     config=_plain(asdict(self.cfg)), statistics=self.statistics,
-                                     tokenizer=self.processor, data_state=data_state,
-                                     data_stream=staged if staged.is_dir() else None,
-                                     inference=inference_record(self.cfg.data, self.statistics,
-                                                                self.model.config.vision.image_size),
-                                     inference_state_dict=inference, training_state_dict=training_weights,
-                                     keep_last_n=self.cfg.keep_last_n)
+            data_state = {
+                "batches_consumed": self.batches_consumed,
+                "world_size": self.world_size,
+                "data_stream": self.cfg.data_stream,
+            }
+            save_training_checkpoint(
+                self.ckpt_dir,
+                step,
+                model,
+                optimizer=optimizer,  # type: ignore[arg-type]
+                schedulers=[self.scheduler],
+                averaging=self.averaging,
+                config=_plain(asdict(self.cfg)),
+                statistics=self.statistics,
+                tokenizer=self.processor,
+                data_state=data_state,
+                data_stream=staged if staged.is_dir() else None,
+                inference=inference_record(self.cfg.data, self.statistics, self.model.config.vision.image_size),
+                inference_state_dict=inference,
+                training_state_dict=training_weights,
+                keep_last_n=self.cfg.keep_last_n,
+            )
             prune_staged(self.ckpt_dir / STAGING_DIR, self.batches_consumed)
         if self.world_size > 1:
             dist.barrier()
@@ -414,10 +495,17 @@ class Trainer:
         import wandb
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.wandb_run = wandb.init(mode=settings.mode, project=settings.project, entity=settings.entity,
-                                    name=settings.run_name or self.log_dir.name, tags=list(settings.tags),
-                                    dir=str(self.log_dir), config=_plain(asdict(self.cfg)), resume="allow",
-                                    id=_wandb_id(self.log_dir))
+        self.wandb_run = wandb.init(
+            mode=settings.mode,
+            project=settings.project,
+            entity=settings.entity,
+            name=settings.run_name or self.log_dir.name,
+            tags=list(settings.tags),
+            dir=str(self.log_dir),
+            config=_plain(asdict(self.cfg)),
+            resume="allow",
+            id=_wandb_id(self.log_dir),
+        )
 
     def _start_tensorboard(self, start_step: int) -> None:
         """Rank 0 writes the log.jsonl scalars (same names) to log_dir/tensorboard; a resumed run purges
@@ -427,11 +515,13 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ImportError("logging.tensorboard=true needs the tensorboard package "
-                              "(pip install tensorboard)") from err
+            raise ImportError(
+                "logging.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+            ) from err
 
-        self.tensorboard = SummaryWriter(str(self.log_dir / "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else None)
+        self.tensorboard = SummaryWriter(
+            str(self.log_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+        )
 
     def _progress(self, start_step: int):
         if self.rank != 0:
@@ -466,7 +556,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
 
 
 class _Frozen:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 
 
-def chunk_within_threshold(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor | None,
-                           thresholds: Sequence[float]) -> torch.Tensor:
+def chunk_within_threshold(
+    pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor | None, thresholds: Sequence[float]
+) -> torch.Tensor:
     """pred, true (B, H, A), mask (B, H) bool -> (len(thresholds), B) bool: chunk within each threshold."""
     error = (pred.float() - true.float()).abs().amax(dim=-1)  # (B, H): worst dimension per step
     if mask is not None:

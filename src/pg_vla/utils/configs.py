@@ -30,8 +30,11 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
 
 def _check_scalar(name: str, value: Any, annotation: Any, what: str) -> None:
     """ValueError when `annotation` is a scalar type (or a union of them) that `value` does not fit."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
-        typing.get_origin(annotation) is typing.Union else (annotation,)
+    options = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
     if not all(option in _SCALARS or option is type(None) for option in options):
         return  # containers, nested configs, Any: checked where they are built
     if value is None and type(None) in options:

@@ -18,8 +18,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto): {err}") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device is visible on this machine "
-                             "(torch.cuda.is_available() is False); use cpu")
+            raise ValueError(
+                f"device {device!r}: no CUDA device is visible on this machine "
+                "(torch.cuda.is_available() is False); use cpu"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif resolved.type != "cpu":

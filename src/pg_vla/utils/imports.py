@@ -22,7 +22,8 @@ def import_bitsandbytes() -> ModuleType:
         raise ImportOrderError(
             "tensorflow is already imported in this process, and importing bitsandbytes after it aborts the "
             "process. Import bitsandbytes (or pg_vla's 8-bit / 4-bit features) before tensorflow, or keep "
-            "tensorflow in a separate process (pg_vla.data.dataloader does this for the RLDS pipeline).")
+            "tensorflow in a separate process (pg_vla.data.dataloader does this for the RLDS pipeline)."
+        )
     import bitsandbytes
 
     return bitsandbytes

@@ -150,8 +150,11 @@ def filter_native_logs() -> None:
 
 def _may_be_native(start: bytes) -> bool:
     banner = b"WARNING: All log messages"
-    return bool(re.match(rb"^[IWEF]\d{0,4}( |$)", start)) or banner.startswith(start[:len(banner)]) or \
-        start.startswith(b"To enable the following instructions")
+    return (
+        bool(re.match(rb"^[IWEF]\d{0,4}( |$)", start))
+        or banner.startswith(start[: len(banner)])
+        or start.startswith(b"To enable the following instructions")
+    )
 
 
 def _close_filter() -> None:

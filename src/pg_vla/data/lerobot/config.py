@@ -60,17 +60,19 @@ class LeRobotConfig:
 
     def __post_init__(self) -> None:
         # Hydra / JSON hand lists and dicts: restore the typed values.
-        self.path = ((str(self.path),) if isinstance(self.path, (str, os.PathLike))
-                     else tuple(str(p) for p in self.path))
+        self.path = (str(self.path),) if isinstance(self.path, (str, os.PathLike)) else tuple(str(p) for p in self.path)
         self.weights = None if self.weights is None else tuple(float(w) for w in self.weights)
         self.cameras = dict(self.cameras)
         self.camera_roles = tuple(self.camera_roles)
         if not self.path:
             raise ValueError("path is empty: give a LeRobot dataset folder (or several)")
-        if self.weights is not None and (len(self.weights) != len(self.path) or min(self.weights) < 0
-                                         or sum(self.weights) <= 0):
-            raise ValueError(f"weights {self.weights} must give one non-negative weight per folder of path "
-                             f"({len(self.path)}), not all zero")
+        if self.weights is not None and (
+            len(self.weights) != len(self.path) or min(self.weights) < 0 or sum(self.weights) <= 0
+        ):
+            raise ValueError(
+                f"weights {self.weights} must give one non-negative weight per folder of path "
+                f"({len(self.path)}), not all zero"
+            )
         for role in (*self.camera_roles, *self.cameras.values()):
             if role not in CAMERA_ROLES:
                 raise ValueError(f"unknown camera role {role!r}; known: {CAMERA_ROLES}")

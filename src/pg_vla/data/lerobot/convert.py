@@ -22,11 +22,21 @@ def camera_key(role: str) -> str:
     return f"observation.images.{role}"
 
 
-def convert_rlds_to_lerobot(data_path: str | Path, dataset_name: str, split: str, output_dir: str | Path, *,
-                            camera_roles: tuple[str, ...] | None = None, video: bool = True, fps: int = 5,
-                            codec: str = "libsvtav1", codec_options: dict | None = None,
-                            frames_per_file: int = 100_000, max_episodes: int | None = None,
-                            log: Callable[[str], None] | None = None) -> Path:
+def convert_rlds_to_lerobot(
+    data_path: str | Path,
+    dataset_name: str,
+    split: str,
+    output_dir: str | Path,
+    *,
+    camera_roles: tuple[str, ...] | None = None,
+    video: bool = True,
+    fps: int = 5,
+    codec: str = "libsvtav1",
+    codec_options: dict | None = None,
+    frames_per_file: int = 100_000,
+    max_episodes: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Write the folder `output_dir`; returns it. `camera_roles` default: every camera the dataset has."""
     import tensorflow as tf
 
@@ -43,24 +53,39 @@ def convert_rlds_to_lerobot(data_path: str | Path, dataset_name: str, split: str
     def prepare(traj: dict) -> dict:
         out = standardize(traj, cfg)
         obs = out["observation"]
-        return {"images": {role: obs[f"image_{role}"] for role in roles}, "state": obs["proprio"],
-                "action": out["action"], "prompt": out["language_instruction"]}
+        return {
+            "images": {role: obs[f"image_{role}"] for role in roles},
+            "state": obs["proprio"],
+            "action": out["action"],
+            "prompt": out["language_instruction"],
+        }
 
     ds = read_trajectories(builder, cfg, split, shuffle=False, read_threads=1, seed=0, camera_roles=roles)
     ds = ds.map(prepare).filter(lambda t: tf.shape(t["action"])[0] > 0)
     if max_episodes is not None:
         ds = ds.take(max_episodes)
     options = {} if codec_options is None else {"codec_options": dict(codec_options)}
-    writer = LeRobotWriter(output_dir, fps=fps, cameras=tuple(camera_key(r) for r in roles), video=video, codec=codec,
-                           frames_per_data_file=frames_per_file, frames_per_video_file=frames_per_file, **options)
+    writer = LeRobotWriter(
+        output_dir,
+        fps=fps,
+        cameras=tuple(camera_key(r) for r in roles),
+        video=video,
+        codec=codec,
+        frames_per_data_file=frames_per_file,
+        frames_per_video_file=frames_per_file,
+        **options,
+    )
     for count, episode in enumerate(ds.as_numpy_iterator(), 1):
-        images = {camera_key(role): [decode_rgb(b) if video else bytes(b) for b in episode["images"][role]]
-                  for role in roles}
+        images = {
+            camera_key(role): [decode_rgb(b) if video else bytes(b) for b in episode["images"][role]] for role in roles
+        }
         writer.add_episode(episode["state"], episode["action"], [p.decode() for p in episode["prompt"]], images)
         if count % 1000 == 0:
             say(f"{count} episodes")
     writer.close()
-    say(f"wrote {len(writer.episodes)} episodes ({writer.total} frames) to {output_dir} "
+    say(
+        f"wrote {len(writer.episodes)} episodes ({writer.total} frames) to {output_dir} "
         f"(cameras {', '.join(camera_key(r) for r in roles)}, "
-        f"{'video ' + codec if video else 'images in the parquet'})")
+        f"{'video ' + codec if video else 'images in the parquet'})"
+    )
     return Path(output_dir)

@@ -36,8 +36,12 @@ from pg_vla.data.lerobot.statistics import load_or_compute_statistics, vectors
 from pg_vla.data.lerobot.video import VideoFrame, VideoFrames
 from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.parquet.frames import Episode, Frame, ShuffleBuffer, episode_frames, make_batch
-from pg_vla.data.parquet.images import (ImageDecodeError, decode_and_resize, resize_like_tensorflow,
-                                        resize_with_pad_like_tensorflow)
+from pg_vla.data.parquet.images import (
+    ImageDecodeError,
+    decode_and_resize,
+    resize_like_tensorflow,
+    resize_with_pad_like_tensorflow,
+)
 from pg_vla.data.parquet.stream import TrainingFrames
 from pg_vla.data.stream_checkpoint import StreamCheckpoints, check_restorable, checkpointed, logical_worker
 
@@ -70,12 +74,22 @@ def open_folder(cfg: LeRobotConfig, path: str, name: str) -> Folder:
     meta = read_metadata(path, name)
     for key in (cfg.state_key, cfg.action_key):
         if key not in meta.features:
-            raise LeRobotDataError(str(meta.root / "meta" / "info.json"),
-                                   f"no feature {key!r}; features: {sorted(meta.features)}")
+            raise LeRobotDataError(
+                str(meta.root / "meta" / "info.json"), f"no feature {key!r}; features: {sorted(meta.features)}"
+            )
     roles = camera_features(meta, cfg)
     cameras = [k for k in roles.values() if k is not None]
-    check_files(meta, [cfg.state_key, cfg.action_key, "episode_index", "task_index", "timestamp",
-                       *[k for k in cameras if not meta.is_video(k)]])
+    check_files(
+        meta,
+        [
+            cfg.state_key,
+            cfg.action_key,
+            "episode_index",
+            "task_index",
+            "timestamp",
+            *[k for k in cameras if not meta.is_video(k)],
+        ],
+    )
     check_videos(meta, [k for k in cameras if meta.is_video(k)])
     rows = _episode_rows(meta)
     statistics, statistics_path = load_or_compute_statistics(cfg, meta)
@@ -96,8 +110,11 @@ def _episode_rows(meta: DatasetMeta) -> list[tuple[int, int]]:
         if lo_hi is None:
             raise LeRobotDataError(str(episode.data_file), "the data file holds no rows of this episode", episode.index)
         if lo_hi[1] - lo_hi[0] != episode.length:
-            raise LeRobotDataError(str(episode.data_file), f"{lo_hi[1] - lo_hi[0]} rows, the episode metadata says "
-                                   f"{episode.length}", episode.index)
+            raise LeRobotDataError(
+                str(episode.data_file),
+                f"{lo_hi[1] - lo_hi[0]} rows, the episode metadata says {episode.length}",
+                episode.index,
+            )
         out.append(lo_hi)
     return out
 
@@ -123,16 +140,18 @@ class FolderReader:
         file = pq.ParquetFile(info.data_file)
         starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)])
         groups = [g for g in range(len(starts) - 1) if starts[g] < hi and starts[g + 1] > lo]
-        table = file.read_row_groups(groups, columns=[cfg.state_key, cfg.action_key, "task_index", "timestamp",
-                                                      *stored])
+        table = file.read_row_groups(
+            groups, columns=[cfg.state_key, cfg.action_key, "task_index", "timestamp", *stored]
+        )
         table = table.slice(lo - int(starts[groups[0]]), hi - lo)
         where = str(info.data_file)
         state, action = vectors(table, cfg.state_key, where), vectors(table, cfg.action_key, where)
         for key, values, dim in ((cfg.state_key, state, cfg.state_dim), (cfg.action_key, action, cfg.action_dim)):
             expected = dim or meta.dim(key)
             if values.shape[1] != expected:
-                raise LeRobotDataError(where, f"column {key!r} has {values.shape[1]} values per row, expected "
-                                       f"{expected}", info.index)
+                raise LeRobotDataError(
+                    where, f"column {key!r} has {values.shape[1]} values per row, expected {expected}", info.index
+                )
             if not np.isfinite(values).all():
                 raise LeRobotDataError(where, f"column {key!r} holds NaN/inf values", info.index)
         tasks = table.column("task_index").to_pylist()
@@ -148,36 +167,56 @@ class FolderReader:
             if meta.is_video(key):
                 video, offset = info.videos[key]
                 images[key] = [VideoFrame(str(video), float(offset + t), info.index, key) for t in timestamps]
-        return Episode(file=where, start=lo, name=f"{meta.name}:{info.index}", state=state, action=action,
-                       prompts=[meta.tasks.get(int(t), "") for t in tasks], images=images, key=(0, position))
+        return Episode(
+            file=where,
+            start=lo,
+            name=f"{meta.name}:{info.index}",
+            state=state,
+            action=action,
+            prompts=[meta.tasks.get(int(t), "") for t in tasks],
+            images=images,
+            key=(0, position),
+        )
 
     def frame_lists(self, position: int):
         """The frames of the episode (one list), none when it is unlabeled and `skip_unlabeled`."""
         episode = self.episode(position)
         if self.cfg.skip_unlabeled and not episode.language:
             return
-        frames = episode_frames(episode, self.proprio_norm, self.action_norm, self.folder.roles,
-                                {k: k for k in episode.images}, self.cfg.cond_steps, self.cfg.horizon_steps)
+        frames = episode_frames(
+            episode,
+            self.proprio_norm,
+            self.action_norm,
+            self.folder.roles,
+            {k: k for k in episode.images},
+            self.cfg.cond_steps,
+            self.cfg.horizon_steps,
+        )
         if self.own_dims != self.dims:
-            frames = [dataclasses.replace(f, proprio=_pad(f.proprio, self.dims[0]),
-                                          actions=_pad(f.actions, self.dims[1])) for f in frames]
+            frames = [
+                dataclasses.replace(f, proprio=_pad(f.proprio, self.dims[0]), actions=_pad(f.actions, self.dims[1]))
+                for f in frames
+            ]
         yield frames
-
 
     def frames_by_ref(self, refs: list[tuple[int, int, int]]) -> list[Frame]:
         """The frames `refs` name ((0, episode position, step) as in `Frame.ref`), in that order."""
         found: dict[tuple[int, int, int], Frame] = {}
         for position in sorted({int(r[1]) for r in refs}):
             if not 0 <= position < len(self.folder.meta.episodes):
-                raise ValueError(f"a saved stream position names episode {position} of {self.folder.meta.root}, "
-                                 "which it does not hold: resume with the data the run was started with")
+                raise ValueError(
+                    f"a saved stream position names episode {position} of {self.folder.meta.root}, "
+                    "which it does not hold: resume with the data the run was started with"
+                )
             for frames in self.frame_lists(position):
                 found.update((f.ref, f) for f in frames)
         try:
             return [found[tuple(r)] for r in refs]
         except KeyError as err:
-            raise ValueError(f"a saved stream position names a step {self.folder.meta.root} does not have "
-                             f"({err}): resume with the data the run was started with") from None
+            raise ValueError(
+                f"a saved stream position names a step {self.folder.meta.root} does not have "
+                f"({err}): resume with the data the run was started with"
+            ) from None
 
 
 class TrainingStream:
@@ -187,8 +226,9 @@ class TrainingStream:
 
     STATE_FILE = "state.json"
 
-    def __init__(self, batches: "LeRobotBatches", worker: int, workers: int, decode: "Decoder",
-                 folder: Path | None = None):
+    def __init__(
+        self, batches: "LeRobotBatches", worker: int, workers: int, decode: "Decoder", folder: Path | None = None
+    ):
         cfg = self.cfg = batches.cfg
         self.batches, self.decode = batches, decode
         state = json.loads((folder / self.STATE_FILE).read_text()) if folder is not None else None
@@ -228,8 +268,9 @@ class TrainingStream:
 
     def save(self, folder: Path) -> None:
         datasets = [None if s is None else {"frames": s[0].state(), "shuffle": s[1].state()} for s in self.streams]
-        (folder / self.STATE_FILE).write_text(json.dumps({"datasets": datasets,
-                                                          "mix_rng": self.rng.bit_generator.state}))
+        (folder / self.STATE_FILE).write_text(
+            json.dumps({"datasets": datasets, "mix_rng": self.rng.bit_generator.state})
+        )
 
 
 def _pad(x: np.ndarray, dim: int) -> np.ndarray:
@@ -272,14 +313,21 @@ def _share(n: int, rank: int, world_size: int) -> range:
 class LeRobotBatches(IterableDataset):
     """Iterates batches of this rank's episodes of every folder; build it with `make_lerobot_loader`."""
 
-    def __init__(self, cfg: LeRobotConfig, folders: list[Folder], rank: int = 0, world_size: int = 1,
-                 checkpoints: StreamCheckpoints | None = None):
+    def __init__(
+        self,
+        cfg: LeRobotConfig,
+        folders: list[Folder],
+        rank: int = 0,
+        world_size: int = 1,
+        checkpoints: StreamCheckpoints | None = None,
+    ):
         self.cfg, self.folders, self.rank, self.world_size = cfg, folders, rank, world_size
         self.checkpoints = checkpoints if cfg.train else None
         self.episodes = [list(_share(len(f.meta.episodes), rank, world_size)) for f in folders]
         self.dims = (max(f.statistics.proprio.dim for f in folders), max(f.statistics.action.dim for f in folders))
-        counts = np.asarray([sum(f.meta.episodes[e].length for e in eps) for f, eps in zip(folders, self.episodes)],
-                            float)
+        counts = np.asarray(
+            [sum(f.meta.episodes[e].length for e in eps) for f, eps in zip(folders, self.episodes)], float
+        )
         weights = np.asarray(cfg.weights, float) if cfg.weights is not None else counts
         self.weights = weights / weights.sum()
 
@@ -302,8 +350,13 @@ class LeRobotBatches(IterableDataset):
         cfg, decode = self.cfg, Decoder(self.cfg.video_tolerance_s)
         try:
             if cfg.train:
-                yield from checkpointed(lambda folder: TrainingStream(self, worker, workers, decode, folder),
-                                        self.checkpoints, "lerobot", worker, workers)
+                yield from checkpointed(
+                    lambda folder: TrainingStream(self, worker, workers, decode, folder),
+                    self.checkpoints,
+                    "lerobot",
+                    worker,
+                    workers,
+                )
                 return
             pending: list[tuple[int, Frame]] = []
             for item in self._ordered_frames():
@@ -330,9 +383,9 @@ def open_folders(cfg: LeRobotConfig) -> list[Folder]:
     return [open_folder(cfg, path, name) for path, name in zip(cfg.path, _names(cfg.path))]
 
 
-def make_lerobot_loader(cfg: LeRobotConfig, rank: int = 0, world_size: int = 1,
-                        checkpoints: StreamCheckpoints | None = None
-                        ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+def make_lerobot_loader(
+    cfg: LeRobotConfig, rank: int = 0, world_size: int = 1, checkpoints: StreamCheckpoints | None = None
+) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the episodes of every folder, and the statistics (folder
     name -> statistics) it normalizes with; the JSON paths are `loader.dataset.statistics_paths`. An
     ordered pass (`train=False`) uses at most one worker and reads the folders in order. A training
@@ -342,8 +395,11 @@ def make_lerobot_loader(cfg: LeRobotConfig, rank: int = 0, world_size: int = 1,
     if cfg.train:
         check_restorable(checkpoints, "lerobot", max(workers, 1))
     dataset = LeRobotBatches(cfg, folders, rank, world_size, checkpoints)
-    extra = dict(multiprocessing_context=SPAWN, persistent_workers=True,
-                 prefetch_factor=cfg.prefetch_batches) if workers else {}
+    extra = (
+        dict(multiprocessing_context=SPAWN, persistent_workers=True, prefetch_factor=cfg.prefetch_batches)
+        if workers
+        else {}
+    )
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, **extra)
     return loader, {f.name: f.statistics for f in folders}
 
@@ -361,9 +417,15 @@ def main() -> None:
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--statistics_dir", default=None)
     args = parser.parse_args()
-    cfg = LeRobotConfig(path=tuple(args.path), batch_size=args.batch_size, image_size=args.image_size,
-                        cond_steps=args.cond_steps, horizon_steps=args.horizon_steps, num_workers=args.num_workers,
-                        statistics_dir=args.statistics_dir)
+    cfg = LeRobotConfig(
+        path=tuple(args.path),
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        cond_steps=args.cond_steps,
+        horizon_steps=args.horizon_steps,
+        num_workers=args.num_workers,
+        statistics_dir=args.statistics_dir,
+    )
     loader, _ = make_lerobot_loader(cfg)
     for path in loader.dataset.statistics_paths.values():
         print(path)

@@ -90,15 +90,24 @@ def read_metadata(root: str | Path, name: str | None = None) -> DatasetMeta:
     info = _json(root / "meta" / "info.json")
     version = str(info.get("codebase_version", ""))
     if version not in VERSIONS:
-        raise LeRobotDataError(str(root / "meta" / "info.json"),
-                               f"codebase_version {version!r} is not one this loader reads {VERSIONS}")
+        raise LeRobotDataError(
+            str(root / "meta" / "info.json"), f"codebase_version {version!r} is not one this loader reads {VERSIONS}"
+        )
     features = dict(info["features"])
     stats_path = root / "meta" / "stats.json"
     stats = _json(stats_path) if stats_path.is_file() else None
     reader = _v30 if version == "v3.0" else _v21
     tasks, episodes = reader(root, info, [k for k, f in features.items() if f.get("dtype") == "video"])
-    return DatasetMeta(root=root, name=name or root.name, version=version, fps=float(info["fps"]),
-                       features=features, tasks=tasks, episodes=episodes, stats=stats)
+    return DatasetMeta(
+        root=root,
+        name=name or root.name,
+        version=version,
+        fps=float(info["fps"]),
+        features=features,
+        tasks=tasks,
+        episodes=episodes,
+        stats=stats,
+    )
 
 
 def _v30(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str], list[EpisodeMeta]]:
@@ -106,8 +115,11 @@ def _v30(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str],
     if not tasks_path.is_file():
         raise LeRobotDataError(str(tasks_path), "missing")
     table = pq.read_table(tasks_path)
-    text = "task" if "task" in table.column_names else next(
-        (c for c in table.column_names if pa.types.is_string(table.schema.field(c).type)), None)
+    text = (
+        "task"
+        if "task" in table.column_names
+        else next((c for c in table.column_names if pa.types.is_string(table.schema.field(c).type)), None)
+    )
     if text is None or "task_index" not in table.column_names:
         raise LeRobotDataError(str(tasks_path), f"needs task_index and task columns, has {table.column_names}")
     tasks = dict(zip(table.column("task_index").to_pylist(), table.column(text).to_pylist()))
@@ -118,17 +130,20 @@ def _v30(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str],
     for file in files:
         for row in pq.read_table(file).to_pylist():
             episode = int(row["episode_index"])
-            data = root / info["data_path"].format(chunk_index=row["data/chunk_index"],
-                                                   file_index=row["data/file_index"])
+            data = root / info["data_path"].format(
+                chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+            )
             videos = {}
             for key in video_keys:
                 try:
                     where = {k: row[f"videos/{key}/{k}"] for k in ("chunk_index", "file_index", "from_timestamp")}
                 except KeyError:
-                    raise LeRobotDataError(str(file), f"no videos/{key}/* columns for the video feature {key!r}",
-                                           episode) from None
-                path = root / info["video_path"].format(video_key=key, chunk_index=where["chunk_index"],
-                                                        file_index=where["file_index"])
+                    raise LeRobotDataError(
+                        str(file), f"no videos/{key}/* columns for the video feature {key!r}", episode
+                    ) from None
+                path = root / info["video_path"].format(
+                    video_key=key, chunk_index=where["chunk_index"], file_index=where["file_index"]
+                )
                 videos[key] = (path, float(where["from_timestamp"]))
             episodes.append(EpisodeMeta(episode, int(row["length"]), data, videos))
     episodes.sort(key=lambda e: e.index)
@@ -143,8 +158,10 @@ def _v21(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str],
         episode = int(row["episode_index"])
         chunk = episode // size
         data = root / info["data_path"].format(episode_chunk=chunk, episode_index=episode)
-        videos = {key: (root / info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=episode),
-                        0.0) for key in video_keys}
+        videos = {
+            key: (root / info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=episode), 0.0)
+            for key in video_keys
+        }
         episodes.append(EpisodeMeta(episode, int(row["length"]), data, videos))
     episodes.sort(key=lambda e: e.index)
     return tasks, episodes
@@ -159,8 +176,10 @@ def camera_features(meta: DatasetMeta, cfg: LeRobotConfig) -> dict[str, str | No
     if cfg.cameras:
         unknown = [k for k in cfg.cameras if k not in available]
         if unknown:
-            raise LeRobotDataError(str(meta.root / "meta" / "info.json"),
-                                   f"cameras maps {unknown}, which are not camera features; the folder has {available}")
+            raise LeRobotDataError(
+                str(meta.root / "meta" / "info.json"),
+                f"cameras maps {unknown}, which are not camera features; the folder has {available}",
+            )
         by_role = {role: key for key, role in cfg.cameras.items()}
     else:
         by_role = dict(zip(cfg.camera_roles, available))
@@ -180,8 +199,9 @@ def check_files(meta: DatasetMeta, columns: list[str]) -> None:
         names = pq.read_schema(episode.data_file).names
         missing = [c for c in columns if c not in names]
         if missing:
-            raise LeRobotDataError(str(episode.data_file), f"column(s) {missing} missing; the file has {names}",
-                                   episode.index)
+            raise LeRobotDataError(
+                str(episode.data_file), f"column(s) {missing} missing; the file has {names}", episode.index
+            )
 
 
 def check_videos(meta: DatasetMeta, keys: list[str]) -> None:

@@ -37,9 +37,14 @@ def statistics_key(cfg: LeRobotConfig, meta: DatasetMeta, from_stats_json: bool)
     files = sorted({e.data_file for e in meta.episodes}) + [meta.root / "meta" / "info.json"]
     if from_stats_json:
         files.append(meta.root / "meta" / "stats.json")
-    payload = {"version": STATISTICS_VERSION, "state": cfg.state_key, "action": cfg.action_key,
-               "skip_unlabeled": cfg.skip_unlabeled, "from_stats_json": from_stats_json,
-               "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    payload = {
+        "version": STATISTICS_VERSION,
+        "state": cfg.state_key,
+        "action": cfg.action_key,
+        "skip_unlabeled": cfg.skip_unlabeled,
+        "from_stats_json": from_stats_json,
+        "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -54,11 +59,16 @@ def from_stats_json(cfg: LeRobotConfig, meta: DatasetMeta) -> DatasetStatistics 
             if meta.stats is not None:
                 logger.info("%s: meta/stats.json lacks %s of %r; computing the statistics", meta.name, missing, key)
             return None
-        arrays[kind] = ArrayStatistics.from_dict({ours: feature[theirs] for ours, theirs in LEROBOT_KEYS.items()},
-                                                 f"{meta.root}/meta/stats.json[{key!r}]")
+        arrays[kind] = ArrayStatistics.from_dict(
+            {ours: feature[theirs] for ours, theirs in LEROBOT_KEYS.items()}, f"{meta.root}/meta/stats.json[{key!r}]"
+        )
     count = stats[cfg.action_key].get("count", [meta.num_frames])
-    return DatasetStatistics(action=arrays["action"], proprio=arrays["proprio"],
-                             num_transitions=int(np.ravel(count)[0]), num_trajectories=len(meta.episodes))
+    return DatasetStatistics(
+        action=arrays["action"],
+        proprio=arrays["proprio"],
+        num_transitions=int(np.ravel(count)[0]),
+        num_trajectories=len(meta.episodes),
+    )
 
 
 def compute_statistics(cfg: LeRobotConfig, meta: DatasetMeta) -> DatasetStatistics:
@@ -81,11 +91,16 @@ def compute_statistics(cfg: LeRobotConfig, meta: DatasetMeta) -> DatasetStatisti
         states.append(vectors(table, cfg.state_key, path)[keep])
         actions.append(vectors(table, cfg.action_key, path)[keep])
     if episodes == 0:
-        raise ValueError(f"{meta.name}: no usable episode in {meta.root} (all unlabeled; set skip_unlabeled=False "
-                         "to use them)")
+        raise ValueError(
+            f"{meta.name}: no usable episode in {meta.root} (all unlabeled; set skip_unlabeled=False to use them)"
+        )
     state, action = np.concatenate(states), np.concatenate(actions)
-    return DatasetStatistics(action=ArrayStatistics.from_values(action), proprio=ArrayStatistics.from_values(state),
-                             num_transitions=len(action), num_trajectories=episodes)
+    return DatasetStatistics(
+        action=ArrayStatistics.from_values(action),
+        proprio=ArrayStatistics.from_values(state),
+        num_transitions=len(action),
+        num_trajectories=episodes,
+    )
 
 
 def vectors(table, column: str, path: Path) -> np.ndarray:
@@ -111,8 +126,7 @@ def load_or_compute_statistics(cfg: LeRobotConfig, meta: DatasetMeta) -> tuple[D
         return DatasetStatistics.load(path), path
     source = "meta/stats.json"
     if stats is None:
-        logger.info("computing normalization statistics of %s (%d episodes) -> %s", meta.name, len(meta.episodes),
-                    path)
+        logger.info("computing normalization statistics of %s (%d episodes) -> %s", meta.name, len(meta.episodes), path)
         start, source = time.perf_counter(), "computed"
         stats = compute_statistics(cfg, meta)
         logger.info("computed normalization statistics of %s in %.1f s", meta.name, time.perf_counter() - start)

@@ -72,12 +72,17 @@ class _OpenVideo:
             if frame_time <= time + tolerance:
                 return self.last[1]
             nearest = frame_time if previous is None or frame_time - time < time - previous else previous
-            raise LeRobotDataError(self.path, f"camera {request.key!r}: no frame within {tolerance} s of "
-                                   f"{time:.6f} s (nearest frame at {nearest:.6f} s)", request.episode)
+            raise LeRobotDataError(
+                self.path,
+                f"camera {request.key!r}: no frame within {tolerance} s of "
+                f"{time:.6f} s (nearest frame at {nearest:.6f} s)",
+                request.episode,
+            )
         self.frames, self.last = None, None
         end = f"the last frame is at {previous:.6f} s" if previous is not None else "no frame after the seek point"
-        raise LeRobotDataError(self.path, f"camera {request.key!r}: timestamp {time:.6f} s is outside the video "
-                               f"({end})", request.episode)
+        raise LeRobotDataError(
+            self.path, f"camera {request.key!r}: timestamp {time:.6f} s is outside the video ({end})", request.episode
+        )
 
 
 class VideoFrames:
@@ -92,13 +97,15 @@ class VideoFrames:
         video = self.open.get(request.file)
         if video is None:
             if not Path(request.file).is_file():
-                raise LeRobotDataError(request.file, f"video file of camera {request.key!r} is missing",
-                                       request.episode)
+                raise LeRobotDataError(
+                    request.file, f"video file of camera {request.key!r} is missing", request.episode
+                )
             try:
                 video = _OpenVideo(request.file)
             except Exception as err:  # PyAV raises its own FFmpeg error types
-                raise LeRobotDataError(request.file, f"cannot open the video of camera {request.key!r}: {err}",
-                                       request.episode) from err
+                raise LeRobotDataError(
+                    request.file, f"cannot open the video of camera {request.key!r}: {err}", request.episode
+                ) from err
             self.open[request.file] = video
             while len(self.open) > self.max_open:
                 self.open.popitem(last=False)[1].close()

@@ -41,11 +41,20 @@ V30_VIDEO = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp
 V21_DATA = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V21_VIDEO = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-_TASKS_PANDAS = {"index_columns": ["task"], "column_indexes": [],
-                 "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                              "numpy_type": "int64", "metadata": None},
-                             {"name": "task", "field_name": "task", "pandas_type": "unicode",
-                              "numpy_type": "object", "metadata": None}]}
+_TASKS_PANDAS = {
+    "index_columns": ["task"],
+    "column_indexes": [],
+    "columns": [
+        {
+            "name": "task_index",
+            "field_name": "task_index",
+            "pandas_type": "int64",
+            "numpy_type": "int64",
+            "metadata": None,
+        },
+        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+    ],
+}
 
 
 @dataclass
@@ -92,8 +101,9 @@ class LeRobotWriter:
         self._video_files: dict[str, int] = {key: 0 for key in self.cameras}
 
     # ---- episodes -------------------------------------------------------------------------------------
-    def add_episode(self, state: np.ndarray, action: np.ndarray, tasks: str | list[str],
-                    images: dict[str, list] | None = None) -> int:
+    def add_episode(
+        self, state: np.ndarray, action: np.ndarray, tasks: str | list[str], images: dict[str, list] | None = None
+    ) -> int:
         """state (T, P), action (T, A), a task string (or one per step), images: camera key -> T frames
         ((H, W, 3) uint8 arrays when `video`, any iterable: encoded one at a time; encoded bytes otherwise).
         Returns the episode_index."""
@@ -103,18 +113,31 @@ class LeRobotWriter:
         images = images or {}
         if sorted(images) != sorted(self.cameras):
             raise ValueError(f"images for {sorted(images)}, the writer has cameras {sorted(self.cameras)}")
-        if len(action) != length or len(tasks) != length or (not self.video and any(len(v) != length
-                                                                                     for v in images.values())):
+        if (
+            len(action) != length
+            or len(tasks) != length
+            or (not self.video and any(len(v) != length for v in images.values()))
+        ):
             raise ValueError("state, action, tasks and every camera need one entry per step")
         index = len(self.episodes)
         task_index = np.asarray([self.tasks.setdefault(t, len(self.tasks)) for t in tasks], np.int64)
         frame_index = np.arange(length, dtype=np.int64)
-        columns = {self.state_key: _lists(state), self.action_key: _lists(action),
-                   "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
-                   "frame_index": pa.array(frame_index), "episode_index": pa.array(np.full(length, index)),
-                   "index": pa.array(self.total + frame_index), "task_index": pa.array(task_index)}
-        episode = {"episode_index": index, "tasks": list(dict.fromkeys(tasks)), "length": length,
-                   "dataset_from_index": self.total, "dataset_to_index": self.total + length}
+        columns = {
+            self.state_key: _lists(state),
+            self.action_key: _lists(action),
+            "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
+            "frame_index": pa.array(frame_index),
+            "episode_index": pa.array(np.full(length, index)),
+            "index": pa.array(self.total + frame_index),
+            "task_index": pa.array(task_index),
+        }
+        episode = {
+            "episode_index": index,
+            "tasks": list(dict.fromkeys(tasks)),
+            "length": length,
+            "dataset_from_index": self.total,
+            "dataset_to_index": self.total + length,
+        }
         for key in self.cameras:
             if self.video:
                 episode.update(self._write_video(key, index, images[key], length))
@@ -131,8 +154,12 @@ class LeRobotWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, path)
         else:
-            episode.update({"data/chunk_index": self._data_file // self.chunks_size,
-                            "data/file_index": self._data_file % self.chunks_size})
+            episode.update(
+                {
+                    "data/chunk_index": self._data_file // self.chunks_size,
+                    "data/file_index": self._data_file % self.chunks_size,
+                }
+            )
             self._rows.append(table)
             if sum(t.num_rows for t in self._rows) >= self.frames_per_data_file:
                 self._flush_data()
@@ -145,8 +172,9 @@ class LeRobotWriter:
     def _flush_data(self) -> None:
         if not self._rows:
             return
-        path = self.root / V30_DATA.format(chunk_index=self._data_file // self.chunks_size,
-                                           file_index=self._data_file % self.chunks_size)
+        path = self.root / V30_DATA.format(
+            chunk_index=self._data_file // self.chunks_size, file_index=self._data_file % self.chunks_size
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.concat_tables(self._rows), path, row_group_size=64)
         self._rows = []
@@ -192,8 +220,12 @@ class LeRobotWriter:
             out.frames += 1
         if out.frames - start != length:
             raise ValueError(f"camera {key!r} gave {out.frames - start} frames for an episode of {length} steps")
-        info = {f"videos/{key}/chunk_index": out.chunk, f"videos/{key}/file_index": out.file,
-                f"videos/{key}/from_timestamp": start / self.fps, f"videos/{key}/to_timestamp": out.frames / self.fps}
+        info = {
+            f"videos/{key}/chunk_index": out.chunk,
+            f"videos/{key}/file_index": out.file,
+            f"videos/{key}/from_timestamp": start / self.fps,
+            f"videos/{key}/to_timestamp": out.frames / self.fps,
+        }
         if self.version == "v2.1" or out.frames >= self.frames_per_video_file:
             self._close_video(key)
         return info
@@ -216,14 +248,24 @@ class LeRobotWriter:
         tasks = sorted(self.tasks, key=self.tasks.get)
         if self.version == "v2.1":
             _jsonl(meta / "tasks.jsonl", [{"task_index": self.tasks[t], "task": t} for t in tasks])
-            _jsonl(meta / "episodes.jsonl", [{k: e[k] for k in ("episode_index", "tasks", "length")}
-                                              for e in self.episodes])
-            _jsonl(meta / "episodes_stats.jsonl",
-                   [{"episode_index": e["episode_index"], "stats": self._stats([s], [a])}
-                    for e, s, a in zip(self.episodes, self.states, self.actions)])
+            _jsonl(
+                meta / "episodes.jsonl",
+                [{k: e[k] for k in ("episode_index", "tasks", "length")} for e in self.episodes],
+            )
+            _jsonl(
+                meta / "episodes_stats.jsonl",
+                [
+                    {"episode_index": e["episode_index"], "stats": self._stats([s], [a])}
+                    for e, s, a in zip(self.episodes, self.states, self.actions)
+                ],
+            )
         else:
-            table = pa.table({"task_index": pa.array([self.tasks[t] for t in tasks], pa.int64()),
-                              "task": pa.array(tasks, pa.string())})
+            table = pa.table(
+                {
+                    "task_index": pa.array([self.tasks[t] for t in tasks], pa.int64()),
+                    "task": pa.array(tasks, pa.string()),
+                }
+            )
             table = table.replace_schema_metadata({"pandas": json.dumps(_TASKS_PANDAS)})
             pq.write_table(table, meta / "tasks.parquet")
             rows = [{**e, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0} for e in self.episodes]
@@ -245,41 +287,78 @@ class LeRobotWriter:
         out = {}
         for key, values in ((self.state_key, states), (self.action_key, actions)):
             stats = ArrayStatistics.from_values(np.concatenate(values))
-            out[key] = {"min": stats.min.tolist(), "max": stats.max.tolist(), "mean": stats.mean.tolist(),
-                        "std": stats.std.tolist(), "count": [int(sum(len(v) for v in values))],
-                        "q01": stats.p01.tolist(), "q99": stats.p99.tolist()}
+            out[key] = {
+                "min": stats.min.tolist(),
+                "max": stats.max.tolist(),
+                "mean": stats.mean.tolist(),
+                "std": stats.std.tolist(),
+                "count": [int(sum(len(v) for v in values))],
+                "q01": stats.p01.tolist(),
+                "q99": stats.p99.tolist(),
+            }
         return out
 
     def _info(self) -> dict:
         def vector(key: str, dim: int) -> dict:
             return {"dtype": "float32", "shape": [dim], "names": None}
 
-        features = {self.state_key: vector(self.state_key, self.states[0].shape[1] if self.states else 0),
-                    self.action_key: vector(self.action_key, self.actions[0].shape[1] if self.actions else 0)}
+        features = {
+            self.state_key: vector(self.state_key, self.states[0].shape[1] if self.states else 0),
+            self.action_key: vector(self.action_key, self.actions[0].shape[1] if self.actions else 0),
+        }
         for key in self.cameras:
             height, width = self.shapes.get(key, (0, 0))
-            feature = {"dtype": "video" if self.video else "image", "shape": [height, width, 3],
-                       "names": ["height", "width", "channels"]}
+            feature = {
+                "dtype": "video" if self.video else "image",
+                "shape": [height, width, 3],
+                "names": ["height", "width", "channels"],
+            }
             if self.video:
-                feature["info"] = {"video.height": height, "video.width": width, "video.codec": _codec_name(self.codec),
-                                   "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": self.fps,
-                                   "video.channels": 3, "has_audio": False}
+                feature["info"] = {
+                    "video.height": height,
+                    "video.width": width,
+                    "video.codec": _codec_name(self.codec),
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": self.fps,
+                    "video.channels": 3,
+                    "has_audio": False,
+                }
             features[key] = feature
-        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                            ("index", "int64"), ("task_index", "int64")):
+        for name, dtype in (
+            ("timestamp", "float32"),
+            ("frame_index", "int64"),
+            ("episode_index", "int64"),
+            ("index", "int64"),
+            ("task_index", "int64"),
+        ):
             features[name] = {"dtype": dtype, "shape": [1], "names": None}
-        info = {"codebase_version": self.version, "robot_type": None, "total_episodes": len(self.episodes),
-                "total_frames": self.total, "total_tasks": len(self.tasks), "chunks_size": self.chunks_size,
-                "fps": self.fps, "splits": {"train": f"0:{len(self.episodes)}"},
-                "features": features}
+        info = {
+            "codebase_version": self.version,
+            "robot_type": None,
+            "total_episodes": len(self.episodes),
+            "total_frames": self.total,
+            "total_tasks": len(self.tasks),
+            "chunks_size": self.chunks_size,
+            "fps": self.fps,
+            "splits": {"train": f"0:{len(self.episodes)}"},
+            "features": features,
+        }
         videos = self.video and bool(self.cameras)
         if self.version == "v2.1":
-            info.update(total_chunks=(len(self.episodes) - 1) // self.chunks_size + 1,
-                        total_videos=len(self.episodes) * len(self.cameras) if videos else 0,
-                        data_path=V21_DATA, video_path=V21_VIDEO if videos else None)
+            info.update(
+                total_chunks=(len(self.episodes) - 1) // self.chunks_size + 1,
+                total_videos=len(self.episodes) * len(self.cameras) if videos else 0,
+                data_path=V21_DATA,
+                video_path=V21_VIDEO if videos else None,
+            )
         else:
-            info.update(data_files_size_in_mb=100, video_files_size_in_mb=200, data_path=V30_DATA,
-                        video_path=V30_VIDEO if videos else None)
+            info.update(
+                data_files_size_in_mb=100,
+                video_files_size_in_mb=200,
+                data_path=V30_DATA,
+                video_path=V30_VIDEO if videos else None,
+            )
         return info
 
 
@@ -290,8 +369,7 @@ def _chain(first, rest):
 
 def _lists(values: np.ndarray) -> pa.Array:
     """(T, D) float32 -> a list<float32> column (LeRobot's vector features)."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]).cast(
-        pa.list_(pa.float32()))
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]).cast(pa.list_(pa.float32()))
 
 
 def _codec_name(codec: str) -> str:

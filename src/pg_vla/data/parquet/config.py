@@ -25,8 +25,17 @@ from pg_vla.data.image_resize import image_resize_mode
 from pg_vla.data.normalization import normalization_mode
 from pg_vla.data.rlds.dataset_configs import CAMERA_ROLES
 
-LOGICAL_COLUMNS = ("image_1", "image_2", "state", "action", "is_first", "is_last", "is_terminal", "prompt",
-                   "episode_id")
+LOGICAL_COLUMNS = (
+    "image_1",
+    "image_2",
+    "state",
+    "action",
+    "is_first",
+    "is_last",
+    "is_terminal",
+    "prompt",
+    "episode_id",
+)
 REQUIRED_COLUMNS = ("image_1", "state", "action", "is_first", "prompt")
 
 

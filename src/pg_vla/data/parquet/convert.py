@@ -29,8 +29,7 @@ def default_image_2_role(dataset_name: str) -> str | None:
     return None
 
 
-def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...],
-               max_episodes: int | None):
+def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...], max_episodes: int | None):
     """(dataset config, TFDS builder) of an RLDS split to convert, its cameras and arguments checked."""
     from pg_vla.data.rlds.pipeline import open_builder
 
@@ -46,10 +45,18 @@ def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tupl
     return cfg, builder
 
 
-def convert_rlds_to_parquet(data_path: str | Path, dataset_name: str, split: str, output_dir: str | Path, *,
-                            rows_per_group: int = 1024, rows_per_file: int | None = 100_000,
-                            max_episodes: int | None = None, image_2_role: str | None = "default",
-                            log: Callable[[str], None] | None = None) -> list[Path]:
+def convert_rlds_to_parquet(
+    data_path: str | Path,
+    dataset_name: str,
+    split: str,
+    output_dir: str | Path,
+    *,
+    rows_per_group: int = 1024,
+    rows_per_file: int | None = 100_000,
+    max_episodes: int | None = None,
+    image_2_role: str | None = "default",
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Write `<output_dir>/<dataset_name>-<split>-NNNNN.parquet`; returns the files."""
     import tensorflow as tf
 
@@ -65,27 +72,39 @@ def convert_rlds_to_parquet(data_path: str | Path, dataset_name: str, split: str
     def prepare(traj: dict) -> dict:
         out = standardize(traj, cfg)
         obs = out["observation"]
-        return {"image_1": obs["image_primary"],
-                "image_2": obs[f"image_{image_2_role}"] if image_2_role else tf.zeros([0], tf.string),
-                "state": obs["proprio"], "action": out["action"], "prompt": out["language_instruction"],
-                "tfds_id": traj["tfds_id"], "terminal": tf.reduce_any(tf.cast(traj["is_terminal"], tf.bool))}
+        return {
+            "image_1": obs["image_primary"],
+            "image_2": obs[f"image_{image_2_role}"] if image_2_role else tf.zeros([0], tf.string),
+            "state": obs["proprio"],
+            "action": out["action"],
+            "prompt": out["language_instruction"],
+            "tfds_id": traj["tfds_id"],
+            "terminal": tf.reduce_any(tf.cast(traj["is_terminal"], tf.bool)),
+        }
 
     ds = read_trajectories(builder, cfg, split, shuffle=False, read_threads=1, seed=0, camera_roles=roles)
     ds = ds.map(prepare).filter(lambda t: tf.shape(t["action"])[0] > 0)
     if max_episodes is not None:
         ds = ds.take(max_episodes)
     count = 0
-    with ParquetEpisodeWriter(output_dir, prefix=f"{dataset_name}-{split}", rows_per_group=rows_per_group,
-                              rows_per_file=rows_per_file) as writer:
+    with ParquetEpisodeWriter(
+        output_dir, prefix=f"{dataset_name}-{split}", rows_per_group=rows_per_group, rows_per_file=rows_per_file
+    ) as writer:
         for episode in ds.as_numpy_iterator():
-            writer.add_episode(image_1=list(episode["image_1"]), state=episode["state"], action=episode["action"],
-                               prompt=[p.decode() for p in episode["prompt"]],
-                               episode_id=episode["tfds_id"].decode(),
-                               image_2=list(episode["image_2"]) if image_2_role else None,
-                               terminal=bool(episode["terminal"]))
+            writer.add_episode(
+                image_1=list(episode["image_1"]),
+                state=episode["state"],
+                action=episode["action"],
+                prompt=[p.decode() for p in episode["prompt"]],
+                episode_id=episode["tfds_id"].decode(),
+                image_2=list(episode["image_2"]) if image_2_role else None,
+                terminal=bool(episode["terminal"]),
+            )
             count += 1
             if count % 1000 == 0:
                 say(f"{count} episodes")
-    say(f"wrote {count} episodes to {len(writer.files)} file(s) in {output_dir} "
-        f"(image_1 <- primary, image_2 <- {image_2_role})")
+    say(
+        f"wrote {count} episodes to {len(writer.files)} file(s) in {output_dir} "
+        f"(image_1 <- primary, image_2 <- {image_2_role})"
+    )
     return writer.files

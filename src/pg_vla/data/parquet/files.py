@@ -86,8 +86,9 @@ def plan_columns(path: Path, schema: pa.Schema, cfg: ParquetConfig) -> ColumnPla
         if location is None:
             if logical in REQUIRED_COLUMNS:
                 mapped = f" (the logical column {logical!r})" if name != logical else ""
-                raise ParquetDataError(str(path), "all rows", name,
-                                       f"required column is missing{mapped}; the file has {schema.names}")
+                raise ParquetDataError(
+                    str(path), "all rows", name, f"required column is missing{mapped}; the file has {schema.names}"
+                )
             continue
         locations[logical] = location
     return ColumnPlan(str(path), locations, names)
@@ -163,9 +164,12 @@ def index_file(path: Path, cfg: ParquetConfig) -> tuple[FileIndex, ColumnPlan]:
     if not is_first[0]:
         first_true = np.flatnonzero(is_first)
         upto = int(first_true[0]) - 1 if len(first_true) else num_rows - 1
-        raise ParquetDataError(str(path), 0, plan.names["is_first"],
-                               f"rows 0..{upto} come before the first is_first=True row (an episode must "
-                               f"start with is_first=True)")
+        raise ParquetDataError(
+            str(path),
+            0,
+            plan.names["is_first"],
+            f"rows 0..{upto} come before the first is_first=True row (an episode must start with is_first=True)",
+        )
     starts = np.append(np.flatnonzero(is_first), num_rows).astype(np.int64)
     if lasts:
         is_last = np.concatenate(lasts)
@@ -174,8 +178,11 @@ def index_file(path: Path, cfg: ParquetConfig) -> tuple[FileIndex, ColumnPlan]:
         bad = np.flatnonzero(is_last != expected)
         if len(bad):
             row = int(bad[0])
-            what = ("is_last=True but the next row does not start an episode" if is_last[row]
-                    else "is_last=False on an episode's last row (the next row has is_first=True or the file ends)")
+            what = (
+                "is_last=True but the next row does not start an episode"
+                if is_last[row]
+                else "is_last=False on an episode's last row (the next row has is_first=True or the file ends)"
+            )
             raise ParquetDataError(str(path), row, plan.names["is_last"], what)
     index = FileIndex(str(path), num_rows, tuple(int(s) for s in group_starts), starts)
     if cfg.skip_non_finite:
@@ -191,13 +198,23 @@ def skipped_episodes(indexes: list[FileIndex]) -> list[str]:
     return [index.describe(e) for index in indexes for e in index.non_finite]
 
 
-def non_finite_episodes(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan, cfg: ParquetConfig
-                        ) -> tuple[int, ...]:
+def non_finite_episodes(
+    parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan, cfg: ParquetConfig
+) -> tuple[int, ...]:
     """The episodes of a file holding a NaN/inf state or action value (images are not read)."""
     dims = {"state": cfg.state_dim, "action": cfg.action_dim}
     bad: set[int] = set()
-    for block in iter_row_blocks(parquet, index, plan, 0, index.num_rows, dims, cfg.row_group_budget_bytes,
-                                 with_images=False, allow_non_finite=True):
+    for block in iter_row_blocks(
+        parquet,
+        index,
+        plan,
+        0,
+        index.num_rows,
+        dims,
+        cfg.row_group_budget_bytes,
+        with_images=False,
+        allow_non_finite=True,
+    ):
         rows = np.flatnonzero(~(np.isfinite(block.state).all(axis=1) & np.isfinite(block.action).all(axis=1)))
         bad.update(int(e) for e in np.searchsorted(index.starts, block.start + rows, side="right") - 1)
     return tuple(sorted(bad))
@@ -232,9 +249,17 @@ class RowBlock:
         return len(self.prompt)
 
 
-def iter_row_blocks(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan, start: int, stop: int,
-                    dims: dict[str, int | None], budget_bytes: int, with_images: bool = True,
-                    allow_non_finite: bool = False) -> Iterator[RowBlock]:
+def iter_row_blocks(
+    parquet: pq.ParquetFile,
+    index: FileIndex,
+    plan: ColumnPlan,
+    start: int,
+    stop: int,
+    dims: dict[str, int | None],
+    budget_bytes: int,
+    with_images: bool = True,
+    allow_non_finite: bool = False,
+) -> Iterator[RowBlock]:
     """Blocks covering rows [start, stop) (whole row groups, cut to the range), read one at a time.
 
     A row group whose selected columns exceed `budget_bytes` decoded is read in slices. `dims`
@@ -253,14 +278,15 @@ def iter_row_blocks(parquet: pq.ParquetFile, index: FileIndex, plan: ColumnPlan,
             pieces = [parquet.read_row_group(g, columns=columns)]
         else:
             rows = max(1, int(group_rows * budget_bytes / size))
-            pieces = (pa.Table.from_batches([b]) for b in
-                      parquet.iter_batches(batch_size=rows, row_groups=[g], columns=columns, use_threads=False))
+            pieces = (
+                pa.Table.from_batches([b])
+                for b in parquet.iter_batches(batch_size=rows, row_groups=[g], columns=columns, use_threads=False)
+            )
         offset = group_start
         for table in pieces:
             lo, hi = max(start, offset), min(stop, offset + table.num_rows)
             if lo < hi:
-                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images, index,
-                               allow_non_finite)
+                yield _convert(plan, table.slice(lo - offset, hi - lo), lo, dims, with_images, index, allow_non_finite)
             offset += table.num_rows
             del table
 
@@ -276,20 +302,36 @@ def _leaf_columns(parquet: pq.ParquetFile, top_level: list[str]) -> list[int]:
     return out
 
 
-def _convert(plan: ColumnPlan, table: pa.Table, start: int, dims: dict[str, int | None], with_images: bool,
-             index: FileIndex, allow_non_finite: bool = False) -> RowBlock:
+def _convert(
+    plan: ColumnPlan,
+    table: pa.Table,
+    start: int,
+    dims: dict[str, int | None],
+    with_images: bool,
+    index: FileIndex,
+    allow_non_finite: bool = False,
+) -> RowBlock:
     names = ("image_1", "image_2") if with_images else ()
     images = {name: _binary(plan, table, name, start) for name in names if plan.has(name)}
-    return RowBlock(start=start,
-                    state=_vectors(plan, table, "state", start, dims, index, allow_non_finite),
-                    action=_vectors(plan, table, "action", start, dims, index, allow_non_finite),
-                    prompt=_strings(plan, table, "prompt", start),
-                    images=images,
-                    episode_id=_strings(plan, table, "episode_id", start) if plan.has("episode_id") else None)
+    return RowBlock(
+        start=start,
+        state=_vectors(plan, table, "state", start, dims, index, allow_non_finite),
+        action=_vectors(plan, table, "action", start, dims, index, allow_non_finite),
+        prompt=_strings(plan, table, "prompt", start),
+        images=images,
+        episode_id=_strings(plan, table, "episode_id", start) if plan.has("episode_id") else None,
+    )
 
 
-def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: dict[str, int | None],
-             index: FileIndex, allow_non_finite: bool = False) -> np.ndarray:
+def _vectors(
+    plan: ColumnPlan,
+    table: pa.Table,
+    logical: str,
+    start: int,
+    dims: dict[str, int | None],
+    index: FileIndex,
+    allow_non_finite: bool = False,
+) -> np.ndarray:
     """A list<float> column -> (n, D) float32, every row of length dims[logical] and every value finite
     (statistics and samples both read through here, so NaN/inf never reaches either). Rows of the
     episodes in `index.non_finite` (left out by every reader) are returned as they are."""
@@ -308,8 +350,9 @@ def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: 
     bad = np.flatnonzero(lengths != expected)
     if len(bad):
         row = int(bad[0])
-        raise ParquetDataError(plan.file, start + row, name,
-                               f"has {int(lengths[row])} values, expected {expected} (the {logical} length)")
+        raise ParquetDataError(
+            plan.file, start + row, name, f"has {int(lengths[row])} values, expected {expected} (the {logical} length)"
+        )
     values = array.flatten()
     if values.null_count:
         raise ParquetDataError(plan.file, start, name, "null inside the value lists")
@@ -327,18 +370,23 @@ def _vectors(plan: ColumnPlan, table: pa.Table, logical: str, start: int, dims: 
             row = int(unexpected[0])
             dim = int(np.flatnonzero(~finite[row])[0])
             episode, step = index.episode_step(start + row)
-            raise ParquetDataError(plan.file, start + row, name,
-                                   f"non-finite value {out[row, dim]} in dimension {dim} (episode {episode} of the "
-                                   f"file, step {step}; {int((~finite).sum())} such values in rows {start}.."
-                                   f"{start + len(out) - 1}); skip_non_finite=true leaves such episodes out")
+            raise ParquetDataError(
+                plan.file,
+                start + row,
+                name,
+                f"non-finite value {out[row, dim]} in dimension {dim} (episode {episode} of the "
+                f"file, step {step}; {int((~finite).sum())} such values in rows {start}.."
+                f"{start + len(out) - 1}); skip_non_finite=true leaves such episodes out",
+            )
     return out
 
 
 def _binary(plan: ColumnPlan, table: pa.Table, logical: str, start: int) -> list[bytes | None]:
     array = plan.extract(table, logical)
     if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
-        raise ParquetDataError(plan.file, start, plan.names[logical],
-                               f"expected encoded image bytes (binary), got {array.type}")
+        raise ParquetDataError(
+            plan.file, start, plan.names[logical], f"expected encoded image bytes (binary), got {array.type}"
+        )
     return array.to_pylist()
 
 

@@ -71,9 +71,15 @@ def windows(length: int, cond_steps: int, horizon_steps: int) -> tuple[np.ndarra
     return steps + np.arange(-cond_steps + 1, 1)[None, :], steps + np.arange(horizon_steps)[None, :]
 
 
-def episode_frames(episode: Episode, proprio_norm: Normalizer, action_norm: Normalizer,
-                   role_columns: dict[str, str | None], column_names: dict[str, str], cond_steps: int,
-                   horizon_steps: int) -> list[Frame]:
+def episode_frames(
+    episode: Episode,
+    proprio_norm: Normalizer,
+    action_norm: Normalizer,
+    role_columns: dict[str, str | None],
+    column_names: dict[str, str],
+    cond_steps: int,
+    horizon_steps: int,
+) -> list[Frame]:
     """Every step of an episode as a frame (normalized windows, per-step language)."""
     length = len(episode)
     proprio = normalize_f32(episode.state, proprio_norm)  # (T, P)
@@ -89,10 +95,20 @@ def episode_frames(episode: Episode, proprio_norm: Normalizer, action_norm: Norm
             column = episode.images.get(logical) if logical is not None else None
             images.append(column[t] if column is not None else None)
             sources.append((episode.file, episode.start + t, column_names[logical]) if column is not None else None)
-        frames.append(Frame(images=tuple(images), image_sources=tuple(sources), proprio=proprio_windows[t],
-                            proprio_mask=proprio_mask[t], actions=action_windows[t], action_mask=action_mask[t],
-                            language=episode.prompts[t] or episode.language, step=t, episode=episode.name,
-                            ref=None if episode.key is None else (*episode.key, t)))
+        frames.append(
+            Frame(
+                images=tuple(images),
+                image_sources=tuple(sources),
+                proprio=proprio_windows[t],
+                proprio_mask=proprio_mask[t],
+                actions=action_windows[t],
+                action_mask=action_mask[t],
+                language=episode.prompts[t] or episode.language,
+                step=t,
+                episode=episode.name,
+                ref=None if episode.key is None else (*episode.key, t),
+            )
+        )
     return frames
 
 
@@ -110,8 +126,9 @@ def decode_frame_images(frame: Frame, image_size: int, image_resize: str = "stre
     return np.stack(images), np.asarray(present, bool)
 
 
-def make_batch(frames: list[Frame], image_size: int, image_resize: str = "stretch",
-               decode=decode_frame_images) -> dict[str, np.ndarray | list[str]]:
+def make_batch(
+    frames: list[Frame], image_size: int, image_resize: str = "stretch", decode=decode_frame_images
+) -> dict[str, np.ndarray | list[str]]:
     """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists); `decode(frame,
     image_size, image_resize)` -> (images (N, S, S, 3), image_mask (N,)) (other sources store frames otherwise)."""
     decoded = [decode(f, image_size, image_resize) for f in frames]
@@ -137,8 +154,7 @@ class ShuffleBuffer:
     state; `ShuffleBuffer(frames, size, rng, held)` continues from it, `held` being those frames re-read.
     """
 
-    def __init__(self, frames: Iterator[Frame], size: int, rng: np.random.Generator,
-                 held: list[Frame] | None = None):
+    def __init__(self, frames: Iterator[Frame], size: int, rng: np.random.Generator, held: list[Frame] | None = None):
         self.frames, self.size, self.rng = frames, size, rng
         self.buffer: list[Frame] = list(held or [])
         self.draining = False  # the stream ended: the buffer empties in shuffled order
@@ -176,8 +192,9 @@ class ShuffleBuffer:
         return {"refs": [list(f.ref) for f in self.buffer], "rng": self.rng.bit_generator.state}
 
 
-def batched(frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool,
-            image_resize: str = "stretch") -> Iterator[dict[str, np.ndarray | list[str]]]:
+def batched(
+    frames: Iterable[Frame], batch_size: int, image_size: int, drop_remainder: bool, image_resize: str = "stretch"
+) -> Iterator[dict[str, np.ndarray | list[str]]]:
     pending: list[Frame] = []
     for frame in frames:
         pending.append(frame)

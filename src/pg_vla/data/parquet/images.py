@@ -175,7 +175,7 @@ def _spans(input_size: int, output_size: int) -> tuple[np.ndarray, np.ndarray]:
             values.append(weight)
         if abs(total) >= 1000.0 * np.finfo(np.float32).tiny:
             inverse = f32(f32(1.0) / total)
-            weights[x, :len(values)] = [f32(v * inverse) for v in values]
+            weights[x, : len(values)] = [f32(v * inverse) for v in values]
         starts[x] = start
     return starts, weights
 
@@ -209,7 +209,7 @@ def resize_with_pad_like_tensorflow(image: np.ndarray, size: int) -> np.ndarray:
     box = pad_box(image.shape[0], image.shape[1], size)
     out = np.zeros((size, size, 3), np.uint8)
     content = resize_like_tensorflow(image, box.height, box.width)  # (h, w, 3)
-    out[box.top:box.top + box.height, box.left:box.left + box.width] = content
+    out[box.top : box.top + box.height, box.left : box.left + box.width] = content
     return out
 
 

@@ -29,8 +29,14 @@ from pg_vla.data.parquet.config import ParquetConfig
 from pg_vla.data.parquet.files import NAMED_SKIPS, ColumnPlan, FileIndex, index_file, resolve_files, skipped_episodes
 from pg_vla.data.parquet.frames import batched
 from pg_vla.data.parquet.statistics import load_or_compute_statistics
-from pg_vla.data.parquet.stream import (EpisodeReader, ReadUnit, TrainingBatches, ordered_frames, rank_episodes,
-                                        read_units)
+from pg_vla.data.parquet.stream import (
+    EpisodeReader,
+    ReadUnit,
+    TrainingBatches,
+    ordered_frames,
+    rank_episodes,
+    read_units,
+)
 from pg_vla.data.stream_checkpoint import StreamCheckpoints, check_restorable, checkpointed, logical_worker
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -57,10 +63,15 @@ class ParquetSource:
         skipped = skipped_episodes(source.indexes)
         if skipped:
             more = f"; and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
-            logger.warning("%s: skipped %d of %d Parquet episodes holding NaN/inf state or action values "
-                           "(skip_non_finite=true; left out of the statistics and the samples): %s%s",
-                           cfg.dataset_name, len(skipped), source.num_episodes, "; ".join(skipped[:NAMED_SKIPS]),
-                           more)
+            logger.warning(
+                "%s: skipped %d of %d Parquet episodes holding NaN/inf state or action values "
+                "(skip_non_finite=true; left out of the statistics and the samples): %s%s",
+                cfg.dataset_name,
+                len(skipped),
+                source.num_episodes,
+                "; ".join(skipped[:NAMED_SKIPS]),
+                more,
+            )
         return source
 
     @property
@@ -71,9 +82,16 @@ class ParquetSource:
 class ParquetBatches(IterableDataset):
     """Iterates batches of this rank's episodes; build it with `make_parquet_loader`."""
 
-    def __init__(self, cfg: ParquetConfig, source: ParquetSource, statistics: DatasetStatistics,
-                 statistics_path: Path, rank: int = 0, world_size: int = 1,
-                 checkpoints: StreamCheckpoints | None = None):
+    def __init__(
+        self,
+        cfg: ParquetConfig,
+        source: ParquetSource,
+        statistics: DatasetStatistics,
+        statistics_path: Path,
+        rank: int = 0,
+        world_size: int = 1,
+        checkpoints: StreamCheckpoints | None = None,
+    ):
         self.cfg, self.source, self.statistics = cfg, source, statistics
         self.statistics_path = statistics_path
         self.rank, self.world_size = rank, world_size
@@ -83,11 +101,14 @@ class ParquetBatches(IterableDataset):
     def reader(self) -> EpisodeReader:
         cfg, stats = self.cfg, self.statistics
         action_mask = action_normalization_mask(stats.action.dim, cfg.normalize_gripper, cfg.gripper_dims)
-        return EpisodeReader(cfg, self.source.indexes, self.source.plans,
-                             Normalizer(stats.proprio, cfg.normalization),
-                             Normalizer(stats.action, cfg.normalization, action_mask),
-                             {"state": cfg.state_dim or stats.proprio.dim,
-                              "action": cfg.action_dim or stats.action.dim})
+        return EpisodeReader(
+            cfg,
+            self.source.indexes,
+            self.source.plans,
+            Normalizer(stats.proprio, cfg.normalization),
+            Normalizer(stats.action, cfg.normalization, action_mask),
+            {"state": cfg.state_dim or stats.proprio.dim, "action": cfg.action_dim or stats.action.dim},
+        )
 
     def numpy_batches(self):
         """Numpy batches (no torch), this worker's share."""
@@ -102,8 +123,13 @@ class ParquetBatches(IterableDataset):
             if not units:
                 raise ValueError(f"{where}: no episodes assigned (fewer read units than workers)")
             reader = self.reader()
-            return checkpointed(lambda folder: TrainingBatches(reader, units, cfg, seed, where, folder),
-                                self.checkpoints, "parquet", worker, workers)
+            return checkpointed(
+                lambda folder: TrainingBatches(reader, units, cfg, seed, where, folder),
+                self.checkpoints,
+                "parquet",
+                worker,
+                workers,
+            )
         frames = ordered_frames(self.reader(), units)
         return batched(frames, cfg.batch_size, cfg.image_size, drop_remainder=False, image_resize=cfg.image_resize)
 
@@ -112,9 +138,9 @@ class ParquetBatches(IterableDataset):
             yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
-def make_parquet_loader(cfg: ParquetConfig, rank: int = 0, world_size: int = 1,
-                        checkpoints: StreamCheckpoints | None = None
-                        ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+def make_parquet_loader(
+    cfg: ParquetConfig, rank: int = 0, world_size: int = 1, checkpoints: StreamCheckpoints | None = None
+) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A DataLoader over this rank's share of the episodes, and the statistics it normalizes with.
 
     Mirrors `make_rlds_loader`: the dict maps `cfg.dataset_name` to its statistics; the JSON path
@@ -128,8 +154,11 @@ def make_parquet_loader(cfg: ParquetConfig, rank: int = 0, world_size: int = 1,
     if cfg.train:
         check_restorable(checkpoints, "parquet", max(workers, 1))
     dataset = ParquetBatches(cfg, source, statistics, path, rank, world_size, checkpoints)
-    extra = dict(multiprocessing_context=SPAWN, persistent_workers=True,
-                 prefetch_factor=cfg.prefetch_batches) if workers else {}
+    extra = (
+        dict(multiprocessing_context=SPAWN, persistent_workers=True, prefetch_factor=cfg.prefetch_batches)
+        if workers
+        else {}
+    )
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, **extra)
     return loader, {cfg.dataset_name: statistics}
 
@@ -149,11 +178,17 @@ def main() -> None:
     parser.add_argument("--image_2_role", default="wrist")
     parser.add_argument("--statistics_dir", default=None)
     args = parser.parse_args()
-    cfg = ParquetConfig(paths=tuple(args.paths), batch_size=args.batch_size, image_size=args.image_size,
-                        cond_steps=args.cond_steps, horizon_steps=args.horizon_steps,
-                        shuffle_buffer=args.shuffle_buffer, num_workers=args.num_workers,
-                        image_2_role=None if args.image_2_role == "none" else args.image_2_role,
-                        statistics_dir=args.statistics_dir)
+    cfg = ParquetConfig(
+        paths=tuple(args.paths),
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        cond_steps=args.cond_steps,
+        horizon_steps=args.horizon_steps,
+        shuffle_buffer=args.shuffle_buffer,
+        num_workers=args.num_workers,
+        image_2_role=None if args.image_2_role == "none" else args.image_2_role,
+        statistics_dir=args.statistics_dir,
+    )
     loader, _ = make_parquet_loader(cfg)
     print(loader.dataset.statistics_path)
     from pg_vla.data.dataloader import time_batches

@@ -26,17 +26,28 @@ import numpy as np
 
 from pg_vla.data.normalization import ArrayStatistics, DatasetStatistics
 from pg_vla.data.parquet.config import ParquetConfig
-from pg_vla.data.parquet.files import (NAMED_SKIPS, ColumnPlan, FileIndex, iter_row_blocks, open_parquet,
-                                       skipped_episodes)
+from pg_vla.data.parquet.files import (
+    NAMED_SKIPS,
+    ColumnPlan,
+    FileIndex,
+    iter_row_blocks,
+    open_parquet,
+    skipped_episodes,
+)
 
 logger = logging.getLogger(__name__)
 STATISTICS_VERSION = 1  # bump when the definitions change
 
 
 def statistics_key(cfg: ParquetConfig, files: list[Path]) -> str:
-    payload = {"version": STATISTICS_VERSION, "columns": {k: cfg.column(k) for k in ("state", "action", "prompt")},
-               "skip_unlabeled": cfg.skip_unlabeled, "state_dim": cfg.state_dim, "action_dim": cfg.action_dim,
-               "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    payload = {
+        "version": STATISTICS_VERSION,
+        "columns": {k: cfg.column(k) for k in ("state", "action", "prompt")},
+        "skip_unlabeled": cfg.skip_unlabeled,
+        "state_dim": cfg.state_dim,
+        "action_dim": cfg.action_dim,
+        "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
     if cfg.skip_non_finite:  # only when set, so the keys of earlier statistics stay valid
         payload["skip_non_finite"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -67,36 +78,50 @@ def compute_statistics(cfg: ParquetConfig, indexes: list[FileIndex], plans: list
         parquet = open_parquet(Path(index.path))
         keep = np.ones(index.num_rows, bool)  # rows of usable episodes
         for e in index.non_finite:
-            keep[index.starts[e]:index.starts[e + 1]] = False
-        for block in iter_row_blocks(parquet, index, plan, 0, index.num_rows, dims, cfg.row_group_budget_bytes,
-                                     with_images=False):
+            keep[index.starts[e] : index.starts[e + 1]] = False
+        for block in iter_row_blocks(
+            parquet, index, plan, 0, index.num_rows, dims, cfg.row_group_budget_bytes, with_images=False
+        ):
             if cfg.skip_unlabeled:
                 rows = np.arange(block.start, block.start + len(block))
                 firsts = np.isin(rows, index.starts[:-1])
                 for i in np.flatnonzero(firsts):
                     if not block.prompt[i]:
                         e = int(np.searchsorted(index.starts, rows[i]))
-                        keep[index.starts[e]:index.starts[e + 1]] = False
-            sel = keep[block.start:block.start + len(block)]
+                        keep[index.starts[e] : index.starts[e + 1]] = False
+            sel = keep[block.start : block.start + len(block)]
             states.append(block.state[sel])
             actions.append(block.action[sel])
         episodes += int(keep[index.starts[:-1]].sum())
     skipped = skipped_episodes(indexes)
     if episodes == 0:
         total = sum(i.num_episodes for i in indexes)
-        why = ("all unlabeled; set skip_unlabeled=False to use them" if not skipped
-               else f"all {total} hold NaN/inf values" if len(skipped) == total
-               else f"{len(skipped)} of {total} hold NaN/inf values, the others are unlabeled")
+        why = (
+            "all unlabeled; set skip_unlabeled=False to use them"
+            if not skipped
+            else f"all {total} hold NaN/inf values"
+            if len(skipped) == total
+            else f"{len(skipped)} of {total} hold NaN/inf values, the others are unlabeled"
+        )
         raise ValueError(f"{cfg.dataset_name}: no usable episode in {[i.path for i in indexes]} ({why})")
     state, action = np.concatenate(states), np.concatenate(actions)
-    extra = ({"skipped_non_finite_episodes": len(skipped), "skipped_non_finite_first": skipped[:NAMED_SKIPS]}
-             if cfg.skip_non_finite else {})
-    return DatasetStatistics(action=ArrayStatistics.from_values(action), proprio=ArrayStatistics.from_values(state),
-                             num_transitions=len(action), num_trajectories=episodes, extra=extra)
+    extra = (
+        {"skipped_non_finite_episodes": len(skipped), "skipped_non_finite_first": skipped[:NAMED_SKIPS]}
+        if cfg.skip_non_finite
+        else {}
+    )
+    return DatasetStatistics(
+        action=ArrayStatistics.from_values(action),
+        proprio=ArrayStatistics.from_values(state),
+        num_transitions=len(action),
+        num_trajectories=episodes,
+        extra=extra,
+    )
 
 
-def load_or_compute_statistics(cfg: ParquetConfig, files: list[Path], indexes: list[FileIndex],
-                               plans: list[ColumnPlan]) -> tuple[DatasetStatistics, Path]:
+def load_or_compute_statistics(
+    cfg: ParquetConfig, files: list[Path], indexes: list[FileIndex], plans: list[ColumnPlan]
+) -> tuple[DatasetStatistics, Path]:
     """The fixed `statistics_path`, or the cached statistics of these files (computed once)."""
     if cfg.statistics_path:
         return DatasetStatistics.load(cfg.statistics_path), Path(cfg.statistics_path)

@@ -62,8 +62,15 @@ def read_units(indexes: list[FileIndex], episodes: list[tuple[int, int]]) -> lis
 class EpisodeReader:
     """Reads units into frames; holds no more than one row block per open unit plus its episode."""
 
-    def __init__(self, cfg: ParquetConfig, indexes: list[FileIndex], plans: list[ColumnPlan],
-                 proprio_norm: Normalizer, action_norm: Normalizer, dims: dict[str, int | None]):
+    def __init__(
+        self,
+        cfg: ParquetConfig,
+        indexes: list[FileIndex],
+        plans: list[ColumnPlan],
+        proprio_norm: Normalizer,
+        action_norm: Normalizer,
+        dims: dict[str, int | None],
+    ):
         self.cfg, self.indexes, self.plans = cfg, indexes, plans
         self.proprio_norm, self.action_norm, self.dims = proprio_norm, action_norm, dict(dims)
         self.role_columns = cfg.role_columns()
@@ -93,8 +100,7 @@ class EpisodeReader:
                 k += 1
             del block
 
-    def _episode(self, index: FileIndex, plan: ColumnPlan, start: int, pieces: list, key: tuple[int, int]
-                 ) -> Episode:
+    def _episode(self, index: FileIndex, plan: ColumnPlan, start: int, pieces: list, key: tuple[int, int]) -> Episode:
         def cat(get):
             return [x for block, a, b in pieces for x in get(block)[a:b]]
 
@@ -103,8 +109,16 @@ class EpisodeReader:
         images = {name: cat(lambda blk, n=name: blk.images[n]) for name in pieces[0][0].images}
         ids = cat(lambda blk: blk.episode_id) if pieces[0][0].episode_id is not None else [None]
         name = ids[0] or f"{index.path.rsplit('/', 1)[-1]}:{start}"
-        return Episode(file=index.path, start=start, name=name, state=state, action=action,
-                       prompts=cat(lambda blk: blk.prompt), images=images, key=key)
+        return Episode(
+            file=index.path,
+            start=start,
+            name=name,
+            state=state,
+            action=action,
+            prompts=cat(lambda blk: blk.prompt),
+            images=images,
+            key=key,
+        )
 
     def frame_lists(self, unit: ReadUnit) -> Iterator[list[Frame]]:
         """The frames of each usable episode of a unit, one list per episode."""
@@ -114,8 +128,15 @@ class EpisodeReader:
             yield self.frames(episode)
 
     def frames(self, episode: Episode) -> list[Frame]:
-        return episode_frames(episode, self.proprio_norm, self.action_norm, self.role_columns,
-                              self.plans[episode.key[0]].names, self.cfg.cond_steps, self.cfg.horizon_steps)
+        return episode_frames(
+            episode,
+            self.proprio_norm,
+            self.action_norm,
+            self.role_columns,
+            self.plans[episode.key[0]].names,
+            self.cfg.cond_steps,
+            self.cfg.horizon_steps,
+        )
 
     def frames_by_ref(self, refs: list[tuple[int, int, int]]) -> list[Frame]:
         """The frames `refs` name ((file, episode, step) as in `Frame.ref`), in that order; reads each
@@ -124,8 +145,10 @@ class EpisodeReader:
         episodes = sorted({(f, e) for f, e, _ in wanted})
         for f, e in episodes:
             if not (0 <= f < len(self.indexes) and 0 <= e < self.indexes[f].num_episodes):
-                raise ValueError(f"a saved stream position names episode {e} of file {f}, which these files do not "
-                                 "hold: resume with the data the run was started with")
+                raise ValueError(
+                    f"a saved stream position names episode {e} of file {f}, which these files do not "
+                    "hold: resume with the data the run was started with"
+                )
         found: dict[tuple[int, int, int], Frame] = {}
         for unit in read_units(self.indexes, episodes):
             for episode in self.episodes(unit):
@@ -134,8 +157,10 @@ class EpisodeReader:
                         found[frame.ref] = frame
         missing = wanted - set(found)
         if missing:
-            raise ValueError(f"a saved stream position names steps the episodes do not have (e.g. {min(missing)}): "
-                             "resume with the data the run was started with")
+            raise ValueError(
+                f"a saved stream position names steps the episodes do not have (e.g. {min(missing)}): "
+                "resume with the data the run was started with"
+            )
         return [found[tuple(r)] for r in refs]
 
 
@@ -154,8 +179,15 @@ class TrainingFrames:
     it, re-reading only the open units.
     """
 
-    def __init__(self, reader: EpisodeReader, units: list[ReadUnit], cycle_length: int, seed: int, where: str,
-                 state: dict | None = None):
+    def __init__(
+        self,
+        reader: EpisodeReader,
+        units: list[ReadUnit],
+        cycle_length: int,
+        seed: int,
+        where: str,
+        state: dict | None = None,
+    ):
         self.reader, self.units, self.cycle_length, self.seed, self.where = reader, units, cycle_length, seed, where
         self._start_epoch(0)
         if state is not None:
@@ -205,14 +237,23 @@ class TrainingFrames:
         return self.reader.frame_lists(self.units[int(self.order[position])])
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "opened": self.opened, "open": [[p, taken] for p, taken, _ in self.open],
-                "turn": self.turn, "source": self.source, "offset": self.offset, "produced": self.produced,
-                "units": len(self.units)}
+        return {
+            "epoch": self.epoch,
+            "opened": self.opened,
+            "open": [[p, taken] for p, taken, _ in self.open],
+            "turn": self.turn,
+            "source": self.source,
+            "offset": self.offset,
+            "produced": self.produced,
+            "units": len(self.units),
+        }
 
     def _restore(self, state: dict) -> None:
         if state["units"] != len(self.units):
-            raise ValueError(f"{self.where}: the saved stream position is of {state['units']} read units, this "
-                             f"reader has {len(self.units)}: resume with the data and workers the run was started with")
+            raise ValueError(
+                f"{self.where}: the saved stream position is of {state['units']} read units, this "
+                f"reader has {len(self.units)}: resume with the data and workers the run was started with"
+            )
         self._start_epoch(int(state["epoch"]))
         self.opened, self.turn, self.produced = int(state["opened"]), int(state["turn"]), int(state["produced"])
         self.source, self.offset = int(state["source"]), int(state["offset"])
@@ -232,8 +273,15 @@ class TrainingBatches:
 
     STATE_FILE = "state.json"
 
-    def __init__(self, reader: EpisodeReader, units: list[ReadUnit], cfg: ParquetConfig, seed: int, where: str,
-                 folder: Path | None = None):
+    def __init__(
+        self,
+        reader: EpisodeReader,
+        units: list[ReadUnit],
+        cfg: ParquetConfig,
+        seed: int,
+        where: str,
+        folder: Path | None = None,
+    ):
         self.cfg = cfg
         state = json.loads((folder / self.STATE_FILE).read_text()) if folder is not None else None
         rng = np.random.default_rng([seed, 1])

@@ -18,24 +18,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([
-    ("image_1", pa.binary()),
-    ("image_2", pa.binary()),
-    ("state", pa.list_(pa.float32())),
-    ("action", pa.list_(pa.float32())),
-    ("is_first", pa.bool_()),
-    ("is_last", pa.bool_()),
-    ("is_terminal", pa.bool_()),
-    ("prompt", pa.string()),
-    ("episode_id", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("image_1", pa.binary()),
+        ("image_2", pa.binary()),
+        ("state", pa.list_(pa.float32())),
+        ("action", pa.list_(pa.float32())),
+        ("is_first", pa.bool_()),
+        ("is_last", pa.bool_()),
+        ("is_terminal", pa.bool_()),
+        ("prompt", pa.string()),
+        ("episode_id", pa.string()),
+    ]
+)
 
 
 class ParquetEpisodeWriter:
     """`with ParquetEpisodeWriter(folder) as w: w.add_episode(...)`; `w.files` lists what was written."""
 
-    def __init__(self, output_dir: str | Path, prefix: str = "episodes", rows_per_group: int = 1024,
-                 rows_per_file: int | None = None, compression: str = "snappy"):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        prefix: str = "episodes",
+        rows_per_group: int = 1024,
+        rows_per_file: int | None = None,
+        compression: str = "snappy",
+    ):
         if rows_per_group < 1 or (rows_per_file is not None and rows_per_file < 1):
             raise ValueError("rows_per_group and rows_per_file must be >= 1")
         self.output_dir, self.prefix = Path(output_dir), prefix
@@ -47,25 +55,39 @@ class ParquetEpisodeWriter:
         self._file_rows = 0
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-    def add_episode(self, image_1: Sequence[bytes], state: np.ndarray, action: np.ndarray, prompt: str | Sequence[str],
-                    episode_id: str | None = None, image_2: Sequence[bytes | None] | None = None,
-                    terminal: bool = True) -> None:
+    def add_episode(
+        self,
+        image_1: Sequence[bytes],
+        state: np.ndarray,
+        action: np.ndarray,
+        prompt: str | Sequence[str],
+        episode_id: str | None = None,
+        image_2: Sequence[bytes | None] | None = None,
+        terminal: bool = True,
+    ) -> None:
         """One episode: T encoded images, state (T, P), action (T, A), one prompt or T prompts."""
         length = len(image_1)
         state, action = np.asarray(state, np.float32), np.asarray(action, np.float32)
         prompts = [prompt] * length if isinstance(prompt, str) else list(prompt)
         if length == 0:
             raise ValueError("an episode needs at least one step")
-        if state.shape[0] != length or action.shape[0] != length or len(prompts) != length or (
-                image_2 is not None and len(image_2) != length):
-            raise ValueError(f"episode fields disagree on the length: images {length}, state {state.shape}, "
-                             f"action {action.shape}, prompts {len(prompts)}")
+        if (
+            state.shape[0] != length
+            or action.shape[0] != length
+            or len(prompts) != length
+            or (image_2 is not None and len(image_2) != length)
+        ):
+            raise ValueError(
+                f"episode fields disagree on the length: images {length}, state {state.shape}, "
+                f"action {action.shape}, prompts {len(prompts)}"
+            )
         if self.rows_per_file is not None and self._file_rows >= self.rows_per_file:
             self._close_file()
         rows = self._rows
         rows["image_1"].extend(bytes(b) for b in image_1)
-        rows["image_2"].extend([None] * length if image_2 is None else [None if b is None else bytes(b)
-                                                                        for b in image_2])
+        rows["image_2"].extend(
+            [None] * length if image_2 is None else [None if b is None else bytes(b) for b in image_2]
+        )
         rows["state"].extend(state.tolist())
         rows["action"].extend(action.tolist())
         rows["is_first"].extend([True] + [False] * (length - 1))

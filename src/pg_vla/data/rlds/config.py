@@ -22,8 +22,9 @@ class AugmentConfig:
     hue: float = 0.05  # max delta, fraction of the hue circle
 
 
-NO_AUGMENT = AugmentConfig(random_resized_crop=False, brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0),
-                           hue=0.0)
+NO_AUGMENT = AugmentConfig(
+    random_resized_crop=False, brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0
+)
 WRIST_AUGMENT = AugmentConfig(random_resized_crop=False)  # cropping a wrist view hides the gripper
 
 
@@ -54,14 +55,19 @@ class RLDSConfig:
     statistics_split: str = "train"  # validation data is normalized with the training statistics too
     statistics_dir: str | None = None  # where computed statistics are cached (default: next to the data)
     statistics_paths: dict[str, str] = field(default_factory=dict)  # dataset -> fixed statistics JSON
-    augment: dict[str, AugmentConfig] = field(default_factory=lambda: {
-        "primary": AugmentConfig(), "secondary": AugmentConfig(), "wrist": WRIST_AUGMENT})
+    augment: dict[str, AugmentConfig] = field(
+        default_factory=lambda: {"primary": AugmentConfig(), "secondary": AugmentConfig(), "wrist": WRIST_AUGMENT}
+    )
 
     def __post_init__(self) -> None:
         # Hydra / JSON hand lists and dicts: restore the typed values.
         self.camera_roles = tuple(self.camera_roles)
-        self.augment = {role: a if isinstance(a, AugmentConfig) else AugmentConfig(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in dict(a).items()}) for role, a in self.augment.items()}
+        self.augment = {
+            role: a
+            if isinstance(a, AugmentConfig)
+            else AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(a).items()})
+            for role, a in self.augment.items()
+        }
         self.statistics_paths = dict(self.statistics_paths)
         unknown = set(self.camera_roles) - set(CAMERA_ROLES)
         if unknown or not self.camera_roles:
@@ -69,7 +75,11 @@ class RLDSConfig:
         get_mix(self.mix)  # validates the name
         normalization_mode(self.normalization)
         image_resize_mode(self.image_resize)
-        for name, value in (("cond_steps", self.cond_steps), ("horizon_steps", self.horizon_steps),
-                            ("batch_size", self.batch_size), ("image_size", self.image_size)):
+        for name, value in (
+            ("cond_steps", self.cond_steps),
+            ("horizon_steps", self.horizon_steps),
+            ("batch_size", self.batch_size),
+            ("image_size", self.image_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

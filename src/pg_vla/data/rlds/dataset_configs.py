@@ -42,8 +42,10 @@ class DatasetConfig:
         if unknown:
             raise ValueError(f"{self.name}: unknown camera roles {sorted(unknown)} (known: {CAMERA_ROLES})")
         if len(self.action_normalization_mask) != self.action_dim:
-            raise ValueError(f"{self.name}: action_normalization_mask has {len(self.action_normalization_mask)} "
-                             f"entries for action_dim {self.action_dim}")
+            raise ValueError(
+                f"{self.name}: action_normalization_mask has {len(self.action_normalization_mask)} "
+                f"entries for action_dim {self.action_dim}"
+            )
 
     def config_hash(self) -> str:
         """Stable hash of everything that changes the standardized steps (keys statistics caches)."""

@@ -75,8 +75,9 @@ def _random_resized_crop(x: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> t
     """A crop of random area fraction and aspect ratio at a random place, resized back to the input size."""
     seeds = tf.random.experimental.stateless_split(seed, num=3)
     area = tf.random.stateless_uniform([], seeds[0], cfg.crop_scale[0], cfg.crop_scale[1])
-    log_ratio = tf.random.stateless_uniform([], seeds[1], tf.math.log(cfg.crop_ratio[0]),
-                                            tf.math.log(cfg.crop_ratio[1]))
+    log_ratio = tf.random.stateless_uniform(
+        [], seeds[1], tf.math.log(cfg.crop_ratio[0]), tf.math.log(cfg.crop_ratio[1])
+    )
     ratio = tf.exp(log_ratio)  # width / height
     height = tf.minimum(tf.sqrt(area / ratio), 1.0)
     width = tf.minimum(tf.sqrt(area * ratio), 1.0)

@@ -48,14 +48,17 @@ def open_builder(data_path: str | Path, cfg: DatasetConfig) -> tfds.core.Dataset
     if not Path(data_path).is_dir():
         raise FileNotFoundError(f"data path {data_path} does not exist")
     if not (folder / "dataset_info.json").is_file():
-        raise FileNotFoundError(f"no RLDS dataset at {folder} (expected <data_path>/{cfg.name}/{cfg.version} "
-                                f"with dataset_info.json)")
+        raise FileNotFoundError(
+            f"no RLDS dataset at {folder} (expected <data_path>/{cfg.name}/{cfg.version} with dataset_info.json)"
+        )
     builder = tfds.builder_from_directory(str(folder))
     observation = builder.info.features["steps"]["observation"]
     for role, key in cfg.image_keys.items():
         if key is not None and key not in observation:
-            raise KeyError(f"{cfg.name}: image key {key!r} (camera {role}) is not an observation feature; "
-                           f"available: {sorted(observation.keys())}")
+            raise KeyError(
+                f"{cfg.name}: image key {key!r} (camera {role}) is not an observation feature; "
+                f"available: {sorted(observation.keys())}"
+            )
     return builder
 
 
@@ -66,8 +69,16 @@ def rank_split(split: str, rank: int, world_size: int) -> str:
     return split if world_size == 1 else tfds.even_splits(split, n=world_size, drop_remainder=False)[rank]
 
 
-def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, split: str, *, shuffle: bool,
-                      read_threads: int, seed: int, camera_roles: tuple[str, ...] = ()) -> tf.data.Dataset:
+def read_trajectories(
+    builder: tfds.core.DatasetBuilder,
+    cfg: DatasetConfig,
+    split: str,
+    *,
+    shuffle: bool,
+    read_threads: int,
+    seed: int,
+    camera_roles: tuple[str, ...] = (),
+) -> tf.data.Dataset:
     """Episodes as trajectories (every step feature batched along time), plus `tfds_id`.
 
     Only the image features of `camera_roles` are kept (still encoded); the others are dropped
@@ -80,8 +91,13 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
     dropped = [k for k in image_features if k not in wanted]
     decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_features}}}
     cycle = read_threads if shuffle else 1  # one file at a time keeps an unshuffled pass in order
-    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed, interleave_cycle_length=cycle,
-                                  num_parallel_calls_for_interleave_files=cycle, try_autocache=False)
+    read_config = tfds.ReadConfig(
+        add_tfds_id=True,
+        shuffle_seed=seed,
+        interleave_cycle_length=cycle,
+        num_parallel_calls_for_interleave_files=cycle,
+        try_autocache=False,
+    )
     try:
         ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=shuffle, read_config=read_config)
     except ValueError as err:  # unknown split names and the like
@@ -91,8 +107,9 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
         steps = episode["steps"]
         length = steps.cardinality()
         if dropped:
-            steps = steps.map(lambda s: {**s, "observation": {k: v for k, v in s["observation"].items()
-                                                              if k not in dropped}})
+            steps = steps.map(
+                lambda s: {**s, "observation": {k: v for k, v in s["observation"].items() if k not in dropped}}
+            )
         # batch() preallocates its batch size, so batch exactly the episode length (known for RLDS
         # steps, which TFDS decodes from one sequence); the fallback bounds unknown lengths.
         traj = steps.batch(tf.where(length > 0, length, MAX_EPISODE_STEPS)).get_single_element()
@@ -102,9 +119,18 @@ def read_trajectories(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig, spl
     return ds.map(to_trajectory, num_parallel_calls=read_threads, deterministic=None)
 
 
-def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_unlabeled: bool, shuffle: bool,
-                              read_threads: int, seed: int, camera_roles: tuple[str, ...] = (),
-                              non_finite: str = "raise") -> tf.data.Dataset:
+def standardized_trajectories(
+    builder,
+    cfg: DatasetConfig,
+    split: str,
+    *,
+    skip_unlabeled: bool,
+    shuffle: bool,
+    read_threads: int,
+    seed: int,
+    camera_roles: tuple[str, ...] = (),
+    non_finite: str = "raise",
+) -> tf.data.Dataset:
     """Standardized trajectories; cameras outside `camera_roles` come out as empty strings.
 
     A NaN/inf action or proprio value: `non_finite="raise"` fails the pass (NonFiniteDataError via
@@ -122,16 +148,26 @@ def standardized_trajectories(builder, cfg: DatasetConfig, split: str, *, skip_u
         checks = []
         for key, values in (("action", out["action"]), ("proprio", out["observation"]["proprio"])):
             finite = tf.reduce_all(tf.math.is_finite(values), axis=-1)  # (T,)
-            checks.append(tf.debugging.Assert(tf.reduce_all(finite), [
-                f"{NON_FINITE_MARK} {key} value in {cfg.name} split {split}, episode", traj["tfds_id"],
-                "step", tf.argmin(tf.cast(finite, tf.int32))], summarize=1))
+            checks.append(
+                tf.debugging.Assert(
+                    tf.reduce_all(finite),
+                    [
+                        f"{NON_FINITE_MARK} {key} value in {cfg.name} split {split}, episode",
+                        traj["tfds_id"],
+                        "step",
+                        tf.argmin(tf.cast(finite, tf.int32)),
+                    ],
+                    summarize=1,
+                )
+            )
         with tf.control_dependencies(checks):  # the checks run before anything reads the values
             out["action"] = tf.identity(out["action"])
             out["observation"] = {**out["observation"], "proprio": tf.identity(out["observation"]["proprio"])}
         return out
 
-    ds = read_trajectories(builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed,
-                           camera_roles=camera_roles)
+    ds = read_trajectories(
+        builder, cfg, split, shuffle=shuffle, read_threads=read_threads, seed=seed, camera_roles=camera_roles
+    )
     ds = ds.map(apply, num_parallel_calls=read_threads, deterministic=None)
     ds = ds.filter(lambda t: tf.shape(t["action"])[0] > 0)
     if non_finite == "skip":
@@ -172,11 +208,16 @@ class SkipReport:
             self.seen.add(name)
             n = len(self.seen)
             if n <= NAMED_SKIPS:
-                logger.warning("%s: skipped episode %s (NaN/inf action or proprio; skip_non_finite=true), "
-                               "%d skipped so far", self.where, name, n)
+                logger.warning(
+                    "%s: skipped episode %s (NaN/inf action or proprio; skip_non_finite=true), %d skipped so far",
+                    self.where,
+                    name,
+                    n,
+                )
             elif str(n).rstrip("0") == "1":
-                logger.warning("%s: %d episodes skipped so far for NaN/inf action or proprio (skip_non_finite=true)",
-                               self.where, n)
+                logger.warning(
+                    "%s: %d episodes skipped so far for NaN/inf action or proprio (skip_non_finite=true)", self.where, n
+                )
         return False
 
 
@@ -186,25 +227,45 @@ def dataset_statistics(data_path: str | Path, cfg: DatasetConfig, rlds: RLDSConf
     fixed = rlds.statistics_paths.get(cfg.name)
     if fixed:
         return DatasetStatistics.load(fixed), Path(fixed)
-    return load_or_compute_statistics(data_path, cfg, split=rlds.statistics_split,
-                                      skip_unlabeled=rlds.skip_unlabeled, statistics_dir=rlds.statistics_dir,
-                                      read_threads=rlds.read_threads, skip_non_finite=rlds.skip_non_finite)
+    return load_or_compute_statistics(
+        data_path,
+        cfg,
+        split=rlds.statistics_split,
+        skip_unlabeled=rlds.skip_unlabeled,
+        statistics_dir=rlds.statistics_dir,
+        read_threads=rlds.read_threads,
+        skip_non_finite=rlds.skip_non_finite,
+    )
 
 
-def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSConfig, index: int,
-                      proprio_dim: int, action_dim: int, rank: int, world_size: int) -> tf.data.Dataset:
+def frames_of_dataset(
+    cfg: DatasetConfig,
+    stats: DatasetStatistics,
+    rlds: RLDSConfig,
+    index: int,
+    proprio_dim: int,
+    action_dim: int,
+    rank: int,
+    world_size: int,
+) -> tf.data.Dataset:
     """One dataset as a stream of frames (encoded images, normalized and windowed proprio/actions)."""
     builder = open_builder(rlds.data_path, cfg)
-    action_mask = action_normalization_mask(cfg.action_dim, rlds.normalize_gripper,
-                                            dataset_mask=cfg.action_normalization_mask)
+    action_mask = action_normalization_mask(
+        cfg.action_dim, rlds.normalize_gripper, dataset_mask=cfg.action_normalization_mask
+    )
     action_norm = Normalizer(stats.action, rlds.normalization, action_mask)
     proprio_norm = Normalizer(stats.proprio, rlds.normalization)
     seed = rlds.seed + 1000 * rank + index
 
     def prepare(traj: dict) -> dict:
-        traj = {**traj, "action": normalize_tf(traj["action"], action_norm),
-                "observation": {**traj["observation"],
-                                "proprio": normalize_tf(traj["observation"]["proprio"], proprio_norm)}}
+        traj = {
+            **traj,
+            "action": normalize_tf(traj["action"], action_norm),
+            "observation": {
+                **traj["observation"],
+                "proprio": normalize_tf(traj["observation"]["proprio"], proprio_norm),
+            },
+        }
         traj = add_windows(traj, rlds.cond_steps, rlds.horizon_steps)
         length = tf.shape(traj["step"])[0]
         obs = traj["observation"]
@@ -220,10 +281,17 @@ def frames_of_dataset(cfg: DatasetConfig, stats: DatasetStatistics, rlds: RLDSCo
             "dataset_index": tf.fill([length], index),
         }
 
-    ds = standardized_trajectories(builder, cfg, rank_split(rlds.split, rank, world_size),
-                                   skip_unlabeled=rlds.skip_unlabeled, shuffle=rlds.train,
-                                   read_threads=rlds.read_threads, seed=seed, camera_roles=rlds.camera_roles,
-                                   non_finite="skip" if rlds.skip_non_finite else "raise")
+    ds = standardized_trajectories(
+        builder,
+        cfg,
+        rank_split(rlds.split, rank, world_size),
+        skip_unlabeled=rlds.skip_unlabeled,
+        shuffle=rlds.train,
+        read_threads=rlds.read_threads,
+        seed=seed,
+        camera_roles=rlds.camera_roles,
+        non_finite="skip" if rlds.skip_non_finite else "raise",
+    )
     if rlds.train:
         ds = ds.repeat()
     ds = ds.map(prepare, num_parallel_calls=rlds.read_threads, deterministic=None)
@@ -254,23 +322,41 @@ def prepare_mix(rlds: RLDSConfig) -> MixInfo:
     for cfg in configs:
         stats[cfg.name], paths[cfg.name] = dataset_statistics(rlds.data_path, cfg, rlds)
     total = sum(mix.values())
-    return MixInfo(datasets=list(mix), weights=[w / total for w in mix.values()], statistics=stats,
-                   statistics_paths=paths, proprio_dim=max(c.proprio_dim for c in configs),
-                   action_dim=max(c.action_dim for c in configs))
+    return MixInfo(
+        datasets=list(mix),
+        weights=[w / total for w in mix.values()],
+        statistics=stats,
+        statistics_paths=paths,
+        proprio_dim=max(c.proprio_dim for c in configs),
+        action_dim=max(c.action_dim for c in configs),
+    )
 
 
-def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None
-                 ) -> tuple[tf.data.Dataset, MixInfo]:
+def make_dataset(
+    rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None
+) -> tuple[tf.data.Dataset, MixInfo]:
     """Batches of numpy-ready tensors (see `pg_vla.data.dataloader` for the layout)."""
     info = info or prepare_mix(rlds)
-    per_dataset = [frames_of_dataset(get_dataset_config(name), info.statistics[name], rlds, i, info.proprio_dim,
-                                     info.action_dim, rank, world_size) for i, name in enumerate(info.datasets)]
+    per_dataset = [
+        frames_of_dataset(
+            get_dataset_config(name),
+            info.statistics[name],
+            rlds,
+            i,
+            info.proprio_dim,
+            info.action_dim,
+            rank,
+            world_size,
+        )
+        for i, name in enumerate(info.datasets)
+    ]
     seed = rlds.seed + 1000 * rank
     if len(per_dataset) == 1:
         ds = per_dataset[0]
     else:
-        ds = tf.data.Dataset.sample_from_datasets(per_dataset, weights=info.weights, seed=seed,
-                                                  stop_on_empty_dataset=False)
+        ds = tf.data.Dataset.sample_from_datasets(
+            per_dataset, weights=info.weights, seed=seed, stop_on_empty_dataset=False
+        )
     if rlds.train:
         ds = ds.shuffle(rlds.shuffle_buffer, seed=seed)
     augments = {role: rlds.augment.get(role, NO_AUGMENT) if rlds.train else NO_AUGMENT for role in rlds.camera_roles}
@@ -289,8 +375,7 @@ def make_dataset(rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: Mix
         return out
 
     seeds = tf.data.Dataset.random(seed=seed).map(lambda s: tf.stack([s, s // 3 + 1]))
-    ds = tf.data.Dataset.zip((ds, seeds)).map(decode, num_parallel_calls=rlds.transform_threads,
-                                              deterministic=None)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(decode, num_parallel_calls=rlds.transform_threads, deterministic=None)
     ds = ds.batch(rlds.batch_size, drop_remainder=rlds.train, num_parallel_calls=rlds.transform_threads)
     options = tf.data.Options()
     options.autotune.ram_budget = int(rlds.ram_budget_gb * (1 << 30))
@@ -318,14 +403,18 @@ def non_finite_data_error(err: tf.errors.InvalidArgumentError) -> NonFiniteDataE
     message = getattr(err, "message", str(err))
     if NON_FINITE_MARK not in message:
         return None
-    detail = message[message.index(NON_FINITE_MARK):].splitlines()[0]
-    return NonFiniteDataError(f"{detail.replace('] [', ' ').strip('[]')}: fix or drop that episode (statistics and "
-                              "training refuse NaN/inf), or set skip_non_finite=true to leave such episodes out")
+    detail = message[message.index(NON_FINITE_MARK) :].splitlines()[0]
+    return NonFiniteDataError(
+        f"{detail.replace('] [', ' ').strip('[]')}: fix or drop that episode (statistics and "
+        "training refuse NaN/inf), or set skip_non_finite=true to leave such episodes out"
+    )
 
 
 def corrupt_data_error(err: Exception, where: str) -> CorruptDatasetError:
-    return CorruptDatasetError(f"corrupt or truncated tfrecord data in {where}: {getattr(err, 'message', err)}. "
-                               f"Re-copy or regenerate the dataset files.")
+    return CorruptDatasetError(
+        f"corrupt or truncated tfrecord data in {where}: {getattr(err, 'message', err)}. "
+        f"Re-copy or regenerate the dataset files."
+    )
 
 
 class RLDSBatchStream:
@@ -337,8 +426,14 @@ class RLDSBatchStream:
     deterministic, without reading the consumed data again.
     """
 
-    def __init__(self, rlds: RLDSConfig, rank: int = 0, world_size: int = 1, info: MixInfo | None = None,
-                 folder: Path | None = None):
+    def __init__(
+        self,
+        rlds: RLDSConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        info: MixInfo | None = None,
+        folder: Path | None = None,
+    ):
         self.rlds = rlds
         ds, self.info = make_dataset(rlds, rank, world_size, info)
         self.iterator = iter(ds)
@@ -353,8 +448,10 @@ class RLDSBatchStream:
             batch = next(self.iterator)
         except tf.errors.DataLossError as err:
             rlds = self.rlds
-            folders = ", ".join(f"{name} ({dataset_folder(rlds.data_path, get_dataset_config(name))}, split "
-                                f"{rlds.split!r})" for name in self.info.datasets)
+            folders = ", ".join(
+                f"{name} ({dataset_folder(rlds.data_path, get_dataset_config(name))}, split {rlds.split!r})"
+                for name in self.info.datasets
+            )
             raise corrupt_data_error(err, folders) from err
         except tf.errors.InvalidArgumentError as err:
             raise (non_finite_data_error(err) or err) from err

@@ -52,8 +52,16 @@ WORKSPACE = ((0.18, 0.42), (-0.14, 0.14))  # x, y range of the start poses
 _VIEW_CENTER, _VIEW_EXTENT, _VIEW_TILT = (0.30, 0.0), 0.36, 0.6
 
 
-def make_reach_dataset(data_dir: str | Path, episodes: Mapping[str, int], *, num_steps: int = 24,
-                       image_size: int = 112, seed: int = 0, num_shards: int = 2, overwrite: bool = False) -> Path:
+def make_reach_dataset(
+    data_dir: str | Path,
+    episodes: Mapping[str, int],
+    *,
+    num_steps: int = 24,
+    image_size: int = 112,
+    seed: int = 0,
+    num_shards: int = 2,
+    overwrite: bool = False,
+) -> Path:
     """Write `<data_dir>/bridge_dataset/1.0.0` with `episodes[split]` episodes per split; returns that folder."""
     from pg_vla.data.rlds.schemas import bridge_features
     from pg_vla.data.rlds.writer import write_rlds_dataset
@@ -63,10 +71,16 @@ def make_reach_dataset(data_dir: str | Path, episodes: Mapping[str, int], *, num
     if num_steps < 8:
         raise ValueError(f"num_steps must be >= 8 (reach, grasp and lift), got {num_steps}")
     splits = {split: _episodes(split, count, num_steps, image_size, seed) for split, count in episodes.items()}
-    return write_rlds_dataset(data_dir, BRIDGE_NAME, BRIDGE_VERSION, bridge_features((image_size, image_size)),
-                              splits, num_shards=min(num_shards, min(episodes.values())),
-                              description="Reach-the-named-square episodes (pg-vla quickstart) in the "
-                                          "BridgeData V2 schema.", overwrite=overwrite)
+    return write_rlds_dataset(
+        data_dir,
+        BRIDGE_NAME,
+        BRIDGE_VERSION,
+        bridge_features((image_size, image_size)),
+        splits,
+        num_shards=min(num_shards, min(episodes.values())),
+        description="Reach-the-named-square episodes (pg-vla quickstart) in the BridgeData V2 schema.",
+        overwrite=overwrite,
+    )
 
 
 def _episodes(split: str, count: int, num_steps: int, image_size: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -74,8 +88,9 @@ def _episodes(split: str, count: int, num_steps: int, image_size: int, seed: int
         yield reach_episode(split, index, num_steps=num_steps, image_size=image_size, seed=seed)
 
 
-def reach_episode(split: str, index: int, *, num_steps: int = 24, image_size: int = 112,
-                  seed: int = 0) -> dict[str, Any]:
+def reach_episode(
+    split: str, index: int, *, num_steps: int = 24, image_size: int = 112, seed: int = 0
+) -> dict[str, Any]:
     """Episode `index` of `split` as the dict the bridge schema encodes (images uint8 (S, S, 3))."""
     rng = np.random.default_rng([int(seed), zlib.crc32(b"reach"), zlib.crc32(split.encode()), int(index)])
     colors = list(SQUARES)
@@ -112,21 +127,32 @@ def reach_episode(split: str, index: int, *, num_steps: int = 24, image_size: in
     steps = []
     for t in range(num_steps):
         image = _render(background, squares, state[t, :3], state[t, 5], state[t, 6], image_size)
-        steps.append({
-            "observation": {BRIDGE_IMAGE_KEYS[0]: image, **{k: blank for k in BRIDGE_IMAGE_KEYS[1:]},
-                            "state": state[t].astype(np.float32)},
-            "action": action[t].astype(np.float32),
-            "discount": np.float32(1.0),
-            "reward": np.float32(t == num_steps - 1),
-            "is_first": t == 0,
-            "is_last": t == num_steps - 1,
-            "is_terminal": t == num_steps - 1,
-            "language_instruction": instruction,
-            "language_embedding": embedding,
-        })
-    return {"steps": steps, "episode_metadata": {
-        "file_path": f"reach/{split}/episode_{index:06d}.npy", "episode_id": np.int32(index), "has_language": True,
-        **{f"has_image_{k}": k == 0 for k in range(len(BRIDGE_IMAGE_KEYS))}}}
+        steps.append(
+            {
+                "observation": {
+                    BRIDGE_IMAGE_KEYS[0]: image,
+                    **{k: blank for k in BRIDGE_IMAGE_KEYS[1:]},
+                    "state": state[t].astype(np.float32),
+                },
+                "action": action[t].astype(np.float32),
+                "discount": np.float32(1.0),
+                "reward": np.float32(t == num_steps - 1),
+                "is_first": t == 0,
+                "is_last": t == num_steps - 1,
+                "is_terminal": t == num_steps - 1,
+                "language_instruction": instruction,
+                "language_embedding": embedding,
+            }
+        )
+    return {
+        "steps": steps,
+        "episode_metadata": {
+            "file_path": f"reach/{split}/episode_{index:06d}.npy",
+            "episode_id": np.int32(index),
+            "has_language": True,
+            **{f"has_image_{k}": k == 0 for k in range(len(BRIDGE_IMAGE_KEYS))},
+        },
+    }
 
 
 def _project(xyz: np.ndarray, size: int) -> tuple[float, float]:
@@ -143,8 +169,9 @@ def _background(size: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _render(background: np.ndarray, squares: Mapping[str, np.ndarray], ee_xyz: np.ndarray, yaw: float,
-            opening: float, size: int) -> np.ndarray:
+def _render(
+    background: np.ndarray, squares: Mapping[str, np.ndarray], ee_xyz: np.ndarray, yaw: float, opening: float, size: int
+) -> np.ndarray:
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     unit = size / _VIEW_EXTENT * 0.02  # 2 cm in pixels

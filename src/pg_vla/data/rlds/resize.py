@@ -122,8 +122,10 @@ def resolve_input_dir(data_path: str | Path, dataset_name: str, version: str | N
     folder = name_dir / version
     if not (folder / _DATASET_INFO).is_file():
         what = "does not exist" if not folder.exists() else f"has no {_DATASET_INFO}"
-        raise FileNotFoundError(f"dataset {dataset_name!r} version {version!r}: {folder} {what} "
-                                f"(versions present: {', '.join(versions) or 'none'})")
+        raise FileNotFoundError(
+            f"dataset {dataset_name!r} version {version!r}: {folder} {what} "
+            f"(versions present: {', '.join(versions) or 'none'})"
+        )
     return folder
 
 
@@ -192,15 +194,26 @@ def image_targets(features: "tfds.features.FeaturesDict", image_size: int | Sequ
             dtype = np.dtype(feature.np_dtype).name
             where = "/".join(path)
             if len(shape) != 3 or shape[-1] is None:
-                raise ValueError(f"image feature {where} has shape {shape}: need (height, width, channels) "
-                                 "with a known number of channels")
+                raise ValueError(
+                    f"image feature {where} has shape {shape}: need (height, width, channels) "
+                    "with a known number of channels"
+                )
             if dtype not in ("uint8", "uint16"):
-                raise ValueError(f"image feature {where} has dtype {dtype}: only uint8 and uint16 images "
-                                 "can be resized")
+                raise ValueError(
+                    f"image feature {where} has dtype {dtype}: only uint8 and uint16 images can be resized"
+                )
             channels = int(shape[-1])
-            out.append(ImageTarget(path=path, source_shape=shape, source_encoding=feature._encoding_format or "png",
-                                   dtype=dtype, channels=channels, shape=(height, width, channels),
-                                   encoding=target_encoding(dtype, channels)))
+            out.append(
+                ImageTarget(
+                    path=path,
+                    source_shape=shape,
+                    source_encoding=feature._encoding_format or "png",
+                    dtype=dtype,
+                    channels=channels,
+                    shape=(height, width, channels),
+                    encoding=target_encoding(dtype, channels),
+                )
+            )
         elif isinstance(feature, tfds.features.FeaturesDict):
             for key, sub in feature.items():
                 walk(sub, (*path, key), in_steps)
@@ -226,8 +239,9 @@ def _contains_image(feature) -> bool:
     return False
 
 
-def resized_features(features: "tfds.features.FeaturesDict", image_size: int | Sequence[int]
-                     ) -> "tfds.features.FeaturesDict":
+def resized_features(
+    features: "tfds.features.FeaturesDict", image_size: int | Sequence[int]
+) -> "tfds.features.FeaturesDict":
     """The same schema with each Image feature's shape and encoding replaced.
 
     Built from the feature proto of `features`, so every other feature (class, shape, dtype,
@@ -263,8 +277,9 @@ def resized_features(features: "tfds.features.FeaturesDict", image_size: int | S
 # image transform (tensorflow)
 
 
-def resize_encoded_image(encoded: "tf.Tensor", target: ImageTarget, jpeg_quality: int = DEFAULT_JPEG_QUALITY
-                         ) -> "tf.Tensor":
+def resize_encoded_image(
+    encoded: "tf.Tensor", target: ImageTarget, jpeg_quality: int = DEFAULT_JPEG_QUALITY
+) -> "tf.Tensor":
     """One encoded image () string -> re-encoded image () string of `target.shape`.
 
     Decoding follows TFDS' own Image decoder (`tf.image.decode_image` with the feature's channels
@@ -282,8 +297,7 @@ def resize_encoded_image(encoded: "tf.Tensor", target: ImageTarget, jpeg_quality
         sized = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
 
         def resize() -> tf.Tensor:
-            resized = tf.image.resize(tf.cast(image, tf.float32), [height, width], method="bilinear",
-                                      antialias=True)
+            resized = tf.image.resize(tf.cast(image, tf.float32), [height, width], method="bilinear", antialias=True)
             return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, float(dtype.max)), dtype)
 
         def encode(pixels: tf.Tensor) -> tf.Tensor:
@@ -298,14 +312,16 @@ def resize_encoded_image(encoded: "tf.Tensor", target: ImageTarget, jpeg_quality
     return tf.cond(tf.strings.length(encoded) > 0, convert, lambda: encoded)
 
 
-def resize_encoded_images(encoded: "tf.Tensor", target: ImageTarget, jpeg_quality: int = DEFAULT_JPEG_QUALITY
-                          ) -> "tf.Tensor":
+def resize_encoded_images(
+    encoded: "tf.Tensor", target: ImageTarget, jpeg_quality: int = DEFAULT_JPEG_QUALITY
+) -> "tf.Tensor":
     """`resize_encoded_image` over a string tensor of any shape (a step's (T,) images, or a scalar)."""
     import tensorflow as tf
 
     flat = tf.reshape(encoded, [-1])
-    out = tf.map_fn(lambda x: resize_encoded_image(x, target, jpeg_quality), flat,
-                    fn_output_signature=tf.TensorSpec([], tf.string))
+    out = tf.map_fn(
+        lambda x: resize_encoded_image(x, target, jpeg_quality), flat, fn_output_signature=tf.TensorSpec([], tf.string)
+    )
     return tf.reshape(out, tf.shape(encoded))
 
 
@@ -348,8 +364,13 @@ def _skip_decoding_tree(targets: Sequence[ImageTarget]) -> dict:
     return tree
 
 
-def resized_episodes(builder: "tfds.core.DatasetBuilder", split: str, targets: Sequence[ImageTarget],
-                     jpeg_quality: int = DEFAULT_JPEG_QUALITY, num_workers: int = 4) -> "tf.data.Dataset":
+def resized_episodes(
+    builder: "tfds.core.DatasetBuilder",
+    split: str,
+    targets: Sequence[ImageTarget],
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    num_workers: int = 4,
+) -> "tf.data.Dataset":
     """Episodes of `split` in file order: steps stacked into one dict of arrays, images rewritten.
 
     Yields `{"steps": {feature: (T, ...)}, <episode-level features>}` with images as encoded bytes,
@@ -362,8 +383,9 @@ def resized_episodes(builder: "tfds.core.DatasetBuilder", split: str, targets: S
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     # Shard after shard: the on-disk order. No autocache: TFDS would keep small splits (< 250 MiB) in memory.
     read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
-    ds = builder.as_dataset(split=split, decoders=_skip_decoding_tree(targets) or None, shuffle_files=False,
-                            read_config=read_config)
+    ds = builder.as_dataset(
+        split=split, decoders=_skip_decoding_tree(targets) or None, shuffle_files=False, read_config=read_config
+    )
 
     def transform(episode: dict) -> dict:
         out = {key: value for key, value in episode.items() if key != "steps"}
@@ -444,8 +466,10 @@ def modify_rlds_dataset(
     if not targets:
         raise ValueError(f"{input_dir} has no image features to resize")
     features = resized_features(info.features, size)
-    say(f"{input_dir} -> {output_dir}: {len(targets)} image feature(s) -> {size[0]}x{size[1]} "
-        f"({', '.join(sorted({t.encoding for t in targets}))}), splits {chosen}")
+    say(
+        f"{input_dir} -> {output_dir}: {len(targets)} image feature(s) -> {size[0]}x{size[1]} "
+        f"({', '.join(sorted({t.encoding for t in targets}))}), splits {chosen}"
+    )
 
     name, ver = input_dir.parent.name, input_dir.name
     output_root = Path(output_path)
@@ -464,9 +488,15 @@ def modify_rlds_dataset(
             episodes = resized_episodes(builder, split, targets, jpeg_quality, num_workers)
             say(f"{split}: {total} episodes, {shards} shard(s)")
             folder = write_rlds_dataset(
-                staging / f"split_{len(split_entries)}", name, ver, features,
+                staging / f"split_{len(split_entries)}",
+                name,
+                ver,
+                features,
                 {split: _counted(episodes, split, total, say, log_every_s)},
-                num_shards=shards, description=info.description or "", shuffle=False)
+                num_shards=shards,
+                description=info.description or "",
+                shuffle=False,
+            )
             written_info = json.loads((folder / _DATASET_INFO).read_text())
             entries = [e for e in written_info.get("splits", []) if e.get("name") == split]
             if len(entries) != 1:
@@ -477,8 +507,9 @@ def modify_rlds_dataset(
                     os.replace(file, merged / file.name)
                 elif file.name.startswith(f"{name}-{split}."):
                     os.replace(file, merged / file.name)
-        (merged / _DATASET_INFO).write_text(json.dumps(
-            _merged_dataset_info(input_dir, written_info, split_entries), indent=2) + "\n")
+        (merged / _DATASET_INFO).write_text(
+            json.dumps(_merged_dataset_info(input_dir, written_info, split_entries), indent=2) + "\n"
+        )
         _check_written(merged, info, chosen)
         if output_dir.exists():
             shutil.rmtree(output_dir)

@@ -28,8 +28,7 @@ def binarize_gripper_actions(gripper: tf.Tensor, open_above: float = 0.95, close
     def step(carry: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
         return tf.where(decided[i], is_open[i], carry)
 
-    return tf.scan(step, tf.range(tf.shape(gripper)[0]), initializer=tf.cast(gripper[-1], tf.float32),
-                   reverse=True)
+    return tf.scan(step, tf.range(tf.shape(gripper)[0]), initializer=tf.cast(gripper[-1], tf.float32), reverse=True)
 
 
 def relative_to_absolute_gripper(gripper: tf.Tensor, threshold: float = 0.1) -> tf.Tensor:
@@ -74,8 +73,11 @@ def standardize_bridge(traj: dict, cfg: DatasetConfig) -> dict:
     movement = state[1:, :6] - state[:-1, :6]  # (T-1, 6): the motion the robot actually made
     action = tf.concat([movement, gripper[:-1, None]], axis=1)
     images = {k: v[:-1] for k, v in _images(traj, cfg).items()}
-    return {"observation": {**images, "proprio": state[:-1]}, "action": action,
-            "language_instruction": _path(traj, cfg.language_key)[:-1]}
+    return {
+        "observation": {**images, "proprio": state[:-1]},
+        "action": action,
+        "language_instruction": _path(traj, cfg.language_key)[:-1],
+    }
 
 
 def standardize_fractal(traj: dict, cfg: DatasetConfig) -> dict:
@@ -85,14 +87,20 @@ def standardize_fractal(traj: dict, cfg: DatasetConfig) -> dict:
     action = tf.concat([act["world_vector"], act["rotation_delta"], gripper[:, None]], axis=1)
     obs = traj["observation"]
     proprio = tf.concat([obs["base_pose_tool_reached"], obs["gripper_closed"]], axis=1)
-    return {"observation": {**_images(traj, cfg), "proprio": tf.cast(proprio, tf.float32)},
-            "action": tf.cast(action, tf.float32), "language_instruction": _path(traj, cfg.language_key)}
+    return {
+        "observation": {**_images(traj, cfg), "proprio": tf.cast(proprio, tf.float32)},
+        "action": tf.cast(action, tf.float32),
+        "language_instruction": _path(traj, cfg.language_key),
+    }
 
 
 def standardize_metaworld(traj: dict, cfg: DatasetConfig) -> dict:
     """Meta-World demonstrations: stored proprio (hand xyz, gripper opening) and clipped 4-D actions as they are."""
-    return {"observation": {**_images(traj, cfg), "proprio": tf.cast(traj["observation"]["state"], tf.float32)},
-            "action": tf.cast(traj["action"], tf.float32), "language_instruction": _path(traj, cfg.language_key)}
+    return {
+        "observation": {**_images(traj, cfg), "proprio": tf.cast(traj["observation"]["state"], tf.float32)},
+        "action": tf.cast(traj["action"], tf.float32),
+        "language_instruction": _path(traj, cfg.language_key),
+    }
 
 
 STANDARDIZE_FNS: dict[str, Callable[[dict, DatasetConfig], dict]] = {

@@ -24,16 +24,18 @@ from pg_vla.data.rlds.dataset_configs import DatasetConfig
 logger = logging.getLogger(__name__)
 
 
-def statistics_key(cfg: DatasetConfig, split: str, skip_unlabeled: bool, split_info: dict,
-                   skip_non_finite: bool = False) -> str:
+def statistics_key(
+    cfg: DatasetConfig, split: str, skip_unlabeled: bool, split_info: dict, skip_non_finite: bool = False
+) -> str:
     payload = {"config": cfg.config_hash(), "split": split, "skip_unlabeled": skip_unlabeled, "split_info": split_info}
     if skip_non_finite:  # only when set, so the keys of earlier statistics stay valid
         payload["skip_non_finite"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def statistics_file(data_path: str | Path, cfg: DatasetConfig, split: str, key: str,
-                    statistics_dir: str | Path | None) -> Path:
+def statistics_file(
+    data_path: str | Path, cfg: DatasetConfig, split: str, key: str, statistics_dir: str | Path | None
+) -> Path:
     from pg_vla.data.rlds.pipeline import dataset_folder, default_statistics_dir
 
     name = f"{cfg.name}_{split}_statistics_{key}.json"
@@ -45,8 +47,14 @@ def statistics_file(data_path: str | Path, cfg: DatasetConfig, split: str, key: 
     return default_statistics_dir() / cfg.name / cfg.version / name
 
 
-def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, skip_unlabeled: bool,
-                       read_threads: int = 4, skip_non_finite: bool = False) -> DatasetStatistics:
+def compute_statistics(
+    data_path: str | Path,
+    cfg: DatasetConfig,
+    split: str,
+    skip_unlabeled: bool,
+    read_threads: int = 4,
+    skip_non_finite: bool = False,
+) -> DatasetStatistics:
     """Statistics over every standardized step of `split` (images are dropped unread).
 
     NaN/inf in an action or proprio raises NonFiniteDataError, unless `skip_non_finite`: then such
@@ -56,16 +64,35 @@ def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, sk
     """
     import tensorflow as tf
 
-    from pg_vla.data.rlds.pipeline import (NAMED_SKIPS, corrupt_data_error, dataset_folder, non_finite_data_error,
-                                           open_builder, standardized_trajectories)
+    from pg_vla.data.rlds.pipeline import (
+        NAMED_SKIPS,
+        corrupt_data_error,
+        dataset_folder,
+        non_finite_data_error,
+        open_builder,
+        standardized_trajectories,
+    )
 
     builder = open_builder(data_path, cfg)
     # skipping: every non-empty trajectory comes as it is; non-finite, then unlabeled ones are dropped below
-    ds = standardized_trajectories(builder, cfg, split, skip_unlabeled=skip_unlabeled and not skip_non_finite,
-                                   shuffle=False, read_threads=read_threads, seed=0,
-                                   non_finite="keep" if skip_non_finite else "raise")
-    ds = ds.map(lambda t: {"action": t["action"], "proprio": t["observation"]["proprio"], "tfds_id": t["tfds_id"],
-                           "labeled": tf.strings.length(t["language_instruction"][0]) > 0})
+    ds = standardized_trajectories(
+        builder,
+        cfg,
+        split,
+        skip_unlabeled=skip_unlabeled and not skip_non_finite,
+        shuffle=False,
+        read_threads=read_threads,
+        seed=0,
+        non_finite="keep" if skip_non_finite else "raise",
+    )
+    ds = ds.map(
+        lambda t: {
+            "action": t["action"],
+            "proprio": t["observation"]["proprio"],
+            "tfds_id": t["tfds_id"],
+            "labeled": tf.strings.length(t["language_instruction"][0]) > 0,
+        }
+    )
 
     actions, proprios, skipped = [], [], []
     try:
@@ -86,28 +113,48 @@ def compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str, sk
         extra = {"skipped_non_finite_episodes": len(skipped), "skipped_non_finite_first": skipped[:NAMED_SKIPS]}
         if skipped:
             more = f", and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
-            logger.warning("%s split %s: skipped %d episode(s) holding NaN/inf action or proprio values "
-                           "(skip_non_finite=true; left out of the statistics and of training): %s%s",
-                           cfg.name, split, len(skipped), ", ".join(skipped[:NAMED_SKIPS]), more)
+            logger.warning(
+                "%s split %s: skipped %d episode(s) holding NaN/inf action or proprio values "
+                "(skip_non_finite=true; left out of the statistics and of training): %s%s",
+                cfg.name,
+                split,
+                len(skipped),
+                ", ".join(skipped[:NAMED_SKIPS]),
+                more,
+            )
     if not actions:
         non_finite = f", {len(skipped)} with NaN/inf values" if skipped else ""
         raise ValueError(f"{cfg.name} split {split!r} has no usable episodes (all empty or unlabeled{non_finite})")
     action, proprio = np.concatenate(actions), np.concatenate(proprios)
-    return DatasetStatistics(action=ArrayStatistics.from_values(action), proprio=ArrayStatistics.from_values(proprio),
-                             num_transitions=len(action), num_trajectories=len(actions), extra=extra)
+    return DatasetStatistics(
+        action=ArrayStatistics.from_values(action),
+        proprio=ArrayStatistics.from_values(proprio),
+        num_transitions=len(action),
+        num_trajectories=len(actions),
+        extra=extra,
+    )
 
 
-def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split: str = "train",
-                               skip_unlabeled: bool = True, statistics_dir: str | Path | None = None,
-                               read_threads: int = 4, skip_non_finite: bool = False) -> tuple[DatasetStatistics, Path]:
+def load_or_compute_statistics(
+    data_path: str | Path,
+    cfg: DatasetConfig,
+    split: str = "train",
+    skip_unlabeled: bool = True,
+    statistics_dir: str | Path | None = None,
+    read_threads: int = 4,
+    skip_non_finite: bool = False,
+) -> tuple[DatasetStatistics, Path]:
     from pg_vla.data.rlds.pipeline import open_builder
 
     builder = open_builder(data_path, cfg)
     if split not in builder.info.splits:
         raise ValueError(f"{cfg.name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
     split_info = builder.info.splits[split]
-    info = {"num_examples": int(split_info.num_examples), "num_bytes": int(split_info.num_bytes),
-            "shard_lengths": [int(n) for n in split_info.shard_lengths]}
+    info = {
+        "num_examples": int(split_info.num_examples),
+        "num_bytes": int(split_info.num_bytes),
+        "shard_lengths": [int(n) for n in split_info.shard_lengths],
+    }
     key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
     path = statistics_file(data_path, cfg, split, key, statistics_dir)
     if path.is_file():
@@ -117,6 +164,7 @@ def load_or_compute_statistics(data_path: str | Path, cfg: DatasetConfig, split:
     stats = compute_statistics(data_path, cfg, split, skip_unlabeled, read_threads, skip_non_finite)
     stats.extra = {"dataset": cfg.name, "split": split, "statistics_key": key, **stats.extra}
     stats.save(path)
-    logger.info("computed normalization statistics of %s split %s in %.1f s", cfg.name, split,
-                time.perf_counter() - start)
+    logger.info(
+        "computed normalization statistics of %s split %s in %.1f s", cfg.name, split, time.perf_counter() - start
+    )
     return stats, path

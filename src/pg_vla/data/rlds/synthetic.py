@@ -36,9 +36,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pg_vla.data.rlds.schemas import (BRIDGE_IMAGE_KEYS, BRIDGE_IMAGE_SIZE, BRIDGE_NAME, BRIDGE_VERSION,
-                                      FRACTAL_ATTRIBUTE_NAMES, FRACTAL_IMAGE_SIZE, FRACTAL_NAME, FRACTAL_VERSION,
-                                      LANGUAGE_EMBEDDING_DIM)
+from pg_vla.data.rlds.schemas import (
+    BRIDGE_IMAGE_KEYS,
+    BRIDGE_IMAGE_SIZE,
+    BRIDGE_NAME,
+    BRIDGE_VERSION,
+    FRACTAL_ATTRIBUTE_NAMES,
+    FRACTAL_IMAGE_SIZE,
+    FRACTAL_NAME,
+    FRACTAL_VERSION,
+    LANGUAGE_EMBEDDING_DIM,
+)
 
 BRIDGE_INSTRUCTIONS = (
     "put cup from counter or drying rack into sink",
@@ -91,10 +99,14 @@ def make_synthetic_bridge(
     from pg_vla.data.rlds.schemas import bridge_features
     from pg_vla.data.rlds.writer import write_rlds_dataset
 
-    kwargs = _check_args(episodes_per_split, splits, min_steps, max_steps, image_size, num_shards,
-                         empty_language_fraction)
+    kwargs = _check_args(
+        episodes_per_split, splits, min_steps, max_steps, image_size, num_shards, empty_language_fraction
+    )
     return write_rlds_dataset(
-        data_dir, BRIDGE_NAME, BRIDGE_VERSION, bridge_features(kwargs["image_size"]),
+        data_dir,
+        BRIDGE_NAME,
+        BRIDGE_VERSION,
+        bridge_features(kwargs["image_size"]),
         {split: iter_bridge_episodes(split, episodes_per_split, seed=seed, **kwargs) for split in splits},
         num_shards=min(num_shards, episodes_per_split),
         description="Synthetic episodes in the BridgeData V2 (bridge_dataset 1.0.0) schema.",
@@ -122,10 +134,14 @@ def make_synthetic_fractal(
     from pg_vla.data.rlds.schemas import fractal_features
     from pg_vla.data.rlds.writer import write_rlds_dataset
 
-    kwargs = _check_args(episodes_per_split, splits, min_steps, max_steps, image_size, num_shards,
-                         empty_language_fraction)
+    kwargs = _check_args(
+        episodes_per_split, splits, min_steps, max_steps, image_size, num_shards, empty_language_fraction
+    )
     return write_rlds_dataset(
-        data_dir, FRACTAL_NAME, FRACTAL_VERSION, fractal_features(kwargs["image_size"]),
+        data_dir,
+        FRACTAL_NAME,
+        FRACTAL_VERSION,
+        fractal_features(kwargs["image_size"]),
         {split: iter_fractal_episodes(split, episodes_per_split, seed=seed, **kwargs) for split in splits},
         num_shards=min(num_shards, episodes_per_split),
         description="Synthetic episodes in the fractal / RT-1 (fractal20220817_data 0.1.0) schema.",
@@ -158,14 +174,19 @@ def bridge_episode(
     """Episode `index` of `split`, as the dict the bridge schema encodes (images as uint8 arrays)."""
     rng = _episode_rng(BRIDGE_NAME, seed, split, index)
     num_steps = int(rng.integers(min_steps, max_steps + 1))
-    plan = _plan(rng, num_steps,
-                 start=[rng.uniform(0.24, 0.34), rng.uniform(-0.08, 0.08), rng.uniform(0.10, 0.16)],
-                 x_range=(0.20, 0.40), y_range=(-0.14, 0.14), table_z=_BRIDGE_TABLE_Z)
+    plan = _plan(
+        rng,
+        num_steps,
+        start=[rng.uniform(0.24, 0.34), rng.uniform(-0.08, 0.08), rng.uniform(0.10, 0.16)],
+        x_range=(0.20, 0.40),
+        y_range=(-0.14, 0.14),
+        table_z=_BRIDGE_TABLE_Z,
+    )
 
     # Actions and states: xyz/rpy deltas integrated into the state, gripper 1 open / 0 closed.
     gripper_cmd = np.ones(num_steps)
     gripper_cmd[plan.t_grasp - 1] = rng.uniform(0.3, 0.7)
-    gripper_cmd[plan.t_grasp:plan.t_release - 1] = 0.0
+    gripper_cmd[plan.t_grasp : plan.t_release - 1] = 0.0
     if plan.t_release <= num_steps:
         gripper_cmd[plan.t_release - 1] = rng.uniform(0.3, 0.7)
     rpy_goal = np.array([rng.normal(0, 0.05), rng.normal(-0.1, 0.05), rng.uniform(-0.5, 0.5)])
@@ -188,26 +209,33 @@ def bridge_episode(
     embedding = language_embedding(instruction)
     has_image = [True] + [bool(rng.random() < p) for p in (0.75, 0.5, 0.2)]
     object_color = tuple(int(c) for c in rng.integers(40, 230, 3))
-    views = [_View(rng, image_size, object_color, center=(0.30, 0.0), extent=0.42, angle=angle, tilt=tilt)
-             for angle, tilt in ((0.0, 0.6), (0.5, 0.9), (-0.6, 0.9), (0.0, 0.0))]
+    views = [
+        _View(rng, image_size, object_color, center=(0.30, 0.0), extent=0.42, angle=angle, tilt=tilt)
+        for angle, tilt in ((0.0, 0.6), (0.5, 0.9), (-0.6, 0.9), (0.0, 0.0))
+    ]
     object_xyz = plan.object_positions(state[:, :3])
     steps = []
     for t in range(num_steps):
         images = {}
         for key, view, present in zip(BRIDGE_IMAGE_KEYS, views, has_image):
-            images[key] = (view.render(state[t, :3], state[t, 5], opening[t], object_xyz[t], plan.place)
-                           if present else np.zeros((*image_size, 3), np.uint8))
-        steps.append({
-            "observation": {**images, "state": state[t].astype(np.float32)},
-            "action": action[t].astype(np.float32),
-            "discount": np.float32(1.0),
-            "reward": np.float32(t == num_steps - 1),
-            "is_first": t == 0,
-            "is_last": t == num_steps - 1,
-            "is_terminal": t == num_steps - 1,
-            "language_instruction": instruction,
-            "language_embedding": embedding,
-        })
+            images[key] = (
+                view.render(state[t, :3], state[t, 5], opening[t], object_xyz[t], plan.place)
+                if present
+                else np.zeros((*image_size, 3), np.uint8)
+            )
+        steps.append(
+            {
+                "observation": {**images, "state": state[t].astype(np.float32)},
+                "action": action[t].astype(np.float32),
+                "discount": np.float32(1.0),
+                "reward": np.float32(t == num_steps - 1),
+                "is_first": t == 0,
+                "is_last": t == num_steps - 1,
+                "is_terminal": t == num_steps - 1,
+                "language_instruction": instruction,
+                "language_embedding": embedding,
+            }
+        )
     return {
         "steps": steps,
         "episode_metadata": {
@@ -232,9 +260,14 @@ def fractal_episode(
     """Episode `index` of `split`, as the dict the fractal schema encodes (image as a uint8 array)."""
     rng = _episode_rng(FRACTAL_NAME, seed, split, index)
     num_steps = int(rng.integers(min_steps, max_steps + 1))
-    plan = _plan(rng, num_steps,
-                 start=[rng.uniform(0.45, 0.65), rng.uniform(-0.2, 0.1), rng.uniform(0.8, 0.95)],
-                 x_range=(0.45, 0.75), y_range=(-0.25, 0.15), table_z=_FRACTAL_TABLE_Z)
+    plan = _plan(
+        rng,
+        num_steps,
+        start=[rng.uniform(0.45, 0.65), rng.uniform(-0.2, 0.1), rng.uniform(0.8, 0.95)],
+        x_range=(0.45, 0.75),
+        y_range=(-0.25, 0.15),
+        table_z=_FRACTAL_TABLE_Z,
+    )
 
     # Relative gripper commands: +1 close, -1 open, 0 keep; the closed state follows them.
     gripper_cmd = np.zeros(num_steps)
@@ -270,8 +303,16 @@ def fractal_episode(
     instruction = _instruction(FRACTAL_INSTRUCTIONS, rng, index, empty_language_fraction)
     embedding = language_embedding(instruction)
     object_color = tuple(int(c) for c in rng.integers(40, 230, 3))
-    view = _View(rng, image_size, object_color, center=(0.6, -0.05), extent=0.55, angle=np.pi / 2, tilt=0.5,
-                 table_z=_FRACTAL_TABLE_Z)
+    view = _View(
+        rng,
+        image_size,
+        object_color,
+        center=(0.6, -0.05),
+        extent=0.55,
+        angle=np.pi / 2,
+        tilt=0.5,
+        table_z=_FRACTAL_TABLE_Z,
+    )
     object_xyz = plan.object_positions(pose[:, :3])
     workspace_bounds = np.array([[0.3, -0.4, _FRACTAL_TABLE_Z], [0.9, 0.3, 1.2], [0.0, 0.0, 0.0]], np.float32)
     orientation_box = np.array([[-0.6, -0.6, -1.0], [0.6, 0.6, 1.0]], np.float32)
@@ -279,42 +320,54 @@ def fractal_episode(
     steps = []
     for t in range(num_steps):
         yaw = _yaw_of(pose[t, 3:])
-        steps.append({
-            "action": {
-                "world_vector": world_vector[t].astype(np.float32),
-                "rotation_delta": rotation_delta[t].astype(np.float32),
-                "gripper_closedness_action": np.array([gripper_cmd[t]], np.float32),
-                "terminate_episode": np.array([1, 0, 0] if t == num_steps - 1 else [0, 1, 0], np.int32),
-                "base_displacement_vector": np.zeros(2, np.float32),
-                "base_displacement_vertical_rotation": np.zeros(1, np.float32),
-            },
-            "observation": {
-                "image": view.render(pose[t, :3], yaw, 1.0 - closed[t], object_xyz[t], plan.place),
-                "natural_language_embedding": embedding,
-                "natural_language_instruction": instruction,
-                "base_pose_tool_reached": pose[t].astype(np.float32),
-                "gripper_closed": np.array([closed[t]], np.float32),
-                "gripper_closedness_commanded": np.array([closed[t]], np.float32),
-                "height_to_bottom": np.array([pose[t, 2] - _FRACTAL_TABLE_Z], np.float32),
-                "orientation_box": orientation_box,
-                "orientation_start": pose[0, 3:].astype(np.float32),
-                "robot_orientation_positions_box": robot_box,
-                "rotation_delta_to_go": _rotvec_between(pose[t, 3:], q_goal).astype(np.float32),
-                "src_rotation": pose[t, 3:].astype(np.float32),
-                "vector_to_go": (plan.target(t) - pose[t, :3]).astype(np.float32),
-                "workspace_bounds": workspace_bounds,
-            },
-            "is_first": t == 0,
-            "is_last": t == num_steps - 1,
-            "is_terminal": t == num_steps - 1,
-            "reward": np.float32(t == num_steps - 1),
-        })
+        steps.append(
+            {
+                "action": {
+                    "world_vector": world_vector[t].astype(np.float32),
+                    "rotation_delta": rotation_delta[t].astype(np.float32),
+                    "gripper_closedness_action": np.array([gripper_cmd[t]], np.float32),
+                    "terminate_episode": np.array([1, 0, 0] if t == num_steps - 1 else [0, 1, 0], np.int32),
+                    "base_displacement_vector": np.zeros(2, np.float32),
+                    "base_displacement_vertical_rotation": np.zeros(1, np.float32),
+                },
+                "observation": {
+                    "image": view.render(pose[t, :3], yaw, 1.0 - closed[t], object_xyz[t], plan.place),
+                    "natural_language_embedding": embedding,
+                    "natural_language_instruction": instruction,
+                    "base_pose_tool_reached": pose[t].astype(np.float32),
+                    "gripper_closed": np.array([closed[t]], np.float32),
+                    "gripper_closedness_commanded": np.array([closed[t]], np.float32),
+                    "height_to_bottom": np.array([pose[t, 2] - _FRACTAL_TABLE_Z], np.float32),
+                    "orientation_box": orientation_box,
+                    "orientation_start": pose[0, 3:].astype(np.float32),
+                    "robot_orientation_positions_box": robot_box,
+                    "rotation_delta_to_go": _rotvec_between(pose[t, 3:], q_goal).astype(np.float32),
+                    "src_rotation": pose[t, 3:].astype(np.float32),
+                    "vector_to_go": (plan.target(t) - pose[t, :3]).astype(np.float32),
+                    "workspace_bounds": workspace_bounds,
+                },
+                "is_first": t == 0,
+                "is_last": t == num_steps - 1,
+                "is_terminal": t == num_steps - 1,
+                "reward": np.float32(t == num_steps - 1),
+            }
+        )
     success = plan.t_release <= num_steps
-    aspects = {"already_success": False, "feasible": True, "has_aspects": bool(rng.random() < 0.8),
-               "success": success, "undesirable": False}
-    names = {"collection_mode": "teleop", "data_type": "synthetic", "env": "synthetic_table",
-             "location": "synthetic_lab", "objects_family": "tabletop_objects",
-             "task_family": instruction.split(" ")[0] if instruction else "unlabeled"}
+    aspects = {
+        "already_success": False,
+        "feasible": True,
+        "has_aspects": bool(rng.random() < 0.8),
+        "success": success,
+        "undesirable": False,
+    }
+    names = {
+        "collection_mode": "teleop",
+        "data_type": "synthetic",
+        "env": "synthetic_table",
+        "location": "synthetic_lab",
+        "objects_family": "tabletop_objects",
+        "task_family": instruction.split(" ")[0] if instruction else "unlabeled",
+    }
     attributes = {}
     for name in FRACTAL_ATTRIBUTE_NAMES:
         attributes[name] = np.int64(zlib.crc32(names[name].encode()) % 1000)
@@ -334,8 +387,9 @@ def language_embedding(instruction: str) -> np.ndarray:
 # episode structure
 
 
-def _check_args(episodes_per_split, splits, min_steps, max_steps, image_size, num_shards,
-                empty_language_fraction) -> dict[str, Any]:
+def _check_args(
+    episodes_per_split, splits, min_steps, max_steps, image_size, num_shards, empty_language_fraction
+) -> dict[str, Any]:
     if episodes_per_split < 1:
         raise ValueError(f"episodes_per_split must be >= 1, got {episodes_per_split}")
     if not splits:
@@ -349,8 +403,12 @@ def _check_args(episodes_per_split, splits, min_steps, max_steps, image_size, nu
     height, width = (int(v) for v in image_size)
     if height < 8 or width < 8:
         raise ValueError(f"image_size must be at least 8x8, got {image_size}")
-    return {"min_steps": int(min_steps), "max_steps": int(max_steps), "image_size": (height, width),
-            "empty_language_fraction": float(empty_language_fraction)}
+    return {
+        "min_steps": int(min_steps),
+        "max_steps": int(max_steps),
+        "image_size": (height, width),
+        "empty_language_fraction": float(empty_language_fraction),
+    }
 
 
 def _episode_rng(dataset: str, seed: int, split: str, index: int) -> np.random.Generator:
@@ -398,8 +456,9 @@ def _plan(rng: np.random.Generator, num_steps: int, start, x_range, y_range, tab
             break
     t_grasp = min(max(1, int(round(num_steps * rng.uniform(0.35, 0.5)))), num_steps - 2)
     released = rng.random() < 0.75
-    t_release = (min(max(t_grasp + 2, int(round(num_steps * rng.uniform(0.7, 0.85)))), num_steps)
-                 if released else num_steps + 1)
+    t_release = (
+        min(max(t_grasp + 2, int(round(num_steps * rng.uniform(0.7, 0.85)))), num_steps) if released else num_steps + 1
+    )
     return _Plan(np.asarray(start, float), obj, place, t_grasp, t_release, num_steps)
 
 
@@ -410,8 +469,17 @@ def _plan(rng: np.random.Generator, num_steps: int, start, x_range, y_range, tab
 class _View:
     """A camera looking down at the table: world xy -> pixels, height lifts points up the image."""
 
-    def __init__(self, rng: np.random.Generator, image_size: tuple[int, int], object_color: tuple[int, int, int],
-                 center: tuple[float, float], extent: float, angle: float, tilt: float, table_z: float = 0.0):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        image_size: tuple[int, int],
+        object_color: tuple[int, int, int],
+        center: tuple[float, float],
+        extent: float,
+        angle: float,
+        tilt: float,
+        table_z: float = 0.0,
+    ):
         self.height, self.width = image_size
         self.center = np.asarray(center, float)
         self.scale = min(self.height, self.width) / extent  # pixels per metre
@@ -433,14 +501,18 @@ class _View:
         v = self.height / 2 + self.scale * (cos * dx + sin * dy) - self.tilt * self.scale * (xyz[2] - self.table_z)
         return float(u), float(v)
 
-    def render(self, ee_xyz: np.ndarray, yaw: float, opening: float, object_xyz: np.ndarray,
-               place_xyz: np.ndarray) -> np.ndarray:
+    def render(
+        self, ee_xyz: np.ndarray, yaw: float, opening: float, object_xyz: np.ndarray, place_xyz: np.ndarray
+    ) -> np.ndarray:
         image = Image.fromarray(self.background)
         draw = ImageDraw.Draw(image)
         unit = max(1.0, self.scale * 0.02)  # about 2 cm in pixels
         pu, pv = self.project(place_xyz)
-        draw.rectangle([pu - 2.2 * unit, pv - 1.6 * unit, pu + 2.2 * unit, pv + 1.6 * unit],
-                       outline=(30, 30, 160), width=max(1, int(unit / 3)))
+        draw.rectangle(
+            [pu - 2.2 * unit, pv - 1.6 * unit, pu + 2.2 * unit, pv + 1.6 * unit],
+            outline=(30, 30, 160),
+            width=max(1, int(unit / 3)),
+        )
         ou, ov = self.project(object_xyz)
         draw.rectangle([ou - unit, ov - unit, ou + unit, ov + unit], fill=self.object_color)
         # End effector: shadow on the table, body, and two fingers `opening` apart across the yaw axis.
@@ -465,12 +537,14 @@ class _View:
 def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return np.array([
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    ])
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
 
 
 def _quat_normalize(q: np.ndarray) -> np.ndarray:

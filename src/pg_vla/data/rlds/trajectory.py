@@ -23,7 +23,8 @@ def normalize_tf(x: tf.Tensor, normalizer: Normalizer) -> tf.Tensor:
     """The tensorflow twin of `Normalizer.normalize`: the same table (`NormalizationParams`), in float32."""
     params = normalizer.params
     y = (x - tf.constant(params.offset, tf.float32)) * tf.constant(params.gain, tf.float32) + tf.constant(
-        params.bias, tf.float32)
+        params.bias, tf.float32
+    )
     if params.clip:
         y = tf.clip_by_value(y, -1.0, 1.0)
     return tf.where(tf.constant(params.mask), y, x)

@@ -40,8 +40,13 @@ FULL_STATE_DIM = 39
 VAL_FIRST_SEED = 50_000  # validation episodes; training uses 0..N-1, evaluation 100000 on
 
 
-def collect_episode(task: str, seed: int, max_steps: int = DEFAULT_MAX_STEPS, image_size: int = DEFAULT_IMAGE_SIZE,
-                    camera: str = DEFAULT_CAMERA) -> dict[str, Any]:
+def collect_episode(
+    task: str,
+    seed: int,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    camera: str = DEFAULT_CAMERA,
+) -> dict[str, Any]:
     """One expert episode -> images (T, S, S, 3), states (T, 39), actions (T, 4), rewards (T,), success."""
     from pg_vla.eval.metaworld.env import MetaWorldEnv, ScriptedExpert
 
@@ -62,9 +67,16 @@ def collect_episode(task: str, seed: int, max_steps: int = DEFAULT_MAX_STEPS, im
                 break
     finally:
         env.close()
-    return {"task": task, "seed": int(seed), "instruction": instruction, "success": bool(result.success),
-            "images": np.stack(images), "states": np.stack(states).astype(np.float32),
-            "actions": np.stack(actions).astype(np.float32), "rewards": np.asarray(rewards, np.float32)}
+    return {
+        "task": task,
+        "seed": int(seed),
+        "instruction": instruction,
+        "success": bool(result.success),
+        "images": np.stack(images),
+        "states": np.stack(states).astype(np.float32),
+        "actions": np.stack(actions).astype(np.float32),
+        "rewards": np.asarray(rewards, np.float32),
+    }
 
 
 def _worker_init() -> None:
@@ -72,9 +84,16 @@ def _worker_init() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def iter_demonstrations(tasks: Sequence[str], episodes_per_task: int, *, workers: int = 2, first_seed: int = 0,
-                        max_steps: int = DEFAULT_MAX_STEPS, image_size: int = DEFAULT_IMAGE_SIZE,
-                        camera: str = DEFAULT_CAMERA) -> Iterator[dict[str, Any]]:
+def iter_demonstrations(
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    *,
+    workers: int = 2,
+    first_seed: int = 0,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    camera: str = DEFAULT_CAMERA,
+) -> Iterator[dict[str, Any]]:
     """Expert episodes of every task for seeds first_seed .. first_seed + episodes_per_task - 1, in that
     order, rendered by `workers` spawned processes (at most 2 x workers episodes held at once)."""
     for task in tasks:
@@ -98,20 +117,30 @@ def to_rlds_episode(episode: dict[str, Any]) -> dict[str, Any]:
     steps = []
     for t in range(length):
         last = t == length - 1
-        steps.append({
-            "observation": {"image": episode["images"][t],
-                            "state": episode["states"][t, PROPRIO_SLICE].astype(np.float32),
-                            "full_state": episode["states"][t].astype(np.float32)},
-            "action": episode["actions"][t],
-            "reward": np.float32(episode["rewards"][t]),
-            "discount": np.float32(1.0),
-            "is_first": t == 0,
-            "is_last": last,
-            "is_terminal": bool(last and episode["success"]),
-            "language_instruction": episode["instruction"],
-        })
-    return {"steps": steps, "episode_metadata": {"task": episode["task"], "seed": np.int64(episode["seed"]),
-                                                 "success": bool(episode["success"])}}
+        steps.append(
+            {
+                "observation": {
+                    "image": episode["images"][t],
+                    "state": episode["states"][t, PROPRIO_SLICE].astype(np.float32),
+                    "full_state": episode["states"][t].astype(np.float32),
+                },
+                "action": episode["actions"][t],
+                "reward": np.float32(episode["rewards"][t]),
+                "discount": np.float32(1.0),
+                "is_first": t == 0,
+                "is_last": last,
+                "is_terminal": bool(last and episode["success"]),
+                "language_instruction": episode["instruction"],
+            }
+        )
+    return {
+        "steps": steps,
+        "episode_metadata": {
+            "task": episode["task"],
+            "seed": np.int64(episode["seed"]),
+            "success": bool(episode["success"]),
+        },
+    }
 
 
 def metaworld_features(image_size: int = DEFAULT_IMAGE_SIZE) -> Any:
@@ -119,38 +148,67 @@ def metaworld_features(image_size: int = DEFAULT_IMAGE_SIZE) -> Any:
     import tensorflow_datasets as tfds
 
     f = tfds.features
-    step = f.FeaturesDict({
-        "observation": f.FeaturesDict({
-            "image": f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg",
-                             doc="Camera corner4, rotated 180 degrees."),
-            "state": f.Tensor(shape=(4,), dtype=np.float32, doc="Hand xyz and gripper opening (observation[0:4])."),
-            "full_state": f.Tensor(shape=(FULL_STATE_DIM,), dtype=np.float32,
-                                   doc="The full Meta-World observation (hand, objects, previous step, goal)."),
-        }),
-        "action": f.Tensor(shape=(4,), dtype=np.float32,
-                           doc="Hand xyz motion and gripper effort (-1 open, +1 close), clipped to [-1, 1]."),
-        "reward": f.Scalar(dtype=np.float32, doc="Meta-World's shaped reward."),
-        "discount": f.Scalar(dtype=np.float32, doc="Always 1."),
-        "is_first": f.Scalar(dtype=np.bool_, doc="True on the first step."),
-        "is_last": f.Scalar(dtype=np.bool_, doc="True on the last step."),
-        "is_terminal": f.Scalar(dtype=np.bool_, doc="True on the last step of a successful episode."),
-        "language_instruction": f.Text(doc="The task's instruction."),
-    })
-    return f.FeaturesDict({
-        "steps": f.Dataset(step),
-        "episode_metadata": f.FeaturesDict({
-            "task": f.Text(doc="Meta-World v3 task name."),
-            "seed": f.Scalar(dtype=np.int64, doc="Seed of the initial configuration."),
-            "success": f.Scalar(dtype=np.bool_, doc="Whether the expert solved the task."),
-        }),
-    })
+    step = f.FeaturesDict(
+        {
+            "observation": f.FeaturesDict(
+                {
+                    "image": f.Image(
+                        shape=(image_size, image_size, 3),
+                        dtype=np.uint8,
+                        encoding_format="jpeg",
+                        doc="Camera corner4, rotated 180 degrees.",
+                    ),
+                    "state": f.Tensor(
+                        shape=(4,), dtype=np.float32, doc="Hand xyz and gripper opening (observation[0:4])."
+                    ),
+                    "full_state": f.Tensor(
+                        shape=(FULL_STATE_DIM,),
+                        dtype=np.float32,
+                        doc="The full Meta-World observation (hand, objects, previous step, goal).",
+                    ),
+                }
+            ),
+            "action": f.Tensor(
+                shape=(4,),
+                dtype=np.float32,
+                doc="Hand xyz motion and gripper effort (-1 open, +1 close), clipped to [-1, 1].",
+            ),
+            "reward": f.Scalar(dtype=np.float32, doc="Meta-World's shaped reward."),
+            "discount": f.Scalar(dtype=np.float32, doc="Always 1."),
+            "is_first": f.Scalar(dtype=np.bool_, doc="True on the first step."),
+            "is_last": f.Scalar(dtype=np.bool_, doc="True on the last step."),
+            "is_terminal": f.Scalar(dtype=np.bool_, doc="True on the last step of a successful episode."),
+            "language_instruction": f.Text(doc="The task's instruction."),
+        }
+    )
+    return f.FeaturesDict(
+        {
+            "steps": f.Dataset(step),
+            "episode_metadata": f.FeaturesDict(
+                {
+                    "task": f.Text(doc="Meta-World v3 task name."),
+                    "seed": f.Scalar(dtype=np.int64, doc="Seed of the initial configuration."),
+                    "success": f.Scalar(dtype=np.bool_, doc="Whether the expert solved the task."),
+                }
+            ),
+        }
+    )
 
 
-def write_metaworld_dataset(output_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, *,
-                            val_episodes_per_task: int = 0, workers: int = 2, first_seed: int = 0,
-                            max_steps: int = DEFAULT_MAX_STEPS,
-                            image_size: int = DEFAULT_IMAGE_SIZE, camera: str = DEFAULT_CAMERA, num_shards: int = 1,
-                            overwrite: bool = False) -> dict[str, Any]:
+def write_metaworld_dataset(
+    output_dir: str | Path,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    *,
+    val_episodes_per_task: int = 0,
+    workers: int = 2,
+    first_seed: int = 0,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    camera: str = DEFAULT_CAMERA,
+    num_shards: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Collect and write the demonstrations to <output_dir>/metaworld/1.0.0 -> counts and timing.
 
     Split "train" holds seeds first_seed + i (i < episodes_per_task); split "val", when
@@ -162,8 +220,9 @@ def write_metaworld_dataset(output_dir: str | Path, tasks: Sequence[str], episod
     tic = time.perf_counter()
 
     def episodes(count: int, seed: int, split: str) -> Iterator[dict[str, Any]]:
-        for episode in iter_demonstrations(tasks, count, workers=workers, first_seed=seed,
-                                           max_steps=max_steps, image_size=image_size, camera=camera):
+        for episode in iter_demonstrations(
+            tasks, count, workers=workers, first_seed=seed, max_steps=max_steps, image_size=image_size, camera=camera
+        ):
             if not episode["success"]:
                 stats["failed"].append(f"{episode['task']}:{episode['seed']}")
                 continue
@@ -178,11 +237,17 @@ def write_metaworld_dataset(output_dir: str | Path, tasks: Sequence[str], episod
         splits["val"] = episodes(val_episodes_per_task, VAL_FIRST_SEED, "val")
     shards = min(num_shards, len(tasks) * min(episodes_per_task, val_episodes_per_task or episodes_per_task))
     folder = write_rlds_dataset(
-        output_dir, DATASET_NAME, DATASET_VERSION, metaworld_features(image_size), splits,
-        num_shards=shards, overwrite=overwrite,
+        output_dir,
+        DATASET_NAME,
+        DATASET_VERSION,
+        metaworld_features(image_size),
+        splits,
+        num_shards=shards,
+        overwrite=overwrite,
         description=f"Scripted Meta-World v3 demonstrations: tasks {list(tasks)}, seeds {first_seed}.."
-                    f"{first_seed + episodes_per_task - 1}, camera {camera} rotated 180 degrees, "
-                    f"{image_size}x{image_size}, at most {max_steps} steps, successful episodes only.")
+        f"{first_seed + episodes_per_task - 1}, camera {camera} rotated 180 degrees, "
+        f"{image_size}x{image_size}, at most {max_steps} steps, successful episodes only.",
+    )
     return {"path": str(folder), **stats, "seconds": round(time.perf_counter() - tic, 1)}
 
 
@@ -194,13 +259,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from pg_vla.eval.metaworld.tasks import BENCHMARK_TASKS, TASKS
 
-    parser = argparse.ArgumentParser(description="Write scripted Meta-World demonstrations as an RLDS dataset "
-                                                 "(<output_dir>/metaworld/1.0.0).")
+    parser = argparse.ArgumentParser(
+        description="Write scripted Meta-World demonstrations as an RLDS dataset (<output_dir>/metaworld/1.0.0)."
+    )
     parser.add_argument("--output_dir", required=True, help="data root; the dataset goes to <dir>/metaworld/1.0.0")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(BENCHMARK_TASKS))
     parser.add_argument("--episodes_per_task", type=int, default=50)
-    parser.add_argument("--val_episodes_per_task", type=int, default=5,
-                        help=f"episodes per task in the 'val' split (seeds {VAL_FIRST_SEED}..); 0: no val split")
+    parser.add_argument(
+        "--val_episodes_per_task",
+        type=int,
+        default=5,
+        help=f"episodes per task in the 'val' split (seeds {VAL_FIRST_SEED}..); 0: no val split",
+    )
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--max_steps", type=int, default=DEFAULT_MAX_STEPS)
@@ -213,16 +283,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     tfds.disable_progress_bar()
     try:
-        summary = write_metaworld_dataset(args.output_dir, args.tasks, args.episodes_per_task,
-                                          val_episodes_per_task=args.val_episodes_per_task, workers=args.workers,
-                                          first_seed=args.first_seed, max_steps=args.max_steps,
-                                          image_size=args.image_size, num_shards=args.num_shards,
-                                          overwrite=args.overwrite)
+        summary = write_metaworld_dataset(
+            args.output_dir,
+            args.tasks,
+            args.episodes_per_task,
+            val_episodes_per_task=args.val_episodes_per_task,
+            workers=args.workers,
+            first_seed=args.first_seed,
+            max_steps=args.max_steps,
+            image_size=args.image_size,
+            num_shards=args.num_shards,
+            overwrite=args.overwrite,
+        )
     except (FileExistsError, ValueError) as err:
         sys.exit(f"error: {err}")
     if summary["failed"]:
-        print(f"warning: the expert failed on {len(summary['failed'])} episodes (not written): {summary['failed']}",
-              file=sys.stderr)
+        print(
+            f"warning: the expert failed on {len(summary['failed'])} episodes (not written): {summary['failed']}",
+            file=sys.stderr,
+        )
     print(json.dumps(summary), flush=True)
     return summary
 

@@ -70,8 +70,15 @@ def make_seeded_env(task: str) -> Any:
 class MetaWorldEnv(EvalEnv):
     """One Meta-World task; `render=False` skips the camera (e.g. to replay actions blindly)."""
 
-    def __init__(self, task: str, *, max_steps: int = DEFAULT_MAX_STEPS, image_size: int = DEFAULT_IMAGE_SIZE,
-                 camera: str = DEFAULT_CAMERA, render: bool = True):
+    def __init__(
+        self,
+        task: str,
+        *,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        camera: str = DEFAULT_CAMERA,
+        render: bool = True,
+    ):
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.task = task
@@ -113,8 +120,12 @@ class MetaWorldEnv(EvalEnv):
         self.steps += 1
         success = bool(info.get("success", 0.0))
         done = success or terminated or truncated or self.steps >= self.max_steps
-        return StepResult(obs=self._observe(state), success=success, done=bool(done),
-                          info={"reward": float(reward), "steps": self.steps})
+        return StepResult(
+            obs=self._observe(state),
+            success=success,
+            done=bool(done),
+            info={"reward": float(reward), "steps": self.steps},
+        )
 
     def close(self) -> None:
         if self.camera is not None:

@@ -31,15 +31,18 @@ def use_egl_by_default() -> None:
 
 def check_no_tensorflow() -> None:
     if "tensorflow" in sys.modules:
-        raise RuntimeError("tensorflow is imported in this process: MuJoCo's EGL context would crash it. Render in a "
-                           "process that never imports tensorflow (e.g. a spawned worker)")
+        raise RuntimeError(
+            "tensorflow is imported in this process: MuJoCo's EGL context would crash it. Render in a "
+            "process that never imports tensorflow (e.g. a spawned worker)"
+        )
 
 
 class SceneCamera:
     """Renders (size, size, 3) uint8 RGB frames of a MuJoCo model/data pair from a named camera."""
 
-    def __init__(self, model: Any, camera: str = DEFAULT_CAMERA, size: int = DEFAULT_IMAGE_SIZE,
-                 rotate_180: bool = True):
+    def __init__(
+        self, model: Any, camera: str = DEFAULT_CAMERA, size: int = DEFAULT_IMAGE_SIZE, rotate_180: bool = True
+    ):
         check_no_tensorflow()
         import mujoco
 

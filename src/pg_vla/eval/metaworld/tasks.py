@@ -12,13 +12,16 @@ class MetaWorldTask:
     expert: str  # class name in metaworld.policies
 
 
-TASKS: dict[str, MetaWorldTask] = {task.name: task for task in (
-    MetaWorldTask("reach-v3", "reach the red target", "SawyerReachV3Policy"),
-    MetaWorldTask("push-v3", "push the puck to the green target", "SawyerPushV3Policy"),
-    MetaWorldTask("button-press-topdown-v3", "press the button from above", "SawyerButtonPressTopdownV3Policy"),
-    MetaWorldTask("window-open-v3", "open the window", "SawyerWindowOpenV3Policy"),
-    MetaWorldTask("plate-slide-v3", "slide the plate into the net", "SawyerPlateSlideV3Policy"),
-)}
+TASKS: dict[str, MetaWorldTask] = {
+    task.name: task
+    for task in (
+        MetaWorldTask("reach-v3", "reach the red target", "SawyerReachV3Policy"),
+        MetaWorldTask("push-v3", "push the puck to the green target", "SawyerPushV3Policy"),
+        MetaWorldTask("button-press-topdown-v3", "press the button from above", "SawyerButtonPressTopdownV3Policy"),
+        MetaWorldTask("window-open-v3", "open the window", "SawyerWindowOpenV3Policy"),
+        MetaWorldTask("plate-slide-v3", "slide the plate into the net", "SawyerPlateSlideV3Policy"),
+    )
+}
 BENCHMARK_TASKS: tuple[str, ...] = tuple(TASKS)
 
 

@@ -28,9 +28,20 @@ def prepare_demos(cache_dir: str | Path, tasks: Sequence[str], episodes_per_task
     """-> the data path holding metaworld/1.0.0, generated (in a subprocess) when missing."""
     data_path = demos_path(cache_dir, tasks, episodes_per_task)
     if not (data_path / DATASET_NAME / DATASET_VERSION / "dataset_info.json").is_file():
-        command = [sys.executable, "-m", "pg_vla.eval.metaworld.demos", "--output_dir", str(data_path),
-                   "--tasks", *tasks, "--episodes_per_task", str(episodes_per_task), "--workers", str(workers),
-                   "--overwrite"]
+        command = [
+            sys.executable,
+            "-m",
+            "pg_vla.eval.metaworld.demos",
+            "--output_dir",
+            str(data_path),
+            "--tasks",
+            *tasks,
+            "--episodes_per_task",
+            str(episodes_per_task),
+            "--workers",
+            str(workers),
+            "--overwrite",
+        ]
         print("generating demonstrations:", " ".join(command), flush=True)
         subprocess.run(command, check=True)
     return data_path
@@ -55,8 +66,9 @@ def run(cfg: Any) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     options = data.pop("metaworld")
     if not data["data"].get("data_path"):
-        data_path = prepare_demos(options["cache_dir"], options["tasks"], options["episodes_per_task"],
-                                  options["workers"])
+        data_path = prepare_demos(
+            options["cache_dir"], options["tasks"], options["episodes_per_task"], options["workers"]
+        )
         data["data"] = {**data["data"], "data_path": str(data_path)}
     if not data.get("pretrained_model_path"):
         data["pretrained_model_path"] = str(prepare_paligemma(options["cache_dir"], options["paligemma_variant"]))

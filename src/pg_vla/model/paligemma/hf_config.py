@@ -25,8 +25,9 @@ def read_paligemma_dims(folder: str | Path) -> tuple[VisionConfig, GemmaConfig, 
     text_act = getattr(text, "hidden_activation", None) or text.hidden_act
     for tower, act in (("text", text_act), ("vision", vision.hidden_act)):
         if act not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"{config_file}: {tower} activation {act!r} is not supported "
-                             f"(expected one of {SUPPORTED_ACTIVATIONS})")
+            raise ValueError(
+                f"{config_file}: {tower} activation {act!r} is not supported (expected one of {SUPPORTED_ACTIVATIONS})"
+            )
     if getattr(vision, "vision_use_head", False):
         raise ValueError(f"{config_file}: vision_use_head=true is not a PaliGemma layout")
     projection_dim = getattr(vision, "projection_dim", text.hidden_size)

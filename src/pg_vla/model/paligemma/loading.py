@@ -54,7 +54,7 @@ def map_key(key: str) -> str | None:
     """Checkpoint key -> pg-vla parameter name (None if the key belongs to no known part)."""
     for ckpt_prefix, own_prefix in KEY_PREFIXES:
         if key.startswith(ckpt_prefix):
-            return own_prefix + key[len(ckpt_prefix):]
+            return own_prefix + key[len(ckpt_prefix) :]
     return None
 
 
@@ -103,15 +103,19 @@ def load_paligemma_weights(model: nn.Module, folder: str | Path, strict: bool = 
                 tensor = handle.get_tensor(key)
                 target = params[name]
                 if tuple(tensor.shape) != tuple(target.shape):
-                    raise CheckpointError(f"{file.name}: {key} has shape {tuple(tensor.shape)}, the model's {name} "
-                                          f"expects {tuple(target.shape)}")
+                    raise CheckpointError(
+                        f"{file.name}: {key} has shape {tuple(tensor.shape)}, the model's {name} "
+                        f"expects {tuple(target.shape)}"
+                    )
                 with torch.no_grad():
                     target.copy_(tensor)
                 report.loaded.append(name)
     report.missing = sorted(expected - set(report.loaded))
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f"PaliGemma checkpoint {folder} does not match the model: "
-                              f"missing {_names(report.missing)}; unexpected {_names(report.unexpected)}")
+        raise CheckpointError(
+            f"PaliGemma checkpoint {folder} does not match the model: "
+            f"missing {_names(report.missing)}; unexpected {_names(report.unexpected)}"
+        )
     return report
 
 

@@ -115,8 +115,13 @@ class VLAProcessor:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         if image_size is None:
             image_size = read_image_size(path)
-        return cls(tokenizer, image_size=image_size, max_text_tokens=max_text_tokens, max_cameras=max_cameras,
-                   image_resize=image_resize)
+        return cls(
+            tokenizer,
+            image_size=image_size,
+            max_text_tokens=max_text_tokens,
+            max_cameras=max_cameras,
+            image_resize=image_resize,
+        )
 
     # ------------------------------------------------------------------------------------------------------
     # Text
@@ -266,8 +271,9 @@ class VLAProcessor:
             resized = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
             return resized.round().clamp(0.0, 255.0)
         box = pad_box(pixels.shape[-2], pixels.shape[-1], size)
-        content = F.interpolate(pixels, size=(box.height, box.width), mode="bilinear", antialias=True,
-                                align_corners=False)  # (M, 3, h, w)
+        content = F.interpolate(
+            pixels, size=(box.height, box.width), mode="bilinear", antialias=True, align_corners=False
+        )  # (M, 3, h, w)
         padding = (box.left, size - box.width - box.left, box.top, size - box.height - box.top)
         return F.pad(content.round().clamp(0.0, 255.0), padding, value=0.0)  # (M, 3, S, S)
 

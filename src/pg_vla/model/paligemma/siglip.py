@@ -17,8 +17,7 @@ from pg_vla.model.vla.config import VisionConfig
 class SiglipEmbeddings(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.patch_embedding = nn.Conv2d(3, config.hidden_size, kernel_size=config.patch_size,
-                                         stride=config.patch_size)
+        self.patch_embedding = nn.Conv2d(3, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
         self.position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -40,8 +39,10 @@ class SiglipAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, P, D) -> (B, P, D); every patch attends to every patch."""
-        q, k, v = (rearrange(proj(x), "b p (h e) -> b h p e", h=self.num_heads)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            rearrange(proj(x), "b p (h e) -> b h p e", h=self.num_heads)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(rearrange(out, "b h p e -> b p (h e)"))
 

@@ -131,21 +131,54 @@ class TinyVariant:
 VARIANTS: dict[str, TinyVariant] = {
     # Grouped-query attention (2 query heads per KV head), head_dim = hidden / heads.
     "gqa": TinyVariant(
-        text_hidden=64, text_intermediate=128, text_layers=2, text_heads=4, text_kv_heads=2, text_head_dim=16,
-        vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2, patch_size=8, image_size=32,
-        embed_std=0.1, weight_std=0.3,
+        text_hidden=64,
+        text_intermediate=128,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
+        text_head_dim=16,
+        vision_hidden=32,
+        vision_intermediate=64,
+        vision_layers=2,
+        vision_heads=2,
+        patch_size=8,
+        image_size=32,
+        embed_std=0.1,
+        weight_std=0.3,
     ),
     # Multi-query attention with head_dim != hidden / heads (4 * 24 = 96 != 48), odd vision head count.
     "odd_head_dim": TinyVariant(
-        text_hidden=48, text_intermediate=96, text_layers=3, text_heads=4, text_kv_heads=1, text_head_dim=24,
-        vision_hidden=24, vision_intermediate=48, vision_layers=1, vision_heads=3, patch_size=16, image_size=48,
-        embed_std=0.1, weight_std=0.3,
+        text_hidden=48,
+        text_intermediate=96,
+        text_layers=3,
+        text_heads=4,
+        text_kv_heads=1,
+        text_head_dim=24,
+        vision_hidden=24,
+        vision_intermediate=48,
+        vision_layers=1,
+        vision_heads=3,
+        patch_size=16,
+        image_size=48,
+        embed_std=0.1,
+        weight_std=0.3,
     ),
     # Larger variant for demos; multi-query attention like PaliGemma-3B's Gemma (8 heads, 1 KV head).
     "small": TinyVariant(
-        text_hidden=256, text_intermediate=1024, text_layers=4, text_heads=4, text_kv_heads=1, text_head_dim=64,
-        vision_hidden=128, vision_intermediate=512, vision_layers=2, vision_heads=4, patch_size=16, image_size=112,
-        embed_std=0.05, weight_std=0.2,
+        text_hidden=256,
+        text_intermediate=1024,
+        text_layers=4,
+        text_heads=4,
+        text_kv_heads=1,
+        text_head_dim=64,
+        vision_hidden=128,
+        vision_intermediate=512,
+        vision_layers=2,
+        vision_heads=4,
+        patch_size=16,
+        image_size=112,
+        embed_std=0.05,
+        weight_std=0.2,
     ),
 }
 
@@ -158,8 +191,16 @@ _VERBS = ("pick up", "put", "place", "move", "push", "open", "close", "grasp", "
 _COLORS = ("red", "green", "blue", "yellow", "black", "white", "orange", "purple")
 _OBJECTS = ("block", "cup", "bowl", "sponge", "can", "drawer", "spoon", "towel", "apple", "bottle", "lid", "cube")
 _PLACES = (
-    "on the table", "in the bowl", "into the drawer", "on top of the plate", "to the left", "to the right",
-    "next to the sink", "in the basket", "near the microwave", "onto the shelf",
+    "on the table",
+    "in the bowl",
+    "into the drawer",
+    "on top of the plate",
+    "to the left",
+    "to the right",
+    "next to the sink",
+    "in the basket",
+    "near the microwave",
+    "onto the shelf",
 )
 _EXTRA_SENTENCES = (
     "What should the robot do to complete the task?",
@@ -169,8 +210,10 @@ _EXTRA_SENTENCES = (
     "Step 1: locate the object; step 2: grasp it; step 3: lift it 10 cm.",
     "Is the door open or closed? Answer yes or no.",
     "Sort the 3 cubes by color: red, green & blue.",
-    "caption en\n", "answer en where is the cup?\n", "detect apple ; bowl\n",
-    "\"Hello\" - said the robot. It's 5:30 pm, #42 @home [ok] {done} 100% ~fine_tuned* +1 = 2 / 2 | x^2 < y > z `code`",
+    "caption en\n",
+    "answer en where is the cup?\n",
+    "detect apple ; bowl\n",
+    '"Hello" - said the robot. It\'s 5:30 pm, #42 @home [ok] {done} 100% ~fine_tuned* +1 = 2 / 2 | x^2 < y > z `code`',
 )
 
 
@@ -255,8 +298,9 @@ def build_tiny_tokenizer(base_vocab_size: int = DEFAULT_BASE_VOCAB_SIZE) -> Gemm
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
     # <image> (named extra special token) was appended above, at base_vocab_size + 1152.
-    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False)
-                          for t in LOCATION_TOKENS + SEGMENTATION_TOKENS])
+    tokenizer.add_tokens(
+        [AddedToken(t, normalized=False, special=False) for t in LOCATION_TOKENS + SEGMENTATION_TOKENS]
+    )
     _check_tokenizer_layout(tokenizer, base_vocab_size)
     return tokenizer
 
@@ -264,7 +308,10 @@ def build_tiny_tokenizer(base_vocab_size: int = DEFAULT_BASE_VOCAB_SIZE) -> Gemm
 def _check_tokenizer_layout(tokenizer: GemmaTokenizer, base_vocab_size: int) -> None:
     """Raise if the id layout differs from the documented one."""
     expected = {
-        PAD_TOKEN: 0, EOS_TOKEN: 1, BOS_TOKEN: 2, UNK_TOKEN: 3,
+        PAD_TOKEN: 0,
+        EOS_TOKEN: 1,
+        BOS_TOKEN: 2,
+        UNK_TOKEN: 3,
         LOCATION_TOKENS[0]: base_vocab_size,
         SEGMENTATION_TOKENS[0]: base_vocab_size + len(LOCATION_TOKENS),
         IMAGE_TOKEN: base_vocab_size + len(LOCATION_TOKENS) + len(SEGMENTATION_TOKENS),
@@ -472,9 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="gqa", choices=sorted(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_shard_size", default=None, help='e.g. "200KB" to write a sharded checkpoint')
-    parser.add_argument(
-        "--native_layout", action="store_true", help="keep save_pretrained's vision_tower.* keys"
-    )
+    parser.add_argument("--native_layout", action="store_true", help="keep save_pretrained's vision_tower.* keys")
     args = parser.parse_args(argv)
     folder = make_tiny_paligemma_checkpoint(
         args.output_dir, args.variant, args.seed, args.max_shard_size, hub_layout=not args.native_layout

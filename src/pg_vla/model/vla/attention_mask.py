@@ -39,8 +39,7 @@ PROPRIO_BLOCK = 1
 ACTION_BLOCK = 2
 
 
-def block_attention_mask(query_blocks: torch.Tensor, key_blocks: torch.Tensor,
-                         key_valid: torch.Tensor) -> torch.Tensor:
+def block_attention_mask(query_blocks: torch.Tensor, key_blocks: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
     """query_blocks (B, Tq), key_blocks (B, Tk) int, key_valid (B, Tk) bool -> allowed (B, 1, Tq, Tk) bool.
 
     The singleton dim broadcasts over attention heads in scaled_dot_product_attention.
@@ -62,8 +61,12 @@ def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | int = 0) ->
     return positions.clamp(min=0) + offset
 
 
-def mask_and_positions(valid: torch.Tensor, blocks: torch.Tensor, past_valid: torch.Tensor | None = None,
-                       past_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_and_positions(
+    valid: torch.Tensor,
+    blocks: torch.Tensor,
+    past_valid: torch.Tensor | None = None,
+    past_blocks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention mask and rotary positions of T new tokens that follow T_past cached ones.
 
     valid (B, T) bool, blocks (B, T) int of the new tokens; past_valid, past_blocks (B, T_past) those of
@@ -76,5 +79,5 @@ def mask_and_positions(valid: torch.Tensor, blocks: torch.Tensor, past_valid: to
     if past_valid is not None:
         key_valid, key_blocks = torch.cat((past_valid, valid), dim=1), torch.cat((past_blocks, blocks), dim=1)
     mask = block_attention_mask(blocks, key_blocks, key_valid)
-    positions = positions_from_valid(key_valid)[:, key_valid.shape[1] - valid.shape[1]:]
+    positions = positions_from_valid(key_valid)[:, key_valid.shape[1] - valid.shape[1] :]
     return mask, positions

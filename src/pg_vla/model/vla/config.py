@@ -70,8 +70,16 @@ class GemmaConfig:
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
-        _check_positive(self, "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                        "head_dim", "vocab_size")
+        _check_positive(
+            self,
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "vocab_size",
+        )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
@@ -130,8 +138,16 @@ class PiZeroConfig:
                 setattr(self, name, cls(**value))
             elif not isinstance(value, cls):
                 setattr(self, name, cls(**dict(value)))
-        _check_positive(self, "num_cameras", "max_text_tokens", "cond_steps", "horizon_steps", "action_dim",
-                        "proprio_dim", "num_inference_steps")
+        _check_positive(
+            self,
+            "num_cameras",
+            "max_text_tokens",
+            "cond_steps",
+            "horizon_steps",
+            "action_dim",
+            "proprio_dim",
+            "num_inference_steps",
+        )
         if self.time_conditioning not in ("mlp", "adaln", "adaln_zero"):
             raise ValueError(f"time_conditioning must be mlp, adaln or adaln_zero, got {self.time_conditioning!r}")
         if self.time_sampling not in ("beta", "uniform"):
@@ -202,8 +218,12 @@ class PiZeroConfig:
 
         vision, vlm, image_token_id, pad_token_id = read_paligemma_dims(folder)
         base = dataclasses.asdict(cls())
-        base.update(vision=dataclasses.asdict(vision), vlm=dataclasses.asdict(vlm),
-                    image_token_id=image_token_id, pad_token_id=pad_token_id)
+        base.update(
+            vision=dataclasses.asdict(vision),
+            vlm=dataclasses.asdict(vlm),
+            image_token_id=image_token_id,
+            pad_token_id=pad_token_id,
+        )
         return cls(**_deep_update(base, overrides))
 
     def with_overrides(self, **overrides: Any) -> "PiZeroConfig":
@@ -255,18 +275,34 @@ PRESETS: dict[str, PiZeroConfig] = {
     "pi0": PiZeroConfig(),
     # A few million parameters: fast enough to train for a few steps on a laptop CPU.
     "small": PiZeroConfig(
-        vision=VisionConfig(hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, patch_size=16,
-                            image_size=112),
-        vlm=GemmaConfig(hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=1,
-                        head_dim=64, vocab_size=1024),
+        vision=VisionConfig(
+            hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, patch_size=16, image_size=112
+        ),
+        vlm=GemmaConfig(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=1,
+            head_dim=64,
+            vocab_size=1024,
+        ),
         action_expert=ActionExpertConfig(hidden_size=128, intermediate_size=512),
         image_token_id=1023,
     ),
     "tiny": PiZeroConfig(
-        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, patch_size=8,
-                            image_size=32),
-        vlm=GemmaConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                        head_dim=16, vocab_size=512),
+        vision=VisionConfig(
+            hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, patch_size=8, image_size=32
+        ),
+        vlm=GemmaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            vocab_size=512,
+        ),
         action_expert=ActionExpertConfig(hidden_size=32, intermediate_size=64),
         image_token_id=511,
         max_text_tokens=8,
@@ -274,18 +310,34 @@ PRESETS: dict[str, PiZeroConfig] = {
     # open-pi-zero's benchmark geometries (its "tiny" and "small"), for side-by-side speed figures: 1 camera,
     # 20 text tokens, 1 proprio token, horizon 4, 7-D state and actions, 10 flow steps, MLP time conditioning.
     "opz_tiny": PiZeroConfig(
-        vision=VisionConfig(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, patch_size=14,
-                            image_size=56),
-        vlm=GemmaConfig(hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=1,
-                        head_dim=32, vocab_size=1024),
+        vision=VisionConfig(
+            hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, patch_size=14, image_size=56
+        ),
+        vlm=GemmaConfig(
+            hidden_size=128,
+            intermediate_size=512,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=1,
+            head_dim=32,
+            vocab_size=1024,
+        ),
         action_expert=ActionExpertConfig(hidden_size=64, intermediate_size=256),
         image_token_id=1023,
     ),
     "opz_small": PiZeroConfig(
-        vision=VisionConfig(hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, patch_size=14,
-                            image_size=224),
-        vlm=GemmaConfig(hidden_size=512, intermediate_size=2048, num_layers=6, num_heads=8, num_kv_heads=1,
-                        head_dim=64, vocab_size=1024),
+        vision=VisionConfig(
+            hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, patch_size=14, image_size=224
+        ),
+        vlm=GemmaConfig(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_layers=6,
+            num_heads=8,
+            num_kv_heads=1,
+            head_dim=64,
+            vocab_size=1024,
+        ),
         action_expert=ActionExpertConfig(hidden_size=256, intermediate_size=1024),
         image_token_id=1023,
     ),

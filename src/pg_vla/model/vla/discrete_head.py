@@ -69,8 +69,9 @@ def decode_logits(logits: torch.Tensor, low: float, high: float, decoding: str) 
     raise ValueError(f"unknown discrete decoding {decoding!r} (argmax or expected)")
 
 
-def binned_cross_entropy(logits: torch.Tensor, target_bins: torch.Tensor, action_mask: torch.Tensor | None
-                         ) -> torch.Tensor:
+def binned_cross_entropy(
+    logits: torch.Tensor, target_bins: torch.Tensor, action_mask: torch.Tensor | None
+) -> torch.Tensor:
     """logits (B, H, A, K), target bins (B, H, A), mask (B, H) bool -> mean cross-entropy over valid entries."""
     per_entry = F.cross_entropy(logits.float().flatten(0, 2), target_bins.flatten(), reduction="none")
     per_entry = per_entry.view(target_bins.shape)  # (B, H, A)
@@ -111,8 +112,10 @@ class DiscreteActionHead(nn.Module):
         x = readout_out.to(self.readout.dtype)
         if self.proprio_size:
             if proprio is None or proprio[0].numel() != self.proprio_size:
-                raise ValueError(f"the discrete head reads a proprio history of {self.proprio_size} values per "
-                                 f"sample, got {None if proprio is None else tuple(proprio.shape)}")
+                raise ValueError(
+                    f"the discrete head reads a proprio history of {self.proprio_size} values per "
+                    f"sample, got {None if proprio is None else tuple(proprio.shape)}"
+                )
             flat = proprio.reshape(b, 1, self.proprio_size).to(x.dtype).expand(-1, h, -1)  # (B, H, C*P)
             x = torch.cat((x, flat), dim=-1)
         logits = self.mlp(x)  # (B, H, A*K)
@@ -152,14 +155,32 @@ class DiscreteHead:
     def add_modules(self, model: nn.Module) -> None:
         model.action_decoder = DiscreteActionHead(self.config)
 
-    def loss(self, model, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-             proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None, time: torch.Tensor | None,
-             action_mask: torch.Tensor | None) -> torch.Tensor:
+    def loss(
+        self,
+        model,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None,
+        time: torch.Tensor | None,
+        action_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Cross-entropy of the action bins; `noise` and `time` are ignored."""
         return model.action_decoder.loss(model.bin_logits(images, text_ids, text_mask, proprio), actions, action_mask)
 
-    def sample(self, model, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-               proprio: torch.Tensor, noise: torch.Tensor | None, num_steps: int | None, use_cache: bool,
-               clip: bool) -> torch.Tensor:
+    def sample(
+        self,
+        model,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        noise: torch.Tensor | None,
+        num_steps: int | None,
+        use_cache: bool,
+        clip: bool,
+    ) -> torch.Tensor:
         """The decoded bins (`discrete_decoding`) of one pass (B, H, A) float32; noise, steps and cache unused."""
         return model.action_decoder.decode(model.bin_logits(images, text_ids, text_mask, proprio))

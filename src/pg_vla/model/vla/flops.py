@@ -67,14 +67,24 @@ class _Matmul:
     attention: bool = False  # activation x activation (Q K^T and A V)
 
 
-def _linear(component: str, rows: int, d_in: int, d_out: int, *, trainable: bool, input_grad: bool,
-            recompute: bool = False) -> _Matmul:
+def _linear(
+    component: str, rows: int, d_in: int, d_out: int, *, trainable: bool, input_grad: bool, recompute: bool = False
+) -> _Matmul:
     """rows x d_in times d_in x d_out."""
     return _Matmul(component, 2 * rows * d_in * d_out, int(trainable) + int(input_grad), recompute)
 
 
-def _scores(component: str, batch: int, heads: int, q_len: int, k_len: int, head_dim: int, *, grad: bool,
-            recompute: bool = False) -> _Matmul:
+def _scores(
+    component: str,
+    batch: int,
+    heads: int,
+    q_len: int,
+    k_len: int,
+    head_dim: int,
+    *,
+    grad: bool,
+    recompute: bool = False,
+) -> _Matmul:
     """Q K^T (q_len x head_dim x k_len) and A V (q_len x k_len x head_dim), per batch element and head."""
     return _Matmul(component, 2 * 2 * batch * heads * q_len * k_len * head_dim, 2.0 * grad, recompute, attention=True)
 
@@ -131,10 +141,26 @@ def _joint(cfg: PiZeroConfig, batch: int, segments: list[_Segment], past: int, g
         trains = {"vlm": not last, "action": True}
         layer_ops: list[_Matmul] = []
 
-        def linear(seg: _Segment, rows: int, d_in: int, d_out: int, trainable: bool = True,
-                   backward: bool = True, layer_ops: list[_Matmul] = layer_ops) -> None:
-            layer_ops.append(_linear(names[seg.expert], rows, d_in, d_out, trainable=trainable and backward,
-                                     input_grad=grad and backward, recompute=grad))
+        def linear(
+            seg: _Segment,
+            rows: int,
+            d_in: int,
+            d_out: int,
+            trainable: bool = True,
+            backward: bool = True,
+            layer_ops: list[_Matmul] = layer_ops,
+        ) -> None:
+            layer_ops.append(
+                _linear(
+                    names[seg.expert],
+                    rows,
+                    d_in,
+                    d_out,
+                    trainable=trainable and backward,
+                    input_grad=grad and backward,
+                    recompute=grad,
+                )
+            )
 
         q_tokens, trailing_gate = 0, False
         for seg in segments:
@@ -147,8 +173,9 @@ def _joint(cfg: PiZeroConfig, batch: int, segments: list[_Segment], past: int, g
                 linear(seg, rows, e.hidden_size, heads * head_dim, trains[seg.expert])  # q_proj
                 q_tokens += seg.tokens
         if q_tokens:
-            layer_ops.append(_scores("joint_attention", batch, heads, q_tokens, past + total, head_dim, grad=grad,
-                                     recompute=grad))
+            layer_ops.append(
+                _scores("joint_attention", batch, heads, q_tokens, past + total, head_dim, grad=grad, recompute=grad)
+            )
         for seg in segments:
             if not (seg.needs_output or not last):
                 continue
@@ -171,31 +198,48 @@ def _joint(cfg: PiZeroConfig, batch: int, segments: list[_Segment], past: int, g
         ops += layer_ops
     for seg in segments:  # final norms: adaLN modulation of conditioned segments that produce outputs
         if seg.needs_output and seg.cond and adaln:
-            ops.append(_linear("action_expert", batch, act.hidden_size, 2 * act.hidden_size, trainable=True,
-                               input_grad=grad))
+            ops.append(
+                _linear("action_expert", batch, act.hidden_size, 2 * act.hidden_size, trainable=True, input_grad=grad)
+            )
     return ops
 
 
 def _proprio_encoder(cfg: PiZeroConfig, batch: int) -> _Matmul:
-    return _linear("action_io", batch * cfg.cond_steps, cfg.proprio_dim, cfg.action_expert.hidden_size,
-                   trainable=True, input_grad=False)
+    return _linear(
+        "action_io",
+        batch * cfg.cond_steps,
+        cfg.proprio_dim,
+        cfg.action_expert.hidden_size,
+        trainable=True,
+        input_grad=False,
+    )
 
 
 def _action_encoder(cfg: PiZeroConfig, batch: int) -> list[_Matmul]:
     width, rows = cfg.action_expert.hidden_size, batch * cfg.horizon_steps
     ops = [_linear("action_io", rows, cfg.action_dim, width, trainable=True, input_grad=False)]  # action_proj
     if cfg.time_conditioning == "mlp":  # W2 on [W1 a, time] per token, then W3
-        ops += [_linear("action_io", rows, 2 * width, width, trainable=True, input_grad=True),
-                _linear("action_io", rows, width, width, trainable=True, input_grad=True)]
+        ops += [
+            _linear("action_io", rows, 2 * width, width, trainable=True, input_grad=True),
+            _linear("action_io", rows, width, width, trainable=True, input_grad=True),
+        ]
     else:  # adaLN: the time MLP runs once per sample, on the sinusoid (no gradient below it)
-        ops += [_linear("action_io", batch, width, width, trainable=True, input_grad=False),
-                _linear("action_io", batch, width, width, trainable=True, input_grad=True)]
+        ops += [
+            _linear("action_io", batch, width, width, trainable=True, input_grad=False),
+            _linear("action_io", batch, width, width, trainable=True, input_grad=True),
+        ]
     return ops
 
 
 def _action_decoder(cfg: PiZeroConfig, batch: int) -> _Matmul:
-    return _linear("action_io", batch * cfg.horizon_steps, cfg.action_expert.hidden_size, cfg.action_dim,
-                   trainable=True, input_grad=True)
+    return _linear(
+        "action_io",
+        batch * cfg.horizon_steps,
+        cfg.action_expert.hidden_size,
+        cfg.action_dim,
+        trainable=True,
+        input_grad=True,
+    )
 
 
 def _action_segments(cfg: PiZeroConfig) -> list[_Segment]:
@@ -214,20 +258,30 @@ def _check(cfg: PiZeroConfig) -> None:
 def _predict_velocity(cfg: PiZeroConfig, batch: int, grad: bool) -> list[_Matmul]:
     """One pass over all tokens: training's forward and each uncached sampling step."""
     segments = [_Segment("vlm", cfg.prefix_len, needs_output=False), *_action_segments(cfg)]
-    return [*_vision(cfg, batch), _proprio_encoder(cfg, batch), *_action_encoder(cfg, batch),
-            *_joint(cfg, batch, segments, 0, grad), _action_decoder(cfg, batch)]
+    return [
+        *_vision(cfg, batch),
+        _proprio_encoder(cfg, batch),
+        *_action_encoder(cfg, batch),
+        *_joint(cfg, batch, segments, 0, grad),
+        _action_decoder(cfg, batch),
+    ]
 
 
 def _encode_prefix(cfg: PiZeroConfig, batch: int) -> list[_Matmul]:
-    segments = [_Segment("vlm", cfg.prefix_len, needs_output=False),
-                _Segment("action", cfg.cond_steps, needs_output=False)]
+    segments = [
+        _Segment("vlm", cfg.prefix_len, needs_output=False),
+        _Segment("action", cfg.cond_steps, needs_output=False),
+    ]
     return [*_vision(cfg, batch), _proprio_encoder(cfg, batch), *_joint(cfg, batch, segments, 0, False)]
 
 
 def _denoise_step(cfg: PiZeroConfig, batch: int) -> list[_Matmul]:
     segments = [_Segment("action", cfg.horizon_steps, cond=cfg.time_conditioning != "mlp")]
-    return [*_action_encoder(cfg, batch), *_joint(cfg, batch, segments, cfg.prefix_len + cfg.cond_steps, False),
-            _action_decoder(cfg, batch)]
+    return [
+        *_action_encoder(cfg, batch),
+        *_joint(cfg, batch, segments, cfg.prefix_len + cfg.cond_steps, False),
+        _action_decoder(cfg, batch),
+    ]
 
 
 def _by_component(ops: list[_Matmul], factor=lambda op: 1.0) -> dict[str, int]:
@@ -241,8 +295,14 @@ def _sum(parts: dict[str, int]) -> int:
     return sum(parts.values())
 
 
-def flops_breakdown(cfg: PiZeroConfig, kind: str, batch: int = 1, num_steps: int | None = None,
-                    gradient_checkpointing: bool = False, fused_attention_backward: bool = False) -> dict[str, Any]:
+def flops_breakdown(
+    cfg: PiZeroConfig,
+    kind: str,
+    batch: int = 1,
+    num_steps: int | None = None,
+    gradient_checkpointing: bool = False,
+    fused_attention_backward: bool = False,
+) -> dict[str, Any]:
     """FLOPs of one call, with a per-component breakdown.
 
     kind: "forward" (the training loss's forward pass), "train_step" (forward + backward, the
@@ -266,8 +326,14 @@ def flops_breakdown(cfg: PiZeroConfig, kind: str, batch: int = 1, num_steps: int
         rec = _by_component(ops, lambda op: float(op.recompute and gradient_checkpointing))
         parts = {c: fwd[c] + bwd[c] + rec[c] for c in COMPONENTS}
         model_bwd = _by_component(ops, lambda op: op.backward)  # 2x attention, no recompute
-        out.update(forward=_sum(fwd), backward=_sum(bwd), recompute=_sum(rec), model_flops=_sum(fwd) + _sum(model_bwd),
-                   gradient_checkpointing=gradient_checkpointing, fused_attention_backward=fused_attention_backward)
+        out.update(
+            forward=_sum(fwd),
+            backward=_sum(bwd),
+            recompute=_sum(rec),
+            model_flops=_sum(fwd) + _sum(model_bwd),
+            gradient_checkpointing=gradient_checkpointing,
+            fused_attention_backward=fused_attention_backward,
+        )
     elif kind in ("sample_cached", "sample_uncached"):
         steps = num_steps or cfg.num_inference_steps
         if steps < 1:
@@ -292,15 +358,25 @@ def forward_flops(cfg: PiZeroConfig, batch: int = 1) -> int:
     return flops_breakdown(cfg, "forward", batch)["total"]
 
 
-def train_step_flops(cfg: PiZeroConfig, batch: int = 1, gradient_checkpointing: bool = False,
-                     fused_attention_backward: bool = False, include_recompute: bool = False) -> int:
+def train_step_flops(
+    cfg: PiZeroConfig,
+    batch: int = 1,
+    gradient_checkpointing: bool = False,
+    fused_attention_backward: bool = False,
+    include_recompute: bool = False,
+) -> int:
     """Forward + backward of one train step with the frozen parameters frozen.
 
     Model FLOPs (what MFU uses) by default; `include_recompute` adds gradient checkpointing's replayed
     forward, `fused_attention_backward` counts fused attention backward kernels' Q K^T recompute.
     """
-    out = flops_breakdown(cfg, "train_step", batch, gradient_checkpointing=gradient_checkpointing,
-                          fused_attention_backward=fused_attention_backward)
+    out = flops_breakdown(
+        cfg,
+        "train_step",
+        batch,
+        gradient_checkpointing=gradient_checkpointing,
+        fused_attention_backward=fused_attention_backward,
+    )
     if include_recompute:
         return out["total"]
     return out["total"] - out["recompute"]
@@ -322,8 +398,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient_checkpointing", action="store_true")
     args = parser.parse_args(argv)
     cfg = PiZeroConfig.preset(args.config)
-    print(json.dumps({kind: flops_breakdown(cfg, kind, args.batch, args.num_steps, args.gradient_checkpointing)
-                      for kind in KINDS}, indent=2))
+    print(
+        json.dumps(
+            {
+                kind: flops_breakdown(cfg, kind, args.batch, args.num_steps, args.gradient_checkpointing)
+                for kind in KINDS
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ class FlowMatchingHead:
         cfg = self.config
         adaln = cfg.time_conditioning != "mlp"
         act_cfg = cfg.action_gemma()
-        return {"action": Expert(act_cfg, with_embedding=False, cond_dim=act_cfg.hidden_size if adaln else None,
-                                 adaln_zero=cfg.time_conditioning == "adaln_zero")}
+        return {
+            "action": Expert(
+                act_cfg,
+                with_embedding=False,
+                cond_dim=act_cfg.hidden_size if adaln else None,
+                adaln_zero=cfg.time_conditioning == "adaln_zero",
+            )
+        }
 
     def add_modules(self, model: nn.Module) -> None:
         """The proprio encoder, the action/time encoder and the velocity decoder, as attributes of `model`."""
@@ -55,17 +61,32 @@ class FlowMatchingHead:
         model.action_encoder = encoder_cls(cfg.action_dim, width, cfg.time_min_period, cfg.time_max_period)
         model.action_decoder = nn.Linear(width, cfg.action_dim)
 
-    def loss(self, model: PiZero, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-             proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None, time: torch.Tensor | None,
-             action_mask: torch.Tensor | None) -> torch.Tensor:
+    def loss(
+        self,
+        model: PiZero,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None,
+        time: torch.Tensor | None,
+        action_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Mean squared error of the predicted velocity (see PiZero.forward)."""
         actions = actions.float()
         if noise is None:
             noise = torch.randn_like(actions)
         if time is None:
             cfg = self.config
-            time = sample_time(actions.shape[0], cfg.time_sampling, alpha=cfg.time_beta_alpha,
-                               beta=cfg.time_beta_beta, time_max=cfg.time_max, device=actions.device)
+            time = sample_time(
+                actions.shape[0],
+                cfg.time_sampling,
+                alpha=cfg.time_beta_alpha,
+                beta=cfg.time_beta_beta,
+                time_max=cfg.time_max,
+                device=actions.device,
+            )
         x_t = interpolate(actions, noise, time)
         velocity = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, time)
         error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
@@ -75,9 +96,18 @@ class FlowMatchingHead:
         weight = (weight.unsqueeze(-1) if weight.ndim == 2 else weight).expand_as(error)
         return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
-    def sample(self, model: PiZero, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-               proprio: torch.Tensor, noise: torch.Tensor | None, num_steps: int | None, use_cache: bool,
-               clip: bool) -> torch.Tensor:
+    def sample(
+        self,
+        model: PiZero,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        noise: torch.Tensor | None,
+        num_steps: int | None,
+        use_cache: bool,
+        clip: bool,
+    ) -> torch.Tensor:
         """Euler integration from `noise` (drawn if None) -> chunk (B, H, A) float32 (see PiZero.sample_actions)."""
         cfg = self.config
         if noise is None:
@@ -85,7 +115,12 @@ class FlowMatchingHead:
         num_steps = num_steps or cfg.num_inference_steps
         if use_cache:
             prefix = model.encode_prefix(images, text_ids, text_mask, proprio)
-            return euler_sample(lambda x, t: model.denoise_step(prefix, x, t), noise.float(), num_steps,
-                                clip=1.0 if clip else None)
-        return euler_sample(lambda x, t: model.predict_velocity(images, text_ids, text_mask, proprio, x, t),
-                            noise.float(), num_steps, clip=1.0 if clip else None)
+            return euler_sample(
+                lambda x, t: model.denoise_step(prefix, x, t), noise.float(), num_steps, clip=1.0 if clip else None
+            )
+        return euler_sample(
+            lambda x, t: model.predict_velocity(images, text_ids, text_mask, proprio, x, t),
+            noise.float(),
+            num_steps,
+            clip=1.0 if clip else None,
+        )

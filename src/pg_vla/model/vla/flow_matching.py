@@ -16,8 +16,15 @@ from collections.abc import Callable
 import torch
 
 
-def sample_time(batch_size: int, mode: str, *, alpha: float = 1.5, beta: float = 1.0, time_max: float = 0.999,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_time(
+    batch_size: int,
+    mode: str,
+    *,
+    alpha: float = 1.5,
+    beta: float = 1.0,
+    time_max: float = 0.999,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(B,) flow times in (1 - time_max, 1]."""
     if mode == "beta":
         dist = torch.distributions.Beta(torch.tensor(alpha, device=device), torch.tensor(beta, device=device))
@@ -39,8 +46,12 @@ def target_velocity(actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - actions
 
 
-def euler_sample(velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
-                 num_steps: int, clip: float | None = 1.0) -> torch.Tensor:
+def euler_sample(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    num_steps: int,
+    clip: float | None = 1.0,
+) -> torch.Tensor:
     """Integrate from x_1 = noise (B, H, A) to x_0 with `num_steps` Euler steps of size 1 / num_steps."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

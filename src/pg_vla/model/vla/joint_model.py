@@ -31,8 +31,14 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pg_vla.model.paligemma.gemma import (AdaptiveRMSNorm, GatedMLP, RMSNorm, RotaryEmbedding, TokenEmbedding,
-                                         apply_rotary)
+from pg_vla.model.paligemma.gemma import (
+    AdaptiveRMSNorm,
+    GatedMLP,
+    RMSNorm,
+    RotaryEmbedding,
+    TokenEmbedding,
+    apply_rotary,
+)
 from pg_vla.model.vla.config import GemmaConfig
 
 
@@ -59,8 +65,10 @@ class KVCache:
 
     def extend(self, other: "KVCache") -> "KVCache":
         """A new cache with `other`'s tokens appended (the inputs are left untouched)."""
-        return KVCache([torch.cat(p, dim=2) for p in zip(self.keys, other.keys)],
-                       [torch.cat(p, dim=2) for p in zip(self.values, other.values)])
+        return KVCache(
+            [torch.cat(p, dim=2) for p in zip(self.keys, other.keys)],
+            [torch.cat(p, dim=2) for p in zip(self.values, other.values)],
+        )
 
 
 def fold_query_groups(mask: torch.Tensor, groups: int) -> torch.Tensor:
@@ -72,8 +80,9 @@ def fold_query_groups(mask: torch.Tensor, groups: int) -> torch.Tensor:
     return mask.unsqueeze(2).expand(b, 1, groups, tq, tk).reshape(b, 1, groups * tq, tk)
 
 
-def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, folded_mask: torch.Tensor
-                            ) -> torch.Tensor:
+def grouped_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, folded_mask: torch.Tensor
+) -> torch.Tensor:
     """Softmax attention where each KV head serves G = H / K query heads (Gemma-2B: 8 query heads, 1 KV head).
 
     q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), folded_mask = fold_query_groups(mask (B, 1, Tq, Tk), G) bool
@@ -86,8 +95,7 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f
     kv_heads = k.shape[1]
     if h % kv_heads:
         raise ValueError(f"{h} query heads cannot share {kv_heads} KV heads evenly")
-    out = F.scaled_dot_product_attention(q.reshape(b, kv_heads, (h // kv_heads) * tq, dh), k, v,
-                                         attn_mask=folded_mask)
+    out = F.scaled_dot_product_attention(q.reshape(b, kv_heads, (h // kv_heads) * tq, dh), k, v, attn_mask=folded_mask)
     return out.reshape(b, h, tq, dh)
 
 
@@ -106,8 +114,10 @@ class AttentionProjections(nn.Module):
 
     def key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) -> keys, values (B, K, T, Dh)"""
-        return (rearrange(self.k_proj(x), "b t (k e) -> b k t e", e=self.head_dim),
-                rearrange(self.v_proj(x), "b t (k e) -> b k t e", e=self.head_dim))
+        return (
+            rearrange(self.k_proj(x), "b t (k e) -> b k t e", e=self.head_dim),
+            rearrange(self.v_proj(x), "b t (k e) -> b k t e", e=self.head_dim),
+        )
 
 
 class ExpertLayer(nn.Module):
@@ -120,27 +130,31 @@ class ExpertLayer(nn.Module):
             self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         else:
             self.input_layernorm = AdaptiveRMSNorm(cfg.hidden_size, cond_dim, cfg.rms_norm_eps, zero=adaln_zero)
-            self.post_attention_layernorm = AdaptiveRMSNorm(cfg.hidden_size, cond_dim, cfg.rms_norm_eps,
-                                                            zero=adaln_zero)
+            self.post_attention_layernorm = AdaptiveRMSNorm(
+                cfg.hidden_size, cond_dim, cfg.rms_norm_eps, zero=adaln_zero
+            )
         self.self_attn = AttentionProjections(cfg.hidden_size, cfg)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def norm(self, which: RMSNorm, x: torch.Tensor, cond: torch.Tensor | None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def norm(
+        self, which: RMSNorm, x: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(which, AdaptiveRMSNorm):
             return which.modulate(x, cond)
         return which(x), None
 
-    def attention_inputs(self, x: torch.Tensor, cond: torch.Tensor | None, need_query: bool
-                         ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def attention_inputs(
+        self, x: torch.Tensor, cond: torch.Tensor | None, need_query: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) -> (attention gate or None, keys, values (B, K, T, Dh), queries (B, H, T, Dh) or None),
         before rotary embedding. With `finish`, the two entry points a joint layer calls (FSDP hooks both)."""
         normed, gate = self.norm(self.input_layernorm, x, cond)
         k, v = self.self_attn.key_value(normed)
         return gate, k, v, (self.self_attn.query(normed) if need_query else None)
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor, cond: torch.Tensor | None,
-               attn_gate: torch.Tensor | None) -> torch.Tensor:
+    def finish(
+        self, x: torch.Tensor, attn: torch.Tensor, cond: torch.Tensor | None, attn_gate: torch.Tensor | None
+    ) -> torch.Tensor:
         """Residual stream after attention: x (B, T, D), attn (B, T, H*Dh) -> (B, T, D)."""
         out = self.self_attn.o_proj(attn)
         x = x + (out if attn_gate is None else attn_gate * out)
@@ -152,8 +166,7 @@ class ExpertLayer(nn.Module):
 class Expert(nn.Module):
     """A Gemma stack: optional token embedding, L layers, final norm."""
 
-    def __init__(self, cfg: GemmaConfig, with_embedding: bool, cond_dim: int | None = None,
-                 adaln_zero: bool = False):
+    def __init__(self, cfg: GemmaConfig, with_embedding: bool, cond_dim: int | None = None, adaln_zero: bool = False):
         super().__init__()
         self.config = cfg
         self.embed_tokens = TokenEmbedding(cfg.vocab_size, cfg.hidden_size) if with_embedding else None
@@ -172,11 +185,15 @@ class Expert(nn.Module):
 class JointTransformer(nn.Module):
     def __init__(self, experts: dict[str, Expert]):
         super().__init__()
-        geometry = {(e.config.num_layers, e.config.num_heads, e.config.num_kv_heads, e.config.head_dim,
-                     e.config.rope_theta) for e in experts.values()}
+        geometry = {
+            (e.config.num_layers, e.config.num_heads, e.config.num_kv_heads, e.config.head_dim, e.config.rope_theta)
+            for e in experts.values()
+        }
         if len(geometry) != 1:
-            raise ValueError("experts must share num_layers, num_heads, num_kv_heads, head_dim and rope_theta, got "
-                             + ", ".join(f"{k}: {e.config}" for k, e in experts.items()))
+            raise ValueError(
+                "experts must share num_layers, num_heads, num_kv_heads, head_dim and rope_theta, got "
+                + ", ".join(f"{k}: {e.config}" for k, e in experts.items())
+            )
         self.experts = nn.ModuleDict(experts)
         cfg = next(iter(experts.values())).config
         self.num_layers = cfg.num_layers
@@ -184,9 +201,14 @@ class JointTransformer(nn.Module):
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.gradient_checkpointing = False
 
-    def forward(self, segments: list[Segment], positions: torch.Tensor, attn_mask: torch.Tensor,
-                past: KVCache | None = None, return_cache: bool = False
-                ) -> tuple[list[torch.Tensor | None], KVCache | None]:
+    def forward(
+        self,
+        segments: list[Segment],
+        positions: torch.Tensor,
+        attn_mask: torch.Tensor,
+        past: KVCache | None = None,
+        return_cache: bool = False,
+    ) -> tuple[list[torch.Tensor | None], KVCache | None]:
         """Run all layers.
 
         positions (B, T) for the T new tokens (all segments concatenated); attn_mask (B, 1, T, T_past + T)
@@ -198,8 +220,9 @@ class JointTransformer(nn.Module):
             raise ValueError(f"positions cover {positions.shape[1]} tokens, segments hold {total}")
         expected_keys = total + (past.length if past is not None else 0)
         if attn_mask.shape[-2:] != (total, expected_keys):
-            raise ValueError(f"attention mask {tuple(attn_mask.shape)} does not fit {total} queries x "
-                             f"{expected_keys} keys")
+            raise ValueError(
+                f"attention mask {tuple(attn_mask.shape)} does not fit {total} queries x {expected_keys} keys"
+            )
         dtype = segments[0].hidden.dtype
         cos, sin = self.rotary(positions, dtype)  # (B, 1, T, Dh)
         hidden = [s.hidden for s in segments]
@@ -217,20 +240,30 @@ class JointTransformer(nn.Module):
             if return_cache:
                 keys.append(k)
                 values.append(v)
-        outputs = [self.experts[s.expert].final_norm(h, s.cond) if h is not None else None
-                   for s, h in zip(segments, hidden)]
+        outputs = [
+            self.experts[s.expert].final_norm(h, s.cond) if h is not None else None for s, h in zip(segments, hidden)
+        ]
         return outputs, (KVCache(keys, values) if return_cache else None)
 
-    def _layer(self, layer_idx: int, segments: list[Segment], hidden: list[torch.Tensor | None],
-               cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor, folded_masks: dict[tuple, torch.Tensor],
-               past_kv: tuple[torch.Tensor, torch.Tensor] | None, last: bool):
+    def _layer(
+        self,
+        layer_idx: int,
+        segments: list[Segment],
+        hidden: list[torch.Tensor | None],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor,
+        folded_masks: dict[tuple, torch.Tensor],
+        past_kv: tuple[torch.Tensor, torch.Tensor] | None,
+        last: bool,
+    ):
         """One joint layer. Returns (new hidden per segment, this layer's new keys, values (B, K, T, Dh))."""
         queries, keys, values, gates, query_rows = [], [], [], [], []
         start = 0
         for seg, x in zip(segments, hidden):
             n = x.shape[1]
             layer: ExpertLayer = self.experts[seg.expert].layers[layer_idx]
-            seg_cos, seg_sin = cos[:, :, start:start + n], sin[:, :, start:start + n]
+            seg_cos, seg_sin = cos[:, :, start : start + n], sin[:, :, start : start + n]
             need_query = seg.needs_output or not last
             gate, k, v, q = layer.attention_inputs(x, seg.cond, need_query)
             keys.append(apply_rotary(k, seg_cos, seg_sin))
@@ -262,7 +295,7 @@ class JointTransformer(nn.Module):
                 continue
             n = x.shape[1]
             layer = self.experts[seg.expert].layers[layer_idx]
-            out.append(layer.finish(x, attn[:, offset:offset + n], seg.cond, gate))
+            out.append(layer.finish(x, attn[:, offset : offset + n], seg.cond, gate))
             offset += n
         return out, new_k, new_v
 
@@ -272,12 +305,15 @@ def _demo() -> None:
     from pg_vla.model.vla.attention_mask import block_attention_mask, positions_from_valid
 
     torch.manual_seed(0)
-    vlm_cfg = GemmaConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=1,
-                          head_dim=8, vocab_size=16)
-    act_cfg = GemmaConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4, num_kv_heads=1,
-                          head_dim=8, vocab_size=1)
-    model = JointTransformer({"vlm": Expert(vlm_cfg, with_embedding=False),
-                              "action": Expert(act_cfg, with_embedding=False)})
+    vlm_cfg = GemmaConfig(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=8, vocab_size=16
+    )
+    act_cfg = GemmaConfig(
+        hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=8, vocab_size=1
+    )
+    model = JointTransformer(
+        {"vlm": Expert(vlm_cfg, with_embedding=False), "action": Expert(act_cfg, with_embedding=False)}
+    )
     names = ["img", "img", "txt", "txt", "pad", "prop", "act", "act"]
     blocks = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 2]])
     valid = torch.tensor([[True, True, True, True, False, True, True, True]])
@@ -286,8 +322,10 @@ def _demo() -> None:
     print("      " + " ".join(f"{n:>4}" for n in names))
     for name, row in zip(names, mask[0, 0].int().tolist()):
         print(f"{name:>5} " + " ".join(f"{v:>4}" for v in row))
-    segments = [Segment("vlm", torch.randn(1, 5, vlm_cfg.hidden_size)),
-                Segment("action", torch.randn(1, 3, act_cfg.hidden_size))]
+    segments = [
+        Segment("vlm", torch.randn(1, 5, vlm_cfg.hidden_size)),
+        Segment("action", torch.randn(1, 3, act_cfg.hidden_size)),
+    ]
     outputs, _ = model(segments, positions_from_valid(valid), mask)
     print("vlm output", tuple(outputs[0].shape), "action output", tuple(outputs[1].shape))
 

@@ -78,8 +78,9 @@ class PiZero(nn.Module):
         self.config = config
         # A plain object, not a submodule: the parameters it uses are the model's own, under pi0's names.
         # The discrete head has no action expert and no flow encoders: nothing left unused (DDP).
-        self.head: FlowMatchingHead | DiscreteHead = (DiscreteHead if config.action_head == "discrete"
-                                                      else FlowMatchingHead)(config)
+        self.head: FlowMatchingHead | DiscreteHead = (
+            DiscreteHead if config.action_head == "discrete" else FlowMatchingHead
+        )(config)
         self.vision_tower = SiglipVisionTower(config.vision)
         self.multi_modal_projector = nn.Linear(config.vision.hidden_size, config.vlm.hidden_size)
         self.joint = JointTransformer({"vlm": Expert(config.vlm, with_embedding=True), **self.head.experts()})
@@ -102,8 +103,14 @@ class PiZero(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                        verify: bool = True, **config_overrides) -> "PiZero":
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        verify: bool = True,
+        **config_overrides,
+    ) -> "PiZero":
         """Any model folder: a pg-vla checkpoint (or run), a pi0 folder (openpi, LeRobot, transformers) or a
         PaliGemma folder (pg_vla.model.pretrained). `config_overrides` set what the weights do not fix;
         verify: check a pg-vla checkpoint against its manifest first."""
@@ -136,8 +143,7 @@ class PiZero(nn.Module):
 
     def _require_head(self, head: str) -> None:
         if self.head.name != head:
-            raise RuntimeError(f"this method needs action_head={head!r}; the model has "
-                               f"action_head={self.head.name!r}")
+            raise RuntimeError(f"this method needs action_head={head!r}; the model has action_head={self.head.name!r}")
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.joint.gradient_checkpointing = enabled
@@ -157,8 +163,7 @@ class PiZero(nn.Module):
             last = f"joint.experts.vlm.layers.{self.config.vlm.num_layers - 1}."
             unread = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
             names.append("joint.experts.vlm.norm.weight")
-            names += [n for n, _ in self.named_parameters()
-                      if n.startswith(last) and n[len(last):].startswith(unread)]
+            names += [n for n, _ in self.named_parameters() if n.startswith(last) and n[len(last) :].startswith(unread)]
         if self.config.freeze_vision:
             names += [n for n, _ in self.named_parameters() if n.startswith("vision_tower.")]
         return names
@@ -192,20 +197,23 @@ class PiZero(nn.Module):
         tokens = self.multi_modal_projector(feats)  # (B*N, P, D)
         return tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
 
-    def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed_prefix(
+        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> prefix tokens (B, N*P + L, D_vlm), valid (B, N*P + L) bool, blocks (B, N*P + L) long (all
         IMAGE_TEXT_BLOCK)."""
         if text_ids.ndim != 2 or text_ids.shape[0] != images.shape[0]:
-            raise ValueError(f"text_ids must be (batch, tokens) with batch {images.shape[0]}, got "
-                             f"{tuple(text_ids.shape)}")
+            raise ValueError(
+                f"text_ids must be (batch, tokens) with batch {images.shape[0]}, got {tuple(text_ids.shape)}"
+            )
         image_tokens = self.embed_images(images)
         text_tokens = self.vlm.embed_tokens(text_ids)
         tokens = torch.cat((image_tokens.to(text_tokens.dtype), text_tokens), dim=1)
         if text_mask is None:
             text_mask = torch.ones_like(text_ids, dtype=torch.bool)
-        valid = torch.cat((torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=tokens.device),
-                           text_mask.bool()), dim=1)
+        valid = torch.cat(
+            (torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=tokens.device), text_mask.bool()), dim=1
+        )
         return tokens, valid, torch.full_like(valid, IMAGE_TEXT_BLOCK, dtype=torch.long)
 
     def embed_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
@@ -222,8 +230,9 @@ class PiZero(nn.Module):
             raise ValueError(f"actions must be (batch, {h}, {a}), got {tuple(x_t.shape)}")
         return self.action_encoder(x_t.to(self.action_decoder.weight.dtype), t)
 
-    def embed_suffix(self, proprio: torch.Tensor | None, x_t: torch.Tensor | None, t: torch.Tensor | None,
-                     dtype: torch.dtype) -> tuple[list[Segment], torch.Tensor, torch.Tensor]:
+    def embed_suffix(
+        self, proprio: torch.Tensor | None, x_t: torch.Tensor | None, t: torch.Tensor | None, dtype: torch.dtype
+    ) -> tuple[list[Segment], torch.Tensor, torch.Tensor]:
         """The action expert's tokens: proprio (B, C, P) and/or noisy actions x_t (B, H, A) at flow time t (B,).
 
         -> segments (tokens in `dtype`, the prefix's; adaLN conditioning on the action segment), valid
@@ -246,20 +255,36 @@ class PiZero(nn.Module):
         return segments, torch.ones_like(blocks, dtype=torch.bool), blocks
 
     # ---- training ----------------------------------------------------------------------------------
-    def predict_velocity(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                         proprio: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict_velocity(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
         """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
         self._require_head("flow")
         prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
         suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, prefix.dtype)
-        mask, positions = mask_and_positions(torch.cat((prefix_valid, suffix_valid), dim=1),
-                                             torch.cat((prefix_blocks, suffix_blocks), dim=1))
+        mask, positions = mask_and_positions(
+            torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
+        )
         outputs, _ = self.joint([Segment("vlm", prefix, needs_output=False), *suffix], positions, mask)
-        return self.action_decoder(outputs[-1][:, -x_t.shape[1]:]).float()
+        return self.action_decoder(outputs[-1][:, -x_t.shape[1] :]).float()
 
-    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                proprio: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None,
-                time: torch.Tensor | None = None, action_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
 
         `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end), (B, H, A) also
@@ -270,8 +295,9 @@ class PiZero(nn.Module):
         return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
-    def encode_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                      proprio: torch.Tensor) -> PrefixCache:
+    def encode_prefix(
+        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None, proprio: torch.Tensor
+    ) -> PrefixCache:
         """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
         self._require_head("flow")
         prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
@@ -285,8 +311,9 @@ class PiZero(nn.Module):
         # not in the denoising loop.
         b, h = prefix.shape[0], self.config.horizon_steps
         action_blocks = torch.full((b, h), ACTION_BLOCK, dtype=torch.long, device=prefix.device)
-        action_mask, action_positions = mask_and_positions(torch.ones_like(action_blocks, dtype=torch.bool),
-                                                           action_blocks, valid, blocks)
+        action_mask, action_positions = mask_and_positions(
+            torch.ones_like(action_blocks, dtype=torch.bool), action_blocks, valid, blocks
+        )
         return PrefixCache(kv=kv, action_mask=action_mask, action_positions=action_positions)
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -300,9 +327,17 @@ class PiZero(nn.Module):
         return self.action_decoder(outputs[0]).float()
 
     @torch.no_grad()
-    def sample_actions(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                       proprio: torch.Tensor, noise: torch.Tensor | None = None, num_steps: int | None = None,
-                       use_cache: bool = True, clip: bool = True) -> torch.Tensor:
+    def sample_actions(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        use_cache: bool = True,
+        clip: bool = True,
+    ) -> torch.Tensor:
         """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None); `clip=False`
         returns the integral as it is (pi0's own sampler does not clip).
 
@@ -311,8 +346,9 @@ class PiZero(nn.Module):
         return self.head.sample(self, images, text_ids, text_mask, proprio, noise, num_steps, use_cache, clip)
 
     # ---- discrete head ---------------------------------------------------------------------------------
-    def bin_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                   proprio: torch.Tensor) -> torch.Tensor:
+    def bin_logits(
+        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None, proprio: torch.Tensor
+    ) -> torch.Tensor:
         """Discrete head: logits (B, H, A, K) float32 of each action dimension's bins.
 
         [image | text | readout (H)] through the VLM expert; readout tokens form their own block after
@@ -321,14 +357,16 @@ class PiZero(nn.Module):
         self._require_head("discrete")
         cfg = self.config
         if proprio.ndim != 3 or proprio.shape[1:] != (cfg.cond_steps, cfg.proprio_dim):
-            raise ValueError(f"proprio must be (batch, {cfg.cond_steps}, {cfg.proprio_dim}), "
-                             f"got {tuple(proprio.shape)}")
+            raise ValueError(
+                f"proprio must be (batch, {cfg.cond_steps}, {cfg.proprio_dim}), got {tuple(proprio.shape)}"
+            )
         prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)  # (B, T, D), (B, T) x 2
         readout = self.action_decoder.readout_tokens(prefix.shape[0]).to(prefix.dtype)  # (B, H, D)
         readout_blocks = torch.full(readout.shape[:2], ACTION_BLOCK, dtype=torch.long, device=prefix.device)
         mask, positions = mask_and_positions(
             torch.cat((prefix_valid, torch.ones_like(readout_blocks, dtype=torch.bool)), dim=1),
-            torch.cat((prefix_blocks, readout_blocks), dim=1))
+            torch.cat((prefix_blocks, readout_blocks), dim=1),
+        )
         segments = [Segment("vlm", prefix, needs_output=False), Segment("vlm", readout)]
         outputs, _ = self.joint(segments, positions, mask)
         return self.action_decoder(outputs[-1], proprio)  # (B, H, A, K)
@@ -348,8 +386,13 @@ class PiZero(nn.Module):
         """(B, T, D) -> (B, T, vocab); the LM head is tied to the token embeddings."""
         return F.linear(hidden, self.vlm.embed_tokens.weight)
 
-    def text_logits(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-                    return_cache: bool = False) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
+    def text_logits(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        return_cache: bool = False,
+    ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
         """PaliGemma prefix-LM over image + text (bidirectional).
 
         -> logits (B, N*P + L, vocab) at every position, the cache if asked, and valid (B, N*P + L).
@@ -360,9 +403,16 @@ class PiZero(nn.Module):
         return self._lm_logits(outputs[0]), kv, valid
 
     @torch.no_grad()
-    def generate_text(self, images: torch.Tensor, prompt_ids: torch.Tensor, max_new_tokens: int,
-                      eos_token_id: int | None = None, temperature: float | None = None, top_p: float = 1.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate_text(
+        self,
+        images: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int | None = None,
+        temperature: float | None = None,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Continue unpadded prompts (B, L) after the image; greedy unless `temperature` is given.
 
         Returns the new tokens (B, <= max_new_tokens); a sequence that emitted `eos_token_id` is
@@ -386,16 +436,18 @@ class PiZero(nn.Module):
             new_blocks = torch.full((b, 1), IMAGE_TEXT_BLOCK + step + 1, dtype=torch.long, device=device)
             new_valid = torch.ones_like(new_blocks, dtype=torch.bool)
             mask, positions = mask_and_positions(new_valid, new_blocks, key_valid, key_blocks)
-            outputs, new_kv = self.joint([Segment("vlm", self.vlm.embed_tokens(token[:, None]))], positions, mask,
-                                         past=kv, return_cache=True)
+            outputs, new_kv = self.joint(
+                [Segment("vlm", self.vlm.embed_tokens(token[:, None]))], positions, mask, past=kv, return_cache=True
+            )
             kv = kv.extend(new_kv)
             key_valid, key_blocks = torch.cat((key_valid, new_valid), dim=1), torch.cat((key_blocks, new_blocks), dim=1)
             next_logits = self._lm_logits(outputs[0])[:, -1]
         return torch.stack(generated, dim=1)
 
 
-def _choose_token(logits: torch.Tensor, temperature: float | None, top_p: float,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def _choose_token(
+    logits: torch.Tensor, temperature: float | None, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """logits (B, V) -> token ids (B,): arg-max, or nucleus sampling at `temperature`."""
     if temperature is None or temperature == 0.0:
         return logits.argmax(dim=-1)
@@ -429,8 +481,10 @@ def _sample_dummy(config_name: str, seed: int, action_head: str = "flow") -> Non
     text_mask = torch.arange(cfg.max_text_tokens).expand(b, -1) < torch.tensor([[cfg.max_text_tokens], [3]])
     proprio = torch.rand(b, cfg.cond_steps, cfg.proprio_dim) * 2 - 1
     actions = model.sample_actions(images, text_ids, text_mask, proprio)
-    print(f"config {config_name}: sampled action chunk of shape {tuple(actions.shape)} "
-          f"(batch, horizon, action_dim), range [{actions.min().item():.3f}, {actions.max().item():.3f}]")
+    print(
+        f"config {config_name}: sampled action chunk of shape {tuple(actions.shape)} "
+        f"(batch, horizon, action_dim), range [{actions.min().item():.3f}, {actions.max().item():.3f}]"
+    )
 
 
 def _generate_text(args) -> None:
@@ -455,16 +509,27 @@ def _generate_text(args) -> None:
     pixels = processor.preprocess_images(image)  # (1, 1, 3, S, S)
     prompt_ids = processor.generation_prompt_ids(args.prompt)
     generator = torch.Generator().manual_seed(args.seed)
-    tokens = model.generate_text(pixels.to(dtype), prompt_ids, args.max_tokens,
-                                 eos_token_id=processor.tokenizer.eos_token_id, temperature=args.temperature,
-                                 top_p=args.top_p, generator=generator)
+    tokens = model.generate_text(
+        pixels.to(dtype),
+        prompt_ids,
+        args.max_tokens,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        generator=generator,
+    )
     # The generated text is the last line of stdout; line breaks inside it are printed as "\\n".
     print(processor.decode(tokens[0]).replace("\n", "\\n"))
 
 
 PARITY_INPUTS = {  # name -> (ndim, kind) of the --inputs npz arrays
-    "images": (5, "f"), "text_ids": (2, "i"), "text_mask": (2, "b"), "state": (2, "f"), "noise": (3, "f"),
-    "actions": (3, "f"), "time": (1, "f"),
+    "images": (5, "f"),
+    "text_ids": (2, "i"),
+    "text_mask": (2, "b"),
+    "state": (2, "f"),
+    "noise": (3, "f"),
+    "actions": (3, "f"),
+    "time": (1, "f"),
 }
 
 
@@ -486,13 +551,22 @@ def _parity_io(args) -> None:
             raise ValueError(f"{args.inputs} lacks {name!r}; it needs {sorted(PARITY_INPUTS)}")
         value = arrays[name]
         if value.ndim != ndim or value.dtype.kind != kind and not (kind == "i" and value.dtype.kind == "u"):
-            kind_name = dict(f='float', i='integer', b='bool')[kind]
-            raise ValueError(f"{args.inputs}: {name!r} must be a {ndim}-d {kind_name}"
-                             f" array, got {value.dtype} of shape {value.shape}")
+            kind_name = dict(f="float", i="integer", b="bool")[kind]
+            raise ValueError(
+                f"{args.inputs}: {name!r} must be a {ndim}-d {kind_name}"
+                f" array, got {value.dtype} of shape {value.shape}"
+            )
     b, n, _, size, _ = arrays["images"].shape
     length, (h, a), p = arrays["text_ids"].shape[1], arrays["noise"].shape[1:], arrays["state"].shape[1]
-    expected = {"images": (b, n, 3, size, size), "text_ids": (b, length), "text_mask": (b, length), "state": (b, p),
-                "noise": (b, h, a), "actions": (b, h, a), "time": (b,)}
+    expected = {
+        "images": (b, n, 3, size, size),
+        "text_ids": (b, length),
+        "text_mask": (b, length),
+        "state": (b, p),
+        "noise": (b, h, a),
+        "actions": (b, h, a),
+        "time": (b,),
+    }
     for name, shape in expected.items():
         if arrays[name].shape != shape:
             raise ValueError(f"{args.inputs}: {name!r} has shape {arrays[name].shape}, the other inputs imply {shape}")
@@ -500,10 +574,14 @@ def _parity_io(args) -> None:
     model = PiZero.from_pretrained(args.pretrained_model_path, dtype=dtype, num_cameras=n, horizon_steps=h)
     cfg = model.config
     if model.is_discrete:
-        raise ValueError(f"{args.pretrained_model_path} has the discrete action head; "
-                         "--inputs compares flow velocities")
-    checks = [("image size", size, cfg.vision.image_size), ("action dim", a, cfg.action_dim),
-              ("state dim", p, cfg.proprio_dim)]
+        raise ValueError(
+            f"{args.pretrained_model_path} has the discrete action head; --inputs compares flow velocities"
+        )
+    checks = [
+        ("image size", size, cfg.vision.image_size),
+        ("action dim", a, cfg.action_dim),
+        ("state dim", p, cfg.proprio_dim),
+    ]
     for what, got, want in checks:
         if got != want:
             raise ValueError(f"{args.inputs}: {what} {got} does not match the checkpoint's {want}")
@@ -524,12 +602,17 @@ def main(argv: list[str] | None = None) -> int:
     """The self-test command; bad input (missing folder, mismatched inputs, ...) -> `error: ...`, status 2."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="pi0 model self-test: action sampling, text generation, "
-                                                 "parameter counts.")
+    parser = argparse.ArgumentParser(
+        description="pi0 model self-test: action sampling, text generation, parameter counts."
+    )
     parser.add_argument("--config", default="small", help="model preset (pi0, small, tiny)")
     parser.add_argument("--count_params", action="store_true", help="print parameter counts (meta device) as JSON")
-    parser.add_argument("--action_head", choices=("flow", "discrete"), default="flow",
-                        help="flow matching (pi0) or the discrete bin-classification head")
+    parser.add_argument(
+        "--action_head",
+        choices=("flow", "discrete"),
+        default="flow",
+        help="flow matching (pi0) or the discrete bin-classification head",
+    )
     parser.add_argument("--text_only", action="store_true", help="generate text with a PaliGemma checkpoint")
     parser.add_argument("--load_pretrained_weights", action="store_true")
     parser.add_argument("--pretrained_model_path", default=None)
@@ -540,8 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--inputs", default=None, help="npz of images, text_ids, text_mask, state, noise, actions, "
-                        "time: write --output with the velocity at x_t and the 10-step sample (no clipping)")
+    parser.add_argument(
+        "--inputs",
+        default=None,
+        help="npz of images, text_ids, text_mask, state, noise, actions, "
+        "time: write --output with the velocity at x_t and the 10-step sample (no clipping)",
+    )
     parser.add_argument("--output", default=None, help="npz to write with --inputs")
     args = parser.parse_args(argv)
     try:
