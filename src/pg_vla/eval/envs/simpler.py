@@ -1,21 +1,29 @@
 """SimplerEnv tasks (WidowX / bridge and Google robot / fractal) behind `EvalEnv`.
 
     env = SimplerEnv("widowx_carrot_on_plate")      # simpler_env.make(task), the prepackaged visual-matching setup
-    obs, instruction = env.reset(seed=0)           # env.reset(seed=0, options=reset_options)
+    obs, instruction = env.reset(seed=0)           # env.reset(seed=0, options={"obj_init_options": {"episode_id": 0}})
     result = env.step(action)                      # 7-D: xyz delta, axis-angle delta, gripper (see the adapters)
     result.success                                 # info["success"] at this step
     result.done                                    # success (end_on_success), the simulator's time limit, or max_steps
     env.instruction                                # the current instruction (multi-stage tasks may change it)
 
-SimplerEnv is not on the package registry: it is installed from source with its ManiSkill2_real2sim
-submodule (see `INSTALL_HINT`); `simpler_env` is imported only when an environment is built. Its SAPIEN
-renderer needs a Vulkan GPU.
+SimplerEnv is not on the package registry and pins numpy<2 and gymnasium<1, so it runs in its own
+environment (scripts/setup_simpler.sh) as a client of the policy server (scripts/simpler_client.py);
+`simpler_env` is imported only when an environment is built. Nothing here imports torch.
 
-Episode lengths (`SIMPLER_TASKS[task].max_steps`) are the `--max-episode-steps` of SimplerEnv's own
-visual-matching scripts (scripts/bridge.sh, pick_coke_can_*.sh, move_near_*.sh, drawer_*.sh,
-put_in_drawer_*.sh): bridge 60 steps at 5 Hz (eggplant in the sink scene 120), pick coke can and
-move near 80 steps at 3 Hz, open / close drawer 113, place into a closed drawer 200. The prepackaged
-environments end (truncate) at their own registered limit too; `max_steps=` overrides ours.
+`SIMPLER_TASKS` has every name of `simpler_env.ENVIRONMENTS`. Episode lengths (`max_steps`) are the
+`--max-episode-steps` of SimplerEnv's own visual-matching scripts (scripts/bridge.sh,
+pick_coke_can_*.sh, move_near_*.sh, drawer_*.sh, put_in_drawer_*.sh): bridge 60 steps at 5 Hz
+(eggplant in the sink scene 120), pick coke can / pick object and move near 80 steps at 3 Hz, open /
+close drawer 113, place into a closed drawer 200. The prepackaged environments end (truncate) at their
+own registered limit too; `max_steps=` overrides ours.
+
+Prepackaged object layouts (`episode_configs`): only the put_on_* (bridge) and move_near environments
+read `obj_init_options["episode_id"]`: 24 layouts on each bridge task (4 positions x 6 orientations,
+episode_id taken modulo 24), 60 on move near (5 object triplets x 3 sources x 4 positions, no modulo).
+Episode i of a task starts from seed s and episode_id = s % episode_configs, so seeds 0, 1, ... visit
+the layouts in order as open-pi-zero's evaluation does (its episode_id is the episode counter). The
+other tasks (pick coke can / object, drawers) draw their layout from the seed alone.
 """
 
 from __future__ import annotations
@@ -30,15 +38,11 @@ import numpy as np
 from pg_vla.eval.envs.base import EvalEnv, StepResult
 
 INSTALL_HINT = (
-    "SimplerEnv is not installed (the `simpler_env` module cannot be imported). It is not on the package "
-    "registry; install it from source, with its ManiSkill2_real2sim submodule, into this environment:\n"
+    "SimplerEnv is not installed in this Python (the `simpler_env` module cannot be imported). It runs in "
+    "its own environment (numpy<2, gymnasium<1):\n"
     "    git clone https://github.com/simpler-env/SimplerEnv --recurse-submodules\n"
-    "    uv pip install -e SimplerEnv/ManiSkill2_real2sim\n"
-    "    uv pip install -e SimplerEnv\n"
-    "For the proprio observation obs['agent']['eef_pos'] use a SimplerEnv fork that reports it (e.g. "
-    "github.com/allenzren/SimplerEnv with its submodule); without it the adapters compute the pose from "
-    "obs['extra']['tcp_pose'] and obs['agent']['base_pose']. SimplerEnv renders with SAPIEN, which needs a "
-    "Vulkan-capable GPU."
+    "    scripts/setup_simpler.sh SimplerEnv SimplerEnv/ManiSkill2_real2sim [venv path]\n"
+    "then run scripts/simpler_client.py with that venv's python against scripts/serve_policy.py (see README)."
 )
 
 
@@ -61,18 +65,23 @@ class SimplerTask:
     robot: str  # "widowx" (bridge conventions) or "google_robot" (fractal conventions)
     max_steps: int  # control steps per episode
     control_hz: int  # control frequency of the prepackaged environment (video fps)
+    episode_configs: int | None = None  # prepackaged layouts selected by obj_init_options["episode_id"]
 
 
-def _tasks(robot: str, max_steps: int, control_hz: int, *names: str) -> dict[str, SimplerTask]:
-    return {name: SimplerTask(name, robot, max_steps, control_hz) for name in names}
+def _tasks(robot: str, max_steps: int, control_hz: int, *names: str,
+           episode_configs: int | None = None) -> dict[str, SimplerTask]:
+    return {name: SimplerTask(name, robot, max_steps, control_hz, episode_configs) for name in names}
 
 
 SIMPLER_TASKS: dict[str, SimplerTask] = {
-    **_tasks("widowx", 60, 5, "widowx_carrot_on_plate", "widowx_spoon_on_towel", "widowx_stack_cube"),
-    **_tasks("widowx", 120, 5, "widowx_put_eggplant_in_basket"),
+    **_tasks("widowx", 60, 5, "widowx_carrot_on_plate", "widowx_spoon_on_towel", "widowx_stack_cube",
+             episode_configs=24),
+    **_tasks("widowx", 120, 5, "widowx_put_eggplant_in_basket", episode_configs=24),
     **_tasks("google_robot", 80, 3, "google_robot_pick_coke_can", "google_robot_pick_horizontal_coke_can",
              "google_robot_pick_vertical_coke_can", "google_robot_pick_standing_coke_can",
-             "google_robot_move_near", "google_robot_move_near_v1"),
+             "google_robot_pick_object"),
+    **_tasks("google_robot", 80, 3, "google_robot_move_near", "google_robot_move_near_v0", "google_robot_move_near_v1",
+             episode_configs=60),
     **_tasks("google_robot", 113, 3, "google_robot_open_drawer", "google_robot_open_top_drawer",
              "google_robot_open_middle_drawer", "google_robot_open_bottom_drawer", "google_robot_close_drawer",
              "google_robot_close_top_drawer", "google_robot_close_middle_drawer", "google_robot_close_bottom_drawer"),
@@ -91,17 +100,14 @@ def simpler_task(name: str) -> SimplerTask:
 class SimplerEnv(EvalEnv):
     """One SimplerEnv task.
 
-    end_on_success: False runs every episode to its time limit, as SimplerEnv's own evaluation scripts
-        do (they judge success at the last step); the agent then reads the last step's `success`.
-    reset_options: passed to the simulator's reset (e.g. {"obj_init_options": {...}}).
-    object_episodes: N > 0 makes reset(seed) ask for the object configuration seed % N
-        (options["obj_init_options"]["episode_id"]), so seeds 0..N-1 visit each of a task's N
-        prepackaged configurations once (SimplerEnv's bridge scripts use episodes 0..23); the seed still
-        drives every other random choice.
+    end_on_success: False (the visual-matching protocol of SimplerEnv's scripts and open-pi-zero) runs
+        every episode to its time limit and judges success at the last step; True ends at the first success.
+    reset_options: passed to the simulator's reset (e.g. {"obj_init_options": {...}}); the layout's
+        episode_id is added for the tasks that read it (see the module docstring).
     """
 
-    def __init__(self, task: str, *, max_steps: int | None = None, end_on_success: bool = True,
-                 reset_options: dict[str, Any] | None = None, object_episodes: int | None = None):
+    def __init__(self, task: str, *, max_steps: int | None = None, end_on_success: bool = False,
+                 reset_options: dict[str, Any] | None = None):
         self.spec = simpler_task(task)
         self.task = task
         self.max_steps = int(max_steps) if max_steps is not None else self.spec.max_steps
@@ -109,13 +115,11 @@ class SimplerEnv(EvalEnv):
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         self.end_on_success = bool(end_on_success)
         self.reset_options = copy.deepcopy(dict(reset_options)) if reset_options else None
-        if object_episodes is not None and int(object_episodes) <= 0:
-            raise ValueError(f"object_episodes must be positive, got {object_episodes}")
-        self.object_episodes = int(object_episodes) if object_episodes is not None else None
         self.env = import_simpler_env().make(task)  # gymnasium env (TimeLimit-wrapped)
         self.sim = getattr(self.env, "unwrapped", self.env)  # the ManiSkill2 env: instruction, agent
         self.instruction = ""
         self.steps = 0
+        self.reset_info: dict[str, Any] = {}
 
     @property
     def robot(self) -> str:
@@ -128,12 +132,17 @@ class SimplerEnv(EvalEnv):
     def _read_instruction(self) -> str:
         return str(self.sim.get_language_instruction())
 
-    def reset(self, seed: int) -> tuple[Any, str]:
+    def reset_options_for(self, seed: int) -> dict[str, Any] | None:
+        """The options reset(seed) passes: reset_options, plus the layout's episode_id where the task reads it."""
         options = copy.deepcopy(self.reset_options)  # the simulator may write into its options
-        if self.object_episodes is not None:
+        if self.spec.episode_configs is not None:
             options = options or {}
-            options.setdefault("obj_init_options", {})["episode_id"] = int(seed) % self.object_episodes
-        obs, _ = self.env.reset(seed=int(seed), options=options)
+            options.setdefault("obj_init_options", {})["episode_id"] = int(seed) % self.spec.episode_configs
+        return options
+
+    def reset(self, seed: int) -> tuple[Any, str]:
+        obs, info = self.env.reset(seed=int(seed), options=self.reset_options_for(seed))
+        self.reset_info = dict(info)
         self.steps = 0
         self.instruction = self._read_instruction()
         return obs, self.instruction
@@ -160,37 +169,38 @@ class SimplerEnv(EvalEnv):
 
 class SimplerSuite:
     """SimplerEnv for the evaluation agent (the `pg_vla.eval.suite.EnvSuite` interface), one robot per suite:
-    the eval configs' `env` options (robot, max_steps, end_on_success, reset_options, object_episodes,
-    sticky_gripper_steps, camera_role) are its keyword arguments. SimplerEnv has no scripted experts."""
+    the eval configs' `env` options (robot, max_steps, end_on_success, reset_options, sticky_gripper_steps,
+    camera_role) are its keyword arguments. SimplerEnv has no scripted experts."""
 
     name = "simpler"
     action_dim = 7
 
-    def __init__(self, robot: str = "widowx", *, max_steps: int | None = None, end_on_success: bool = True,
-                 reset_options: dict[str, Any] | None = None, object_episodes: int | None = None,
-                 sticky_gripper_steps: int = 15, camera_role: str = "primary"):
+    def __init__(self, robot: str = "widowx", *, max_steps: int | None = None, end_on_success: bool = False,
+                 reset_options: dict[str, Any] | None = None, sticky_gripper_steps: int = 15,
+                 camera_role: str = "primary"):
         robots = sorted({task.robot for task in SIMPLER_TASKS.values()})
         if robot not in robots:
             raise ValueError(f"unknown SimplerEnv robot {robot!r}; choose from {robots}")
         self.robot = robot
         self.tasks = [name for name, task in SIMPLER_TASKS.items() if task.robot == robot]
         self.env_options = {"max_steps": max_steps, "end_on_success": end_on_success,
-                            "reset_options": dict(reset_options) if reset_options else None,
-                            "object_episodes": object_episodes}
+                            "reset_options": dict(reset_options) if reset_options else None}
         self.sticky_gripper_steps = int(sticky_gripper_steps)
         self.camera_role = camera_role
 
-    def make_env(self, task: str, *, render: bool = True) -> SimplerEnv:
+    def check_task(self, task: str) -> None:
         if simpler_task(task).robot != self.robot:
             raise ValueError(f"task {task!r} is a {simpler_task(task).robot} task; this suite runs {self.robot}")
+
+    def make_env(self, task: str, *, render: bool = True) -> SimplerEnv:
+        self.check_task(task)
         return SimplerEnv(task, **self.env_options)
 
     def make_adapter(self):
-        from pg_vla.eval.adapters.simpler import BridgeSimplerAdapter, FractalSimplerAdapter
+        from pg_vla.eval.adapters.simpler import adapter_for_robot
 
-        if self.robot == "widowx":
-            return BridgeSimplerAdapter(camera_role=self.camera_role)
-        return FractalSimplerAdapter(camera_role=self.camera_role, sticky_steps=self.sticky_gripper_steps)
+        return adapter_for_robot(self.robot, camera_role=self.camera_role,
+                                 sticky_gripper_steps=self.sticky_gripper_steps)
 
     def make_expert(self, task: str):
         raise NotImplementedError("SimplerEnv has no scripted expert; use policy=checkpoint, zero or random")
