@@ -297,12 +297,6 @@ COVERAGE: dict[str, How] = {
     "scripts/serve_policy.py": How(
         PARSED, "parse_args; served for real in tests/test_serving.py, tests/test_serving_limits.py"
     ),
-    "scripts/try_checkpoint_in_simpler.py": How(
-        PARSED,
-        "parse_args (needs SimplerEnv and a Vulkan GPU); an "
-        "episode on a stand-in simulator in "
-        "tests/test_simpler_adapters.py",
-    ),
     "scripts/data/make_metaworld_demos.py": How(
         PARSED, "its argparse parser (minutes of rendering); run for real in tests/test_metaworld_e2e.py"
     ),
@@ -324,10 +318,17 @@ COVERAGE: dict[str, How] = {
     "scripts/bench/metaworld_benchmark.sh": How(
         SYNTAX, "bash -n (an hour of CPU); its steps are the metaworld commands checked above"
     ),
+    "scripts/setup_simpler.sh": How(
+        SYNTAX, "bash -n (creates the simulator venv, apt's Mesa on CPU-only machines; minutes and the network)"
+    ),
     # ---- not run
     "pytest": How(EXTERNAL, "the test suite itself"),
     "git clone": How(EXTERNAL, "needs the network (SimplerEnv's repository)"),
-    "uv pip install": How(EXTERNAL, "installs SimplerEnv from the clone above (network, a Vulkan GPU to use it)"),
+    "~/.cache/pg_vla/simpler-venv/bin/python": How(
+        EXTERNAL,
+        "the simulator venv's python (scripts/setup_simpler.sh) running scripts/simpler_client.py; real "
+        "episodes through a server in tests/test_simpler_integration.py (marker simpler)",
+    ),
 }
 
 
