@@ -69,23 +69,38 @@ def real_obs(robot: str, tcp_pose, base_pose=(0.0, 0.0, 0.0, *Q_IDENTITY), finge
     rgb = (np.arange(np.prod(shape), dtype=np.int64).reshape(shape) % 251).astype(np.uint8)
     cameras = {"base_camera": (128, 128, 3), camera: shape}
     return {
-        "agent": {"qpos": np.asarray(qpos, np.float32), "qvel": np.zeros(len(qpos), np.float32),
-                  "controller": {}, "base_pose": np.asarray(base_pose, np.float32)},
+        "agent": {
+            "qpos": np.asarray(qpos, np.float32),
+            "qvel": np.zeros(len(qpos), np.float32),
+            "controller": {},
+            "base_pose": np.asarray(base_pose, np.float32),
+        },
         "extra": {"tcp_pose": np.asarray(tcp_pose, np.float32)},
-        "camera_param": {name: {"extrinsic_cv": np.eye(4, dtype=np.float32)[:3],
-                                "cam2world_gl": np.eye(4, dtype=np.float32),
-                                "intrinsic_cv": np.eye(3, dtype=np.float32)} for name in cameras},
-        "image": {name: {"rgb": rgb if name == camera else np.zeros(s, np.uint8),
-                         "depth": np.zeros(s[:2] + (1,), np.float32)} for name, s in cameras.items()},
+        "camera_param": {
+            name: {
+                "extrinsic_cv": np.eye(4, dtype=np.float32)[:3],
+                "cam2world_gl": np.eye(4, dtype=np.float32),
+                "intrinsic_cv": np.eye(3, dtype=np.float32),
+            }
+            for name in cameras
+        },
+        "image": {
+            name: {"rgb": rgb if name == camera else np.zeros(s, np.uint8), "depth": np.zeros(s[:2] + (1,), np.float32)}
+            for name, s in cameras.items()
+        },
     }
 
 
 def quat_matrix(q) -> np.ndarray:
     """wxyz -> 3x3, the textbook formula (independent of pg_vla.eval.rotations)."""
     w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def homogeneous(pose) -> np.ndarray:
@@ -121,18 +136,32 @@ def test_pose_in_base_frame_matches_homogeneous_matrices(seed) -> None:
 
 
 # ---- gripper opening from qpos ---------------------------------------------------------------------------
-@pytest.mark.parametrize("fingers, opening", [
-    ((0.037, 0.037), 1.0), ((0.015, 0.015), 0.0), ((0.026, 0.026), 0.5), ((0.015, 0.037), 0.5),
-    ((0.0205, 0.0205), 0.25), ((0.04, 0.04), 1.0),  # past the open limit: the agent clips closedness at 0
-])
+@pytest.mark.parametrize(
+    "fingers, opening",
+    [
+        ((0.037, 0.037), 1.0),
+        ((0.015, 0.015), 0.0),
+        ((0.026, 0.026), 0.5),
+        ((0.015, 0.037), 0.5),
+        ((0.0205, 0.0205), 0.25),
+        ((0.04, 0.04), 1.0),  # past the open limit: the agent clips closedness at 0
+    ],
+)
 def test_widowx_opening_from_finger_joints(fingers, opening) -> None:
     state = BridgeConventions().state(real_obs("widowx", [0.3, 0, 0.1, *Q_Y90], fingers=fingers))
     assert state[6] == pytest.approx(opening, abs=1e-5)
 
 
-@pytest.mark.parametrize("fingers, closedness", [
-    ((0.0, 0.0), 0.0), ((1.3, 1.3), 1.0), ((0.65, 0.65), 0.5), ((0.8586, 0.8586), 0.6605), ((-0.0001, 0.0), 0.0),
-])
+@pytest.mark.parametrize(
+    "fingers, closedness",
+    [
+        ((0.0, 0.0), 0.0),
+        ((1.3, 1.3), 1.0),
+        ((0.65, 0.65), 0.5),
+        ((0.8586, 0.8586), 0.6605),
+        ((-0.0001, 0.0), 0.0),
+    ],
+)
 def test_google_robot_closedness_from_finger_joints(fingers, closedness) -> None:
     # 0.8586 rad on both fingers is what the simulator reports after three close commands (closedness 0.6604)
     state = FractalConventions().state(real_obs("google_robot", [0.5, 0, 0.8, *Q_IDENTITY], fingers=fingers))
@@ -159,12 +188,15 @@ def test_top_down_rotation_is_plus_90_degrees_about_y() -> None:
     np.testing.assert_allclose(WIDOWX_TOP_DOWN_ROTATION, rpy_to_matrix([0.0, np.pi / 2, 0.0]), atol=ATOL)
 
 
-@pytest.mark.parametrize("quat, rpy", [
-    (Q_Y90, [0.0, 0.0, 0.0]),  # the top-down pose itself
-    (Q_Z90_Y90, [0.0, 0.0, np.pi / 2]),  # top-down, then 90 deg about the base z axis
-    (Q_X90_Y90, [np.pi / 2, 0.0, 0.0]),  # top-down, then 90 deg about x
-    (Q_Y120, [0.0, np.pi / 6, 0.0]),  # Ry(120) D^T = Ry(30)
-])
+@pytest.mark.parametrize(
+    "quat, rpy",
+    [
+        (Q_Y90, [0.0, 0.0, 0.0]),  # the top-down pose itself
+        (Q_Z90_Y90, [0.0, 0.0, np.pi / 2]),  # top-down, then 90 deg about the base z axis
+        (Q_X90_Y90, [np.pi / 2, 0.0, 0.0]),  # top-down, then 90 deg about x
+        (Q_Y120, [0.0, np.pi / 6, 0.0]),  # Ry(120) D^T = Ry(30)
+    ],
+)
 def test_bridge_proprio_on_known_poses(quat, rpy) -> None:
     state = BridgeConventions().state(real_obs("widowx", [0.3, -0.1, 0.2, *quat], fingers=(0.0326, 0.0326)))
     assert state.shape == (7,) and state.dtype == np.float32
@@ -173,10 +205,16 @@ def test_bridge_proprio_on_known_poses(quat, rpy) -> None:
     assert state[6] == pytest.approx(0.8, abs=1e-5)  # (0.0326 - 0.015) / 0.022
 
 
-@pytest.mark.parametrize("quat, xyzw", [
-    (Q_IDENTITY, [0, 0, 0, 1]), (Q_X90, [H, 0, 0, H]), (Q_Y90, [0, H, 0, H]), (Q_Z90, [0, 0, H, H]),
-    (Q_Z90_Y90, [-0.5, 0.5, 0.5, 0.5]),
-])
+@pytest.mark.parametrize(
+    "quat, xyzw",
+    [
+        (Q_IDENTITY, [0, 0, 0, 1]),
+        (Q_X90, [H, 0, 0, H]),
+        (Q_Y90, [0, H, 0, H]),
+        (Q_Z90, [0, 0, H, H]),
+        (Q_Z90_Y90, [-0.5, 0.5, 0.5, 0.5]),
+    ],
+)
 def test_fractal_proprio_reorders_quaternion(quat, xyzw) -> None:
     state = FractalConventions().state(real_obs("google_robot", [0.5, -0.1, 0.8, *quat]))
     assert state.shape == (8,) and state.dtype == np.float32
@@ -192,13 +230,16 @@ def test_state_dims_match_statistics_and_dataset_configs() -> None:
 
 
 # ---- actions ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rpy, rotvec", [
-    ([0, 0, 0], [0, 0, 0]),
-    ([np.pi / 2, 0, 0], [np.pi / 2, 0, 0]),
-    ([0, 0, -0.1], [0, 0, -0.1]),
-    # Rz(90) Rx(90) sends x->y, y->z, z->x: 120 degrees about (1, 1, 1) / sqrt(3)
-    ([np.pi / 2, 0, np.pi / 2], [2 * np.pi / 3 / np.sqrt(3)] * 3),
-])
+@pytest.mark.parametrize(
+    "rpy, rotvec",
+    [
+        ([0, 0, 0], [0, 0, 0]),
+        ([np.pi / 2, 0, 0], [np.pi / 2, 0, 0]),
+        ([0, 0, -0.1], [0, 0, -0.1]),
+        # Rz(90) Rx(90) sends x->y, y->z, z->x: 120 degrees about (1, 1, 1) / sqrt(3)
+        ([np.pi / 2, 0, np.pi / 2], [2 * np.pi / 3 / np.sqrt(3)] * 3),
+    ],
+)
 def test_rpy_actions_become_axis_angle(rpy, rotvec) -> None:
     for conventions in (BridgeConventions(), FractalConventions()):
         (action,) = conventions.actions(np.array([[0.01, -0.02, 0.03, *rpy, 1.0]]))
@@ -245,10 +286,13 @@ def test_bad_chunks_are_refused() -> None:
 
 
 # ---- the torch adapters ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task, robot, camera, shape, dim", [
-    ("widowx_spoon_on_towel", "widowx", "3rd_view_camera", (480, 640, 3), 7),
-    ("google_robot_move_near_v0", "google_robot", "overhead_camera", (512, 640, 3), 8),
-])
+@pytest.mark.parametrize(
+    "task, robot, camera, shape, dim",
+    [
+        ("widowx_spoon_on_towel", "widowx", "3rd_view_camera", (480, 640, 3), 7),
+        ("google_robot_move_near_v0", "google_robot", "overhead_camera", (512, 640, 3), 8),
+    ],
+)
 def test_preprocess_shapes_and_dtypes(task, robot, camera, shape, dim) -> None:
     adapter = adapter_for_task(task)
     obs = real_obs(robot, [0.3, 0.0, 0.1, *Q_Y90])
@@ -263,32 +307,56 @@ def test_preprocess_shapes_and_dtypes(task, robot, camera, shape, dim) -> None:
 
 
 def test_conventions_import_neither_torch_nor_tensorflow() -> None:
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None; "
-            "import pg_vla.eval.simpler.client, pg_vla.eval.simpler.conventions, pg_vla.eval.envs.simpler")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None; "
+        "import pg_vla.eval.simpler.client, pg_vla.eval.simpler.conventions, pg_vla.eval.envs.simpler"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
 # ---- the task table ----------------------------------------------------------------------------------------
 UPSTREAM_ENVIRONMENTS = [  # simpler_env.ENVIRONMENTS at SimplerEnv 4ab7178
-    "google_robot_pick_coke_can", "google_robot_pick_horizontal_coke_can", "google_robot_pick_vertical_coke_can",
-    "google_robot_pick_standing_coke_can", "google_robot_pick_object", "google_robot_move_near_v0",
-    "google_robot_move_near_v1", "google_robot_move_near", "google_robot_open_drawer", "google_robot_open_top_drawer",
-    "google_robot_open_middle_drawer", "google_robot_open_bottom_drawer", "google_robot_close_drawer",
-    "google_robot_close_top_drawer", "google_robot_close_middle_drawer", "google_robot_close_bottom_drawer",
-    "google_robot_place_in_closed_drawer", "google_robot_place_in_closed_top_drawer",
-    "google_robot_place_in_closed_middle_drawer", "google_robot_place_in_closed_bottom_drawer",
-    "google_robot_place_apple_in_closed_top_drawer", "widowx_spoon_on_towel", "widowx_carrot_on_plate",
-    "widowx_stack_cube", "widowx_put_eggplant_in_basket",
+    "google_robot_pick_coke_can",
+    "google_robot_pick_horizontal_coke_can",
+    "google_robot_pick_vertical_coke_can",
+    "google_robot_pick_standing_coke_can",
+    "google_robot_pick_object",
+    "google_robot_move_near_v0",
+    "google_robot_move_near_v1",
+    "google_robot_move_near",
+    "google_robot_open_drawer",
+    "google_robot_open_top_drawer",
+    "google_robot_open_middle_drawer",
+    "google_robot_open_bottom_drawer",
+    "google_robot_close_drawer",
+    "google_robot_close_top_drawer",
+    "google_robot_close_middle_drawer",
+    "google_robot_close_bottom_drawer",
+    "google_robot_place_in_closed_drawer",
+    "google_robot_place_in_closed_top_drawer",
+    "google_robot_place_in_closed_middle_drawer",
+    "google_robot_place_in_closed_bottom_drawer",
+    "google_robot_place_apple_in_closed_top_drawer",
+    "widowx_spoon_on_towel",
+    "widowx_carrot_on_plate",
+    "widowx_stack_cube",
+    "widowx_put_eggplant_in_basket",
 ]
 
 
 def test_task_table_covers_upstream() -> None:
     assert sorted(SIMPLER_TASKS) == sorted(UPSTREAM_ENVIRONMENTS)
     layouts = {name: t.episode_configs for name, t in SIMPLER_TASKS.items() if t.episode_configs}
-    assert layouts == {"widowx_spoon_on_towel": 24, "widowx_carrot_on_plate": 24, "widowx_stack_cube": 24,
-                       "widowx_put_eggplant_in_basket": 24, "google_robot_move_near": 60,
-                       "google_robot_move_near_v0": 60, "google_robot_move_near_v1": 60}
+    assert layouts == {
+        "widowx_spoon_on_towel": 24,
+        "widowx_carrot_on_plate": 24,
+        "widowx_stack_cube": 24,
+        "widowx_put_eggplant_in_basket": 24,
+        "google_robot_move_near": 60,
+        "google_robot_move_near_v0": 60,
+        "google_robot_move_near_v1": 60,
+    }
     assert {t.max_steps for name, t in SIMPLER_TASKS.items() if name.startswith("widowx")} == {60, 120}
     assert SIMPLER_TASKS["google_robot_pick_object"].max_steps == 80
     assert SIMPLER_TASKS["google_robot_open_drawer"].max_steps == 113
@@ -348,11 +416,16 @@ def stand_in_module(monkeypatch, succeed_at: int | None, limit: int = 1000) -> l
     return made
 
 
-@pytest.mark.parametrize("task, seed, episode_id", [
-    ("widowx_carrot_on_plate", 25, 1), ("widowx_put_eggplant_in_basket", 3, 3),
-    ("google_robot_move_near_v0", 61, 1), ("google_robot_pick_coke_can", 5, None),
-    ("google_robot_open_drawer", 5, None),
-])
+@pytest.mark.parametrize(
+    "task, seed, episode_id",
+    [
+        ("widowx_carrot_on_plate", 25, 1),
+        ("widowx_put_eggplant_in_basket", 3, 3),
+        ("google_robot_move_near_v0", 61, 1),
+        ("google_robot_pick_coke_can", 5, None),
+        ("google_robot_open_drawer", 5, None),
+    ],
+)
 def test_episode_id_only_for_envs_that_read_it(monkeypatch, task, seed, episode_id) -> None:
     made = stand_in_module(monkeypatch, succeed_at=None)
     SimplerEnv(task).reset(seed=seed)
@@ -389,8 +462,12 @@ class FakeServer:
     def __init__(self, state_dim: int, opening: float = 1.0):
         self.requests: list[dict] = []
         self.opening = opening
-        self.meta = {"state_dim": state_dim, "action_dim": 7, "dataset_name": None,
-                     "observation_spec": {"observation/image": {}, "observation/state": {}, "prompt": {}}}
+        self.meta = {
+            "state_dim": state_dim,
+            "action_dim": 7,
+            "dataset_name": None,
+            "observation_spec": {"observation/image": {}, "observation/state": {}, "prompt": {}},
+        }
 
     def get_server_metadata(self) -> dict:
         return self.meta
@@ -415,9 +492,16 @@ def test_request_holds_image_state_prompt_and_seed() -> None:
 def test_client_writes_metaworld_style_outputs(monkeypatch, tmp_path) -> None:
     made = stand_in_module(monkeypatch, succeed_at=5)
     fake = FakeServer(state_dim=7)
-    cfg = ClientConfig.from_dict({"log_dir": str(tmp_path), "env": {"robot": "widowx", "tasks": ["widowx_stack_cube"],
-                                  "max_steps": 6}, "n_eval_episode": 2, "eval_seed_start": 10, "act_steps": 3,
-                                  "n_video": 1})
+    cfg = ClientConfig.from_dict(
+        {
+            "log_dir": str(tmp_path),
+            "env": {"robot": "widowx", "tasks": ["widowx_stack_cube"], "max_steps": 6},
+            "n_eval_episode": 2,
+            "eval_seed_start": 10,
+            "act_steps": 3,
+            "n_video": 1,
+        }
+    )
     summary = run_evaluation(cfg, PolicyConnection(fake, "ws://fake"))
     assert [m.resets[0] for m in made] == [(10, {"obj_init_options": {"episode_id": 10}})]
     assert made[0].resets[1] == (11, {"obj_init_options": {"episode_id": 11}})
@@ -426,8 +510,10 @@ def test_client_writes_metaworld_style_outputs(monkeypatch, tmp_path) -> None:
     np.testing.assert_allclose(xs, [0.0, 0.01, 0.02, 0.0, 0.01, 0.02])  # the first act_steps of each chunk
     assert all(a[6] == 1.0 for a in made[0].actions)
     lines = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
-    assert lines == [{"task": "widowx_stack_cube", "seed": s, "success": True, "steps": 6,
-                      "instruction": "put carrot on plate"} for s in (10, 11)]
+    assert lines == [
+        {"task": "widowx_stack_cube", "seed": s, "success": True, "steps": 6, "instruction": "put carrot on plate"}
+        for s in (10, 11)
+    ]
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["per_task"] == {"widowx_stack_cube": 1.0} and written["mean"] == 1.0 == summary["mean"]
     assert written["timing"]["control_steps"] == 12 and written["timing"]["requests"] == 4
@@ -451,8 +537,9 @@ def test_client_config_rejects_unknown_and_foreign_tasks(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown SimplerEnv task 'widowx_fly'"):
         ClientConfig.from_dict({"log_dir": str(tmp_path), "env": {"robot": "widowx", "tasks": ["widowx_fly"]}})
     with pytest.raises(ValueError, match="is a google_robot task; env.robot is 'widowx'"):
-        ClientConfig.from_dict({"log_dir": str(tmp_path), "env": {"robot": "widowx",
-                                                                  "tasks": ["google_robot_pick_coke_can"]}})
+        ClientConfig.from_dict(
+            {"log_dir": str(tmp_path), "env": {"robot": "widowx", "tasks": ["google_robot_pick_coke_can"]}}
+        )
 
 
 def test_render_env_file_sets_only_unset_variables(monkeypatch, tmp_path) -> None:
@@ -466,8 +553,10 @@ def test_render_env_file_sets_only_unset_variables(monkeypatch, tmp_path) -> Non
     monkeypatch.delenv("PG_VLA_TEST_B")
 
 
-@pytest.mark.parametrize("name, robot, adapter_type", [("bridge", "widowx", BridgeSimplerAdapter),
-                                                       ("fractal", "google_robot", FractalSimplerAdapter)])
+@pytest.mark.parametrize(
+    "name, robot, adapter_type",
+    [("bridge", "widowx", BridgeSimplerAdapter), ("fractal", "google_robot", FractalSimplerAdapter)],
+)
 def test_eval_configs_drive_suite_and_client(monkeypatch, name, robot, adapter_type) -> None:
     from omegaconf import OmegaConf
 

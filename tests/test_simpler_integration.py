@@ -27,9 +27,11 @@ STATISTICS = {"widowx": ("bridge", "bridge_dataset", 7), "google_robot": ("fract
 
 pytestmark = [
     pytest.mark.simpler,
-    pytest.mark.skipif(not SIMPLER_PYTHON.is_file(),
-                       reason=f"no SimplerEnv venv at {SIMPLER_PYTHON} (build it with scripts/setup_simpler.sh "
-                              "or point PG_VLA_SIMPLER_PYTHON at its python)"),
+    pytest.mark.skipif(
+        not SIMPLER_PYTHON.is_file(),
+        reason=f"no SimplerEnv venv at {SIMPLER_PYTHON} (build it with scripts/setup_simpler.sh "
+        "or point PG_VLA_SIMPLER_PYTHON at its python)",
+    ),
 ]
 
 
@@ -47,17 +49,32 @@ def make_checkpoint(folder: Path, paligemma: Path, robot: str) -> Path:
 
     mix, dataset, state_dim = STATISTICS[robot]
     torch.manual_seed(0)
-    model_options = {"proprio_dim": state_dim, "action_dim": 7, "horizon_steps": 4, "cond_steps": 1,
-                     "num_cameras": 1, "max_text_tokens": 12,
-                     "action_expert": {"hidden_size": 32, "intermediate_size": 64}}
+    model_options = {
+        "proprio_dim": state_dim,
+        "action_dim": 7,
+        "horizon_steps": 4,
+        "cond_steps": 1,
+        "num_cameras": 1,
+        "max_text_tokens": 12,
+        "action_expert": {"hidden_size": 32, "intermediate_size": 64},
+    }
     model = PiZero.from_paligemma(paligemma, **model_options)
-    processor = VLAProcessor.from_pretrained(paligemma, max_text_tokens=12, image_size=model.config.vision.image_size,
-                                             max_cameras=1)
-    config = {"data": {"mix": mix, "camera_roles": ["primary"], "normalization": "bounds"},
-              "model": model_options, "seed": 0}
-    return save_training_checkpoint(folder / "checkpoints", 1, model, config=config,
-                                    statistics={dataset: ROOT / "config" / f"{mix}_statistics.json"},
-                                    tokenizer=processor)
+    processor = VLAProcessor.from_pretrained(
+        paligemma, max_text_tokens=12, image_size=model.config.vision.image_size, max_cameras=1
+    )
+    config = {
+        "data": {"mix": mix, "camera_roles": ["primary"], "normalization": "bounds"},
+        "model": model_options,
+        "seed": 0,
+    }
+    return save_training_checkpoint(
+        folder / "checkpoints",
+        1,
+        model,
+        config=config,
+        statistics={dataset: ROOT / "config" / f"{mix}_statistics.json"},
+        tokenizer=processor,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +86,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint_dir: Path)
         for robot, (_, dataset, _) in STATISTICS.items():
             folder = tmp_path_factory.mktemp(f"simpler_{robot}")
             checkpoint = make_checkpoint(folder, tiny_checkpoint_dir, robot)
-            server = ServerProcess(["--checkpoint_path", str(checkpoint), "--device", "cpu", "--no_verify",
-                                    "--dataset_name", dataset], log_path=folder / "server.log")
+            server = ServerProcess(
+                ["--checkpoint_path", str(checkpoint), "--device", "cpu", "--no_verify", "--dataset_name", dataset],
+                log_path=folder / "server.log",
+            )
             running[robot] = server.start().wait_ready()
         yield running
     finally:
@@ -79,16 +98,31 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint_dir: Path)
 
 
 def run_client(server, config: str, task: str, log_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [str(SIMPLER_PYTHON), str(ROOT / "scripts" / "simpler_client.py"), "--config", config,
-               "--host", server.host, "--port", str(server.port), f"env.tasks=[{task}]", "n_eval_episode=1",
-               "n_video=1", f"env.max_steps={STEPS}", f"log_dir={log_dir}", *extra]
+    command = [
+        str(SIMPLER_PYTHON),
+        str(ROOT / "scripts" / "simpler_client.py"),
+        "--config",
+        config,
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+        f"env.tasks=[{task}]",
+        "n_eval_episode=1",
+        "n_video=1",
+        f"env.max_steps={STEPS}",
+        f"log_dir={log_dir}",
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     return subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
 
 
-@pytest.mark.parametrize("robot, config, task",
-                         [("widowx", "bridge", t) for t in config_tasks("bridge")]
-                         + [("google_robot", "fractal", t) for t in config_tasks("fractal")])
+@pytest.mark.parametrize(
+    "robot, config, task",
+    [("widowx", "bridge", t) for t in config_tasks("bridge")]
+    + [("google_robot", "fractal", t) for t in config_tasks("fractal")],
+)
 def test_real_episode_through_server_and_client(servers, tmp_path: Path, robot: str, config: str, task: str) -> None:
     done = run_client(servers[robot], f"config/eval/{config}.yaml", task, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -111,8 +145,15 @@ def test_client_names_an_unreachable_server(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [str(SIMPLER_PYTHON), str(ROOT / "scripts" / "simpler_client.py"), "--config", "config/eval/bridge.yaml",
-               "--port", str(port), f"log_dir={tmp_path}"]
+    command = [
+        str(SIMPLER_PYTHON),
+        str(ROOT / "scripts" / "simpler_client.py"),
+        "--config",
+        "config/eval/bridge.yaml",
+        "--port",
+        str(port),
+        f"log_dir={tmp_path}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode != 0
     assert f"no policy server at ws://127.0.0.1:{port}" in done.stderr

@@ -82,8 +82,9 @@ class FractalSimplerAdapter(SimplerAdapter):
         super().__init__(FractalConventions(sticky_steps), camera_role)
 
 
-def adapter_for_robot(robot: str, *, camera_role: str = "primary",
-                      sticky_gripper_steps: int = STICKY_GRIPPER_STEPS) -> SimplerAdapter:
+def adapter_for_robot(
+    robot: str, *, camera_role: str = "primary", sticky_gripper_steps: int = STICKY_GRIPPER_STEPS
+) -> SimplerAdapter:
     if robot == "widowx":
         return BridgeSimplerAdapter(camera_role=camera_role)
     if robot == "google_robot":

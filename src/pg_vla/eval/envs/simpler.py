@@ -68,26 +68,59 @@ class SimplerTask:
     episode_configs: int | None = None  # prepackaged layouts selected by obj_init_options["episode_id"]
 
 
-def _tasks(robot: str, max_steps: int, control_hz: int, *names: str,
-           episode_configs: int | None = None) -> dict[str, SimplerTask]:
+def _tasks(
+    robot: str, max_steps: int, control_hz: int, *names: str, episode_configs: int | None = None
+) -> dict[str, SimplerTask]:
     return {name: SimplerTask(name, robot, max_steps, control_hz, episode_configs) for name in names}
 
 
 SIMPLER_TASKS: dict[str, SimplerTask] = {
-    **_tasks("widowx", 60, 5, "widowx_carrot_on_plate", "widowx_spoon_on_towel", "widowx_stack_cube",
-             episode_configs=24),
+    **_tasks(
+        "widowx", 60, 5, "widowx_carrot_on_plate", "widowx_spoon_on_towel", "widowx_stack_cube", episode_configs=24
+    ),
     **_tasks("widowx", 120, 5, "widowx_put_eggplant_in_basket", episode_configs=24),
-    **_tasks("google_robot", 80, 3, "google_robot_pick_coke_can", "google_robot_pick_horizontal_coke_can",
-             "google_robot_pick_vertical_coke_can", "google_robot_pick_standing_coke_can",
-             "google_robot_pick_object"),
-    **_tasks("google_robot", 80, 3, "google_robot_move_near", "google_robot_move_near_v0", "google_robot_move_near_v1",
-             episode_configs=60),
-    **_tasks("google_robot", 113, 3, "google_robot_open_drawer", "google_robot_open_top_drawer",
-             "google_robot_open_middle_drawer", "google_robot_open_bottom_drawer", "google_robot_close_drawer",
-             "google_robot_close_top_drawer", "google_robot_close_middle_drawer", "google_robot_close_bottom_drawer"),
-    **_tasks("google_robot", 200, 3, "google_robot_place_in_closed_drawer", "google_robot_place_in_closed_top_drawer",
-             "google_robot_place_in_closed_middle_drawer", "google_robot_place_in_closed_bottom_drawer",
-             "google_robot_place_apple_in_closed_top_drawer"),
+    **_tasks(
+        "google_robot",
+        80,
+        3,
+        "google_robot_pick_coke_can",
+        "google_robot_pick_horizontal_coke_can",
+        "google_robot_pick_vertical_coke_can",
+        "google_robot_pick_standing_coke_can",
+        "google_robot_pick_object",
+    ),
+    **_tasks(
+        "google_robot",
+        80,
+        3,
+        "google_robot_move_near",
+        "google_robot_move_near_v0",
+        "google_robot_move_near_v1",
+        episode_configs=60,
+    ),
+    **_tasks(
+        "google_robot",
+        113,
+        3,
+        "google_robot_open_drawer",
+        "google_robot_open_top_drawer",
+        "google_robot_open_middle_drawer",
+        "google_robot_open_bottom_drawer",
+        "google_robot_close_drawer",
+        "google_robot_close_top_drawer",
+        "google_robot_close_middle_drawer",
+        "google_robot_close_bottom_drawer",
+    ),
+    **_tasks(
+        "google_robot",
+        200,
+        3,
+        "google_robot_place_in_closed_drawer",
+        "google_robot_place_in_closed_top_drawer",
+        "google_robot_place_in_closed_middle_drawer",
+        "google_robot_place_in_closed_bottom_drawer",
+        "google_robot_place_apple_in_closed_top_drawer",
+    ),
 }
 
 
@@ -106,8 +139,14 @@ class SimplerEnv(EvalEnv):
         episode_id is added for the tasks that read it (see the module docstring).
     """
 
-    def __init__(self, task: str, *, max_steps: int | None = None, end_on_success: bool = False,
-                 reset_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        task: str,
+        *,
+        max_steps: int | None = None,
+        end_on_success: bool = False,
+        reset_options: dict[str, Any] | None = None,
+    ):
         self.spec = simpler_task(task)
         self.task = task
         self.max_steps = int(max_steps) if max_steps is not None else self.spec.max_steps
@@ -159,8 +198,13 @@ class SimplerEnv(EvalEnv):
         self.instruction = self._read_instruction()
         time_up = bool(truncated) or self.steps >= self.max_steps
         done = time_up or (success and self.end_on_success)
-        info = {**dict(info), "reward": float(reward), "truncated": time_up, "steps": self.steps,
-                "instruction": self.instruction}
+        info = {
+            **dict(info),
+            "reward": float(reward),
+            "truncated": time_up,
+            "steps": self.steps,
+            "instruction": self.instruction,
+        }
         return StepResult(obs=obs, success=success, done=done, info=info)
 
     def close(self) -> None:
@@ -175,16 +219,26 @@ class SimplerSuite:
     name = "simpler"
     action_dim = 7
 
-    def __init__(self, robot: str = "widowx", *, max_steps: int | None = None, end_on_success: bool = False,
-                 reset_options: dict[str, Any] | None = None, sticky_gripper_steps: int = 15,
-                 camera_role: str = "primary"):
+    def __init__(
+        self,
+        robot: str = "widowx",
+        *,
+        max_steps: int | None = None,
+        end_on_success: bool = False,
+        reset_options: dict[str, Any] | None = None,
+        sticky_gripper_steps: int = 15,
+        camera_role: str = "primary",
+    ):
         robots = sorted({task.robot for task in SIMPLER_TASKS.values()})
         if robot not in robots:
             raise ValueError(f"unknown SimplerEnv robot {robot!r}; choose from {robots}")
         self.robot = robot
         self.tasks = [name for name, task in SIMPLER_TASKS.items() if task.robot == robot]
-        self.env_options = {"max_steps": max_steps, "end_on_success": end_on_success,
-                            "reset_options": dict(reset_options) if reset_options else None}
+        self.env_options = {
+            "max_steps": max_steps,
+            "end_on_success": end_on_success,
+            "reset_options": dict(reset_options) if reset_options else None,
+        }
         self.sticky_gripper_steps = int(sticky_gripper_steps)
         self.camera_role = camera_role
 
@@ -199,8 +253,9 @@ class SimplerSuite:
     def make_adapter(self):
         from pg_vla.eval.adapters.simpler import adapter_for_robot
 
-        return adapter_for_robot(self.robot, camera_role=self.camera_role,
-                                 sticky_gripper_steps=self.sticky_gripper_steps)
+        return adapter_for_robot(
+            self.robot, camera_role=self.camera_role, sticky_gripper_steps=self.sticky_gripper_steps
+        )
 
     def make_expert(self, task: str):
         raise NotImplementedError("SimplerEnv has no scripted expert; use policy=checkpoint, zero or random")

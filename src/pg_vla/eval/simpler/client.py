@@ -125,8 +125,13 @@ def request_seed(base: int, episode_seed: int, request: int) -> int:
     return (int(words[0]) << 31) ^ int(words[1])  # < 2**63
 
 
-def make_request(conventions: SimplerConventions, obs: dict, instruction: str, seed: int | None = None,
-                 keys: dict[str, str] = REQUEST_KEYS) -> dict[str, Any]:
+def make_request(
+    conventions: SimplerConventions,
+    obs: dict,
+    instruction: str,
+    seed: int | None = None,
+    keys: dict[str, str] = REQUEST_KEYS,
+) -> dict[str, Any]:
     """A SimplerEnv observation -> the policy server's request dict."""
     request: dict[str, Any] = {
         keys["image"]: conventions.image(obs),
@@ -160,7 +165,8 @@ class PolicyConnection:
                     raise ServerUnreachableError(
                         f"no policy server at ws://{host}:{port} ({err}); start one with "
                         "`uv run scripts/serve_policy.py --checkpoint_path CKPT --port PORT` "
-                        "(or pass --wait_s to wait for it)") from err
+                        "(or pass --wait_s to wait for it)"
+                    ) from err
                 time.sleep(0.5)
         from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
@@ -169,14 +175,17 @@ class PolicyConnection:
 
         return cls(open_client(), f"ws://{host}:{port}", reconnect=open_client)
 
-    def check(self, conventions: SimplerConventions, dataset_name: str | None = None,
-              keys: dict[str, str] = REQUEST_KEYS) -> None:
+    def check(
+        self, conventions: SimplerConventions, dataset_name: str | None = None, keys: dict[str, str] = REQUEST_KEYS
+    ) -> None:
         """Raise `ServerMismatchError` unless the served policy reads this robot's state and camera."""
         meta, robot = self.metadata, conventions.robot.name
         problems = []
         if meta.get("state_dim") not in (None, conventions.state_dim):
-            problems.append(f"it reads {meta['state_dim']} state values, the {robot} sends "
-                            f"{conventions.state_dim} ({conventions.dataset_name} proprio)")
+            problems.append(
+                f"it reads {meta['state_dim']} state values, the {robot} sends "
+                f"{conventions.state_dim} ({conventions.dataset_name} proprio)"
+            )
         if meta.get("action_dim") not in (None, conventions.action_dim):
             problems.append(f"it returns {meta['action_dim']}-D actions, the {robot} takes {conventions.action_dim}")
         spec = meta.get("observation_spec")
@@ -189,8 +198,12 @@ class PolicyConnection:
         served = meta.get("dataset_name")
         wanted = dataset_name or conventions.dataset_name
         if served and served != wanted:
-            log.warning("the server de-normalizes with %r statistics; %s tasks use %r (serve with --dataset_name)",
-                        served, robot, wanted)
+            log.warning(
+                "the server de-normalizes with %r statistics; %s tasks use %r (serve with --dataset_name)",
+                served,
+                robot,
+                wanted,
+            )
 
     def infer(self, request: dict[str, Any]) -> np.ndarray:
         from websockets.exceptions import ConnectionClosed
@@ -234,9 +247,17 @@ class Timing:
         }
 
 
-def run_episode(env: SimplerEnv, conventions: SimplerConventions, server: PolicyConnection, seed: int, *,
-                act_steps: int | None, noise_seed: int | None, timing: Timing,
-                frames: list[np.ndarray] | None = None) -> EpisodeResult:
+def run_episode(
+    env: SimplerEnv,
+    conventions: SimplerConventions,
+    server: PolicyConnection,
+    seed: int,
+    *,
+    act_steps: int | None,
+    noise_seed: int | None,
+    timing: Timing,
+    frames: list[np.ndarray] | None = None,
+) -> EpisodeResult:
     tic = time.perf_counter()
     obs, instruction = env.reset(seed)
     conventions.reset()
@@ -273,7 +294,8 @@ def run_evaluation(cfg: ClientConfig, server: PolicyConnection) -> dict[str, Any
     """Every task's episodes -> the summary (also written to log_dir/summary.json)."""
     env_options = cfg.env
     conventions = conventions_for_robot(
-        cfg.robot, sticky_gripper_steps=int(env_options.get("sticky_gripper_steps") or STICKY_GRIPPER_STEPS))
+        cfg.robot, sticky_gripper_steps=int(env_options.get("sticky_gripper_steps") or STICKY_GRIPPER_STEPS)
+    )
     server.check(conventions, cfg.dataset_name)
     log_dir = Path(cfg.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -284,25 +306,43 @@ def run_evaluation(cfg: ClientConfig, server: PolicyConnection) -> dict[str, Any
     try:
         for task in cfg.tasks:
             tic = time.perf_counter()
-            env = SimplerEnv(task, max_steps=env_options.get("max_steps"),
-                             end_on_success=bool(env_options.get("end_on_success", False)),
-                             reset_options=env_options.get("reset_options"))
+            env = SimplerEnv(
+                task,
+                max_steps=env_options.get("max_steps"),
+                end_on_success=bool(env_options.get("end_on_success", False)),
+                reset_options=env_options.get("reset_options"),
+            )
             timing.make_s.append(time.perf_counter() - tic)
             log.info("%s: made in %.1f s", task, timing.make_s[-1])
             try:
                 for episode in range(cfg.n_eval_episode):
                     seed = cfg.eval_seed_start + episode
                     frames: list[np.ndarray] | None = [] if episode < cfg.n_video else None
-                    result = run_episode(env, conventions, server, seed, act_steps=cfg.act_steps,
-                                         noise_seed=cfg.seed, timing=timing, frames=frames)
+                    result = run_episode(
+                        env,
+                        conventions,
+                        server,
+                        seed,
+                        act_steps=cfg.act_steps,
+                        noise_seed=cfg.seed,
+                        timing=timing,
+                        frames=frames,
+                    )
                     results.append(result)
                     jsonl.write(result)
                     if frames is not None:
                         outcome = "success" if result.success else "failure"
-                        write_video(frames, log_dir / "videos" / f"{task}_seed{seed}_{outcome}",
-                                    int(cfg.video_fps or env.fps))
-                    log.info("%s seed %d: %s after %d steps (%s)", task, seed,
-                             "success" if result.success else "failure", result.steps, result.instruction)
+                        write_video(
+                            frames, log_dir / "videos" / f"{task}_seed{seed}_{outcome}", int(cfg.video_fps or env.fps)
+                        )
+                    log.info(
+                        "%s seed %d: %s after %d steps (%s)",
+                        task,
+                        seed,
+                        "success" if result.success else "failure",
+                        result.steps,
+                        result.instruction,
+                    )
             finally:
                 env.close()
     finally:

@@ -62,8 +62,9 @@ class RobotSpec:
         """Gripper opening 0 (closed) .. 1 (open) from the joint positions, as 1 - the agent's closedness."""
         qpos = np.asarray(qpos, dtype=np.float64)
         if qpos.shape != (self.qpos_dim,):
-            raise ValueError(f"{self.name}: obs['agent']['qpos'] must have {self.qpos_dim} joint positions, "
-                             f"got shape {qpos.shape}")
+            raise ValueError(
+                f"{self.name}: obs['agent']['qpos'] must have {self.qpos_dim} joint positions, got shape {qpos.shape}"
+            )
         fingers = qpos[list(self.finger_indices)]
         openness = float(np.mean((fingers - self.closed) / (self.opened - self.closed)))
         return min(openness, 1.0)  # the agent clips closedness at 0
@@ -72,8 +73,7 @@ class RobotSpec:
 # Joint order and limits as the ManiSkill2_real2sim agents report them (robot.get_active_joints(),
 # get_qlimits()) and their get_gripper_closedness() reads them.
 WIDOWX = RobotSpec("widowx", "3rd_view_camera", qpos_dim=8, finger_indices=(6, 7), closed=0.015, opened=0.037)
-GOOGLE_ROBOT = RobotSpec("google_robot", "overhead_camera", qpos_dim=11, finger_indices=(7, 8), closed=1.3,
-                         opened=0.0)
+GOOGLE_ROBOT = RobotSpec("google_robot", "overhead_camera", qpos_dim=11, finger_indices=(7, 8), closed=1.3, opened=0.0)
 ROBOTS = {spec.name: spec for spec in (WIDOWX, GOOGLE_ROBOT)}
 
 
@@ -81,9 +81,11 @@ def _field(obs: dict, group: str, key: str, size: int | None = None) -> np.ndarr
     try:
         value = np.asarray(obs[group][key], dtype=np.float64)
     except (KeyError, TypeError) as err:
-        raise KeyError(f"the SimplerEnv observation has no obs[{group!r}][{key!r}] (groups: "
-                       f"{sorted(obs) if isinstance(obs, dict) else type(obs).__name__}); build the env with "
-                       "obs_mode='rgbd' (simpler_env.make does)") from err
+        raise KeyError(
+            f"the SimplerEnv observation has no obs[{group!r}][{key!r}] (groups: "
+            f"{sorted(obs) if isinstance(obs, dict) else type(obs).__name__}); build the env with "
+            "obs_mode='rgbd' (simpler_env.make does)"
+        ) from err
     if size is not None and value.shape != (size,):
         raise ValueError(f"obs[{group!r}][{key!r}] must have shape ({size},), got {value.shape}")
     return value
@@ -180,8 +182,10 @@ class SimplerConventions:
         if not np.all(np.isfinite(chunk)):
             raise ValueError("the action chunk holds NaN or infinite values")
         rotation = rpy_to_axis_angle(chunk[:, 3:6])  # (H, 3)
-        return [np.concatenate([action[:3], rotvec, [self.gripper_command(action[6])]])
-                for action, rotvec in zip(chunk, rotation)]
+        return [
+            np.concatenate([action[:3], rotvec, [self.gripper_command(action[6])]])
+            for action, rotvec in zip(chunk, rotation)
+        ]
 
 
 class BridgeConventions(SimplerConventions):
