@@ -150,12 +150,6 @@ class TrainConfig:
                 "that keep small updates from rounding away do not cover FSDP's sharded parameters; "
                 "use precision=bf16 (autocast over fp32 weights) with fsdp"
             )
-        if self.distributed == "fsdp" and self.optimizer.name == "adamw8bit":
-            raise ValueError(
-                "optimizer.name=adamw8bit is not supported with distributed=fsdp: bitsandbytes' 8-bit "
-                "kernels take plain tensors, not FSDP's sharded DTensor parameters; use adamw with fsdp "
-                "(optimizer.offload=true puts its state in CPU memory) or adamw8bit with ddp"
-            )
         if self.data_stream not in ("sharded", "replicated"):
             raise ValueError(f"data_stream must be sharded or replicated, got {self.data_stream!r}")
         if "batch_size" in self.data:

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pg_vla.training.optim import LocalShardOptimizer
+
 
 def world() -> tuple[int, int, int]:
     """(rank, local rank, world size) from torchrun's environment (0, 0, 1 without torchrun)."""
@@ -158,6 +160,9 @@ class FullStateOptimizer:
     def state_dict(self) -> dict[str, Any]:
         if not self.sharded:
             return self.optimizer.state_dict()
+        if isinstance(self.optimizer, LocalShardOptimizer):  # per-rank 8-bit state: every rank's, on rank 0
+            rank, _, world_size = world()
+            return self.optimizer.sharded_state_dict(rank, world_size)  # type: ignore[return-value]
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(
@@ -167,6 +172,10 @@ class FullStateOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not self.sharded:
             self.optimizer.load_state_dict(state)
+            return
+        if isinstance(self.optimizer, LocalShardOptimizer):
+            rank, _, world_size = world()
+            self.optimizer.load_sharded_state_dict(state, rank, world_size)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

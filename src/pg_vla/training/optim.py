@@ -202,7 +202,17 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     groups = parameter_groups(model, cfg)
     if cfg.name == "adamw8bit":
         bnb = import_bitsandbytes()
-        inner = bnb.optim.AdamW8bit(groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+
+        def adamw8bit(param_groups: list[dict]) -> torch.optim.Optimizer:
+            return bnb.optim.AdamW8bit(
+                param_groups, lr=cfg.action_expert_lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0
+            )
+
+        if any(not _is_plain(p) for g in groups for p in g["params"]):
+            # FSDP: bitsandbytes' kernels take plain tensors; each rank steps its own shards (offload is
+            # FSDP's CPU policy, and bf16_pure is refused with FSDP, so no master copies are needed)
+            return LocalShardOptimizer(groups, adamw8bit)
+        inner = adamw8bit(groups)
     else:
         params = [p for g in groups for p in g["params"]]
         on_cuda = all(p.device.type == "cuda" for p in params) and not cfg.offload
@@ -365,6 +375,128 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MasterWeightOptimizer({self.inner!r}, offload={self.offload})"
+
+
+LOCAL_SHARDS_FORMAT = "local_shards"
+
+
+class LocalShardOptimizer(torch.optim.Optimizer):
+    """Runs an optimizer that takes plain tensors (bitsandbytes' 8-bit AdamW) on this rank's shards of
+    FSDP's DTensor parameters.
+
+    Each sharded parameter gets a plain stand-in whose storage is the parameter's local shard; before a
+    step the stand-ins' gradients are set to the local shards of the (already reduce-scattered)
+    gradients, so the inner optimizer updates the shards in place and its state covers only this
+    rank's part: 8-bit AdamW's 2 bytes per parameter are divided over the ranks like FSDP's own state.
+    The 8-bit quantization blocks run over the local shard, so the state, and within the 8-bit
+    rounding the update, differ from an unsharded run's.
+
+    The state is this rank's alone: `sharded_state_dict()` / `load_sharded_state_dict()` (through
+    `distributed.FullStateOptimizer`) gather every rank's state for a checkpoint and give each rank its
+    own back, which needs the same world size; a different one is refused, naming both.
+    """
+
+    def __init__(self, groups: list[dict], make_inner):
+        self.params: list[torch.Tensor] = []  # the model's (DTensor) parameters, in group order
+        self.stand_ins: list[torch.Tensor] = []
+        inner_groups = []
+        for group in groups:
+            stand_ins = []
+            for p in group["params"]:
+                stand_in = nn.Parameter(_local(p.detach()), requires_grad=True)
+                self.params.append(p)
+                self.stand_ins.append(stand_in)
+                stand_ins.append(stand_in)
+            inner_groups.append({**group, "params": stand_ins})
+        self.inner = make_inner(inner_groups)
+        self._optimizer_step_pre_hooks: dict = {}
+        self._optimizer_step_post_hooks: dict = {}
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.inner.param_groups
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self.inner.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.inner.defaults
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("LocalShardOptimizer.step takes no closure")
+        for p, stand_in in zip(self.params, self.stand_ins):
+            stand_in.data = _local(p.detach())  # FSDP may re-create the shard's storage (e.g. after .to())
+            shard = None if p.grad is None else _local(p.grad)
+            stand_in.grad = shard if shard is not None and shard.numel() > 0 else None  # an empty shard: no step
+        try:
+            self.inner.step()
+        finally:
+            for stand_in in self.stand_ins:
+                stand_in.grad = None
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.zero_()
+
+    def add_param_group(self, param_group: dict) -> None:
+        raise NotImplementedError("LocalShardOptimizer takes its parameter groups at construction")
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.inner.load_state_dict(state_dict)
+
+    def sharded_state_dict(self, rank: int, world_size: int) -> dict | None:
+        """Every rank's state (CPU tensors) on rank 0, None elsewhere: a collective, all ranks call it."""
+        import torch.distributed as dist
+
+        local = _to_cpu(self.inner.state_dict())
+        gathered: list | None = [None] * world_size if rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+        if rank != 0:
+            return None
+        return {"format": LOCAL_SHARDS_FORMAT, "world_size": world_size, "ranks": gathered}
+
+    def load_sharded_state_dict(self, state: dict, rank: int, world_size: int) -> None:
+        if not isinstance(state, dict) or state.get("format") != LOCAL_SHARDS_FORMAT:
+            raise ValueError(
+                "the optimizer state is not per-rank 8-bit state (it was saved by another optimizer or "
+                "without FSDP): resume with the optimizer and distributed mode it was saved with"
+            )
+        if state["world_size"] != world_size:
+            raise ValueError(
+                f"the 8-bit optimizer state was sharded over {state['world_size']} ranks and this run has "
+                f"{world_size}: FSDP with adamw8bit resumes at the world size it was saved with"
+            )
+        self.inner.load_state_dict(state["ranks"][rank])
+
+    def __repr__(self) -> str:
+        return f"LocalShardOptimizer({self.inner!r})"
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor holding this rank's part of `t` (itself for a plain tensor)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def clip_gradients(model_or_params: nn.Module | Iterable[torch.Tensor], max_norm: float | None) -> float:
