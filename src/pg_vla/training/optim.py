@@ -237,7 +237,26 @@ def _needs_master(p: torch.Tensor) -> bool:
     return p.dtype == torch.bfloat16 and _is_plain(p)
 
 
-class MasterWeightOptimizer(torch.optim.Optimizer):
+class _WrappingOptimizer(torch.optim.Optimizer):
+    """An optimizer around an inner one that owns the groups, state and defaults (no Optimizer.__init__),
+    so schedulers and checkpoints see the inner optimizer's."""
+
+    inner: torch.optim.Optimizer
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.inner.param_groups
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self.inner.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.inner.defaults
+
+
+class MasterWeightOptimizer(_WrappingOptimizer):
     """An optimizer that updates copies of the parameters instead of the parameters themselves:
     fp32 masters of bf16 parameters, and with `offload=True` copies in CPU memory of every parameter.
 
@@ -273,18 +292,6 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
         self._host: dict[torch.Tensor, torch.Tensor] = {}  # fp32 parameter -> its CPU copy (offload)
         self._optimizer_step_pre_hooks: dict = {}
         self._optimizer_step_post_hooks: dict = {}
-
-    @property
-    def param_groups(self) -> list[dict]:  # type: ignore[override]
-        return self.inner.param_groups
-
-    @property
-    def state(self):  # type: ignore[override]
-        return self.inner.state
-
-    @property
-    def defaults(self) -> dict:  # type: ignore[override]
-        return self.inner.defaults
 
     def managed(self) -> list[torch.Tensor]:
         """The parameters updated through copies: bf16 ones, and every plain one when offloading."""
@@ -380,7 +387,7 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
 LOCAL_SHARDS_FORMAT = "local_shards"
 
 
-class LocalShardOptimizer(torch.optim.Optimizer):
+class LocalShardOptimizer(_WrappingOptimizer):
     """Runs an optimizer that takes plain tensors (bitsandbytes' 8-bit AdamW) on this rank's shards of
     FSDP's DTensor parameters.
 
@@ -411,18 +418,6 @@ class LocalShardOptimizer(torch.optim.Optimizer):
         self.inner = make_inner(inner_groups)
         self._optimizer_step_pre_hooks: dict = {}
         self._optimizer_step_post_hooks: dict = {}
-
-    @property
-    def param_groups(self) -> list[dict]:  # type: ignore[override]
-        return self.inner.param_groups
-
-    @property
-    def state(self):  # type: ignore[override]
-        return self.inner.state
-
-    @property
-    def defaults(self) -> dict:  # type: ignore[override]
-        return self.inner.defaults
 
     @torch.no_grad()
     def step(self, closure=None):
