@@ -99,6 +99,49 @@ def tiny_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def quickstart_runs(tmp_path_factory: pytest.TempPathFactory):
+    """The quickstart at tiny sizes as a user runs it, in two commands: 2 steps (checkpoint and validation every
+    2), then the same command with n_updates=4, which resumes at step 2, trains to 4 and evaluates its last
+    checkpoint offline. -> (root, (first, second) CompletedProcess); the run is root/run, the cache root/cache.
+    The console is left as a user gets it (no TF_CPP_MIN_LOG_LEVEL, no PG_VLA_VERBOSE)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("quickstart")
+    env = {k: v for k, v in os.environ.items() if k not in ("PG_VLA_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    env.update(VLA_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    args = [
+        f"log_dir={root / 'run'}",
+        "quickstart.episodes=3",
+        "quickstart.val_episodes=2",
+        "quickstart.episode_steps=8",
+        "quickstart.image_size=32",
+        "global_batch_size=4",
+        "per_device_batch_size=2",  # two accumulation micro-batches per step
+        "log_every=1",
+        "validation.every=2",
+        "validation.batches=1",
+        "save_every=2",
+        "data.shuffle_buffer=8",
+        "schedule.warmup_steps=1",
+    ]
+    results = []
+    for n_updates, evaluate in ((2, "false"), (4, "true")):
+        result = subprocess.run(
+            [sys.executable, "scripts/run.py", "--config-name=quickstart", *args]
+            + [f"n_updates={n_updates}", f"quickstart.evaluate={evaluate}"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        results.append(result)
+    return root, tuple(results)
+
+
 def tiny_train_config(episodes: Path, paligemma: Path, log_dir: Path, **overrides):
     """A TrainConfig of a few CPU steps of the tiny model on `tiny_episodes` (the trainer runs in-process)."""
     from pg_vla.training.config import TrainConfig

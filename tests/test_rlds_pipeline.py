@@ -672,6 +672,43 @@ def test_statistics_cache_reuse_and_invalidation(synth_root, tmp_path):
     assert json.loads(path.read_text())["num_transitions"] == 123456  # the old file is left alone
 
 
+def test_cached_statistics_are_found_without_tensorflow(synth_root, tmp_path):
+    """Once computed, a mix's statistics files are found from dataset_info.json alone: no helper process,
+    no tensorflow import. The split sizes read from the JSON are tfds' own."""
+    from pg_vla.data.rlds.statistics import split_info
+
+    cfg = dataset_configs.DATASET_CONFIGS[BRIDGE]
+    builder = tfds.builder_from_directory(str(synth_root / BRIDGE / cfg.version))
+    for split in ("train", "val"):
+        truth = builder.info.splits[split]
+        assert split_info(synth_root, cfg, split) == {
+            "num_examples": int(truth.num_examples),
+            "num_bytes": int(truth.num_bytes),
+            "shard_lengths": [int(n) for n in truth.shard_lengths],
+        }
+    assert split_info(synth_root, cfg, "test") is None and split_info(tmp_path, cfg, "train") is None
+    _, path = load_or_compute_statistics(synth_root, cfg, statistics_dir=tmp_path, read_threads=1)
+    code = textwrap.dedent(f"""
+        import json, sys
+        import pg_vla.data.dataloader as dataloader
+        from pg_vla.data.dataloader import cached_statistics, resolve_statistics, rlds_config
+        dataloader.ProcessPoolExecutor = None  # a helper process would fail here
+        bridge = rlds_config(data_path={str(synth_root)!r}, mix="bridge", statistics_dir={str(tmp_path)!r})
+        both = rlds_config(data_path={str(synth_root)!r}, mix="oxe_simple", statistics_dir={str(tmp_path)!r})
+        val = rlds_config(data_path={str(synth_root)!r}, mix="bridge", split="val", train=False,
+                          statistics_dir={str(tmp_path)!r})
+        out = {{"bridge": resolve_statistics(bridge), "val": cached_statistics(val), "both": cached_statistics(both)}}
+        out["tensorflow"] = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
+        print(json.dumps(out))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO, env=_quiet_env()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out == {"bridge": {BRIDGE: str(path)}, "val": {BRIDGE: str(path)}, "both": None, "tensorflow": []}
+
+
 # --------------------------------------------------------------------------------------------------
 # errors
 

@@ -550,6 +550,7 @@ def _run_args(cache: Path, log_dir: Path) -> list[str]:
         "global_batch_size=4",
         "per_device_batch_size=2",
         "schedule.warmup_steps=1",
+        "validation.every=null",  # the weights and losses are compared; a validation worker would only cost time
         "data.shuffle_buffer=50",
         "data.deterministic=true",
     ]

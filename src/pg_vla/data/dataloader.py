@@ -75,9 +75,35 @@ def _statistics_paths(rlds_kwargs: dict, level: int) -> tuple[dict[str, str], li
     return {name: str(path) for name, path in info.statistics_paths.items()}, handler.records
 
 
+def cached_statistics(rlds) -> dict[str, str] | None:
+    """dataset name -> statistics JSON path when every dataset of the mix has its statistics fixed or
+    already computed (found without tensorflow), else None."""
+    from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
+    from pg_vla.data.rlds.statistics import cached_statistics_file
+
+    paths = {}
+    for name in get_mix(rlds.mix):
+        path = rlds.statistics_paths.get(name) or cached_statistics_file(
+            rlds.data_path,
+            get_dataset_config(name),
+            split=rlds.statistics_split,
+            skip_unlabeled=rlds.skip_unlabeled,
+            statistics_dir=rlds.statistics_dir,
+            skip_non_finite=rlds.skip_non_finite,
+        )
+        if path is None:
+            return None
+        paths[name] = str(path)
+    return paths
+
+
 def resolve_statistics(rlds) -> dict[str, str]:
-    """dataset name -> statistics JSON path, computed (once) in a separate process, whose log records
-    (e.g. "computing normalization statistics ...") are logged here."""
+    """dataset name -> statistics JSON path: the cached files when there are (`cached_statistics`), else
+    computed (once) in a separate process, whose log records (e.g. "computing normalization statistics
+    ...") are logged here."""
+    cached = cached_statistics(rlds)
+    if cached is not None:
+        return cached
     level = logging.getLogger("pg_vla").getEffectiveLevel()
     with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
         paths, records = pool.submit(_statistics_paths, asdict(rlds), level).result()

@@ -83,6 +83,7 @@ class Trainer:
         self.ckpt_dir = self.log_dir / "checkpoints"
         self.wandb_run = None
         self.tensorboard = None  # SummaryWriter on rank 0 with logging.tensorboard=true
+        self._val_loader = None  # made at the first validation, kept until the run ends
 
     # ---- set-up ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -305,6 +306,7 @@ class Trainer:
                 self._save(step)
         if progress is not None:
             progress.close()
+        self._val_loader = None  # its worker stops
         if self.rank == 0:
             self._plot(losses)
         if self.wandb_run is not None:
@@ -406,15 +408,16 @@ class Trainer:
         """Flow-matching loss and chunk accuracy at thresholds on the first `validation.batches` batches
         of each rank's validation shard, with the averaged (EMA/SWA) weights when there are some."""
         cfg = self.cfg.validation
-        loader, _ = make_loader(
-            self.cfg.data,
-            **self.data_options,
-            rank=self.rank,
-            world_size=self.world_size,
-            validation=True,
-            val_split=cfg.split,
-            train_statistics=self.statistics,
-        )
+        if self._val_loader is None:  # kept for the run: its worker starts (imports tensorflow) once
+            self._val_loader, _ = make_loader(
+                self.cfg.data,
+                **self.data_options,
+                rank=self.rank,
+                world_size=self.world_size,
+                validation=True,
+                val_split=cfg.split,
+                train_statistics=self.statistics,
+            )
         totals = ValidationTotals(cfg.thresholds)
         averaged = self.averaging.swapped_in(self.model) if self.averaging is not None else contextlib.nullcontext()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
@@ -424,7 +427,7 @@ class Trainer:
             self.model.unshard()
         with averaged, autocast, torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + 7919 * (self.rank + 1))  # the same noise at every validation
-            for index, batch in enumerate(loader):
+            for index, batch in enumerate(self._val_loader):  # each pass starts at the beginning
                 if index >= cfg.batches:
                     break
                 inputs = self._inputs(batch)
@@ -440,7 +443,6 @@ class Trainer:
         if sharded:
             self.model.reshard()
         self.model.train()
-        del loader
         packed = all_reduce_sum(totals.as_tensor(), self.device)
         return ValidationTotals.from_tensor(cfg.thresholds, packed).metrics()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 CAMERA_ROLES = ("primary", "secondary", "wrist")
 
@@ -96,6 +97,11 @@ DATASET_CONFIGS: dict[str, DatasetConfig] = {
         gripper_convention="effort: -1 open, +1 close (Meta-World)",
     ),
 }
+
+
+def dataset_folder(data_path: str | Path, cfg: DatasetConfig) -> Path:
+    """Where a dataset's TFDS files live: `<data_path>/<name>/<version>`."""
+    return Path(data_path) / cfg.name / cfg.version
 
 
 def get_dataset_config(name: str) -> DatasetConfig:

@@ -15,7 +15,6 @@ read disjoint episodes whose union is the split. Statistics are computed once pe
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.rlds.config import NO_AUGMENT, RLDSConfig
-from pg_vla.data.rlds.dataset_configs import DatasetConfig, get_dataset_config, get_mix
+from pg_vla.data.rlds.dataset_configs import DatasetConfig, dataset_folder, get_dataset_config, get_mix
 from pg_vla.data.rlds.frames import augment, decode_and_resize
 from pg_vla.data.rlds.standardize import standardize
 from pg_vla.data.rlds.trajectory import add_windows, normalize_tf
@@ -36,10 +35,6 @@ NAMED_SKIPS = 10  # skipped episodes named one by one in warnings and in the sta
 logger = logging.getLogger(__name__)
 
 tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; the GPUs belong to torch
-
-
-def dataset_folder(data_path: str | Path, cfg: DatasetConfig) -> Path:
-    return Path(data_path) / cfg.name / cfg.version
 
 
 def open_builder(data_path: str | Path, cfg: DatasetConfig) -> tfds.core.DatasetBuilder:
@@ -476,7 +471,3 @@ def to_numpy_batch(batch: dict) -> dict[str, np.ndarray | list[str]]:
         array = value.numpy() if hasattr(value, "numpy") else value
         out[key] = [b.decode() for b in array] if array.dtype == object else array
     return out
-
-
-def default_statistics_dir() -> Path:
-    return Path(os.environ.get("VLA_CACHE_DIR", Path.home() / ".cache" / "pg_vla")) / "statistics"

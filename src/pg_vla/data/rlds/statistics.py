@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pg_vla.data.normalization import ArrayStatistics, DatasetStatistics
-from pg_vla.data.rlds.dataset_configs import DatasetConfig
+from pg_vla.data.rlds.dataset_configs import DatasetConfig, dataset_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,48 @@ def statistics_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def default_statistics_dir() -> Path:
+    return Path(os.environ.get("VLA_CACHE_DIR", Path.home() / ".cache" / "pg_vla")) / "statistics"
+
+
+def split_info(data_path: str | Path, cfg: DatasetConfig, split: str) -> dict | None:
+    """Size of `split` on disk as the cache key hashes it, read from the dataset's `dataset_info.json`
+    (no tensorflow); None when the file or the split is missing."""
+    info_file = dataset_folder(data_path, cfg) / "dataset_info.json"
+    try:
+        splits = {s["name"]: s for s in json.loads(info_file.read_text()).get("splits", [])}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if split not in splits:
+        return None
+    shard_lengths = [int(n) for n in splits[split].get("shardLengths", [])]
+    return {
+        "num_examples": sum(shard_lengths),
+        "num_bytes": int(splits[split].get("numBytes", 0)),
+        "shard_lengths": shard_lengths,
+    }
+
+
+def cached_statistics_file(
+    data_path: str | Path,
+    cfg: DatasetConfig,
+    split: str = "train",
+    skip_unlabeled: bool = True,
+    statistics_dir: str | Path | None = None,
+    skip_non_finite: bool = False,
+) -> Path | None:
+    """The statistics file already computed for this dataset, config and split, else None (no tensorflow)."""
+    info = split_info(data_path, cfg, split)
+    if info is None:
+        return None
+    key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
+    path = statistics_file(data_path, cfg, split, key, statistics_dir)
+    return path if path.is_file() else None
+
+
 def statistics_file(
     data_path: str | Path, cfg: DatasetConfig, split: str, key: str, statistics_dir: str | Path | None
 ) -> Path:
-    from pg_vla.data.rlds.pipeline import dataset_folder, default_statistics_dir
-
     name = f"{cfg.name}_{split}_statistics_{key}.json"
     if statistics_dir is not None:
         return Path(statistics_dir) / name
@@ -67,7 +104,6 @@ def compute_statistics(
     from pg_vla.data.rlds.pipeline import (
         NAMED_SKIPS,
         corrupt_data_error,
-        dataset_folder,
         non_finite_data_error,
         open_builder,
         standardized_trajectories,
@@ -147,14 +183,9 @@ def load_or_compute_statistics(
     from pg_vla.data.rlds.pipeline import open_builder
 
     builder = open_builder(data_path, cfg)
-    if split not in builder.info.splits:
+    info = split_info(data_path, cfg, split)
+    if split not in builder.info.splits or info is None:
         raise ValueError(f"{cfg.name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
-    split_info = builder.info.splits[split]
-    info = {
-        "num_examples": int(split_info.num_examples),
-        "num_bytes": int(split_info.num_bytes),
-        "shard_lengths": [int(n) for n in split_info.shard_lengths],
-    }
     key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
     path = statistics_file(data_path, cfg, split, key, statistics_dir)
     if path.is_file():
