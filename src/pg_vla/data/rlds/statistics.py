@@ -72,6 +72,11 @@ def cached_statistics_file(
     return path if path.is_file() else None
 
 
+def _writable(folder: Path) -> bool:
+    """Writable and not marked read-only (root may write anywhere; a folder without write bits is left alone)."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
 def statistics_file(
     data_path: str | Path, cfg: DatasetConfig, split: str, key: str, statistics_dir: str | Path | None
 ) -> Path:
@@ -79,7 +84,7 @@ def statistics_file(
     if statistics_dir is not None:
         return Path(statistics_dir) / name
     beside = dataset_folder(data_path, cfg) / "pg_vla_statistics"
-    if os.access(beside if beside.exists() else beside.parent, os.W_OK):
+    if _writable(beside if beside.exists() else beside.parent):
         return beside / name
     return default_statistics_dir() / cfg.name / cfg.version / name
 
