@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 # Caches the code writes by default (statistics of read-only datasets, quickstart data) go to a folder of this
 # session, not to the user's ~/.cache/pg_vla: each session computes what it checks.
-os.environ["VLA_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="pg_vla_test_cache_")
+os.environ["VLA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pg_vla_test_cache_")
 
 from pathlib import Path  # noqa: E402
 
