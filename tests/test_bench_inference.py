@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench/inference.py: the target suite on the tiny preset, on CPU.
+"""Smoke test of scripts/bench/inference.py (the package pg_vla.bench): the target suite on the tiny preset, on CPU.
 
 The suite's structure is the one a GPU run of the full-size pi0 produces; here every target runs
 with one timed call, so the numbers are checked for shape and sanity only.
@@ -17,6 +17,18 @@ from pg_vla.model.vla.flops import sampling_flops, train_step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["inference_b1", "inference_b8_chunk50_3cams", "precision_gap", "train_b16", "train_b32", "max_batch"]
+
+
+def check_roofline(entry: dict, peak_matmul: dict, flops_per_call: int) -> None:
+    """The entry's `roofline` recomputed from the measured peak, its median latency and the analytic FLOPs."""
+    roofline = entry["roofline"]
+    peak_flops_per_s = peak_matmul["tflops"] * 1e12
+    assert math.isclose(roofline["peak_gflops"], peak_flops_per_s / 1e9, rel_tol=1e-6)
+    assert roofline["flops_per_call"] == flops_per_call
+    limit_ms = flops_per_call / peak_flops_per_s * 1e3
+    assert math.isclose(roofline["limit_ms"], limit_ms, rel_tol=1e-4)
+    assert math.isclose(roofline["achieved_fraction"], limit_ms / entry["median_ms"], rel_tol=1e-4)
+    assert math.isclose(roofline["achieved_fraction"], entry["mfu"], rel_tol=2e-2)  # the same ratio
 
 
 def test_target_suite_on_cpu(tmp_path: Path):
@@ -77,6 +89,7 @@ def test_target_suite_on_cpu(tmp_path: Path):
         # AMX / AVX512-BF16) that "peak" is an emulated 2048^2 matmul and can be below what a tiny model's
         # small ops reach, so only the ratio is checked, not a bound.
         assert math.isclose(entry["mfu"], entry["achieved_tflops"] / result["peak_matmul"]["tflops"], rel_tol=2e-2)
+        check_roofline(entry, result["peak_matmul"], sampling_flops(cfg, 10, use_cache=True, batch=batch))
         assert entry["profile"]["top_ops"] and Path(entry["profile"]["trace"]).is_file()
         assert {"name", "calls", "self_cpu_ms"} <= set(entry["profile"]["top_ops"][0])
 
@@ -95,6 +108,7 @@ def test_target_suite_on_cpu(tmp_path: Path):
         assert entry["mfu"] > 0 and entry["achieved_tflops"] > 0 and entry["peak_memory_mib"] > 0
         peak = results[target]["peak_matmul"]["tflops"]
         assert math.isclose(entry["mfu"], entry["achieved_tflops"] / peak, rel_tol=2e-2)  # no bound: see above
+        check_roofline(entry, results[target]["peak_matmul"], train_step_flops(train_cfg) * batch)
         assert math.isfinite(entry["last_loss"])
 
     searched = results["max_batch"]["max_batch"]

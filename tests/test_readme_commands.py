@@ -310,8 +310,8 @@ COVERAGE: dict[str, How] = {
     "scripts/bench/dataloader.py": How(PARSED, "its argparse parser (a benchmark: minutes)"),
     "scripts/bench/inference.py": How(
         PARSED,
-        "parse_args (a benchmark; pi0 and --device cuda need minutes or a "
-        "GPU); smoke test in tests/test_bench_inference.py",
+        "parse_args of pg_vla.bench.cli, through the script's main() (a benchmark; pi0 and --device cuda "
+        "need minutes or a GPU); smoke test in tests/test_bench_inference.py",
     ),
     "scripts/bench/serving.py": How(PARSED, "parse_args (a benchmark: a server and many requests)"),
     # ---- shell

@@ -1,0 +1,1 @@
+"""The pi0 model benchmark behind scripts/bench/inference.py: latency, throughput, memory, FLOP rates."""
