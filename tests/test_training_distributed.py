@@ -369,6 +369,38 @@ def single_reference(quickstart_inputs, tmp_path_factory) -> Path:
     )
 
 
+def _assert_moved_alike(ours: dict, reference: dict, initial: dict, rel: float) -> None:
+    """Each tensor moved from `initial` as the reference run moved it: ||(ours - initial) - (ref - initial)|| <=
+    rel * ||ref - initial|| (L2 over the tensor), and more than half of the tensors moved at all.
+
+    A run that sums gradients in another order (FSDP's reduce-scatter against one process) agrees in its losses
+    within ~1e-4, but Adam divides every gradient element by its own scale: elements whose gradient is a near
+    cancellation (small against its terms, so rounding is large against it) take steps of the full learning rate
+    in either direction. So a few elements per tensor differ by up to a step (which CPU kernels round how, and so
+    which elements, changes with the machine), while the tensor's movement as a whole agrees. Attention key
+    biases are skipped: their gradient is exactly zero in exact arithmetic (a shift shared by all keys of a query
+    leaves the softmax unchanged), so all they get is rounding noise that Adam makes full-size."""
+    moved = 0
+    for name in reference:
+        expected = reference[name].double() - initial[name].double()
+        if name.endswith("k_proj.bias") or not expected.any():
+            continue
+        moved += 1
+        error = (ours[name].double() - initial[name].double() - expected).norm() / expected.norm()
+        assert error <= rel, f"{name}: moved {error:.3%} away from the reference's movement (bound {rel:.0%})"
+    assert moved > len(reference) // 2
+
+
+def _assert_losses_alike(run: Path, reference: Path, rel: float) -> None:
+    """The 4 logged losses of two driver outputs agree within `rel` (relative)."""
+    losses = [
+        [json.loads(line)["loss"] for line in (out / "run" / "log.jsonl").open() if '"loss"' in line]
+        for out in (run, reference)
+    ]
+    assert len(losses[0]) == len(losses[1]) == 4, losses
+    assert max(abs(a - b) / abs(b) for a, b in zip(*losses)) < rel, losses
+
+
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_with_the_same_global_batch(
     quickstart_inputs, ddp_reference, single_reference, tmp_path
@@ -388,15 +420,11 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(
     assert sum(not torch.equal(single[k], initial[k]) for k in single) > len(single) // 2
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], atol=2e-5, rtol=1e-4, msg=f"ddp: {name}")
-    # FSDP ranks hold shards: compare the full weights its checkpoint gathered at the last step
-    # Reduce-scatter sums in another order than DDP's all-reduce; Adam divides by the gradient's own scale,
-    # so rounding shows up at ~1% of a step (each step moves a weight by ~lr = 1e-3). Attention key biases
-    # get a gradient of exactly zero in exact arithmetic (a shift shared by all keys of a query leaves the
-    # softmax unchanged): Adam turns their pure rounding noise into full-size steps, so they are skipped.
+    # FSDP ranks hold shards: compare the full weights its checkpoint gathered at the last step. Measured: at
+    # most 0.9% of a tensor's movement (a 2-core Xeon; up to 0.8% of a tensor's elements beyond 1e-4).
     fsdp = _raw_weights(fsdp_out / "run" / "checkpoints" / "step_000004")
-    for name in single:
-        if not name.endswith("k_proj.bias"):
-            torch.testing.assert_close(fsdp[name], single[name], atol=1e-4, rtol=1e-3, msg=f"fsdp: {name}")
+    _assert_moved_alike(fsdp, single, initial, rel=0.03)
+    _assert_losses_alike(fsdp_out, single_reference, rel=3e-4)
 
 
 OFFLOADED = {
@@ -431,11 +459,10 @@ def test_optimizer_offload_under_ddp_and_fsdp(quickstart_inputs, request, tmp_pa
         for name in reference:
             torch.testing.assert_close(ours[name], reference[name], atol=1e-6, rtol=0, msg=name)
         return
+    single = request.getfixturevalue("single_reference")
     ours = _raw_weights(out / "run" / "checkpoints" / "step_000004")
-    reference = torch.load(request.getfixturevalue("single_reference") / "rank0.pt")
-    for name in reference:
-        if not name.endswith("k_proj.bias"):  # see test_two_ranks_equal_one_process_with_the_same_global_batch
-            torch.testing.assert_close(ours[name], reference[name], atol=1e-4, rtol=1e-3, msg=name)
+    _assert_moved_alike(ours, torch.load(single / "rank0.pt"), torch.load(single / "init_rank0.pt"), rel=0.03)
+    _assert_losses_alike(out, single, rel=3e-4)
 
 
 EIGHT_BIT = {
@@ -447,9 +474,9 @@ EIGHT_BIT = {
 def test_fsdp_with_8bit_adamw_offloaded_matches_one_process_and_resumes(quickstart_inputs, tmp_path):
     """distributed=fsdp + adamw8bit + offload over 2 ranks: each rank steps bitsandbytes' 8-bit AdamW on its own
     CPU-resident shards. Its losses follow a one-process adamw8bit run with the same global batch within 0.1%,
-    and its weights within 15% of how far that run moved each tensor (the reduce-scatter sums in another order
-    than one process does, and 8-bit quantization turns those roundings into whole quantization steps; the
-    32-bit FSDP comparison above is tighter); the per-rank 8-bit state saved at step 2, resumed by 2 ranks,
+    and its weights moved within 15% (L2) of how that run moved each tensor (the reduce-scatter sums in another
+    order than one process does, and 8-bit quantization turns those roundings into whole quantization steps;
+    the 32-bit FSDP comparison above is tighter); the per-rank 8-bit state saved at step 2, resumed by 2 ranks,
     repeats steps 3-4 exactly."""
     import shutil
 
@@ -460,21 +487,8 @@ def test_fsdp_with_8bit_adamw_offloaded_matches_one_process_and_resumes(quicksta
     fsdp = _run_driver(tmp_path, data_path, model_path, "fsdp", 2, distributed="fsdp", **common, **offloaded)
     checkpoints = fsdp / "run" / "checkpoints"
     ours, reference = _raw_weights(checkpoints / "step_000004"), torch.load(single / "rank0.pt")
-    initial = torch.load(single / "init_rank0.pt")
-    moved = 0
-    for name in reference:
-        step = (reference[name] - initial[name]).abs().max().item()
-        if step == 0 or name.endswith("k_proj.bias"):  # see test_two_ranks_equal_one_process_with_the_same_global_batch
-            continue
-        moved += 1
-        # Measured: at most 8% (median 2%) of the reference's own movement.
-        assert (ours[name] - reference[name]).abs().max().item() <= 0.15 * step, name
-    assert moved > len(reference) // 2
-    losses = [
-        [json.loads(line)["loss"] for line in (run / "run" / "log.jsonl").open() if '"loss"' in line]
-        for run in (single, fsdp)
-    ]
-    assert len(losses[1]) == 4 and max(abs(a - b) / abs(b) for a, b in zip(*losses)) < 1e-3, losses
+    _assert_moved_alike(ours, reference, torch.load(single / "init_rank0.pt"), rel=0.15)
+    _assert_losses_alike(fsdp, single, rel=1e-3)
 
     out = tmp_path / "resumed"
     (out / "run" / "checkpoints").mkdir(parents=True)
