@@ -75,6 +75,15 @@ fi
 
 echo "== check: make widowx_carrot_on_plate"
 set -a; . "$ENV_FILE"; set +a
-"$PY" -c "import pg_vla.eval.simpler, simpler_env; env = simpler_env.make('widowx_carrot_on_plate'); env.reset(); print('SimplerEnv works')" \
+# SAPIEN only logs a mesh file it cannot find ("[SAPIEN] [error] File not found: ...") and builds the scene
+# without it (here: no table), so the check also fails on that line, not only on the exit status.
+CHECK_LOG="$VENV/pg_vla_simpler_check.log"
+"$PY" -c "import pg_vla.eval.simpler, simpler_env; env = simpler_env.make('widowx_carrot_on_plate'); env.reset(); print('SimplerEnv starts')" \
+    2>&1 | tee "$CHECK_LOG" \
     || { echo "error: the simulator does not start (see above); missing scene meshes mean an incomplete checkout (git lfs / a full git clone)" >&2; exit 1; }
+if grep -q "File not found" "$CHECK_LOG"; then
+    echo "error: SimplerEnv lacks mesh files (the 'File not found' lines above); an incomplete checkout (git lfs / a full git clone)" >&2
+    exit 1
+fi
+echo "SimplerEnv works"
 echo "done: $PY scripts/simpler_client.py --config config/eval/bridge.yaml (rendering variables in $ENV_FILE)"

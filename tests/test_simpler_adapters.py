@@ -520,6 +520,42 @@ def test_client_writes_metaworld_style_outputs(monkeypatch, tmp_path) -> None:
     assert [p.name for p in (tmp_path / "videos").iterdir()][0].startswith("widowx_stack_cube_seed10_success")
 
 
+class DrawerStandIn(StandInSimulator):
+    """Like ManiSkill2_real2sim's drawer envs: obs["extra"] is empty, the tcp link's pose is on the env."""
+
+    TCP = [0.3, 0.0, 0.1, *Q_Y90]
+
+    def __init__(self, task: str, succeed_at: int | None, limit: int):
+        super().__init__(task, succeed_at, limit)
+        self.tcp = types.SimpleNamespace(pose=types.SimpleNamespace(p=np.array(self.TCP[:3]), q=np.array(self.TCP[3:])))
+
+    def _obs(self) -> dict:
+        obs = real_obs("google_robot", self.TCP)
+        obs["extra"] = {}
+        return obs
+
+
+def test_client_reads_the_tcp_pose_of_drawer_envs_from_the_simulator(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(
+        sys.modules, "simpler_env", types.SimpleNamespace(make=lambda task: DrawerStandIn(task, None, 1000))
+    )
+    fake = FakeServer(state_dim=8)
+    cfg = ClientConfig.from_dict(
+        {
+            "log_dir": str(tmp_path),
+            "env": {"robot": "google_robot", "tasks": ["google_robot_open_drawer"], "max_steps": 3},
+            "n_eval_episode": 1,
+            "act_steps": 2,
+            "n_video": 0,
+        }
+    )
+    run_evaluation(cfg, PolicyConnection(fake, "ws://fake"))
+    expected = FractalConventions().state(real_obs("google_robot", DrawerStandIn.TCP))  # the same pose in extra
+    assert len(fake.requests) == 2
+    for request in fake.requests:
+        np.testing.assert_allclose(request["observation/state"], expected, atol=1e-6)
+
+
 def test_client_refuses_a_policy_of_the_other_robot() -> None:
     with pytest.raises(ServerMismatchError, match="reads 7 state values, the google_robot sends 8"):
         PolicyConnection(FakeServer(state_dim=7), "ws://fake").check(FractalConventions())

@@ -24,6 +24,9 @@ episode_id taken modulo 24), 60 on move near (5 object triplets x 3 sources x 4 
 Episode i of a task starts from seed s and episode_id = s % episode_configs, so seeds 0, 1, ... visit
 the layouts in order as open-pi-zero's evaluation does (its episode_id is the episode counter). The
 other tasks (pick coke can / object, drawers) draw their layout from the seed alone.
+
+The drawer environments leave `obs["extra"]` empty; reset and step add `extra.tcp_pose` from the simulator's
+tcp link, where the other tasks' observation reads it, so every task gives the adapters the same keys.
 """
 
 from __future__ import annotations
@@ -130,6 +133,23 @@ def simpler_task(name: str) -> SimplerTask:
     return SIMPLER_TASKS[name]
 
 
+def with_tcp_pose(obs: dict, sim: Any) -> dict:
+    """obs with obs["extra"]["tcp_pose"] read from the simulator where its observation leaves it out.
+
+    The drawer tasks' envs (ManiSkill2_real2sim's OpenDrawerInSceneEnv and its close / place-in-drawer
+    subclasses) do not override _get_obs_extra, so their obs["extra"] is empty; they still have the tcp
+    link that the other tasks' tcp_pose comes from (CustomSceneEnv.tcp). -> obs itself when it has a
+    tcp_pose (or the simulator has no tcp; the conventions then name the missing key), else a copy with it.
+    """
+    extra = obs.get("extra") if isinstance(obs, dict) else None
+    tcp = getattr(sim, "tcp", None)
+    if (isinstance(extra, dict) and "tcp_pose" in extra) or tcp is None:
+        return obs
+    pose = tcp.pose  # sapien.Pose in the world: p xyz, q wxyz (what vectorize_pose stacks)
+    tcp_pose = np.concatenate([np.asarray(pose.p, np.float32), np.asarray(pose.q, np.float32)])
+    return {**obs, "extra": {**(extra or {}), "tcp_pose": tcp_pose}}
+
+
 class SimplerEnv(EvalEnv):
     """One SimplerEnv task.
 
@@ -181,6 +201,7 @@ class SimplerEnv(EvalEnv):
 
     def reset(self, seed: int) -> tuple[Any, str]:
         obs, info = self.env.reset(seed=int(seed), options=self.reset_options_for(seed))
+        obs = with_tcp_pose(obs, self.sim)
         self.reset_info = dict(info)
         self.steps = 0
         self.instruction = self._read_instruction()
@@ -193,6 +214,7 @@ class SimplerEnv(EvalEnv):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or infinite values: {action}")
         obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = with_tcp_pose(obs, self.sim)
         self.steps += 1
         success = bool(info.get("success", terminated))
         self.instruction = self._read_instruction()
