@@ -61,7 +61,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pg_vla.utils.machine import cpu_model_name, current_rss_mib, peak_rss_mib
+from pg_vla.utils.machine import cpu_model_name, current_rss_mib, load_average, peak_rss_mib
 
 
 def log(message: str) -> None:
@@ -258,13 +258,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def _folder_bytes(root: str, mix: str) -> dict[str, int]:
     from pg_vla.data.rlds.dataset_configs import get_dataset_config, get_mix
 
@@ -321,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_count": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
-        "load_average": _load_average(),
+        "load_average": load_average(),
         "python_version": platform.python_version(),
         "tensorflow_version": _version("tensorflow"),
         "tensorflow_datasets_version": _version("tensorflow-datasets"),
@@ -368,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"peak RSS {result['peak_rss_mib']:.0f} MiB"
                 )
             results.append(result)
-    header["load_average_at_end"] = _load_average()
+    header["load_average_at_end"] = load_average()
     header["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps({"header": header, "results": results}, indent=2)
     if args.output:

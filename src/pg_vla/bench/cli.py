@@ -80,6 +80,7 @@ from pg_vla.bench.modes import MODES, TIMED_MODES
 from pg_vla.bench.suite import bench_combination, run_suite
 from pg_vla.bench.workload import DTYPES
 from pg_vla.model.vla.config import PRESETS
+from pg_vla.utils.machine import load_average
 from pg_vla.utils.stdout import stdout_to_stderr
 
 
@@ -220,7 +221,7 @@ def header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "num_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "device_memory_gib": None if total is None else round(total / GIB, 1),
-        "load_average": _load_average(),
+        "load_average": load_average(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
         "options": {k: v for k, v in vars(args).items() if k not in ("output", "target")},
@@ -277,7 +278,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                             bench_combination(config_name, dtype_name, use_compile, args, device)
                         )
         document["header"]["total_s"] = round(time.perf_counter() - started, 1)
-        document["header"]["load_average_at_end"] = _load_average()
+        document["header"]["load_average_at_end"] = load_average()
         document = _finite(document)
         text = json.dumps(document, indent=2)
         if args.output:
@@ -287,14 +288,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         real_stdout.write(text + "\n")
         real_stdout.flush()
     return document
-
-
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other work on the machine makes timings noisy."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
 
 
 def _finite(value: Any) -> Any:

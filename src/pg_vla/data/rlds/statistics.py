@@ -64,12 +64,24 @@ def cached_statistics_file(
     skip_non_finite: bool = False,
 ) -> Path | None:
     """The statistics file already computed for this dataset, config and split, else None (no tensorflow)."""
+    keyed = _keyed_statistics_file(data_path, cfg, split, skip_unlabeled, statistics_dir, skip_non_finite)
+    return keyed[1] if keyed is not None and keyed[1].is_file() else None
+
+
+def _keyed_statistics_file(
+    data_path: str | Path,
+    cfg: DatasetConfig,
+    split: str,
+    skip_unlabeled: bool,
+    statistics_dir: str | Path | None,
+    skip_non_finite: bool,
+) -> tuple[str, Path] | None:
+    """(cache key, where its statistics file goes) of a split, else None when the split is not on disk."""
     info = split_info(data_path, cfg, split)
     if info is None:
         return None
     key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
-    path = statistics_file(data_path, cfg, split, key, statistics_dir)
-    return path if path.is_file() else None
+    return key, statistics_file(data_path, cfg, split, key, statistics_dir)
 
 
 def _writable(folder: Path) -> bool:
@@ -188,11 +200,10 @@ def load_or_compute_statistics(
     from pg_vla.data.rlds.pipeline import open_builder
 
     builder = open_builder(data_path, cfg)
-    info = split_info(data_path, cfg, split)
-    if split not in builder.info.splits or info is None:
+    keyed = _keyed_statistics_file(data_path, cfg, split, skip_unlabeled, statistics_dir, skip_non_finite)
+    if split not in builder.info.splits or keyed is None:
         raise ValueError(f"{cfg.name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
-    key = statistics_key(cfg, split, skip_unlabeled, info, skip_non_finite)
-    path = statistics_file(data_path, cfg, split, key, statistics_dir)
+    key, path = keyed
     if path.is_file():
         return DatasetStatistics.load(path), path
     logger.info("computing normalization statistics of %s split %s -> %s", cfg.name, split, path)
