@@ -118,3 +118,31 @@ def test_target_suite_on_cpu(tmp_path: Path):
         assert 1 <= entry["max_batch"] <= entry["limit"] == 4
         assert [row["batch"] for row in entry["tried"]][:3] == [1, 2, 4]
     assert len(list(profile_dir.glob("*.json"))) == 4  # one trace per timed mode
+
+
+def test_train_step_and_forward_backward_workloads():
+    """`train_step` moves the weights like the trainer (clipped gradients); `train_forward_backward` leaves
+    them as they were and drops the gradients."""
+    import argparse
+
+    import torch
+
+    from pg_vla.bench.workload import bench_optimizer, build_config, make_inputs, make_train_step
+    from pg_vla.model.vla.pizero import PiZero
+
+    cfg = build_config("tiny", argparse.Namespace())
+    torch.manual_seed(0)
+    model = PiZero(cfg).train()
+    inputs = make_inputs(cfg, 2, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    loss = make_train_step(model, inputs, None)()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+    optimizer = bench_optimizer("adamw", model)
+    make_train_step(model, inputs, optimizer)()
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "joint.experts.action.layers.0.mlp.down_proj.weight" in moved
+    assert all(p.grad is None for p in model.parameters())

@@ -3,7 +3,7 @@
 Usage:
     uv run scripts/bench/inference.py [--config tiny small pi0] [--device cpu|cuda] [--dtype float32 bfloat16]
         [--compile] [--batch_size B] [--num_cameras N] [--horizon_steps H] [--max_text_tokens L] [--num_steps K]
-        [--warmup W] [--runs R] [--modes sample_cached sample_uncached train_step precision_gap]
+        [--warmup W] [--runs R] [--modes sample_cached sample_uncached train_step train_forward_backward precision_gap]
         [--train_batch_size B] [--optimizer adamw|adamw8bit] [--gradient_checkpointing] [--output FILE]
         [--mfu] [--find_max_batch [--max_batch_limit N]] [--profile DIR] [--suite targets]
 
@@ -20,8 +20,9 @@ times each mode: `warmup` untimed calls, then `runs` timed calls. Modes:
 
     sample_cached    model.sample_actions(..., use_cache=True): prefix encoded once, action tokens per step
     sample_uncached  model.sample_actions(..., use_cache=False): every flow step runs all tokens
-    train_step       forward (flow-matching loss) + backward + optimizer.step + zero_grad, with
-                     model.frozen_parameter_names() frozen
+    train_step       forward (flow-matching loss) + backward + gradient clipping (norm 1) + optimizer.step
+                     + zero_grad, with model.frozen_parameter_names() frozen
+    train_forward_backward   forward + backward only (gradients dropped, no optimizer)
     precision_gap    not timed: bf16 KV-cached sampling against fp32 uncached sampling (the reference)
                      from the same weights and noise; mean L1 and max abs difference in normalized
                      action units (the fp32 model is built separately, then cast to bf16)
@@ -38,7 +39,7 @@ as {"skipped": reason}; out-of-memory errors and other failures are reported as 
 
 Options that add to the entries:
     --mfu             measures the device's dense matmul peak once per dtype (square matmuls, median
-                      after warm-up) into the result's `peak_matmul`; train_step entries get
+                      after warm-up) into the result's `peak_matmul`; train_step and train_forward_backward entries get
                       `flops_per_sample` (analytic model FLOPs, pg_vla.model.vla.flops), `achieved_tflops`
                       and `mfu`; sampling entries `flops` (per call), `achieved_tflops` and `mfu`;
                       sample_cached and train_step entries also a `roofline`: `peak_gflops` (the

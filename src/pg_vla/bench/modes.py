@@ -2,8 +2,9 @@
 
     sample_cached    model.sample_actions(..., use_cache=True): prefix encoded once, action tokens per step
     sample_uncached  model.sample_actions(..., use_cache=False): every flow step runs all tokens
-    train_step       forward (flow-matching loss) + backward + optimizer.step + zero_grad, with
-                     model.frozen_parameter_names() frozen
+    train_step       forward (flow-matching loss) + backward + gradient clipping + optimizer.step + zero_grad,
+                     with model.frozen_parameter_names() frozen
+    train_forward_backward   the same without clipping and the optimizer step (gradients dropped)
 
 Each entry holds the latency statistics in ms (harness.latency_stats), the timing fields of the warm-up
 and peak memory (memory.memory_probe). Sampled actions are (B, H, action_dim) in normalized units.
@@ -22,7 +23,8 @@ from pg_vla.bench.memory import memory_probe
 from pg_vla.bench.workload import bench_optimizer, make_train_step, sample, trainable_parameters
 from pg_vla.model.vla.pizero import PiZero
 
-TIMED_MODES = ("sample_cached", "sample_uncached", "train_step")
+TIMED_MODES = ("sample_cached", "sample_uncached", "train_step", "train_forward_backward")
+TRAIN_MODES = ("train_step", "train_forward_backward")
 MODES = (*TIMED_MODES, "precision_gap")
 
 
@@ -54,6 +56,7 @@ def bench_train(
     args: argparse.Namespace,
     device: torch.device,
     label: str = "train_step",
+    optimizer_step: bool = True,
 ) -> dict[str, Any]:
     params = trainable_parameters(model)
     model.train()
@@ -62,7 +65,7 @@ def bench_train(
     optimizer = None
     try:
         with memory_probe(device, entry):
-            optimizer = bench_optimizer(args.optimizer, model)
+            optimizer = bench_optimizer(args.optimizer, model) if optimizer_step else None
             step = make_train_step(model, inputs, optimizer)
             fields, loss, seconds = time_calls(step, device, args.warmup, args.runs, args.max_seconds_per_mode)
         entry = {**latency_stats(seconds, args.train_batch_size), **fields, **entry}
@@ -77,7 +80,7 @@ def bench_train(
         model.eval()
     entry.update(
         batch_size=args.train_batch_size,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer if optimizer_step else None,
         gradient_checkpointing=args.gradient_checkpointing,
         trainable_parameters=sum(p.numel() for p in params),
     )

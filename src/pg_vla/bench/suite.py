@@ -27,7 +27,7 @@ from pg_vla.bench.memory import (
     parameter_counts,
     train_extra_bytes,
 )
-from pg_vla.bench.modes import bench_sampling, bench_train, consistency
+from pg_vla.bench.modes import TRAIN_MODES, bench_sampling, bench_train, consistency
 from pg_vla.bench.precision import bench_precision_gap
 from pg_vla.bench.roofline import add_rates, add_roofline, measure_peak_tflops
 from pg_vla.bench.workload import DTYPES, build_config, compile_model, make_inputs
@@ -96,12 +96,12 @@ def bench_combination(
         f"{dtype_name} parameters + activations at batch {args.train_batch_size})"
     )
     modes: dict[str, Any] = {}
-    if "train_step" in args.modes and not args.no_memory_check:
+    for train_mode in (m for m in TRAIN_MODES if m in args.modes and not args.no_memory_check):
         # Checked before building too, so that a combination whose only mode cannot fit is not built.
         reason = check_fits(weights + train_need, device, f"{train_what} with the {weights / GIB:.1f} GiB model")
         if reason:
-            modes["train_step"] = {"skipped": reason}
-            log(f"{config_name}/{dtype_name}/compile={use_compile}: train_step skipped ({reason})")
+            modes[train_mode] = {"skipped": reason}
+            log(f"{config_name}/{dtype_name}/compile={use_compile}: {train_mode} skipped ({reason})")
     if "precision_gap" in args.modes:  # builds its own float32 model: measured before this combination's
         log(f"{config_name}/{dtype_name}/compile={use_compile}: precision_gap ({num_steps} flow steps)")
         modes["precision_gap"] = bench_precision_gap(cfg, num_steps, args, device)
@@ -164,13 +164,15 @@ def bench_combination(
         log(f"{config_name}/{dtype_name}/compile={use_compile}: {mode} (warmup {args.warmup}, runs {args.runs})")
         free_memory(device)
         try:
-            if mode == "train_step":
+            if mode in TRAIN_MODES:
                 reason = None if args.no_memory_check else check_fits(train_need, device, train_what)
                 if reason:
                     modes[mode] = {"skipped": reason}
                     log(f"  skipped ({reason})")
                     continue
-                modes[mode] = bench_train(model, train_inputs, args, device, f"{label}_{mode}")
+                modes[mode] = bench_train(
+                    model, train_inputs, args, device, f"{label}_{mode}", optimizer_step=mode == "train_step"
+                )
                 if args.mfu:
                     flops = train_step_flops(cfg)
                     modes[mode]["flops_per_sample"] = flops

@@ -14,7 +14,7 @@ import torch
 
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
-from pg_vla.training.optim import OptimizerConfig, freeze_parameters, make_optimizer
+from pg_vla.training.optim import OptimizerConfig, clip_gradients, freeze_parameters, make_optimizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -89,15 +89,23 @@ def bench_optimizer(name: str, model: PiZero) -> torch.optim.Optimizer:
 
 
 def make_train_step(
-    model: PiZero, inputs: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    model: PiZero, inputs: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None
 ) -> Callable[[], torch.Tensor]:
-    """One step: flow-matching loss, backward, optimizer.step, zero_grad; -> the detached loss."""
+    """One step as the trainer runs it: flow-matching loss, backward, gradient clipping to norm 1 (the
+    trainer's default), optimizer.step, zero_grad; -> the detached loss. `optimizer=None`: forward and
+    backward only (the gradients are dropped)."""
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> torch.Tensor:
         loss = model(inputs["images"], inputs["text_ids"], inputs["text_mask"], inputs["proprio"], inputs["actions"])
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is None:
+            for p in params:
+                p.grad = None
+        else:
+            clip_gradients(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     return step
