@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also measure with torch.compile (encode_prefix, denoise_step, predict_velocity)",
+        help="also measure with torch.compile (encode_prefix, denoise_step, predict_velocity, velocity_from_prefix)",
     )
     parser.add_argument(
         "--compile_mode",

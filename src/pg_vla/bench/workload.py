@@ -72,7 +72,7 @@ def sample(
 def compile_model(model: PiZero, mode: str) -> None:
     """torch.compile the callables that do the model's work; sample_actions and forward look them up on
     the instance, so the compiled versions are used by every mode."""
-    for name in ("encode_prefix", "denoise_step", "predict_velocity"):
+    for name in ("encode_prefix", "denoise_step", "predict_velocity", "velocity_from_prefix"):
         setattr(model, name, torch.compile(getattr(model, name), mode=mode))
 
 

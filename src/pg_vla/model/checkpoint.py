@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pg_vla.model.linear import aligned
 from pg_vla.model.paligemma.loading import CheckpointError
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.pizero import PiZero
@@ -76,7 +77,7 @@ def load_model(
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                state[key] = aligned(tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor)
     except Exception as err:
         raise CheckpointError(f"cannot read tensors of {path}: {err}") from err
     expected = set(model.state_dict())

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from pg_vla.model.linear import aligned
 from pg_vla.model.paligemma.loading import CheckpointError, _names, safetensors_files
 from pg_vla.model.pi0_format import (
     EMBEDDING_NAME,
@@ -187,7 +188,7 @@ def _read_tensors(
                     tensor = handle.get_tensor(key)
                     if dtype is not None and tensor.dtype != dtype:
                         tensor = tensor.to(dtype)
-                    state[name] = tensor.to(device)
+                    state[name] = aligned(tensor.to(device))
         except Exception as err:
             raise CheckpointError(f"cannot read tensors of {file}: {err}") from err
     return state

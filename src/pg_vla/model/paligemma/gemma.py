@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pg_vla.model.linear import Linear
+
 
 class RMSNorm(nn.Module):
     """Gemma's RMSNorm: x / rms(x) * (1 + w), computed in float32 and cast back."""
@@ -40,7 +42,7 @@ class AdaptiveRMSNorm(RMSNorm):
     def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6, zero: bool = False):
         super().__init__(dim, eps)
         self.zero = zero
-        self.modulation = nn.Linear(cond_dim, dim * (3 if zero else 2))
+        self.modulation = Linear(cond_dim, dim * (3 if zero else 2))
         self.modulation._zero_init = True  # model-wide weight init leaves it at zero
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
@@ -94,9 +96,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))

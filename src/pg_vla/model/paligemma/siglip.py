@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from pg_vla.model.linear import Linear, linear
 from pg_vla.model.vla.config import VisionConfig
 
 
@@ -21,10 +22,15 @@ class SiglipEmbeddings(nn.Module):
         self.position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, S, S) in [-1, 1] -> (B, P, D)."""
-        patches = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype))  # (B, D, S/p, S/p)
-        patches = rearrange(patches, "b d h w -> b (h w) d")
-        return patches + self.position_embedding.weight.unsqueeze(0)
+        """pixels (B, 3, S, S) in [-1, 1] -> (B, P, D).
+
+        The stride-p convolution is computed as what it is, one matmul of the flattened patches
+        (B, P, 3*p*p) with the kernel (D, 3*p*p): the checkpoint keeps the convolution's layout.
+        """
+        conv = self.patch_embedding
+        p = conv.kernel_size[0]
+        patches = rearrange(pixels.to(conv.weight.dtype), "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
+        return linear(patches, conv.weight.flatten(1), conv.bias) + self.position_embedding.weight.unsqueeze(0)
 
 
 class SiglipAttention(nn.Module):
@@ -32,10 +38,10 @@ class SiglipAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         d = config.hidden_size
-        self.q_proj = nn.Linear(d, d)
-        self.k_proj = nn.Linear(d, d)
-        self.v_proj = nn.Linear(d, d)
-        self.out_proj = nn.Linear(d, d)
+        self.q_proj = Linear(d, d)
+        self.k_proj = Linear(d, d)
+        self.v_proj = Linear(d, d)
+        self.out_proj = Linear(d, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, P, D) -> (B, P, D); every patch attends to every patch."""
@@ -50,8 +56,8 @@ class SiglipAttention(nn.Module):
 class SiglipMLP(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pg_vla.model.linear import Linear
 from pg_vla.model.vla.config import PiZeroConfig
 
 READOUT_INIT_STD = 0.02  # as the other weights trained from scratch (Gemma's initializer_range)
@@ -97,9 +98,9 @@ class DiscreteActionHead(nn.Module):
         layers: list[nn.Module] = []
         in_dim = width + self.proprio_size
         for hidden in config.discrete_mlp_hidden_dims:
-            layers += [nn.Linear(in_dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(config.discrete_dropout)]
+            layers += [Linear(in_dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(config.discrete_dropout)]
             in_dim = hidden
-        layers.append(nn.Linear(in_dim, config.action_dim * config.num_action_bins))
+        layers.append(Linear(in_dim, config.action_dim * config.num_action_bins))
         self.mlp = nn.Sequential(*layers)
 
     def readout_tokens(self, batch: int) -> torch.Tensor:

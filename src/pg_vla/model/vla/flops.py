@@ -256,10 +256,14 @@ def _check(cfg: PiZeroConfig) -> None:
 
 
 def _predict_velocity(cfg: PiZeroConfig, batch: int, grad: bool) -> list[_Matmul]:
-    """One pass over all tokens: training's forward and each uncached sampling step."""
+    """One pass over all tokens: training's forward."""
+    return [*_vision(cfg, batch), *_velocity_from_prefix(cfg, batch, grad)]
+
+
+def _velocity_from_prefix(cfg: PiZeroConfig, batch: int, grad: bool) -> list[_Matmul]:
+    """The pass after the vision tower: each uncached sampling step (the images are embedded once)."""
     segments = [_Segment("vlm", cfg.prefix_len, needs_output=False), *_action_segments(cfg)]
     return [
-        *_vision(cfg, batch),
         _proprio_encoder(cfg, batch),
         *_action_encoder(cfg, batch),
         *_joint(cfg, batch, segments, 0, grad),
@@ -309,8 +313,8 @@ def flops_breakdown(
     frozen parameters frozen), "sample_cached" / "sample_uncached" (`sample_actions` with
     `num_steps` flow steps, default the config's). Returns {"kind", "batch", "total",
     "by_component": {component: FLOPs}} plus, for train_step, "forward", "backward", "recompute"
-    and "model_flops" (forward + backward, without recompute: what MFU divides), and for cached
-    sampling "prefix" and "per_step".
+    and "model_flops" (forward + backward, without recompute: what MFU divides), and for sampling
+    "prefix" (cached: the prefix pass; uncached: the vision tower, run once) and "per_step".
     """
     _check(cfg)
     if batch < 1:
@@ -340,8 +344,10 @@ def flops_breakdown(
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         out["num_steps"] = steps
         if kind == "sample_uncached":
-            step = _by_component(_predict_velocity(cfg, batch, grad=False))
-            parts = {c: steps * step[c] for c in COMPONENTS}
+            vision = _by_component(_vision(cfg, batch))
+            step = _by_component(_velocity_from_prefix(cfg, batch, grad=False))
+            parts = {c: vision[c] + steps * step[c] for c in COMPONENTS}
+            out.update(prefix=_sum(vision), per_step=_sum(step))
         else:
             prefix, step = _by_component(_encode_prefix(cfg, batch)), _by_component(_denoise_step(cfg, batch))
             parts = {c: prefix[c] + steps * step[c] for c in COMPONENTS}

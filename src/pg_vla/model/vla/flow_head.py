@@ -6,7 +6,7 @@
 
 The head holds no parameters itself: it adds its modules to the model under pi0's checkpoint names
 (`joint.experts.action.*`, `proprio_encoder.*`, `action_encoder.*`, `action_decoder.*`) and runs the
-model's passes (`predict_velocity`, `encode_prefix`, `denoise_step`, looked up on the model so
+model's passes (`predict_velocity`, `velocity_from_prefix`, `encode_prefix`, `denoise_step`, looked up on the model so
 compiled versions are used). Flow matching itself is in flow_matching.py.
 
 Shapes: B batch, H horizon, A action dim, D action-expert hidden.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pg_vla.model.linear import Linear
 from pg_vla.model.vla.config import PiZeroConfig
 from pg_vla.model.vla.flow_matching import euler_sample, interpolate, sample_time, target_velocity
 from pg_vla.model.vla.joint_model import Expert
@@ -56,10 +57,10 @@ class FlowMatchingHead:
         """The proprio encoder, the action/time encoder and the velocity decoder, as attributes of `model`."""
         cfg = self.config
         width = cfg.action_gemma().hidden_size
-        model.proprio_encoder = nn.Linear(cfg.proprio_dim, width)
+        model.proprio_encoder = Linear(cfg.proprio_dim, width)
         encoder_cls = ActionTimeEncoder if cfg.time_conditioning == "mlp" else AdaLNActionEncoder
         model.action_encoder = encoder_cls(cfg.action_dim, width, cfg.time_min_period, cfg.time_max_period)
-        model.action_decoder = nn.Linear(width, cfg.action_dim)
+        model.action_decoder = Linear(width, cfg.action_dim)
 
     def loss(
         self,
@@ -118,8 +119,9 @@ class FlowMatchingHead:
             return euler_sample(
                 lambda x, t: model.denoise_step(prefix, x, t), noise.float(), num_steps, clip=1.0 if clip else None
             )
+        prefix_tokens = model.embed_prefix(images, text_ids, text_mask)  # the same at every step
         return euler_sample(
-            lambda x, t: model.predict_velocity(images, text_ids, text_mask, proprio, x, t),
+            lambda x, t: model.velocity_from_prefix(prefix_tokens, proprio, x, t),
             noise.float(),
             num_steps,
             clip=1.0 if clip else None,

@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pg_vla.model.linear import Linear
 from pg_vla.model.paligemma.gemma import (
     AdaptiveRMSNorm,
     GatedMLP,
@@ -80,16 +81,24 @@ def fold_query_groups(mask: torch.Tensor, groups: int) -> torch.Tensor:
     return mask.unsqueeze(2).expand(b, 1, groups, tq, tk).reshape(b, 1, groups * tq, tk)
 
 
+def additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """mask bool (True = may attend) -> the same mask as an additive bias in `dtype`: 0 where allowed, -inf
+    elsewhere. scaled_dot_product_attention turns a bool mask into exactly this on every call; built
+    once per forward, it is not rebuilt in every layer (on CPU that conversion took half the time of the
+    attention itself)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def grouped_query_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, folded_mask: torch.Tensor
 ) -> torch.Tensor:
     """Softmax attention where each KV head serves G = H / K query heads (Gemma-2B: 8 query heads, 1 KV head).
 
-    q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), folded_mask = fold_query_groups(mask (B, 1, Tq, Tk), G) bool
-    (True = may attend) -> (B, H, Tq, Dh). Query head h reads KV head h // G. The G query heads of a
-    group are folded into the query axis, (B, H, Tq, Dh) -> (B, K, G * Tq, Dh), so the keys and values
-    are never repeated per head and one ordinary masked attention call (any fused backend that takes a
-    mask) does the work. The folded mask is the same in every layer: the caller folds it once.
+    q (B, H, Tq, Dh), k and v (B, K, Tk, Dh), folded_mask = fold_query_groups(mask (B, 1, Tq, Tk), G): bool
+    (True = may attend) or its `additive_bias` -> (B, H, Tq, Dh). Query head h reads KV head h // G. The G
+    query heads of a group are folded into the query axis, (B, H, Tq, Dh) -> (B, K, G * Tq, Dh), so the keys
+    and values are never repeated per head and one ordinary masked attention call (any fused backend that
+    takes a mask) does the work. The folded mask is the same in every layer: the caller folds it once.
     """
     b, h, tq, dh = q.shape
     kv_heads = k.shape[1]
@@ -103,10 +112,10 @@ class AttentionProjections(nn.Module):
     def __init__(self, hidden_size: int, cfg: GemmaConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = Linear(hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = Linear(hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, hidden_size, bias=False)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, H, T, Dh)"""
@@ -228,7 +237,7 @@ class JointTransformer(nn.Module):
         hidden = [s.hidden for s in segments]
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
-        folded_masks: dict[tuple, torch.Tensor] = {}  # query rows -> folded mask, built once for all layers
+        folded_masks: dict[tuple, torch.Tensor] = {}  # query rows -> folded mask as a bias, built once for all layers
         for layer_idx in range(self.num_layers):
             last = layer_idx == self.num_layers - 1
             past_kv = None if past is None else (past.keys[layer_idx], past.values[layer_idx])
@@ -284,7 +293,7 @@ class JointTransformer(nn.Module):
             mask = attn_mask
             if len(query_rows) != len(segments):
                 mask = torch.cat([attn_mask[:, :, a:b] for a, b in query_rows], dim=2)
-            folded_masks[rows] = fold_query_groups(mask, self.query_groups)
+            folded_masks[rows] = additive_bias(fold_query_groups(mask, self.query_groups), queries[0].dtype)
         q = torch.cat(queries, dim=2)  # (B, H, Tq, Dh)
         attn = rearrange(grouped_query_attention(q, k, v, folded_masks[rows]), "b h t e -> b t (h e)")
         out: list[torch.Tensor | None] = []

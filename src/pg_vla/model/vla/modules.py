@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pg_vla.model.linear import Linear
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
     """t (B,) -> (B, dim): [sin, cos] of t at periods spaced geometrically from min to max period.
@@ -35,9 +37,9 @@ class ActionTimeEncoder(nn.Module):
     def __init__(self, action_dim: int, width: int, min_period: float, max_period: float):
         super().__init__()
         self.width, self.min_period, self.max_period = width, min_period, max_period
-        self.action_proj = nn.Linear(action_dim, width)  # W1
-        self.time_mlp_in = nn.Linear(2 * width, width)  # W2
-        self.time_mlp_out = nn.Linear(width, width)  # W3
+        self.action_proj = Linear(action_dim, width)  # W1
+        self.time_mlp_in = Linear(2 * width, width)  # W2
+        self.time_mlp_out = Linear(width, width)  # W3
 
     def forward(self, actions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, None]:
         """actions (B, H, A), t (B,) -> tokens (B, H, D), no conditioning vector."""
@@ -54,9 +56,9 @@ class AdaLNActionEncoder(nn.Module):
     def __init__(self, action_dim: int, width: int, min_period: float, max_period: float):
         super().__init__()
         self.width, self.min_period, self.max_period = width, min_period, max_period
-        self.action_proj = nn.Linear(action_dim, width)
-        self.time_mlp_in = nn.Linear(width, width)
-        self.time_mlp_out = nn.Linear(width, width)
+        self.action_proj = Linear(action_dim, width)
+        self.time_mlp_in = Linear(width, width)
+        self.time_mlp_out = Linear(width, width)
 
     def forward(self, actions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """actions (B, H, A), t (B,) -> tokens (B, H, D), conditioning (B, D)."""

@@ -45,9 +45,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pg_vla.model.linear import Linear, linear
 from pg_vla.model.paligemma.siglip import SiglipVisionTower
 from pg_vla.model.vla.attention_mask import ACTION_BLOCK, IMAGE_TEXT_BLOCK, PROPRIO_BLOCK, mask_and_positions
 from pg_vla.model.vla.config import PiZeroConfig
@@ -82,7 +82,7 @@ class PiZero(nn.Module):
             DiscreteHead if config.action_head == "discrete" else FlowMatchingHead
         )(config)
         self.vision_tower = SiglipVisionTower(config.vision)
-        self.multi_modal_projector = nn.Linear(config.vision.hidden_size, config.vlm.hidden_size)
+        self.multi_modal_projector = Linear(config.vision.hidden_size, config.vlm.hidden_size)
         self.joint = JointTransformer({"vlm": Expert(config.vlm, with_embedding=True), **self.head.experts()})
         self.head.add_modules(self)
         self.apply(self._init_weights)
@@ -265,13 +265,25 @@ class PiZero(nn.Module):
         t: torch.Tensor,
     ) -> torch.Tensor:
         """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
+        return self.velocity_from_prefix(self.embed_prefix(images, text_ids, text_mask), proprio, x_t, t)
+
+    def velocity_from_prefix(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        proprio: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """`predict_velocity` from the embedded prefix (`embed_prefix`'s tokens, valid, blocks): every layer runs
+        over the image/text tokens and the proprio and action tokens. Uncached sampling embeds the prefix
+        (the vision tower) once and calls this at every flow step."""
         self._require_head("flow")
-        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
-        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, prefix.dtype)
+        tokens, prefix_valid, prefix_blocks = prefix
+        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, tokens.dtype)
         mask, positions = mask_and_positions(
             torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
         )
-        outputs, _ = self.joint([Segment("vlm", prefix, needs_output=False), *suffix], positions, mask)
+        outputs, _ = self.joint([Segment("vlm", tokens, needs_output=False), *suffix], positions, mask)
         return self.action_decoder(outputs[-1][:, -x_t.shape[1] :]).float()
 
     def forward(
@@ -384,7 +396,7 @@ class PiZero(nn.Module):
     # ---- text mode (VLM expert alone) ----------------------------------------------------------------
     def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, vocab); the LM head is tied to the token embeddings."""
-        return F.linear(hidden, self.vlm.embed_tokens.weight)
+        return linear(hidden, self.vlm.embed_tokens.weight)
 
     def text_logits(
         self,
