@@ -38,8 +38,9 @@ sampling modes is timed). A combination or mode that is estimated not to fit in 
 as {"skipped": reason}; out-of-memory errors and other failures are reported as {"error": ...}.
 
 Options that add to the entries:
-    --mfu             measures the device's dense matmul peak once per dtype (square matmuls, median
-                      after warm-up) into the result's `peak_matmul`; train_step and train_forward_backward entries get
+    --mfu             measures the device's dense matmul peak once per dtype (square matmuls through the
+                      model's own product, pg_vla.model.linear.linear; median after warm-up) into the
+                      result's `peak_matmul`; train_step and train_forward_backward entries get
                       `flops_per_sample` (analytic model FLOPs, pg_vla.model.vla.flops), `achieved_tflops`
                       and `mfu`; sampling entries `flops` (per call), `achieved_tflops` and `mfu`;
                       sample_cached and train_step entries also a `roofline`: `peak_gflops` (the

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pg_vla.bench.harness import synchronize
+from pg_vla.model.linear import computed_in, linear
 
 _PEAKS: dict[tuple[str, str, int], dict[str, Any]] = {}
 
@@ -21,9 +22,11 @@ _PEAKS: dict[tuple[str, str, int], dict[str, Any]] = {}
 def measure_peak_tflops(
     device: torch.device, dtype: torch.dtype, size: int, warmup: int = 3, runs: int = 10
 ) -> dict[str, Any]:
-    """Dense (size x size) @ (size x size) matmul rate in TFLOP/s: median over `runs` timed calls after
-    `warmup` calls; on CUDA each timed call is 10 back-to-back matmuls between CUDA events.
-    Measured once per (device, dtype, size) and process; float32 on CUDA follows the TF32 setting."""
+    """Dense (size x size) @ (size x size)^T matmul rate in TFLOP/s through the model's own product
+    (`pg_vla.model.linear.linear`, in inference mode): median over `runs` timed calls after `warmup` calls;
+    on CUDA each timed call is 10 back-to-back matmuls between CUDA events. Measured once per (device,
+    dtype, size) and process; float32 on CUDA follows the TF32 setting. `computed_in` says in which
+    dtype the product runs (bf16 inference on a CPU without native bf16 runs in float32, as the model's)."""
     key = (str(device), str(dtype), size)
     if key in _PEAKS:
         return _PEAKS[key]
@@ -32,9 +35,13 @@ def measure_peak_tflops(
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
-    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def product() -> torch.Tensor:
+        with torch.inference_mode():
+            return linear(a, b)
+
     for _ in range(warmup):
-        torch.mm(a, b, out=out)
+        product()
     synchronize(device)
     seconds = []
     for _ in range(runs):
@@ -42,18 +49,18 @@ def measure_peak_tflops(
             start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start_event.record()
             for _ in range(repeats):
-                torch.mm(a, b, out=out)
+                product()
             end_event.record()
             synchronize(device)
             seconds.append(start_event.elapsed_time(end_event) / 1000.0 / repeats)
         else:
             start = time.perf_counter()
-            torch.mm(a, b, out=out)
+            product()
             seconds.append(time.perf_counter() - start)
-    del a, b, out
     median = float(np.median(seconds))
     peak = {
         "dtype": str(dtype).removeprefix("torch."),
+        "computed_in": str(computed_in(device, dtype)).removeprefix("torch."),
         "matmul_size": size,
         "runs": runs,
         "median_ms": round(median * 1000.0, 3),

@@ -38,11 +38,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def computed_in(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype `linear` computes an inference product of `dtype` operands in on `device`."""
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        return torch.float32
+    return dtype
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N), in x's dtype."""
     if x.device.type != "cpu":
         return F.linear(x, weight, bias)
-    if x.dtype == torch.bfloat16 and not torch.is_grad_enabled() and not cpu_has_native_bf16():
+    if not torch.is_grad_enabled() and computed_in(x.device, x.dtype) != x.dtype:
         out = linear(x.float(), weight.float(), None if bias is None else bias.float())
         return out.to(torch.bfloat16)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
