@@ -49,6 +49,18 @@ def test_bfloat16_inference_within_bf16_rounding(rows):
     assert ((out.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-3).all()
 
 
+def test_bfloat16_products_in_a_row_keep_their_own_results():
+    """The upcast weights share a reused buffer: earlier outputs must not change with later calls."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 64).bfloat16()
+    weights = [torch.randn(n, 64).bfloat16() for n in (128, 32, 128)]
+    with torch.no_grad():
+        outs = [linear(x, w) for w in weights]
+    for out, w in zip(outs, weights):
+        expected = reference(x, w, None)
+        assert ((out.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-3).all()
+
+
 def test_bfloat16_training_keeps_autograd_in_bfloat16():
     torch.manual_seed(0)
     x = torch.randn(300, 32, dtype=torch.bfloat16, requires_grad=True)

@@ -9,10 +9,12 @@ not to arithmetic (measured on a 2-core AMD EPYC, torch 2.15 with MKL; `scripts/
   faster, the copy of its (N, M) result to (M, N) included. From a hundred rows or so on the two are
   alike, so the reordering is kept to `SMALL_ROWS` rows or fewer.
 - bfloat16 on CPUs without native bf16 instructions (no AVX512-BF16 / AMX: oneDNN reports no bf16
-  support): bf16 matmuls there run 4-8x slower than float32 ones. In inference (no autograd graph) the
-  product is then computed in float32 from the bf16 operands and rounded back to bf16, the same result up
-  to the order of the float32 accumulation. With autograd on it stays in bf16: the float32 copies of the
-  weights would be kept for the backward pass.
+  support): bf16 matmuls of many rows there run 4-8x slower than float32 ones. In inference (no autograd
+  graph) a product of more than `SMALL_ROWS` rows is then computed in float32 from the bf16 operands
+  (the weight upcast into a reused per-thread buffer) and rounded back to bf16, the same result up to
+  the order of the float32 accumulation. Few rows stay in bf16: they are bound by reading the weight,
+  which the upcast would only lengthen. With autograd on it all stays in bf16: the float32 copies of
+  the weights would be kept for the backward pass.
 
 Everywhere else (CUDA, float32 with many rows, CPUs with native bf16) this is `F.linear`. `Linear` is an
 `nn.Linear` (same parameters, checkpoint keys, initialisation, and peft/bitsandbytes replace it as one)
@@ -24,6 +26,7 @@ Shapes: x (..., K), weight (N, K), bias (N,) -> (..., N).
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -39,21 +42,38 @@ def cpu_has_native_bf16() -> bool:
 
 
 def computed_in(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype `linear` computes an inference product of `dtype` operands in on `device`."""
+    """The dtype `linear` computes an inference product of `dtype` operands and more than `SMALL_ROWS` rows
+    in, on `device`."""
     if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
         return torch.float32
     return dtype
+
+
+_WORKSPACE = threading.local()  # per thread: a float32 buffer the weights of bf16 products are upcast into
+WORKSPACE_LIMIT = 64 * 2**20  # elements (256 MiB); a larger weight is upcast into fresh memory
+
+
+def _float32_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight as float32, in a buffer reused from call to call: writing into fresh memory costs a page fault
+    per page (a 16384 x 2048 bf16 weight took 57 ms to upcast into new memory, 10 ms into reused)."""
+    n = weight.numel()
+    if n > WORKSPACE_LIMIT:
+        return weight.float()
+    buffer = getattr(_WORKSPACE, "buffer", None)
+    if buffer is None or buffer.numel() < n:
+        buffer = _WORKSPACE.buffer = torch.empty(n, dtype=torch.float32, device=weight.device)
+    return buffer[:n].view(weight.shape).copy_(weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N), in x's dtype."""
     if x.device.type != "cpu":
         return F.linear(x, weight, bias)
-    if not torch.is_grad_enabled() and computed_in(x.device, x.dtype) != x.dtype:
-        out = linear(x.float(), weight.float(), None if bias is None else bias.float())
-        return out.to(torch.bfloat16)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if rows == 0 or rows > SMALL_ROWS or x.dtype != weight.dtype:
+        if rows and not torch.is_grad_enabled() and computed_in(x.device, x.dtype) != x.dtype:
+            out = F.linear(x.float(), _float32_weight(weight), None if bias is None else bias.float())
+            return out.to(x.dtype)
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])  # (M, K)
     if bias is None:
