@@ -19,7 +19,8 @@ Every (config, dtype, compile) combination builds a randomly initialized model o
 times each mode: `warmup` untimed calls, then `runs` timed calls. Modes:
 
     sample_cached    model.sample_actions(..., use_cache=True): prefix encoded once, action tokens per step
-    sample_uncached  model.sample_actions(..., use_cache=False): every flow step runs all tokens
+    sample_uncached  model.sample_actions(..., use_cache=False): images embedded once, every flow step runs
+                     all tokens through the joint transformer
     train_step       forward (flow-matching loss) + backward + gradient clipping (norm 1) + optimizer.step
                      + zero_grad, with model.frozen_parameter_names() frozen
     train_forward_backward   forward + backward only (gradients dropped, no optimizer)

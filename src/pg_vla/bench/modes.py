@@ -1,7 +1,8 @@
 """The timed modes on one built model: KV-cached and uncached action sampling, the train step.
 
     sample_cached    model.sample_actions(..., use_cache=True): prefix encoded once, action tokens per step
-    sample_uncached  model.sample_actions(..., use_cache=False): every flow step runs all tokens
+    sample_uncached  model.sample_actions(..., use_cache=False): images embedded once, every flow step runs
+                     all tokens through the joint transformer
     train_step       forward (flow-matching loss) + backward + gradient clipping + optimizer.step + zero_grad,
                      with model.frozen_parameter_names() frozen
     train_forward_backward   the same without clipping and the optimizer step (gradients dropped)
