@@ -3,6 +3,6 @@
 Importing this package does not import mujoco or metaworld; the environment modules do, lazily.
 """
 
-from pg_vla.eval.metaworld.tasks import BENCHMARK_TASKS, TASKS, MetaWorldTask, get_task
+from pg_vla.eval.metaworld.tasks import BENCHMARK_TASKS, MT10_TASKS, TASKS, MetaWorldTask, get_task
 
-__all__ = ["BENCHMARK_TASKS", "TASKS", "MetaWorldTask", "get_task"]
+__all__ = ["BENCHMARK_TASKS", "MT10_TASKS", "TASKS", "MetaWorldTask", "get_task"]
