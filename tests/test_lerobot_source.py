@@ -174,7 +174,9 @@ def test_images_in_parquet_give_the_rlds_batches_exactly(converted, rlds_batches
     _assert_statistics_equal(stats["bridge_lerobot"], ref)
     merged = {k: np.concatenate([b[k] for b in got]) for k in ("action_mask", "proprio_mask", "image_mask")}
     assert (~merged["action_mask"]).any() and (~merged["proprio_mask"]).any()  # padding was exercised
-    assert merged["image_mask"][:, :2].all() and not merged["image_mask"][:, 2].any()
+    views = merged["image_mask"].reshape(len(merged["image_mask"]), 3, len(ROLES))  # (F, C, N) frame-major
+    assert views[:, -1, :2].all() and not views[..., 2].any()
+    np.testing.assert_array_equal(views[..., 0], merged["proprio_mask"])  # masked only before the episode start
     assert len({e.parent for e in folder.glob("data/chunk-*/file-*.parquet")}) == 1
     assert len(list(folder.glob("data/chunk-*/file-*.parquet"))) >= 3  # many episodes per file, several files
     # meta/stats.json (q01/q99 -> p01/p99) gives the same statistics, cached by its own key
@@ -195,8 +197,9 @@ def test_av1_video_gives_the_rlds_batches_within_codec_error(converted, rlds_bat
     assert len(list(folder.glob("videos/observation.images.primary/chunk-000/file-*.mp4"))) >= 3
     got, _ = _batches(_config(folder, tmp_path))
     _assert_same(got, expected, images=False)
-    mine = np.concatenate([b["images"][:, :2] for b in got]).astype(np.float32)  # (F, 2, S, S, 3)
-    theirs = np.concatenate([b["images"][:, :2] for b in expected]).astype(np.float32)
+    every = [np.concatenate([b["images"] for b in x]).astype(np.float32) for x in (got, expected)]  # (F, C*N, S, S, 3)
+    assert np.abs(every[0] - every[1]).mean(axis=(2, 3, 4)).max() < VIDEO_MEAN_ERROR  # the whole image history
+    mine, theirs = (x[:, -len(ROLES) :][:, :2] for x in every)  # the current frame's cameras (F, 2, S, S, 3)
     error = np.abs(mine - theirs).mean(axis=(2, 3, 4))  # (F, 2)
     assert error.max() < VIDEO_MEAN_ERROR, error.max()
     # the decoded frames are nearer their own RLDS frames than the previous step's (bridge moves slowly
@@ -243,7 +246,7 @@ def test_v21_folder_gives_the_v30_batches(tmp_path):
     v30, s30 = _batches(_config(folders["v3.0"], tmp_path / "s30", **kwargs))
     assert [b["tfds_id"] for b in v21] == [[i.replace("v3.0", "v2.1") for i in b["tfds_id"]] for b in v30]
     _assert_same(v21, v30)
-    gray = np.concatenate([b["images"][:, 0, :, :, 0].mean(axis=(1, 2)) for b in v21])
+    gray = np.concatenate([b["images"][:, -1, :, :, 0].mean(axis=(1, 2)) for b in v21])  # the current frame
     np.testing.assert_allclose(gray, [8 * (i + t) for i, (s, *_) in enumerate(episodes) for t in range(len(s))], atol=2)
     state = np.concatenate([s for s, *_ in episodes])
     np.testing.assert_allclose(s21["v2.1"].proprio.mean, state.astype(np.float32).mean(0), rtol=1e-5)
@@ -301,14 +304,18 @@ def test_frames_at_episode_boundaries_of_a_multi_episode_video(tmp_path):
         normalization="mean_std",
     )
     got, _ = _batches(cfg)
-    levels = np.concatenate([b["images"][:, 0].mean(axis=(1, 2, 3)) for b in got])
-    np.testing.assert_allclose(levels, 4 * np.arange(sum(lengths)), atol=1.5)
+    levels = np.concatenate([b["images"].mean(axis=(2, 3, 4)) for b in got])  # (F, C): one camera, C = 3 frames
+    steps = np.concatenate([b["step"] for b in got])
+    frame = np.arange(sum(lengths))[:, None] + np.maximum(steps[:, None] + np.arange(-2, 1), 0) - steps[:, None]
+    np.testing.assert_allclose(levels, 4 * frame, atol=1.5)  # t-2 .. t, the episode's first frame repeated
+    mask = np.concatenate([b["image_mask"] for b in got])
+    np.testing.assert_array_equal(mask, steps[:, None] + np.arange(-2, 1) >= 0)
     train, _ = make_lerobot_loader(LeRobotConfig(**{**cfg.__dict__, "train": True, "shuffle_buffer": 8}))
     batch = next(iter(train))  # random access (seeks), in the calling process
     steps = batch["step"].numpy()
     starts = {f"ds:{e}": offsets[e] for e in range(len(lengths))}
     expected = np.asarray([4 * (starts[i] + s) for i, s in zip(batch["tfds_id"], steps)])
-    np.testing.assert_allclose(batch["images"][:, 0].float().mean(dim=(1, 2, 3)).numpy(), expected, atol=1.5)
+    np.testing.assert_allclose(batch["images"][:, -1].float().mean(dim=(1, 2, 3)).numpy(), expected, atol=1.5)
 
 
 # --------------------------------------------------------------------------------------------------

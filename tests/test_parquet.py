@@ -203,7 +203,9 @@ def test_rlds_and_parquet_batches_are_identical(converted, tmp_path, source, ima
             np.testing.assert_array_equal(getattr(getattr(mine, kind), key), getattr(getattr(ref, kind), key))
     merged = {k: np.concatenate([b[k] for b in got]) for k in ("action_mask", "proprio_mask", "image_mask")}
     assert (~merged["action_mask"]).any() and (~merged["proprio_mask"]).any()  # padding was exercised
-    assert merged["image_mask"][:, 0].all() and not merged["image_mask"][:, 2].any()
+    views = merged["image_mask"].reshape(len(merged["image_mask"]), 3, len(ROLES))  # (F, C, N) frame-major
+    np.testing.assert_array_equal(views[..., 0], merged["proprio_mask"])  # masked only before the episode start
+    assert not views[..., 2].any()
     if source == "synthetic":  # one of the 5 synthetic episodes is unlabeled: skipped on both sides
         assert mine.num_trajectories == 4
 
@@ -346,9 +348,14 @@ def test_windows_and_normalization_against_numpy(handmade, tmp_path, normalizati
             rtol=1e-5,
             atol=1e-5,
         )
-        assert merged["images"][n, 0].mean() == pytest.approx(10 * t, abs=2)  # the frame of step t
-    assert merged["image_mask"][:, 0].all() and not merged["image_mask"][:, 1].any()
-    assert not merged["images"][:, 1].any()
+        # image history, frame-major (primary, wrist): the frames of steps t-C+1 .. t, the first repeated
+        levels = merged["images"][n].reshape(cond, 2, -1).mean(axis=-1)  # (C, N)
+        np.testing.assert_allclose(levels[:, 0], 10 * np.maximum(history, 0), atol=2)
+        np.testing.assert_array_equal(
+            merged["image_mask"][n], np.stack([history >= 0, np.zeros(cond, bool)], 1).ravel()
+        )
+    assert merged["images"].shape[1] == cond * 2 and (~merged["image_mask"][:, 0]).any()
+    assert not merged["images"][:, 1::2].any()  # the absent wrist camera is black in every frame
 
 
 def test_training_stream_shapes_seeds_and_ranks(handmade, tmp_path):

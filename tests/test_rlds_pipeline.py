@@ -123,7 +123,7 @@ def _raw_reference(root: str, name: str, split: str) -> dict[str, RefEpisode]:
                 action=action,
                 language=steps[0]["language_instruction"].decode(),
                 image=np.stack([s["observation"]["image_0"] for s in steps])[:-1],
-                raw={"state": state},
+                raw={"state": state, "image_1": np.stack([s["observation"]["image_1"] for s in steps])[:-1]},
             )
         else:
             obs = [s["observation"] for s in steps]
@@ -397,8 +397,12 @@ def test_batches_match_raw_steps(root_for, stats_dir, source, name):
         seen.append((tfds_id, t))
         assert batch["language"][i] == ep.language
         assert batch["dataset_index"][i] == 0
-        np.testing.assert_array_equal(batch["images"][i, 0], ep.image[t], err_msg=f"{tfds_id} step {t} image")
-        assert batch["image_mask"][i].all()
+        # image history t-C+1 .. t (one camera): frame-major, the first frame repeated before the start, masked
+        history = t - cond + 1 + np.arange(cond)
+        np.testing.assert_array_equal(
+            batch["images"][i], ep.image[np.maximum(history, 0)], err_msg=f"{tfds_id} step {t} images"
+        )
+        np.testing.assert_array_equal(batch["image_mask"][i], history >= 0)
 
         # action chunk t .. t+H-1, past the end: the last action repeated, mask False
         chunk = t + np.arange(horizon)
@@ -412,7 +416,6 @@ def test_batches_match_raw_steps(root_for, stats_dir, source, name):
             err_msg=f"{tfds_id} step {t} actions",
         )
         # proprio history t-C+1 .. t, oldest first; before the start: the first step, mask False
-        history = t - cond + 1 + np.arange(cond)
         raw_proprio = ep.proprio[np.maximum(history, 0)].astype(np.float64)
         np.testing.assert_array_equal(batch["proprio_mask"][i], history >= 0)
         np.testing.assert_allclose(
@@ -471,8 +474,8 @@ def test_train_batch_shapes_dtypes_ranges(real_root, stats_dir):
     episodes = reference(real_root, BRIDGE)
     b = 16
     expected = {
-        "images": ((b, 3, 32, 32, 3), np.uint8),
-        "image_mask": ((b, 3), np.bool_),
+        "images": ((b, 2 * 3, 32, 32, 3), np.uint8),  # C = 2 frames x N = 3 cameras, frame-major
+        "image_mask": ((b, 2 * 3), np.bool_),
         "proprio": ((b, 2, 7), np.float32),
         "proprio_mask": ((b, 2), np.bool_),
         "actions": ((b, 4, 7), np.float32),
@@ -489,7 +492,9 @@ def test_train_batch_shapes_dtypes_ranges(real_root, stats_dir):
     assert np.all(np.abs(batch["proprio"]) <= 1.0) and np.all(np.abs(batch["actions"][..., :6]) <= 1.0)
     assert set(np.unique(batch["actions"][..., 6])) <= {0.0, 1.0}
     assert batch["proprio_mask"][:, -1].all() and batch["action_mask"][:, 0].all()
-    assert batch["image_mask"][:, :2].all() and not batch["image_mask"][:, 2].any()  # bridge has no wrist camera
+    views = batch["image_mask"].reshape(b, 2, 3)  # (B, C, N)
+    assert views[:, -1, :2].all() and not views[..., 2].any()  # bridge has no wrist camera, in any frame
+    np.testing.assert_array_equal(views[:, 0, :2], np.repeat(batch["proprio_mask"][:, :1], 2, axis=1))
     assert (batch["dataset_index"] == 0).all()
     assert info.datasets == [BRIDGE] and info.proprio_dim == 7 and info.action_dim == 7
 
@@ -541,9 +546,72 @@ def test_absent_camera_is_black(synth_root, stats_dir, train):
         shuffle_buffer=16,
     )
     batch, _ = collect(cfg, max_batches=1)
-    assert batch["image_mask"][:, 0].all() and not batch["image_mask"][:, 1].any()
-    assert batch["images"][:, 0].any()
-    assert not batch["images"][:, 1].any(), "an absent camera's frame is not black"
+    images = batch["images"].reshape(len(batch["step"]), cfg.cond_steps, 2, *batch["images"].shape[2:])
+    mask = batch["image_mask"].reshape(len(batch["step"]), cfg.cond_steps, 2)  # (B, C, N)
+    np.testing.assert_array_equal(mask[..., 0], batch["proprio_mask"])  # masked only before the start
+    assert not mask[..., 1].any() and images[:, :, 0].any()
+    assert not images[:, :, 1].any(), "an absent camera's frame is not black"
+
+
+def test_image_history_of_several_cameras_against_raw_frames(synth_root, stats_dir):
+    """C = 3 frames x (primary, wrist, secondary), frame-major; wrist absent (black, masked) in every frame,
+    the views before the episode start the first frame repeated and masked."""
+    roles, cond = ("primary", "wrist", "secondary"), 3
+    batch, _ = collect(config(synth_root, "bridge", stats_dir, camera_roles=roles, cond_steps=cond, batch_size=64))
+    episodes = reference(synth_root, BRIDGE)
+    n = len(batch["step"])
+    assert batch["images"].shape == (n, cond * len(roles), SYNTH_IMAGE, SYNTH_IMAGE, 3)
+    assert batch["image_mask"].shape == (n, cond * len(roles))
+    starts = 0
+    for i, (tfds_id, t) in enumerate(zip(batch["tfds_id"], batch["step"])):
+        ep = episodes[tfds_id]
+        history = int(t) - cond + 1 + np.arange(cond)
+        past = np.maximum(history, 0)
+        black = np.zeros_like(ep.image[past])
+        expected = np.stack([ep.image[past], black, ep.raw["image_1"][past]], axis=1)  # (C, N, S, S, 3)
+        np.testing.assert_array_equal(batch["images"][i], expected.reshape(-1, *expected.shape[2:]), err_msg=tfds_id)
+        expected_mask = (history >= 0)[:, None] & np.array([True, False, True])[None, :]  # (C, N)
+        np.testing.assert_array_equal(batch["image_mask"][i], expected_mask.reshape(-1))
+        starts += int(t) < cond - 1
+    assert starts > 0, "no sample near an episode start: the start-of-episode mask was not exercised"
+
+
+def test_one_cond_step_gives_the_current_frame_only(synth_root, stats_dir):
+    roles = ("primary", "secondary")
+    batch, _ = collect(config(synth_root, "bridge", stats_dir, camera_roles=roles, cond_steps=1))
+    episodes = reference(synth_root, BRIDGE)
+    assert batch["images"].shape[1:] == (2, SYNTH_IMAGE, SYNTH_IMAGE, 3) and batch["image_mask"].all()
+    for i, (tfds_id, t) in enumerate(zip(batch["tfds_id"], batch["step"])):
+        np.testing.assert_array_equal(batch["images"][i, 0], episodes[tfds_id].image[t])
+        np.testing.assert_array_equal(batch["images"][i, 1], episodes[tfds_id].raw["image_1"][t])
+
+
+def test_augmentation_is_the_same_across_a_cameras_history(synth_root, stats_dir):
+    """Training: the C frames of one camera share their crop and colour jitter, so the padded views at an
+    episode start (the same raw frame repeated) stay identical; other samples of that frame differ."""
+    cond = 3
+    cfg = config(
+        synth_root,
+        "bridge",
+        stats_dir,
+        train=True,
+        deterministic=True,
+        camera_roles=("primary", "secondary"),
+        cond_steps=cond,
+        batch_size=32,
+        shuffle_buffer=8,
+    )
+    batch, _ = collect(cfg, max_batches=3)
+    images = batch["images"].reshape(len(batch["step"]), cond, 2, *batch["images"].shape[2:])  # (B, C, N, S, S, 3)
+    episodes = reference(synth_root, BRIDGE)
+    at_start = [i for i, t in enumerate(batch["step"]) if t == 0]
+    assert at_start, "no episode start sampled"
+    augmented = 0
+    for i in at_start:
+        for c in range(1, cond):
+            np.testing.assert_array_equal(images[i, c], images[i, 0])  # same augmentation on every frame
+        augmented += not np.array_equal(images[i, -1, 0], episodes[batch["tfds_id"][i]].image[0])
+    assert augmented, "augmentation left every frame unchanged: the check was vacuous"
 
 
 def test_fractal_quaternion_and_gripper_conventions(synth_root, stats_dir):
@@ -941,8 +1009,8 @@ def test_torch_loader_end_to_end(synth_root, background_runs):
     assert report["stats"] == {BRIDGE: [truth["num_transitions"], truth["num_trajectories"]]}
     assert Path(report["paths"][BRIDGE]).is_file() and Path(report["paths"][BRIDGE]).parent == run.statistics_dir
     expected = {
-        "images": [[4, 2, 32, 32, 3], "torch.uint8"],
-        "image_mask": [[4, 2], "torch.bool"],
+        "images": [[4, 4, 32, 32, 3], "torch.uint8"],  # C = 2 frames x N = 2 cameras, frame-major
+        "image_mask": [[4, 4], "torch.bool"],
         "proprio": [[4, 2, 7], "torch.float32"],
         "proprio_mask": [[4, 2], "torch.bool"],
         "actions": [[4, 3, 7], "torch.float32"],
@@ -957,7 +1025,8 @@ def test_torch_loader_end_to_end(synth_root, background_runs):
         assert layout == expected
     assert report["proprio_absmax"] <= 1.0 and report["movement_absmax"] <= 1.0
     assert set(report["gripper_values"]) <= {0.0, 1.0}
-    assert all(mask == [True, False] for masks in report["image_mask"] for mask in masks)
+    # (frame t-1: primary, wrist, frame t: primary, wrist): the wrist is absent, the current frame present
+    assert all(mask[1::2] == [False, False] and mask[2] for masks in report["image_mask"] for mask in masks)
 
 
 @pytest.mark.slow

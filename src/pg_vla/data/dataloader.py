@@ -6,8 +6,13 @@ tensorflow's import-order conflicts (tensorflow loaded before bitsandbytes abort
 keeps TF off the GPUs. Only JSON statistics and tensors cross the process boundary.
 
 Batch layout (B batch, N cameras, S image size, C cond steps, P proprio dim, H horizon, A action dim):
-    images         uint8 (B, N, S, S, 3)     camera_roles order; black where a camera is absent
-    image_mask     bool  (B, N)
+    images         uint8 (B, C*N, S, S, 3)   frame-major views: [frame t-C+1: cameras in camera_roles
+                                             order, ..., frame t: cameras], oldest frame first, the
+                                             current frame last (C = 1: (B, N, ...), one frame); black
+                                             where a camera is absent; before the episode start the
+                                             episode's first frame repeated
+    image_mask     bool  (B, C*N)            False for a camera the dataset lacks (in every frame) and for
+                                             every view of a frame before the episode start
     proprio        float32 (B, C, P)         normalized; oldest first, the current step last
     proprio_mask   bool  (B, C)              False where the history reached before the episode start
     actions        float32 (B, H, A)         normalized chunk starting at the current step

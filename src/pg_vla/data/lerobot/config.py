@@ -43,7 +43,7 @@ class LeRobotConfig:
     train: bool = True  # shuffle and repeat forever; False: one ordered pass
     image_size: int = 224
     image_resize: str = "stretch"  # or "pad" (pi0); see data/image_resize.py
-    cond_steps: int = 1
+    cond_steps: int = 1  # C: steps of proprio and image history (images come frame-major, see data/dataloader.py)
     horizon_steps: int = 4
     batch_size: int = 16
     skip_unlabeled: bool = True  # drop episodes whose first task string is empty

@@ -5,7 +5,7 @@ is "<folder name>:<episode_index>" and `dataset_index` the folder's position in 
 of a mix are zero-padded to the largest dims after normalization, as the RLDS mixes are.
 
 Rows become frames with the Parquet source's window code (`pg_vla.data.parquet.frames`: cond_steps of
-state history, horizon_steps of actions, padded and masked at episode ends) and are interleaved and
+state and image history, horizon_steps of actions, padded and masked at episode ends) and are interleaved and
 shuffled by its stream code (`pg_vla.data.parquet.stream`); a frame holds its images still encoded
 (images in the parquet) or as `VideoFrame` references, decoded only when its batch is made, in the
 DataLoader worker (`num_workers`, spawned) or the calling process (`num_workers=0`). The metadata, the
@@ -278,10 +278,13 @@ def _pad(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 class Decoder:
-    """`make_batch`'s image decoding: encoded images as the Parquet source decodes them, video frames by time."""
+    """`make_batch`'s image decoding of a frame's C*N views: encoded images as the Parquet source decodes
+    them, video frames by time. Each open video keeps its last `history` decoded frames, so an ordered
+    pass with a C-step image history decodes every video frame once (the next sample's older views are
+    the previous sample's newer ones)."""
 
-    def __init__(self, tolerance_s: float):
-        self.videos = VideoFrames(tolerance_s)
+    def __init__(self, tolerance_s: float, history: int = 1):
+        self.videos = VideoFrames(tolerance_s, keep=history)
 
     def __call__(self, frame: Frame, size: int, image_resize: str) -> tuple[np.ndarray, np.ndarray]:
         images, present = [], []
@@ -347,7 +350,7 @@ class LeRobotBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         worker = logical_worker(worker, workers, self.checkpoints)
-        cfg, decode = self.cfg, Decoder(self.cfg.video_tolerance_s)
+        cfg, decode = self.cfg, Decoder(self.cfg.video_tolerance_s, self.cfg.cond_steps)
         try:
             if cfg.train:
                 yield from checkpointed(

@@ -3,18 +3,19 @@ HEVC, ...) on CPU, one frame at a time: never a whole video in memory.
 
 A `VideoFrame` names a frame (file, time within the file, the episode it belongs to); `VideoFrames`
 decodes them in the process that asks (a DataLoader worker), keeping a few files open. Each open
-file holds a decoder and the last decoded frame; a request at or shortly after that frame's time
-decodes onward from there (an ordered pass decodes each frame once), any other seeks to the
-keyframe before it and decodes forward. A frame is accepted when its time is within `tolerance_s`
-of the requested one; past the last frame, or where the nearest frame is farther, the error names
-the file, the episode and the times.
+file holds a decoder and its last `keep` decoded frames (an image history of C steps asks for
+t-C+1 .. t, then t-C+2 .. t+1: keep C); a request matching one of them is answered from it, one at
+or shortly after the last frame's time decodes onward from there (an ordered pass decodes each frame
+once), any other seeks to the keyframe before it and decodes forward. A frame is accepted when its
+time is within `tolerance_s` of the requested one; past the last frame, or where the nearest frame
+is farther, the error names the file, the episode and the times.
 
 Shapes: H, W the video's height and width.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,11 @@ class VideoFrame:
 
 
 class _OpenVideo:
-    def __init__(self, path: str):
+    def __init__(self, path: str, keep: int = 1):
         import av
 
         self.path = path
+        self.recent: deque[tuple[float, np.ndarray]] = deque(maxlen=keep)  # (time, frame), the last decoded last
         self.container = av.open(path)
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = 1  # DataLoader workers are the parallelism
@@ -58,8 +60,9 @@ class _OpenVideo:
 
     def frame_at(self, request: VideoFrame, tolerance: float) -> np.ndarray:
         time = request.time
-        if self.last is not None and abs(self.last[0] - time) <= tolerance:
-            return self.last[1]
+        for recent_time, pixels in reversed(self.recent):
+            if abs(recent_time - time) <= tolerance:
+                return pixels
         if self.frames is None or self.last is None or time < self.last[0] or time - self.last[0] > DECODE_AHEAD_S:
             self._seek(time)
         previous = self.last[0] if self.last is not None else None
@@ -69,6 +72,7 @@ class _OpenVideo:
                 previous = frame_time
                 continue  # not converted: only the wanted frame becomes an array
             self.last = (frame_time, frame.to_ndarray(format="rgb24"))
+            self.recent.append(self.last)
             if frame_time <= time + tolerance:
                 return self.last[1]
             nearest = frame_time if previous is None or frame_time - time < time - previous else previous
@@ -86,10 +90,13 @@ class _OpenVideo:
 
 
 class VideoFrames:
-    """Decodes `VideoFrame`s, keeping at most `max_open` files open (per process)."""
+    """Decodes `VideoFrame`s, keeping at most `max_open` files open (per process), each with its last
+    `keep` decoded frames."""
 
-    def __init__(self, tolerance_s: float, max_open: int = MAX_OPEN_FILES):
-        self.tolerance_s, self.max_open = tolerance_s, max_open
+    def __init__(self, tolerance_s: float, max_open: int = MAX_OPEN_FILES, keep: int = 1):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.tolerance_s, self.max_open, self.keep = tolerance_s, max_open, keep
         self.open: OrderedDict[str, _OpenVideo] = OrderedDict()
 
     def frame(self, request: VideoFrame) -> np.ndarray:
@@ -101,7 +108,7 @@ class VideoFrames:
                     request.file, f"video file of camera {request.key!r} is missing", request.episode
                 )
             try:
-                video = _OpenVideo(request.file)
+                video = _OpenVideo(request.file, self.keep)
             except Exception as err:  # PyAV raises its own FFmpeg error types
                 raise LeRobotDataError(
                     request.file, f"cannot open the video of camera {request.key!r}: {err}", request.episode

@@ -58,7 +58,7 @@ class ParquetConfig:
     train: bool = True  # shuffle and repeat forever; False: one ordered pass
     image_size: int = 224
     image_resize: str = "stretch"  # or "pad": aspect ratio kept, black padding (pi0); see data/image_resize.py
-    cond_steps: int = 1
+    cond_steps: int = 1  # C: steps of proprio and image history (images come frame-major, see data/dataloader.py)
     horizon_steps: int = 4
     batch_size: int = 16
     skip_unlabeled: bool = True  # drop episodes whose first prompt is empty, as the RLDS path does

@@ -6,6 +6,9 @@ N cameras, S image size.
 Windows (as `pg_vla.data.rlds.trajectory.add_windows`). Frame t gets
     proprio  steps t-C+1 .. t      (C, P)  before the episode start: the first step repeated,
                                            `proprio_mask` False there
+    images   steps t-C+1 .. t      (C*N,)  frame-major (oldest frame first, cameras in role order),
+                                           encoded; the same window as proprio, and `make_batch`
+                                           masks the views before the episode start (`view_mask`)
     actions  steps t .. t+H-1      (H, A)  past the episode end: the last action repeated,
                                            `action_mask` False there
 Normalization is `Normalizer.normalize` evaluated in float32 like the RLDS path's `normalize_tf`.
@@ -48,8 +51,8 @@ class Episode:
 class Frame:
     """One sample before decoding: images still encoded (cheap to hold in a shuffle buffer)."""
 
-    images: tuple[bytes | None, ...]  # (N,) per camera role
-    image_sources: tuple[tuple[str, int, str] | None, ...]  # (file, row, column) per camera, for errors
+    images: tuple[bytes | None, ...]  # (C*N,) frame-major: per history step, per camera role
+    image_sources: tuple[tuple[str, int, str] | None, ...]  # (C*N,) (file, row, column) per view, for errors
     proprio: np.ndarray  # (C, P) float32, normalized
     proprio_mask: np.ndarray  # (C,) bool
     actions: np.ndarray  # (H, A) float32, normalized
@@ -85,20 +88,19 @@ def episode_frames(
     proprio = normalize_f32(episode.state, proprio_norm)  # (T, P)
     action = normalize_f32(episode.action, action_norm)  # (T, A)
     history, chunk = windows(length, cond_steps, horizon_steps)
-    proprio_windows = proprio[np.maximum(history, 0)]  # (T, C, P)
+    past = np.maximum(history, 0)  # (T, C): before the episode start, the first step
+    proprio_windows = proprio[past]  # (T, C, P)
     action_windows = action[np.minimum(chunk, length - 1)]  # (T, H, A)
     proprio_mask, action_mask = history >= 0, chunk < length
+    columns = [episode.images.get(logical) if logical is not None else None for logical in role_columns.values()]
+    names = [column_names[logical] if c is not None else None for logical, c in zip(role_columns.values(), columns)]
     frames = []
     for t in range(length):
-        images, sources = [], []
-        for logical in role_columns.values():
-            column = episode.images.get(logical) if logical is not None else None
-            images.append(column[t] if column is not None else None)
-            sources.append((episode.file, episode.start + t, column_names[logical]) if column is not None else None)
+        images, sources = _views(episode, columns, names, past[t])
         frames.append(
             Frame(
-                images=tuple(images),
-                image_sources=tuple(sources),
+                images=images,
+                image_sources=sources,
                 proprio=proprio_windows[t],
                 proprio_mask=proprio_mask[t],
                 actions=action_windows[t],
@@ -112,8 +114,30 @@ def episode_frames(
     return frames
 
 
+def _views(
+    episode: Episode, columns: list[list | None], names: list[str | None], steps: np.ndarray
+) -> tuple[tuple, tuple]:
+    """The encoded images of `steps` (C,) for every camera (`columns` (N,), None: absent), frame-major
+    (C*N,), and where each one is stored ((file, row, column) or None)."""
+    images, sources = [], []
+    for step in steps.tolist():
+        for column, name in zip(columns, names):
+            images.append(column[step] if column is not None else None)
+            sources.append((episode.file, episode.start + step, name) if column is not None else None)
+    return tuple(images), tuple(sources)
+
+
+def view_mask(present: np.ndarray, history_mask: np.ndarray) -> np.ndarray:
+    """present (C*N,) bool (camera there), history_mask (C,) bool (step inside the episode) -> (C*N,)
+    image_mask: a view counts only when both hold (views are frame-major)."""
+    if present.shape[0] % history_mask.shape[0]:
+        raise ValueError(f"{present.shape[0]} image views are not a multiple of {history_mask.shape[0]} history steps")
+    return present & np.repeat(history_mask, present.shape[0] // history_mask.shape[0])
+
+
 def decode_frame_images(frame: Frame, image_size: int, image_resize: str = "stretch") -> tuple[np.ndarray, np.ndarray]:
-    """-> images (N, S, S, 3) uint8, image_mask (N,) bool; undecodable bytes name file, row, column."""
+    """-> images (C*N, S, S, 3) uint8, present (C*N,) bool (camera there); undecodable bytes name file,
+    row, column."""
     images, present = [], []
     for encoded, source in zip(frame.images, frame.image_sources):
         try:
@@ -130,11 +154,12 @@ def make_batch(
     frames: list[Frame], image_size: int, image_resize: str = "stretch", decode=decode_frame_images
 ) -> dict[str, np.ndarray | list[str]]:
     """Frames -> the batch layout of `pg_vla.data.dataloader` (numpy; strings as lists); `decode(frame,
-    image_size, image_resize)` -> (images (N, S, S, 3), image_mask (N,)) (other sources store frames otherwise)."""
+    image_size, image_resize)` -> (images (C*N, S, S, 3), present (C*N,)) (other sources store frames
+    otherwise); the views before the episode start are masked here (`view_mask`)."""
     decoded = [decode(f, image_size, image_resize) for f in frames]
     return {
-        "images": np.stack([d[0] for d in decoded]),  # (B, N, S, S, 3) uint8
-        "image_mask": np.stack([d[1] for d in decoded]),  # (B, N)
+        "images": np.stack([d[0] for d in decoded]),  # (B, C*N, S, S, 3) uint8, frame-major
+        "image_mask": np.stack([view_mask(d[1], f.proprio_mask) for d, f in zip(decoded, frames)]),  # (B, C*N)
         "proprio": np.stack([f.proprio for f in frames]),  # (B, C, P) float32
         "proprio_mask": np.stack([f.proprio_mask for f in frames]),  # (B, C)
         "actions": np.stack([f.actions for f in frames]),  # (B, H, A) float32

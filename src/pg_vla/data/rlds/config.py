@@ -40,7 +40,7 @@ class RLDSConfig:
     camera_roles: tuple[str, ...] = ("primary",)
     image_size: int = 224
     image_resize: str = "stretch"  # or "pad": aspect ratio kept, black padding (pi0); see data/image_resize.py
-    cond_steps: int = 1
+    cond_steps: int = 1  # C: steps of proprio and image history (images come frame-major, see data/dataloader.py)
     horizon_steps: int = 4
     skip_unlabeled: bool = True
     skip_non_finite: bool = False  # leave out (and count) episodes with NaN/inf action or proprio; False: refuse

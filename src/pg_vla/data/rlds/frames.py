@@ -4,7 +4,9 @@ Images travel encoded (JPEG/PNG bytes) through the shuffle buffer and are decode
 shuffling, so the buffer holds ~10-30 KB per frame instead of 150 KB of pixels. An empty string
 (a camera the dataset lacks) becomes a black frame with `image_mask` False. Frames that are not
 S x S are resized per `data.image_resize` (`pg_vla.data.image_resize`: stretched, or resized keeping
-the aspect ratio and padded black); augmentation then acts on the whole S x S frame.
+the aspect ratio and padded black); augmentation then acts on the whole S x S frame. The pipeline
+augments every frame of a camera's history with the same seed, so one sample's C frames of a camera
+get the same crop and colour jitter (`augment` draws all its parameters from the seed alone).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
     mix           sample frames from the datasets by weight (each dataset repeated when training)
     then          shuffle buffer of encoded frames -> decode + resize (+ augment) -> batch -> prefetch
 
+With `cond_steps` C > 1 each frame carries its C encoded images per camera through the shuffle
+buffer (C times the encoded bytes per frame) and decodes all C x N views after shuffling.
+
 Sharding across torchrun ranks splits each dataset's episodes evenly (`tfds.even_splits`), so ranks
 read disjoint episodes whose union is the split. Statistics are computed once per dataset config
 (see `statistics.py`). Everything here imports tensorflow: torch code reaches it only through
@@ -243,7 +246,7 @@ def frames_of_dataset(
     rank: int,
     world_size: int,
 ) -> tf.data.Dataset:
-    """One dataset as a stream of frames (encoded images, normalized and windowed proprio/actions)."""
+    """One dataset as a stream of frames (encoded image histories, normalized and windowed proprio/actions)."""
     builder = open_builder(rlds.data_path, cfg)
     action_mask = action_normalization_mask(
         cfg.action_dim, rlds.normalize_gripper, dataset_mask=cfg.action_normalization_mask
@@ -265,7 +268,7 @@ def frames_of_dataset(
         length = tf.shape(traj["step"])[0]
         obs = traj["observation"]
         return {
-            "images": {role: obs[f"image_{role}"] for role in rlds.camera_roles},  # (T,) encoded
+            "images": {role: obs[f"image_{role}"] for role in rlds.camera_roles},  # (T, C) encoded
             "proprio": _pad_last(obs["proprio"], proprio_dim),  # (T, C, P)
             "proprio_mask": obs["proprio_mask"],
             "actions": _pad_last(traj["action"], action_dim),  # (T, H, A)
@@ -357,16 +360,22 @@ def make_dataset(
     augments = {role: rlds.augment.get(role, NO_AUGMENT) if rlds.train else NO_AUGMENT for role in rlds.camera_roles}
 
     def decode(frame: dict, frame_seed: tf.Tensor) -> dict:
+        """Decodes the frame's C x N views, frame-major (oldest frame first, cameras in role order).
+
+        A camera's augmentation seed is the same for all C frames of its history, so they get the
+        same crop and colour jitter. A view is masked where its camera is absent (black) or its step
+        lies before the episode start (the first frame repeated, as `proprio_mask` says)."""
         images, present = [], []
-        for i, role in enumerate(rlds.camera_roles):
-            image, ok = decode_and_resize(frame["images"][role], rlds.image_size, rlds.image_resize)
-            if augments[role] != NO_AUGMENT:  # an absent camera stays black
-                image = tf.where(ok, augment(image, augments[role], frame_seed + i), image)
-            images.append(image)
-            present.append(ok)
+        for c in range(rlds.cond_steps):
+            for i, role in enumerate(rlds.camera_roles):
+                image, ok = decode_and_resize(frame["images"][role][c], rlds.image_size, rlds.image_resize)
+                if augments[role] != NO_AUGMENT:  # an absent camera stays black
+                    image = tf.where(ok, augment(image, augments[role], frame_seed + i), image)
+                images.append(image)
+                present.append(ok & frame["proprio_mask"][c])
         out = {k: v for k, v in frame.items() if k != "images"}
-        out["images"] = tf.stack(images)  # (N, S, S, 3) uint8
-        out["image_mask"] = tf.stack(present)  # (N,)
+        out["images"] = tf.stack(images)  # (C * N, S, S, 3) uint8
+        out["image_mask"] = tf.stack(present)  # (C * N,)
         return out
 
     seeds = tf.data.Dataset.random(seed=seed).map(lambda s: tf.stack([s, s // 3 + 1]))

@@ -6,6 +6,9 @@ H horizon steps.
 Windows. Sample t gets
     proprio  steps t-C+1 .. t      (C,)  earlier than the episode start: the first step repeated,
                                          `proprio_mask` False there
+    images   steps t-C+1 .. t      (C,)  per camera, still encoded: the same window as proprio (the
+                                         first frame repeated before the start); the pipeline masks
+                                         those views with `proprio_mask`
     actions  steps t .. t+H-1      (H,)  past the episode end: the last action repeated,
                                          `action_mask` False there
 Repeating the last action (rather than zeros) keeps a padded chunk a plausible command sequence
@@ -31,14 +34,20 @@ def normalize_tf(x: tf.Tensor, normalizer: Normalizer) -> tf.Tensor:
 
 
 def add_windows(traj: dict, cond_steps: int, horizon_steps: int) -> dict:
-    """Adds proprio history (T, C, P), action chunks (T, H, A) and their masks; images stay (T,)."""
+    """Adds proprio history (T, C, P), action chunks (T, H, A) and their masks; every `image_<role>`
+    (T,) encoded becomes its history (T, C) encoded, gathered before decoding so that only the frames
+    a sample uses are ever decoded."""
     length = tf.shape(traj["action"])[0]
     steps = tf.range(length)[:, None]
     history = steps + tf.range(-cond_steps + 1, 1)[None, :]  # (T, C)
+    past = tf.maximum(history, 0)  # (T, C): before the episode start, the first step
     chunk = steps + tf.range(horizon_steps)[None, :]  # (T, H)
     out = dict(traj)
-    out["observation"] = dict(traj["observation"])
-    out["observation"]["proprio"] = tf.gather(traj["observation"]["proprio"], tf.maximum(history, 0))
+    obs = traj["observation"]
+    out["observation"] = {
+        key: tf.gather(value, past) if key.startswith("image_") else value for key, value in obs.items()
+    }
+    out["observation"]["proprio"] = tf.gather(obs["proprio"], past)
     out["observation"]["proprio_mask"] = history >= 0
     out["action"] = tf.gather(traj["action"], tf.minimum(chunk, length - 1))
     out["action_mask"] = chunk < length
