@@ -21,7 +21,7 @@ def _inputs(cfg: PiZeroConfig):
     gen = torch.Generator().manual_seed(1)
     s = cfg.vision.image_size
     return (
-        torch.rand(1, cfg.num_cameras, 3, s, s, generator=gen) * 2 - 1,
+        torch.rand(1, cfg.num_views, 3, s, s, generator=gen) * 2 - 1,
         torch.randint(4, 100, (1, cfg.max_text_tokens), generator=gen),
         None,
         torch.rand(1, cfg.cond_steps, cfg.proprio_dim, generator=gen),

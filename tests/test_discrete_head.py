@@ -26,7 +26,7 @@ def discrete_config(**overrides) -> PiZeroConfig:
 def make_inputs(cfg: PiZeroConfig, batch: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     size = cfg.vision.image_size
-    images = torch.rand(batch, cfg.num_cameras, 3, size, size, generator=gen) * 2 - 1
+    images = torch.rand(batch, cfg.num_views, 3, size, size, generator=gen) * 2 - 1
     text_ids = torch.randint(4, cfg.vlm.vocab_size, (batch, cfg.max_text_tokens), generator=gen)
     lengths = torch.tensor([cfg.max_text_tokens - (i % 3) for i in range(batch)])
     text_mask = torch.arange(cfg.max_text_tokens)[None] < lengths[:, None]

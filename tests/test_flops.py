@@ -45,7 +45,7 @@ def _setup(cfg: PiZeroConfig, batch: int = 2, device: str = "cpu"):
         text_mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
         text_mask[-1, cfg.max_text_tokens // 2 :] = False  # padding is computed like real tokens
         inputs = {
-            "images": torch.rand(batch, cfg.num_cameras, 3, s, s) * 2 - 1,
+            "images": torch.rand(batch, cfg.num_views, 3, s, s) * 2 - 1,
             "text_ids": torch.randint(0, cfg.vlm.vocab_size, (batch, cfg.max_text_tokens)),
             "text_mask": text_mask,
             "proprio": torch.rand(batch, cfg.cond_steps, cfg.proprio_dim),

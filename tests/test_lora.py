@@ -17,7 +17,7 @@ def _batch(model: PiZero, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     b, s = 2, cfg.vision.image_size
     return {
-        "images": torch.rand(b, cfg.num_cameras, 3, s, s, generator=g) * 2 - 1,
+        "images": torch.rand(b, cfg.num_views, 3, s, s, generator=g) * 2 - 1,
         "text_ids": torch.randint(0, cfg.image_token_id, (b, cfg.max_text_tokens), generator=g),
         "text_mask": torch.ones(b, cfg.max_text_tokens, dtype=torch.bool),
         "proprio": torch.randn(b, cfg.cond_steps, cfg.proprio_dim, generator=g),

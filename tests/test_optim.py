@@ -251,7 +251,7 @@ def test_optimizer_config_validation(kwargs):
 def fixed_batch(cfg: PiZeroConfig, batch: int = 2):
     gen = torch.Generator().manual_seed(1)
     size = cfg.vision.image_size
-    images = torch.rand(batch, cfg.num_cameras, 3, size, size, generator=gen) * 2 - 1
+    images = torch.rand(batch, cfg.num_views, 3, size, size, generator=gen) * 2 - 1
     text_ids = torch.randint(4, cfg.vlm.vocab_size - 1, (batch, cfg.max_text_tokens), generator=gen)
     text_mask = torch.ones_like(text_ids, dtype=torch.bool)
     proprio = torch.rand(batch, cfg.cond_steps, cfg.proprio_dim, generator=gen) * 2 - 1

@@ -23,7 +23,7 @@ CACHE_ATOL = 1e-5  # float32, cached vs uncached sampling
 def make_batch(cfg: PiZeroConfig, batch: int = 2, seed: int = 0, text_lengths: tuple[int, ...] | None = None):
     gen = torch.Generator().manual_seed(seed)
     size = cfg.vision.image_size
-    images = torch.rand(batch, cfg.num_cameras, 3, size, size, generator=gen) * 2 - 1
+    images = torch.rand(batch, cfg.num_views, 3, size, size, generator=gen) * 2 - 1
     text_ids = torch.randint(4, cfg.vlm.vocab_size, (batch, cfg.max_text_tokens), generator=gen)
     lengths = text_lengths or tuple(cfg.max_text_tokens - i for i in range(batch))
     text_mask = torch.arange(cfg.max_text_tokens)[None, :] < torch.tensor(lengths)[:, None]
@@ -91,18 +91,24 @@ def test_mask_and_positions_match_a_numpy_construction_with_and_without_a_cache(
 
 @pytest.mark.parametrize("time_conditioning", ["mlp", "adaln"])
 def test_embed_prefix_and_suffix_valid_and_blocks(time_conditioning):
-    """[2 cameras x 4 patches | 4 text, the second sample padded after 2] [proprio x2] [actions x3]."""
+    """[2 frames x 2 cameras x P patches | 4 text, the second sample padded after 2] [proprio x2] [actions x3]."""
     cfg = PiZeroConfig.preset(
         "tiny", num_cameras=2, max_text_tokens=4, cond_steps=2, horizon_steps=3, time_conditioning=time_conditioning
     )
     model = PiZero(cfg).eval()
     images, text_ids, text_mask, proprio, actions, _ = make_batch(cfg, batch=2, text_lengths=(4, 2))
     patches = cfg.vision.num_patches
+    assert cfg.num_views == 4 and cfg.num_image_tokens == 4 * patches
     with torch.no_grad():
         tokens, valid, blocks = model.embed_prefix(images, text_ids, text_mask)
-        assert tokens.shape == (2, 2 * patches + 4, cfg.vlm.hidden_size)
-        assert valid.tolist() == [[True] * (2 * patches + 4), [True] * (2 * patches + 2) + [False] * 2]
-        assert blocks.tolist() == [[0] * (2 * patches + 4)] * 2
+        assert tokens.shape == (2, 4 * patches + 4, cfg.vlm.hidden_size)
+        assert valid.tolist() == [[True] * (4 * patches + 4), [True] * (4 * patches + 2) + [False] * 2]
+        assert blocks.tolist() == [[0] * (4 * patches + 4)] * 2
+        # the first frame absent in sample 0 (an episode start), the second camera absent in sample 1
+        image_mask = torch.tensor([[False, False, True, True], [True, False, True, False]])
+        _, masked, _ = model.embed_prefix(images, text_ids, text_mask, image_mask=image_mask)
+        views = [[flag for flag in row for _ in range(patches)] for row in image_mask.tolist()]
+        assert masked.tolist() == [views[0] + [True] * 4, views[1] + [True] * 2 + [False] * 2]
         t = torch.tensor([0.2, 0.9])
         segments, valid, blocks = model.embed_suffix(proprio, actions, t, tokens.dtype)
         assert valid.tolist() == [[True] * 5] * 2 and blocks.tolist() == [[1, 1, 2, 2, 2]] * 2

@@ -78,7 +78,7 @@ def make_checkpoint(config_name: str, folder: Path) -> Path:
     model = PiZero.from_paligemma(paligemma, **overrides)
     cfg = model.config
     processor = VLAProcessor.from_pretrained(
-        paligemma, max_text_tokens=cfg.max_text_tokens, image_size=cfg.vision.image_size, max_cameras=cfg.num_cameras
+        paligemma, max_text_tokens=cfg.max_text_tokens, image_size=cfg.vision.image_size, max_cameras=cfg.num_views
     )
     statistics = Path(__file__).resolve().parents[2] / "config" / "bridge_statistics.json"
     run_config = {

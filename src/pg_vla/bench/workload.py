@@ -38,7 +38,7 @@ def make_inputs(
 
     lengths = torch.randint(max(1, lt // 2), lt + 1, (batch, 1), generator=generator)
     inputs = {
-        "images": rand(batch, cfg.num_cameras, 3, s, s).to(dtype),
+        "images": rand(batch, cfg.num_views, 3, s, s).to(dtype),
         "text_ids": torch.randint(0, cfg.vlm.vocab_size, (batch, lt), generator=generator),
         "text_mask": torch.arange(lt).expand(batch, -1) < lengths,
         "proprio": rand(batch, cfg.cond_steps, cfg.proprio_dim),

@@ -206,13 +206,14 @@ def predict_batch(policy: Policy, batch: dict[str, Any], generator: torch.Genera
     """Run the model on one loader batch; de-normalize truth and prediction with the policy's statistics."""
     model, cfg = policy.model, policy.config
     text = policy.processor.tokenize(list(batch["language"]))
-    images = policy.processor.preprocess_images(torch.as_tensor(batch["images"]))  # (B, N, 3, S, S)
+    images = policy.processor.preprocess_images(torch.as_tensor(batch["images"]))  # (B, C*N, 3, S, S)
     proprio = torch.as_tensor(batch["proprio"], dtype=torch.float32)  # (B, C, P_data)
     if proprio.shape[-1] > cfg.proprio_dim:
         raise ValueError(f"the data's proprio has {proprio.shape[-1]} values, the model reads {cfg.proprio_dim}")
     proprio = torch.nn.functional.pad(proprio, (0, cfg.proprio_dim - proprio.shape[-1]))  # zero-padded as Policy
     inputs = {
         "images": images.to(policy.device, policy.dtype),
+        "image_mask": torch.as_tensor(batch["image_mask"], dtype=torch.bool).to(policy.device),  # (B, C*N)
         "text_ids": text["input_ids"].to(policy.device),
         "text_mask": text["attention_mask"].to(policy.device),
         "proprio": proprio.to(policy.device),

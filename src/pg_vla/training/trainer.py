@@ -101,7 +101,7 @@ class Trainer:
             self.tokenizer_folder,
             max_text_tokens=model_cfg.max_text_tokens,
             image_size=model_cfg.vision.image_size,
-            max_cameras=model_cfg.num_cameras,
+            max_cameras=model_cfg.num_views,  # every camera at every history frame
         )
         if cfg.lora:
             from pg_vla.training.lora import apply_lora
@@ -318,10 +318,11 @@ class Trainer:
         return {"step": step, "loss": losses[-1][1] if losses else None, **last_val}
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """A loader batch -> model inputs. State (B, C, P) and actions (B, H, A) are zero-padded to the
-        model's dims (pi0 weights: 32); then `action_mask` (B, H, A_model) leaves the padded dims out of the loss."""
+        """A loader batch -> model inputs: images (B, C*N, 3, S, S) and image_mask (B, C*N) as the loader's views.
+        State (B, C, P) and actions (B, H, A) are zero-padded to the model's dims (pi0 weights: 32); then
+        `action_mask` (B, H, A_model) leaves the padded dims out of the loss."""
         text = self.processor.tokenize(batch["language"])
-        images = self.processor.preprocess_images(batch["images"])
+        images = self.processor.preprocess_images(batch["images"])  # (B, C*N, 3, S, S)
         if self.cfg.precision == "bf16_pure":
             images = images.to(torch.bfloat16)
         cfg = self.model.config
@@ -332,6 +333,7 @@ class Trainer:
             mask = mask[..., None] & dims  # (B, H, A_model)
         return {
             "images": images.to(self.device),
+            "image_mask": torch.as_tensor(batch["image_mask"], dtype=torch.bool).to(self.device),
             "text_ids": text["input_ids"].to(self.device),
             "text_mask": text["attention_mask"].to(self.device),
             "proprio": _pad_last(proprio, cfg.proprio_dim).to(self.device),

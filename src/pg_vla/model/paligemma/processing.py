@@ -48,7 +48,8 @@ class VLAProcessor:
         tokenizer: a Gemma/PaliGemma tokenizer (``<bos>``, ``<eos>`` and ``<pad>`` must be defined).
         image_size: side S of the square SigLIP input.
         max_text_tokens: length T of the padded text block, ``<bos>`` and the final newline included (>= 2).
-        max_cameras: if given, images with more cameras than this are rejected.
+        max_cameras: if given, inputs with more images per sample than this are rejected (for pi0 the model's
+            ``num_views``: every camera at every history frame).
         image_resize: ``"stretch"`` (to the square, aspect ratio not kept) or ``"pad"`` (aspect ratio kept,
             black padding; pi0).
     """

@@ -8,7 +8,7 @@ j's block is not after i's block:
 Blocks are numbered in sequence order, so tokens see their own block bidirectionally and all
 earlier blocks. pi0's sequence uses three blocks:
 
-    block 0  image + text tokens (PaliGemma prefix-LM: bidirectional; text padding invalid)
+    block 0  image + text tokens (PaliGemma prefix-LM: bidirectional; text padding and masked views invalid)
     block 1  proprio tokens      (cond_steps of them)
     block 2  action tokens       (horizon_steps of them)
 

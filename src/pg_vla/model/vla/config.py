@@ -105,9 +105,9 @@ class PiZeroConfig:
     image_token_id: int = 257152  # PaliGemma's <image> token; only used to build transformers-style prompts
     pad_token_id: int = 0  # Gemma's <pad>
     # observation / action layout
-    num_cameras: int = 1  # images per sample (cameras x history frames), each gives num_patches tokens
+    num_cameras: int = 1  # cameras (data.camera_roles); a sample has num_views = num_cameras x cond_steps images
     max_text_tokens: int = 20  # text block length: <bos> prompt "\n", right-padded
-    cond_steps: int = 1  # proprio tokens (observation history)
+    cond_steps: int = 1  # observation history: frames of every camera and proprio tokens
     horizon_steps: int = 4  # action chunk length
     action_dim: int = 7
     proprio_dim: int = 7
@@ -178,8 +178,14 @@ class PiZeroConfig:
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
+    def num_views(self) -> int:
+        """Images per sample: every camera at each of the cond_steps history frames (frame-major, oldest first)."""
+        return self.num_cameras * self.cond_steps
+
+    @property
     def num_image_tokens(self) -> int:
-        return self.num_cameras * self.vision.num_patches
+        """num_patches tokens per view."""
+        return self.num_views * self.vision.num_patches
 
     @property
     def prefix_len(self) -> int:

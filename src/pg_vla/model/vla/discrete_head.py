@@ -167,9 +167,11 @@ class DiscreteHead:
         noise: torch.Tensor | None,
         time: torch.Tensor | None,
         action_mask: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Cross-entropy of the action bins; `noise` and `time` are ignored."""
-        return model.action_decoder.loss(model.bin_logits(images, text_ids, text_mask, proprio), actions, action_mask)
+        logits = model.bin_logits(images, text_ids, text_mask, proprio, image_mask)  # (B, H, A, K)
+        return model.action_decoder.loss(logits, actions, action_mask)
 
     def sample(
         self,
@@ -182,6 +184,7 @@ class DiscreteHead:
         num_steps: int | None,
         use_cache: bool,
         clip: bool,
+        image_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """The decoded bins (`discrete_decoding`) of one pass (B, H, A) float32; noise, steps and cache unused."""
-        return model.action_decoder.decode(model.bin_logits(images, text_ids, text_mask, proprio))
+        return model.action_decoder.decode(model.bin_logits(images, text_ids, text_mask, proprio, image_mask))

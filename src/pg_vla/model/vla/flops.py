@@ -4,7 +4,8 @@ Every matrix multiplication counts 2 * m * n * k FLOPs (a multiply and an add pe
 embedding convolution counts as the matmul it is (patches x 3*p*p x hidden). Biases, norms, rotary
 embeddings, softmax, activations, the sinusoidal time embedding, residual adds, embedding lookups,
 the loss and the optimizer step are elementwise or memory-bound and are ignored; so are the attention
-mask and padding (the model computes padded text tokens like real ones, and so does this count).
+mask and padding (the model computes padded text tokens and masked image views like real ones, and so
+does this count).
 
 What is counted mirrors what the code computes (joint_model.py, pizero.py, siglip.py, modules.py):
 
@@ -91,9 +92,9 @@ def _scores(
 
 # ---- parts --------------------------------------------------------------------------------------------
 def _vision(cfg: PiZeroConfig, batch: int) -> list[_Matmul]:
-    """SigLIP over batch * num_cameras images, and the projector."""
+    """SigLIP over batch * num_views images (every camera at every history frame), and the projector."""
     vis = cfg.vision
-    images, p, d = batch * cfg.num_cameras, vis.num_patches, vis.hidden_size
+    images, p, d = batch * cfg.num_views, vis.num_patches, vis.hidden_size
     rows = images * p
     train = not cfg.freeze_vision  # the tower's weights train; then everything above the pixels needs gradients
     ops = [_linear("vision", rows, 3 * vis.patch_size**2, d, trainable=train, input_grad=False)]

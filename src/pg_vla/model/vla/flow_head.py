@@ -73,6 +73,7 @@ class FlowMatchingHead:
         noise: torch.Tensor | None,
         time: torch.Tensor | None,
         action_mask: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Mean squared error of the predicted velocity (see PiZero.forward)."""
         actions = actions.float()
@@ -89,7 +90,7 @@ class FlowMatchingHead:
                 device=actions.device,
             )
         x_t = interpolate(actions, noise, time)
-        velocity = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, time)
+        velocity = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, time, image_mask)
         error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
         if action_mask is None:
             return error.mean()
@@ -108,6 +109,7 @@ class FlowMatchingHead:
         num_steps: int | None,
         use_cache: bool,
         clip: bool,
+        image_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Euler integration from `noise` (drawn if None) -> chunk (B, H, A) float32 (see PiZero.sample_actions)."""
         cfg = self.config
@@ -115,11 +117,11 @@ class FlowMatchingHead:
             noise = torch.randn(images.shape[0], cfg.horizon_steps, cfg.action_dim, device=images.device)
         num_steps = num_steps or cfg.num_inference_steps
         if use_cache:
-            prefix = model.encode_prefix(images, text_ids, text_mask, proprio)
+            prefix = model.encode_prefix(images, text_ids, text_mask, proprio, image_mask)
             return euler_sample(
                 lambda x, t: model.denoise_step(prefix, x, t), noise.float(), num_steps, clip=1.0 if clip else None
             )
-        prefix_tokens = model.embed_prefix(images, text_ids, text_mask)  # the same at every step
+        prefix_tokens = model.embed_prefix(images, text_ids, text_mask, image_mask)  # the same at every step
         return euler_sample(
             lambda x, t: model.velocity_from_prefix(prefix_tokens, proprio, x, t),
             noise.float(),

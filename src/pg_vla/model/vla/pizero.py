@@ -2,7 +2,7 @@
 
 Sequence per sample, and which expert runs each token:
 
-    [ image tokens (num_patches per camera) | text (max_text_tokens) | proprio (cond_steps) | actions (horizon) ]
+    [ image tokens (num_patches per view) | text (max_text_tokens) | proprio (cond_steps) | actions (horizon) ]
       \\_______________ VLM expert ______________________________/     \\________ action expert ________/
       block 0 (bidirectional prefix)                                   block 1             block 2
 
@@ -13,9 +13,15 @@ The head object (`model.head`: FlowMatchingHead in flow_head.py or DiscreteHead)
 `action_head`, adds its modules to the model and owns the loss and the sampling; `forward` and
 `sample_actions` hand over to it.
 
+Views: a sample's images are every camera at each of the cond_steps history frames, frame-major
+(oldest frame first, cameras in camera_roles order within a frame), V = num_views of them. Every
+method taking images takes `image_mask` (B, V) bool too: the tokens of a view marked False (a camera
+the data lacks, a frame before the episode start) are invalid, like text padding; None: all valid.
+
 The mask rule and its picture are in attention_mask.py. Rotary positions count valid tokens only
-(text padding is skipped), so action tokens sit right after the last real prefix token whatever the
-padding. Flow matching follows openpi's convention (flow_matching.py).
+(text padding and masked views are skipped), so a masked view changes nothing, exactly as if it
+were not there, and action tokens sit right after the last real prefix token whatever the padding.
+Flow matching follows openpi's convention (flow_matching.py).
 
 Modes, one explicit method each:
     forward(...)         flow-matching loss (training); everything in one pass
@@ -26,8 +32,8 @@ Modes, one explicit method each:
     bin_logits(...)      discrete head only: logits (B, H, A, K) of the action bins
     text_logits(...), generate_text(...)   PaliGemma prefix-LM with the VLM expert alone
 
-Shapes: B batch, N images per sample, S image size, L text tokens, C cond steps, H horizon,
-A action dim, P proprio dim, T tokens, D hidden.
+Shapes: B batch, V views per sample (num_views), S image size, L text tokens, C cond steps, H horizon,
+A action dim, P proprio dim (image patches per view in embed_prefix), T tokens, D hidden.
 
 Self-test (run this file):
     uv run src/pg_vla/model/vla/pizero.py                       # sample actions, small config, dummy inputs
@@ -189,19 +195,30 @@ class PiZero(nn.Module):
 
     # ---- embeddings ----------------------------------------------------------------------------------
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, N, 3, S, S) in [-1, 1] -> image tokens (B, N * num_patches, D_vlm)."""
+        """images (B, V, 3, S, S) in [-1, 1] -> image tokens (B, V * num_patches, D_vlm), view after view."""
         if images.ndim != 5:
-            raise ValueError(f"images must be (batch, cameras, 3, H, W), got shape {tuple(images.shape)}")
+            raise ValueError(f"images must be (batch, views, 3, H, W), got shape {tuple(images.shape)}")
         b, n = images.shape[:2]
-        feats = self.vision_tower(images.flatten(0, 1))  # (B*N, P, Dv)
-        tokens = self.multi_modal_projector(feats)  # (B*N, P, D)
+        feats = self.vision_tower(images.flatten(0, 1))  # (B*V, P, Dv)
+        tokens = self.multi_modal_projector(feats)  # (B*V, P, D)
         return tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
 
     def embed_prefix(
-        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> prefix tokens (B, N*P + L, D_vlm), valid (B, N*P + L) bool, blocks (B, N*P + L) long (all
-        IMAGE_TEXT_BLOCK)."""
+        """images (B, V, 3, S, S), text_ids / text_mask (B, L), image_mask (B, V) bool or None (all views valid)
+        -> prefix tokens (B, V*P + L, D_vlm), valid (B, V*P + L) bool (False: text padding and every token of
+        a masked view), blocks (B, V*P + L) long (all IMAGE_TEXT_BLOCK)."""
+        cfg = self.config
+        if images.ndim != 5 or images.shape[1] != cfg.num_views:
+            raise ValueError(
+                f"images must be (batch, {cfg.num_views} views = {cfg.num_cameras} cameras x {cfg.cond_steps} "
+                f"frames, 3, H, W), got shape {tuple(images.shape)}"
+            )
         if text_ids.ndim != 2 or text_ids.shape[0] != images.shape[0]:
             raise ValueError(
                 f"text_ids must be (batch, tokens) with batch {images.shape[0]}, got {tuple(text_ids.shape)}"
@@ -211,10 +228,23 @@ class PiZero(nn.Module):
         tokens = torch.cat((image_tokens.to(text_tokens.dtype), text_tokens), dim=1)
         if text_mask is None:
             text_mask = torch.ones_like(text_ids, dtype=torch.bool)
-        valid = torch.cat(
-            (torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=tokens.device), text_mask.bool()), dim=1
-        )
+        image_valid = self._image_token_valid(image_mask, images.shape[0], tokens.device)  # (B, V*P)
+        valid = torch.cat((image_valid, text_mask.bool()), dim=1)
         return tokens, valid, torch.full_like(valid, IMAGE_TEXT_BLOCK, dtype=torch.long)
+
+    def _image_token_valid(self, image_mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """image_mask (B, V) bool or None -> valid flags (B, V*P) of the image tokens (a view's flag for each
+        of its P patches)."""
+        cfg = self.config
+        v, p = cfg.num_views, cfg.vision.num_patches
+        if image_mask is None:
+            return torch.ones(batch, v * p, dtype=torch.bool, device=device)
+        if image_mask.shape != (batch, v) or image_mask.dtype != torch.bool:
+            raise ValueError(
+                f"image_mask must be (batch, V) = ({batch}, {v}) bool (V = {cfg.num_cameras} cameras x "
+                f"{cfg.cond_steps} frames), got {image_mask.dtype} of shape {tuple(image_mask.shape)}"
+            )
+        return image_mask.to(device).repeat_interleave(p, dim=1)
 
     def embed_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         """proprio (B, C, P) -> (B, C, D_action)."""
@@ -263,9 +293,10 @@ class PiZero(nn.Module):
         proprio: torch.Tensor,
         x_t: torch.Tensor,
         t: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One full pass over all tokens (no cache) -> velocity (B, H, A) in float32."""
-        return self.velocity_from_prefix(self.embed_prefix(images, text_ids, text_mask), proprio, x_t, t)
+        return self.velocity_from_prefix(self.embed_prefix(images, text_ids, text_mask, image_mask), proprio, x_t, t)
 
     def velocity_from_prefix(
         self,
@@ -296,23 +327,30 @@ class PiZero(nn.Module):
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
 
         `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end), (B, H, A) also
         padded action dims (data with fewer dims than pi0's 32); `noise`
-        (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given.
+        (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given. `image_mask` (B, V)
+        bool: the views to read (None: all).
         Discrete head: the cross-entropy of the action bins instead (`noise` and `time` are ignored).
         """
-        return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask)
+        return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask, image_mask)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
     def encode_prefix(
-        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None, proprio: torch.Tensor
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
     ) -> PrefixCache:
         """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
         self._require_head("flow")
-        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
         suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, None, None, prefix.dtype)
         valid = torch.cat((prefix_valid, suffix_valid), dim=1)
         blocks = torch.cat((prefix_blocks, suffix_blocks), dim=1)
@@ -349,17 +387,26 @@ class PiZero(nn.Module):
         num_steps: int | None = None,
         use_cache: bool = True,
         clip: bool = True,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Normalized action chunk (B, H, A) in [-1, 1], integrated from `noise` (drawn if None); `clip=False`
-        returns the integral as it is (pi0's own sampler does not clip).
+        returns the integral as it is (pi0's own sampler does not clip). `image_mask` (B, V) bool: the views
+        to read (None: all).
 
         Discrete head: the decoded bins (`discrete_decoding`) of one pass; noise, steps and cache unused.
         """
-        return self.head.sample(self, images, text_ids, text_mask, proprio, noise, num_steps, use_cache, clip)
+        return self.head.sample(
+            self, images, text_ids, text_mask, proprio, noise, num_steps, use_cache, clip, image_mask
+        )
 
     # ---- discrete head ---------------------------------------------------------------------------------
     def bin_logits(
-        self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None, proprio: torch.Tensor
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Discrete head: logits (B, H, A, K) float32 of each action dimension's bins.
 
@@ -372,7 +419,7 @@ class PiZero(nn.Module):
             raise ValueError(
                 f"proprio must be (batch, {cfg.cond_steps}, {cfg.proprio_dim}), got {tuple(proprio.shape)}"
             )
-        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask)  # (B, T, D), (B, T) x 2
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)  # (B, T, D)
         readout = self.action_decoder.readout_tokens(prefix.shape[0]).to(prefix.dtype)  # (B, H, D)
         readout_blocks = torch.full(readout.shape[:2], ACTION_BLOCK, dtype=torch.long, device=prefix.device)
         mask, positions = mask_and_positions(
@@ -404,12 +451,13 @@ class PiZero(nn.Module):
         text_ids: torch.Tensor,
         text_mask: torch.Tensor | None = None,
         return_cache: bool = False,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
         """PaliGemma prefix-LM over image + text (bidirectional).
 
-        -> logits (B, N*P + L, vocab) at every position, the cache if asked, and valid (B, N*P + L).
+        -> logits (B, V*P + L, vocab) at every position, the cache if asked, and valid (B, V*P + L).
         """
-        prefix, valid, blocks = self.embed_prefix(images, text_ids, text_mask)
+        prefix, valid, blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
         mask, positions = mask_and_positions(valid, blocks)
         outputs, kv = self.joint([Segment("vlm", prefix)], positions, mask, return_cache=return_cache)
         return self._lm_logits(outputs[0]), kv, valid
@@ -424,13 +472,15 @@ class PiZero(nn.Module):
         temperature: float | None = None,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Continue unpadded prompts (B, L) after the image; greedy unless `temperature` is given.
+        """Continue unpadded prompts (B, L) after the images (B, V, 3, S, S); greedy unless `temperature` is
+        given. `image_mask` (B, V) bool: the views to read (None: all).
 
         Returns the new tokens (B, <= max_new_tokens); a sequence that emitted `eos_token_id` is
         padded with it until all have finished.
         """
-        logits, kv, key_valid = self.text_logits(images, prompt_ids, None, return_cache=True)
+        logits, kv, key_valid = self.text_logits(images, prompt_ids, None, return_cache=True, image_mask=image_mask)
         b, device = prompt_ids.shape[0], prompt_ids.device
         key_blocks = torch.full_like(key_valid, IMAGE_TEXT_BLOCK, dtype=torch.long)  # (B, T) of the cached keys
         next_logits = logits[:, -1]
@@ -488,7 +538,7 @@ def _sample_dummy(config_name: str, seed: int, action_head: str = "flow") -> Non
     cfg = PiZeroConfig.preset(config_name, action_head=action_head)
     model = PiZero(cfg).eval()
     b = 2
-    images = torch.rand(b, cfg.num_cameras, 3, cfg.vision.image_size, cfg.vision.image_size) * 2 - 1
+    images = torch.rand(b, cfg.num_views, 3, cfg.vision.image_size, cfg.vision.image_size) * 2 - 1
     text_ids = torch.randint(0, cfg.vlm.vocab_size, (b, cfg.max_text_tokens))
     text_mask = torch.arange(cfg.max_text_tokens).expand(b, -1) < torch.tensor([[cfg.max_text_tokens], [3]])
     proprio = torch.rand(b, cfg.cond_steps, cfg.proprio_dim) * 2 - 1
