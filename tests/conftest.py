@@ -38,7 +38,9 @@ def tiny_policy_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkp
     return make_policy_checkpoint(tmp_path_factory.mktemp("tiny_policy") / "checkpoints", tiny_checkpoint_dir)
 
 
-def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, **model_overrides) -> Path:
+def make_policy_checkpoint(
+    ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, camera_roles: tuple[str, ...] | None = None, **model_overrides
+) -> Path:
     import torch
 
     from pg_vla.model.paligemma.processing import VLAProcessor
@@ -62,11 +64,15 @@ def make_policy_checkpoint(ckpt_dir: Path, paligemma_dir: Path, seed: int = 0, *
         paligemma_dir,
         max_text_tokens=cfg.max_text_tokens,
         image_size=cfg.vision.image_size,
-        max_cameras=cfg.num_cameras,
+        max_cameras=cfg.num_views,
     )
     statistics = Path(__file__).resolve().parents[1] / "config" / "bridge_statistics.json"
     run_config = {
-        "data": {"mix": "bridge", "camera_roles": ["primary"] * cfg.num_cameras, "normalization": "bounds"},
+        "data": {
+            "mix": "bridge",
+            "camera_roles": list(camera_roles or ["primary"] * cfg.num_cameras),
+            "normalization": "bounds",
+        },
         "model": overrides,
         "seed": seed,
     }

@@ -66,6 +66,7 @@ def test_summary_rates_are_per_task_means():
         ({"policy": "checkpoint"}, "checkpoint_path"),
         ({"n_eval_episode": 0}, "n_eval_episode"),
         ({"unknown_key": 1}, "unknown evaluation config keys"),
+        ({"temporal_ensemble_k": 0.01, "act_steps": 2}, "act_steps must be null or 1"),
     ],
 )
 def test_config_errors_are_clear(tmp_path, overrides, message):

@@ -290,6 +290,29 @@ def test_seeds_outside_the_spec_are_refused_with_the_key_named(seed: Any, descri
     assert str(refused.value) == SEED_ERROR + described
 
 
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, False), (True, True), (False, False), (np.bool_(True), True), (np.array(True), True)],
+)
+def test_episode_start_flags_are_read(value: Any, expected: bool) -> None:
+    request = {"observation/image": np.zeros((8, 8, 3), np.uint8), "observation/state": np.zeros(7), "prompt": PROMPT}
+    if value is not None:
+        request["episode_start"] = value
+    assert _history_decoder().decode(request).episode_start is expected
+
+
+@pytest.mark.parametrize(
+    "value, described", [(1, "int 1"), ("true", "str"), (np.array([True]), "bool array of shape (1,)")]
+)
+def test_episode_start_flags_outside_the_spec_are_refused(value: Any, described: str) -> None:
+    request = {"observation/image": np.zeros((8, 8, 3), np.uint8), "observation/state": np.zeros(7), "prompt": PROMPT}
+    with pytest.raises(RequestError) as refused:
+        _history_decoder().decode({**request, "episode_start": value})
+    assert str(refused.value) == (
+        f"'episode_start' must be a boolean (true at the first step of an episode) or absent, got {described}"
+    )
+
+
 def test_batches_match_single_inference_and_isolate_bad_requests(policy: Policy) -> None:
     """The batch path the server uses, driven directly: same actions as Policy.infer, errors stay per request."""
     rng = np.random.default_rng(3)
@@ -398,8 +421,9 @@ def test_a_request_built_from_the_advertised_spec_alone_is_answered(plain: Serve
     meta = client.get_server_metadata()
     spec = meta["observation_spec"]
     request = {key: _value_for(entry) for key, entry in spec.items()}  # every key, the optional seed too
-    assert sorted(request) == ["observation/image", "observation/state", "prompt", "seed"]
+    assert sorted(request) == ["episode_start", "observation/image", "observation/state", "prompt", "seed"]
     assert request["seed"].shape == () and request["seed"].dtype == np.int64  # sent as a 0-d array
+    assert request["episode_start"].shape == () and request["episode_start"].dtype == np.bool_
     action_shape = (meta["action_horizon"], meta["action_dim"])
     assert action_shape == (4, 7)  # the tiny checkpoint's horizon and bridge's action size
 

@@ -27,6 +27,7 @@ newest intact checkpoint; a folder with a manifest.json is checked against it be
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,16 +58,73 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 class Observation:
     """One robot observation in its own units.
 
-    images: camera role -> uint8 RGB image (H, W, 3); roles are the run's `data.camera_roles`
-            (e.g. "primary", "wrist"), every one of them required.
+    images: camera role -> uint8 RGB image (H, W, 3), or its history (cond_steps, H, W, 3) oldest first;
+            roles are the run's `data.camera_roles` (e.g. "primary", "wrist"), every one of them required.
+            A single (H, W, 3) frame stands for an episode start when the model has cond_steps > 1: it
+            is repeated over the history and the older copies are masked, as training saw episode starts.
     state:  proprio in robot units, (P,) or (cond_steps, P) oldest first; P is the dataset's proprio size.
             A single (P,) state is repeated over the history when the model has cond_steps > 1.
     prompt: the language instruction.
+    history_steps: how many of the newest history steps are real (1..cond_steps); the older ones are
+            padding from before the episode start (its first frame repeated), masked from the model.
+            None: every step of a given image history is real. `ObservationHistory` fills this in.
     """
 
     images: Mapping[str, np.ndarray]
     state: np.ndarray
     prompt: str
+    history_steps: int | None = None
+
+
+class ObservationHistory:
+    """The rolling per-episode history a model with cond_steps C > 1 reads: the last C frames of every
+    camera and the last C states. Before C steps have passed, the episode's first observation fills the
+    older steps (and `history_steps` masks them), exactly as the data loaders pad episode starts.
+
+        history = ObservationHistory(policy.config.cond_steps)
+        history.reset()                          # at every episode start
+        actions = policy.infer(history.push(obs))["actions"]
+
+    With C = 1 `push` returns the observation unchanged."""
+
+    def __init__(self, cond_steps: int):
+        if cond_steps < 1:
+            raise ValueError(f"cond_steps must be >= 1, got {cond_steps}")
+        self.cond_steps = int(cond_steps)
+        self.frames: deque[tuple[dict[str, np.ndarray], np.ndarray]] = deque(maxlen=self.cond_steps)
+
+    def reset(self) -> None:
+        self.frames.clear()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def push(self, obs: Observation) -> Observation:
+        """Adds one single-frame observation ((H, W, 3) images, (P,) state) -> the observation with its
+        history: images (C, H, W, 3), state (C, P), history_steps. A state given with its own history
+        (C, P) is passed on as it is (its newest row is kept for later steps)."""
+        if self.cond_steps == 1:
+            return obs
+        images = {role: np.asarray(image) for role, image in obs.images.items()}
+        for role, image in images.items():
+            if image.ndim != 3:
+                raise ValueError(f"image {role!r}: push one frame (H, W, 3) at a time, got shape {image.shape}")
+            if self.frames and image.shape != self.frames[-1][0][role].shape:
+                raise ValueError(
+                    f"image {role!r} changed size within an episode: {self.frames[-1][0][role].shape} -> {image.shape}"
+                )
+        if self.frames and set(images) != set(self.frames[-1][0]):
+            raise ValueError(f"cameras changed within an episode: {sorted(self.frames[-1][0])} -> {sorted(images)}")
+        state = np.asarray(obs.state)
+        self.frames.append((images, state if state.ndim == 1 else state[-1]))
+        real = len(self.frames)
+        steps = [self.frames[0]] * (self.cond_steps - real) + list(self.frames)  # (C,), oldest first
+        return Observation(
+            images={role: np.stack([frame[role] for frame, _ in steps]) for role in images},
+            state=np.stack([s for _, s in steps]) if state.ndim == 1 else state,
+            prompt=obs.prompt,
+            history_steps=real,
+        )
 
 
 def resolve_checkpoint_folder(path: str | Path, verify: bool = True) -> Path:
@@ -202,7 +260,7 @@ class Policy:
             tokenizer_dir,
             max_text_tokens=cfg.max_text_tokens,
             image_size=cfg.vision.image_size,
-            max_cameras=cfg.num_cameras,
+            max_cameras=cfg.num_views,
             image_resize=record.image_resize,
         )
         roles = list(record.camera_roles)
@@ -237,7 +295,8 @@ class Policy:
 
     def observation_spec(self) -> dict[str, dict[str, Any]]:
         """What `infer` reads: for each field its shape, dtype and kind (image / state / prompt); the state's
-        history_shape is the other accepted form, (cond_steps, P)."""
+        history_shape is the other accepted form, (cond_steps, P). Images may also come with their history
+        (cond_steps, H, W, 3) (see `Observation`)."""
         size = self.config.vision.image_size
         spec = {
             role: {"shape": [size, size, 3], "dtype": "uint8", "kind": "image", "note": "any H x W is resized"}
@@ -256,28 +315,51 @@ class Policy:
 
     # ---- inference ---------------------------------------------------------------------------------
     def prepare(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
-        """Observations -> model inputs (images (B, N, 3, S, S), text_ids/text_mask (B, L), proprio (B, C, P))."""
-        images, states = [], []
+        """Observations -> model inputs: images (B, C*N, 3, S, S) frame-major (oldest frame first, cameras
+        in role order), image_mask (B, C*N), text_ids/text_mask (B, L), proprio (B, C, P)."""
+        images, masks, states = [], [], []
         for obs in observations:
-            missing = [role for role in self.camera_roles if role not in obs.images]
-            if missing:
-                raise ValueError(
-                    f"observation lacks camera image(s) {missing}; the policy reads {list(self.camera_roles)}"
-                )
-            frames = [np.asarray(obs.images[role]) for role in self.camera_roles]
-            for role, frame in zip(self.camera_roles, frames):
-                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3 or 0 in frame.shape:
-                    raise ValueError(f"image {role!r} must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-            # each camera separately: cameras may differ in size; (N, 3, S, S) in [-1, 1]
-            images.append(torch.cat([self.processor.preprocess_images(frame)[0] for frame in frames]))
+            frames, valid = self._image_history(obs)  # (C, N) arrays, (C,)
+            # each view separately: cameras may differ in size; (C*N, 3, S, S) in [-1, 1]
+            images.append(torch.cat([self.processor.preprocess_images(f)[0] for step in frames for f in step]))
+            masks.append(np.repeat(valid, len(self.camera_roles)))
             states.append(self.normalize_state(obs.state))
         text = self.processor.tokenize([obs.prompt for obs in observations])
         return {
             "images": torch.stack(images).to(self.device, self.dtype),
+            "image_mask": torch.from_numpy(np.stack(masks)).to(self.device),
             "text_ids": text["input_ids"].to(self.device),
             "text_mask": text["attention_mask"].to(self.device),
             "proprio": torch.from_numpy(np.stack(states)).to(self.device),
         }
+
+    def _image_history(self, obs: Observation) -> tuple[list[list[np.ndarray]], np.ndarray]:
+        """-> the C frames of every camera, oldest first ([step][camera] uint8 (H, W, 3)), and which of
+        the C steps are real (C,) bool (False: padding before the episode start)."""
+        c = self.config.cond_steps
+        missing = [role for role in self.camera_roles if role not in obs.images]
+        if missing:
+            raise ValueError(f"observation lacks camera image(s) {missing}; the policy reads {list(self.camera_roles)}")
+        per_camera, given = [], set()
+        for role in self.camera_roles:
+            image = np.asarray(obs.images[role])
+            if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3 or 0 in image.shape:
+                raise ValueError(
+                    f"image {role!r} must be uint8 (H, W, 3) or its history ({c}, H, W, 3), "
+                    f"got {image.dtype} {image.shape}"
+                )
+            if image.ndim == 4 and image.shape[0] != c:
+                raise ValueError(f"image {role!r} has a history of {image.shape[0]} frames, the model reads {c}")
+            given.add(image.ndim)
+            per_camera.append(image if image.ndim == 4 else np.repeat(image[None], c, axis=0))
+        if len(given) > 1:
+            raise ValueError("give every camera a single frame (H, W, 3) or every camera its history (C, H, W, 3)")
+        default = c if given == {4} else 1  # a lone frame: an episode start, its copies masked
+        real = default if obs.history_steps is None else obs.history_steps
+        if not 1 <= real <= c:
+            raise ValueError(f"history_steps must be in 1..{c} (the model's cond_steps), got {obs.history_steps}")
+        frames = [[camera[step] for camera in per_camera] for step in range(c)]
+        return frames, np.arange(c) >= c - real
 
     def normalize_state(self, state: Any) -> np.ndarray:
         """Robot-unit state (P,) or (C, P) -> normalized, zero-padded (C, proprio_dim) float32."""

@@ -50,6 +50,9 @@ class EvalConfig:
     n_eval_episode: int = 50  # per task
     eval_seed_start: int = 100_000
     act_steps: int | None = None  # actions of each chunk executed before predicting again (None: all)
+    # temporal ensembling (pg_vla.eval.chunking): predict at every step and execute the exp(-k * i)-weighted
+    # mean of the overlapping chunks' actions for that step (None: off; needs act_steps null or 1)
+    temporal_ensemble_k: float | None = None
     n_video: int = 2  # videos of the first n_video episodes of each task
     video_fps: int = 20
     num_envs: int = 1  # environments in lock-step (batched inference)
@@ -75,6 +78,10 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_video < 0:
             raise ValueError(f"n_video must be >= 0, got {self.n_video}")
+        if self.temporal_ensemble_k is not None and self.act_steps not in (None, 1):
+            raise ValueError(
+                f"temporal_ensemble_k predicts at every step: act_steps must be null or 1, got {self.act_steps}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
@@ -126,7 +133,7 @@ class Evaluator:
                 dtype="bfloat16" if cfg.use_bf16 else None,
                 verify=cfg.verify,
             )
-            return CheckpointController(policy, self.adapters, cfg.act_steps, cfg.seed)
+            return CheckpointController(policy, self.adapters, cfg.act_steps, cfg.seed, cfg.temporal_ensemble_k)
         if cfg.policy == "expert":
             return ExpertController(self.suite)
         if cfg.policy == "zero":
@@ -213,6 +220,7 @@ class Evaluator:
             "n_eval_episode": cfg.n_eval_episode,
             "eval_seed_start": cfg.eval_seed_start,
             "act_steps": cfg.act_steps,
+            "temporal_ensemble_k": cfg.temporal_ensemble_k,
             "num_envs": cfg.num_envs,
             "seconds": round(time.perf_counter() - tic, 1),
             "config": asdict(cfg),

@@ -3,8 +3,10 @@
 Every controller answers a batch of requests (one per environment waiting for actions) with a list of
 environment actions per request, which the agent executes before asking again:
 
-    checkpoint  pg_vla.policy.Policy on the adapter's observation; the chunk is postprocessed by the
-                adapter and its first `act_steps` actions run (all by default)
+    checkpoint  pg_vla.policy.Policy on the adapter's observation (with its per-episode history when the
+                model reads one); the chunk is postprocessed by the adapter and its first `act_steps`
+                actions run (all by default), or, with temporal ensembling, the ensembled action of the
+                overlapping chunks, one per step
     expert      the suite's scripted expert, one action at a time (reads the full simulator state)
     zero        all-zero actions (the do-nothing floor)
     random      uniform actions in [-1, 1], seeded by the episode seed
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pg_vla.eval.adapters.base import EnvAdapter
+from pg_vla.eval.chunking import TemporalEnsemble
 from pg_vla.eval.envs.base import EvalEnv
 from pg_vla.eval.suite import EnvSuite
 
@@ -46,20 +49,51 @@ class Controller(ABC):
 
 
 class CheckpointController(Controller):
-    def __init__(self, policy: Any, adapters: Sequence[EnvAdapter], act_steps: int | None, seed: int):
+    """A `Policy` on the adapters' observations. A model with image/state history (cond_steps > 1) reads
+    a rolling per-episode `ObservationHistory` of each environment. With `temporal_ensemble_k` the policy
+    is asked at every step and the step's action is the ensemble of the overlapping chunks
+    (`pg_vla.eval.chunking.TemporalEnsemble`); otherwise the first `act_steps` actions of each chunk run."""
+
+    def __init__(
+        self,
+        policy: Any,
+        adapters: Sequence[EnvAdapter],
+        act_steps: int | None,
+        seed: int,
+        temporal_ensemble_k: float | None = None,
+    ):
+        from pg_vla.policy import ObservationHistory
+
         if act_steps is not None and not 1 <= act_steps <= policy.horizon:
             raise ValueError(f"act_steps must be in 1..{policy.horizon} (the policy's horizon), got {act_steps}")
+        if temporal_ensemble_k is not None and act_steps not in (None, 1):
+            raise ValueError(
+                f"temporal ensembling predicts at every step: act_steps must be None or 1, got {act_steps}"
+            )
         self.policy, self.adapters = policy, list(adapters)
-        self.act_steps = act_steps or policy.horizon
+        self.act_steps = 1 if temporal_ensemble_k is not None else act_steps or policy.horizon
         self.seed, self.calls = seed, 0
+        self.histories = [ObservationHistory(policy.config.cond_steps) for _ in self.adapters]
+        self.ensembles = (
+            [TemporalEnsemble(policy.horizon, temporal_ensemble_k) for _ in self.adapters]
+            if temporal_ensemble_k is not None
+            else None
+        )
 
     def start_episode(self, slot: int, task: str, seed: int) -> None:
         self.adapters[slot].reset()
+        self.histories[slot].reset()
+        if self.ensembles is not None:
+            self.ensembles[slot].reset()
 
     def act(self, requests: Sequence[Request]) -> list[list[np.ndarray]]:
-        observations = [self.adapters[r.slot].preprocess(r.env, r.obs, r.instruction) for r in requests]
+        observations = [
+            self.histories[r.slot].push(self.adapters[r.slot].preprocess(r.env, r.obs, r.instruction)) for r in requests
+        ]
         chunks = self.policy.infer_batch(observations, seed=self.seed + self.calls)["actions"]  # (B, H, A)
         self.calls += 1
+        if self.ensembles is not None:
+            chunks = [self.ensembles[r.slot].step(chunk)[None].astype(np.float32) for r, chunk in zip(requests, chunks)]
         # only the executed steps go through postprocess: stateful adapters (a sticky gripper) count them
         return [self.adapters[r.slot].postprocess(chunk[: self.act_steps]) for r, chunk in zip(requests, chunks)]
 

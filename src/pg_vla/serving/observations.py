@@ -2,12 +2,16 @@
 
 A robot's client sends a flat dict (msgpack map) per step, e.g. with the default keys
 
-    {"observation/image": uint8 (H, W, 3), "observation/state": float (P,), "prompt": str, "seed": int (optional)}
+    {"observation/image": uint8 (H, W, 3), "observation/state": float (P,), "prompt": str, "seed": int (optional),
+     "episode_start": bool (optional)}
 
 `ObservationKeys` says which key is which (config/serve/*.yaml), `RequestDecoder` validates a request
 against the policy (every camera present as uint8 (H, W, 3), P state values, a string prompt, an
-integer seed by `pg_vla.utils.seeds`' rule) and raises `RequestError` naming the key and the problem.
-Keys the mapping does not name are ignored, so clients may send extra fields.
+integer seed by `pg_vla.utils.seeds`' rule, a boolean episode_start) and raises `RequestError` naming
+the key and the problem. Keys the mapping does not name are ignored, so clients may send extra fields.
+A policy with cond_steps C > 1 reads the last C frames and states: the server keeps that history per
+connection (`pg_vla.policy.ObservationHistory`), empty on a new connection and emptied by a request
+with episode_start true, so a client sends one frame per step as with any other policy.
 
 `RequestDecoder.decode_limits` sizes the msgpack limits a request is decoded under (see
 `pg_vla.serving.codec.DecodeLimits`) from what the policy reads: a bin may be as large as the
@@ -39,6 +43,7 @@ DEFAULT_KEYS: dict[str, Any] = {
     "state": "observation/state",
     "prompt": "prompt",
     "seed": "seed",
+    "episode_start": "episode_start",
 }
 
 
@@ -56,12 +61,14 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class ObservationKeys:
-    """Request keys: images (request key -> camera role), state keys (concatenated), prompt, seed (or None)."""
+    """Request keys: images (request key -> camera role), state keys (concatenated), prompt, seed and
+    episode_start (each optional in a request; None: not read)."""
 
     images: Mapping[str, str]
     state: tuple[str, ...]
     prompt: str
     seed: str | None = "seed"
+    episode_start: str | None = "episode_start"
 
     @classmethod
     def from_mapping(cls, raw: Any, source: str = "observation keys") -> "ObservationKeys":
@@ -69,9 +76,11 @@ class ObservationKeys:
             raise ValueError(
                 f"{source}: expected a mapping with images, state, prompt (and seed), got {type(raw).__name__}"
             )
-        unknown = sorted(set(raw) - {"images", "state", "prompt", "seed"})
+        unknown = sorted(set(raw) - {"images", "state", "prompt", "seed", "episode_start"})
         if unknown:
-            raise ValueError(f"{source}: unknown entries {unknown}; expected images, state, prompt, seed")
+            raise ValueError(
+                f"{source}: unknown entries {unknown}; expected images, state, prompt, seed, episode_start"
+            )
         images = raw.get("images")
         if (
             not isinstance(images, Mapping)
@@ -86,16 +95,17 @@ class ObservationKeys:
         state_keys = (state,) if isinstance(state, str) else tuple(state) if isinstance(state, list) else ()
         if not state_keys or not all(isinstance(k, str) for k in state_keys):
             raise ValueError(f"{source}: 'state' must be a request key or a list of keys, got {state!r}")
-        prompt, seed = raw.get("prompt"), raw.get("seed")
+        prompt, seed, start = raw.get("prompt"), raw.get("seed"), raw.get("episode_start")
         if not isinstance(prompt, str):
             raise ValueError(f"{source}: 'prompt' must be a request key, got {prompt!r}")
-        if seed is not None and not isinstance(seed, str):
-            raise ValueError(f"{source}: 'seed' must be a request key or null, got {seed!r}")
-        named = [*images, *state_keys, prompt, *([seed] if seed else [])]
+        for name, key in (("seed", seed), ("episode_start", start)):
+            if key is not None and not isinstance(key, str):
+                raise ValueError(f"{source}: {name!r} must be a request key or null, got {key!r}")
+        named = [*images, *state_keys, prompt, *([seed] if seed else []), *([start] if start else [])]
         repeated = sorted({k for k in named if named.count(k) > 1})
         if repeated:
             raise ValueError(f"{source}: request keys {repeated} are used for more than one field")
-        return cls(images=dict(images), state=state_keys, prompt=prompt, seed=seed)
+        return cls(images=dict(images), state=state_keys, prompt=prompt, seed=seed, episode_start=start)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "ObservationKeys":
@@ -130,10 +140,12 @@ class ObservationKeys:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """A validated request: the observation and the optional noise seed."""
+    """A validated request: the observation, the optional noise seed, and whether it starts an episode
+    (the server then forgets the connection's observation history first)."""
 
     observation: Observation
     seed: int | None = None
+    episode_start: bool = False
 
 
 @dataclass
@@ -163,7 +175,7 @@ class RequestDecoder:
     def decode_limits(self, max_message_bytes: int) -> DecodeLimits:
         """msgpack limits for one request to this policy (see the module docstring)."""
         history = self.cond_steps * self.state_dim  # the longest list a field read here needs
-        fields = len(self._required) + (1 if self.keys.seed else 0)
+        fields = len(self._required) + (1 if self.keys.seed else 0) + (1 if self.keys.episode_start else 0)
         # per field: an ndarray map is 9 values plus its shape; a list state 1 + cond_steps + values
         needed = fields * (9 + 4) + len(self.keys.state) * (1 + self.cond_steps + history)
         return DecodeLimits(
@@ -189,7 +201,9 @@ class RequestDecoder:
         if not isinstance(prompt, str):
             raise RequestError(f"{self.keys.prompt!r} must be a string (the instruction), got {_describe(prompt)}")
         return InferenceRequest(
-            Observation(images=images, state=self._state(message), prompt=prompt), self._seed(message)
+            Observation(images=images, state=self._state(message), prompt=prompt),
+            self._seed(message),
+            self._episode_start(message),
         )
 
     def _image(self, value: Any, key: str, role: str) -> np.ndarray:
@@ -250,6 +264,19 @@ class RequestDecoder:
         except ValueError:
             raise RequestError(f"{key!r} must be {SEED_RULE} or absent, got {_describe(value)}") from None
 
+    def _episode_start(self, message: Mapping[str, Any]) -> bool:
+        key = self.keys.episode_start
+        if key is None or message.get(key) is None:
+            return False
+        value = message[key]  # a bool, a numpy bool or a 0-d bool array
+        if isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, np.ndarray) and value.shape == () and value.dtype == bool
+        ):
+            return bool(value)
+        raise RequestError(
+            f"{key!r} must be a boolean (true at the first step of an episode) or absent, got {_describe(value)}"
+        )
+
 
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
@@ -290,6 +317,16 @@ def server_metadata(policy: Policy, decoder: RequestDecoder, **extra: Any) -> di
             "the same seed and observation give the same actions; absent -> fresh "
             "noise",
         }
+    if decoder.keys.episode_start:
+        spec[decoder.keys.episode_start] = {
+            "shape": [],
+            "dtype": "bool",
+            "kind": "episode_start",
+            "optional": True,
+            "note": "true at the first step of an episode: the server forgets this connection's observation "
+            f"history (the policy reads the last {policy.config.cond_steps} frames and states; a new "
+            "connection starts with none)",
+        }
     return {
         "policy_name": policy.name,
         "dataset_name": policy.dataset_name,
@@ -298,6 +335,7 @@ def server_metadata(policy: Policy, decoder: RequestDecoder, **extra: Any) -> di
         "state_dim": policy.state_dim,
         "action_horizon": policy.horizon,
         "action_dim": policy.action_dim,
+        "cond_steps": policy.config.cond_steps,
         "action_units": "robot units (de-normalized with the checkpoint's statistics)",
         **extra,
     }

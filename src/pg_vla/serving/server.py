@@ -3,7 +3,9 @@
 Per connection:
 
     server -> client   binary msgpack: the metadata dict (observation_spec, action_horizon, action_dim, ...)
-    client -> server   binary msgpack: an observation dict (keys: see `pg_vla.serving.observations`)
+    client -> server   binary msgpack: an observation dict (keys: see `pg_vla.serving.observations`); a
+                       policy with cond_steps > 1 reads the connection's last cond_steps observations
+                       (`ObservationHistory`, empty at connection and at a request with episode_start)
     server -> client   binary msgpack: {"actions": float32 (H, A) in robot units,
                                         "policy_timing": {"infer_ms"}, "server_timing": {"infer_ms", ...}}
                        or a text frame with the error message (the connection stays open)
@@ -36,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -44,7 +46,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from pg_vla.policy import Policy
+from pg_vla.policy import ObservationHistory, Policy
 from pg_vla.serving.batching import BatchingRunner
 from pg_vla.serving.codec import LimitError, MessageError, packb, unpackb
 from pg_vla.serving.observations import InferenceRequest, ObservationKeys, RequestDecoder, RequestError, server_metadata
@@ -206,12 +208,13 @@ class PolicyServer:
         try:
             await websocket.send(self._metadata_message)
             prev_total_ms: float | None = None
+            history = ObservationHistory(self.policy.config.cond_steps)  # this connection's episode so far
             async for message in websocket:
                 received = time.perf_counter()
                 wait = budget.charge(len(message))
                 if wait > 0:
                     await asyncio.sleep(wait)
-                reply, beyond_limits = await self.answer(message, received, prev_total_ms)
+                reply, beyond_limits = await self.answer(message, received, prev_total_ms, history)
                 await websocket.send(reply)
                 prev_total_ms = (time.perf_counter() - received) * 1000.0
                 violations += beyond_limits
@@ -226,15 +229,24 @@ class PolicyServer:
             log.info("disconnected: %s (%d open)", peer, self._connections)
 
     async def answer(
-        self, message: str | bytes, received: float, prev_total_ms: float | None
+        self,
+        message: str | bytes,
+        received: float,
+        prev_total_ms: float | None,
+        history: ObservationHistory | None = None,
     ) -> tuple[str | bytes, bool]:
-        """One request -> (packed reply or the error text, whether it exceeded the decoding limits)."""
+        """One request -> (packed reply or the error text, whether it exceeded the decoding limits).
+        `history`: the connection's observation history (None: a fresh one, as for a new connection)."""
+        history = history if history is not None else ObservationHistory(self.policy.config.cond_steps)
         try:
             if isinstance(message, str):
                 raise RequestError("requests must be binary msgpack messages, got a text frame")
             if self._decode_pool is None:
                 self._decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
             request = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.decode_request, message)
+            if request.episode_start:
+                history.reset()
+            request = replace(request, observation=history.push(request.observation))
             result = await self.runner.infer(request)
         except (MessageError, RequestError) as err:
             log.info("invalid request: %s", err)
