@@ -32,8 +32,8 @@ Modes, one explicit method each:
     bin_logits(...)      discrete head only: logits (B, H, A, K) of the action bins
     text_logits(...), generate_text(...)   PaliGemma prefix-LM with the VLM expert alone
 
-Shapes: B batch, V views per sample (num_views), S image size, L text tokens, C cond steps, H horizon,
-A action dim, P proprio dim (image patches per view in embed_prefix), T tokens, D hidden.
+Shapes: B batch, V views per sample (num_views), Np patches per view (num_patches), S image size,
+L text tokens, C cond steps, H horizon, A action dim, P proprio dim, T tokens, D hidden.
 
 Self-test (run this file):
     uv run src/pg_vla/model/vla/pizero.py                       # sample actions, small config, dummy inputs
@@ -195,12 +195,12 @@ class PiZero(nn.Module):
 
     # ---- embeddings ----------------------------------------------------------------------------------
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 3, S, S) in [-1, 1] -> image tokens (B, V * num_patches, D_vlm), view after view."""
+        """images (B, V, 3, S, S) in [-1, 1] -> image tokens (B, V*Np, D_vlm), view after view."""
         if images.ndim != 5:
             raise ValueError(f"images must be (batch, views, 3, H, W), got shape {tuple(images.shape)}")
         b, n = images.shape[:2]
-        feats = self.vision_tower(images.flatten(0, 1))  # (B*V, P, Dv)
-        tokens = self.multi_modal_projector(feats)  # (B*V, P, D)
+        feats = self.vision_tower(images.flatten(0, 1))  # (B*V, Np, Dv)
+        tokens = self.multi_modal_projector(feats)  # (B*V, Np, D)
         return tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
 
     def embed_prefix(
@@ -211,8 +211,8 @@ class PiZero(nn.Module):
         image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images (B, V, 3, S, S), text_ids / text_mask (B, L), image_mask (B, V) bool or None (all views valid)
-        -> prefix tokens (B, V*P + L, D_vlm), valid (B, V*P + L) bool (False: text padding and every token of
-        a masked view), blocks (B, V*P + L) long (all IMAGE_TEXT_BLOCK)."""
+        -> prefix tokens (B, V*Np + L, D_vlm), valid (B, V*Np + L) bool (False: text padding and every token
+        of a masked view), blocks (B, V*Np + L) long (all IMAGE_TEXT_BLOCK)."""
         cfg = self.config
         if images.ndim != 5 or images.shape[1] != cfg.num_views:
             raise ValueError(
@@ -228,13 +228,13 @@ class PiZero(nn.Module):
         tokens = torch.cat((image_tokens.to(text_tokens.dtype), text_tokens), dim=1)
         if text_mask is None:
             text_mask = torch.ones_like(text_ids, dtype=torch.bool)
-        image_valid = self._image_token_valid(image_mask, images.shape[0], tokens.device)  # (B, V*P)
+        image_valid = self._image_token_valid(image_mask, images.shape[0], tokens.device)  # (B, V*Np)
         valid = torch.cat((image_valid, text_mask.bool()), dim=1)
         return tokens, valid, torch.full_like(valid, IMAGE_TEXT_BLOCK, dtype=torch.long)
 
     def _image_token_valid(self, image_mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        """image_mask (B, V) bool or None -> valid flags (B, V*P) of the image tokens (a view's flag for each
-        of its P patches)."""
+        """image_mask (B, V) bool or None -> valid flags (B, V*Np) of the image tokens (a view's flag for each
+        of its Np patches)."""
         cfg = self.config
         v, p = cfg.num_views, cfg.vision.num_patches
         if image_mask is None:
@@ -455,7 +455,7 @@ class PiZero(nn.Module):
     ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor]:
         """PaliGemma prefix-LM over image + text (bidirectional).
 
-        -> logits (B, V*P + L, vocab) at every position, the cache if asked, and valid (B, V*P + L).
+        -> logits (B, V*Np + L, vocab) at every position, the cache if asked, and valid (B, V*Np + L).
         """
         prefix, valid, blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
         mask, positions = mask_and_positions(valid, blocks)
