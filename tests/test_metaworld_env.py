@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -90,3 +91,53 @@ def test_unknown_task_is_a_clear_error():
 
     with pytest.raises(ValueError, match="unknown Meta-World task"):
         get_task("fly-v3")
+
+
+_VIEW_PROBE = """
+import json
+import numpy as np
+from pg_vla.eval.metaworld.env import MetaWorldEnv
+from pg_vla.eval.metaworld.rendering import SceneCamera
+view = MetaWorldEnv("push-v3", camera="corner4_workspace", image_size=224)
+full = SceneCamera(view.env.model, "corner4", 349)  # the frame the 224 px window is cut from: ceil(224 / (144/224))
+m = view.env.model
+cam = [m.camera(i).name for i in range(m.ncam)].index("corner4")
+out = []
+for seed in range(100000, 100006):
+    obs, _ = view.reset(seed)
+    d = view.env.data
+    # the goal in camera axes (x right, y up, -z ahead)
+    v = (obs.state[36:39] - d.cam_xpos[cam]) @ d.cam_xmat[cam].reshape(3, 3)
+    f = (349 / 2) / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
+    x, y = f * v[0] / -v[2] + 349 / 2, 349 / 2 - f * v[1] / -v[2]
+    col, row = 348 - x - 90, 348 - y - 59  # rotated by 180 degrees, then into the window
+    whole = full.render(d)
+    out.append({"shape": list(obs.image.shape), "equal_window": bool(np.array_equal(obs.image, whole[59:283, 90:314])),
+                "goal_pixel": obs.image[int(round(row)), int(round(col))].tolist(), "goal_at": [row, col]})
+full.close(); view.close()
+print(json.dumps(out))
+"""
+
+
+def test_workspace_view_is_a_window_of_the_camera_frame_showing_the_goal():
+    """corner4_workspace = corner4 rendered at 349 px (224 / 0.643), rotated, and cut at rows 59.., columns 90..
+    (the view's fractions 38/224 and 58/224 of 349, hand-computed); a pinhole projection of push's goal (numpy,
+    from the camera's pose and field of view) lands inside the 224 px window on its green marker."""
+    result = subprocess.run(
+        [sys.executable, "-c", _VIEW_PROBE], capture_output=True, text=True, env=simulator_env(), cwd=REPO, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for frame in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert frame["shape"] == [224, 224, 3]
+        assert frame["equal_window"]
+        row, col = frame["goal_at"]
+        assert 0 <= row < 224 and 0 <= col < 224
+        r, g, b = frame["goal_pixel"]
+        assert g > r + 40 and g > b + 40, frame  # the goal marker is green
+
+
+def test_a_camera_name_that_is_no_view_is_that_camera_uncropped():
+    from pg_vla.eval.metaworld.rendering import VIEWS, get_view
+
+    assert get_view("corner4_workspace") is VIEWS["corner4_workspace"]
+    assert get_view("topview").camera == "topview" and get_view("topview").crop is None

@@ -10,6 +10,8 @@
 #   EPISODES        evaluation episodes per task, seeds 100000.. (default 50)
 #   EVAL_OVERRIDES  overrides of the checkpoint's evaluation only (e.g. act_steps=1 temporal_ensemble_k=0.01)
 #   FLOORS          baselines evaluated on the same seeds (default "expert zero random replay")
+#   CAMERA          the view rendered for demonstrations and every evaluation (default corner4; e.g.
+#                   corner4_workspace, pg_vla.eval.metaworld.rendering.VIEWS)
 # Steps (each a separate process): demonstrations (reused when OUT_DIR/demos.json exists, unless
 # REGENERATE_DEMOS=1), training, evaluation of the last checkpoint, the floors, then the report
 # (pg_vla.eval.metaworld.benchmark): OUT_DIR/benchmark.json and OUT_DIR/benchmark.md.
@@ -24,6 +26,7 @@ case "$SUITE" in
 esac
 EPISODES=${EPISODES:-50}
 FLOORS=${FLOORS:-expert zero random replay}
+CAMERA=${CAMERA:-corner4}
 read -r -a EVAL_EXTRA <<< "${EVAL_OVERRIDES:-}"
 mkdir -p "$OUT"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -45,7 +48,7 @@ if [ -s "$OUT/demos.json" ] && [ -z "${REGENERATE_DEMOS:-}" ]; then
     echo "reusing the demonstrations of $OUT/demos.json (REGENERATE_DEMOS=1 makes new ones)"
 else
     uv run scripts/data/make_metaworld_demos.py --output_dir "$OUT/data" --tasks ${TASKS//,/ } \
-        --episodes_per_task "$DEMOS_PER_TASK" --val_episodes_per_task 5 --workers 2 --overwrite \
+        --episodes_per_task "$DEMOS_PER_TASK" --val_episodes_per_task 5 --workers 2 --camera "$CAMERA" --overwrite \
         | tail -1 | tee "$OUT/demos.json"
 fi
 t1=$(stamp)
@@ -53,10 +56,10 @@ rm -rf "$OUT/train"
 uv run scripts/run.py --config-name="$TRAIN_CONFIG" data.data_path="$OUT/data" log_dir="$OUT/train" "$@"
 t2=$(stamp)
 uv run scripts/run.py --config-path=../config/eval --config-name="$EVAL_CONFIG" policy=checkpoint \
-    checkpoint_path="$OUT/train" n_eval_episode="$EPISODES" log_dir="$OUT/eval_checkpoint" "${EVAL_EXTRA[@]}"
+    checkpoint_path="$OUT/train" n_eval_episode="$EPISODES" env.camera="$CAMERA" log_dir="$OUT/eval_checkpoint" "${EVAL_EXTRA[@]}"
 for policy in $FLOORS; do
     uv run scripts/run.py --config-path=../config/eval --config-name="$EVAL_CONFIG" policy="$policy" \
-        n_eval_episode="$EPISODES" n_video=1 log_dir="$OUT/eval_$policy"
+        n_eval_episode="$EPISODES" env.camera="$CAMERA" n_video=1 log_dir="$OUT/eval_$policy"
 done
 t3=$(stamp)
 uv run python -m pg_vla.eval.metaworld.benchmark "$OUT" --train_seconds "$((t2 - t1))" --eval_seconds "$((t3 - t2))"

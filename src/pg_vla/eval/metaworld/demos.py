@@ -8,7 +8,7 @@ calling process) writes them as the RLDS dataset `metaworld/1.0.0` that the `met
 config reads.
 
 Step layout (one per environment step, the observation before the action):
-    observation/image       (S, S, 3) uint8 JPEG   camera corner4, rotated 180 degrees
+    observation/image       (S, S, 3) uint8 JPEG   camera corner4 rotated 180 degrees (or another view: --camera)
     observation/state       (4,) float32           hand xyz, gripper opening: the policy's proprio
     observation/full_state  (39,) float32          the whole Meta-World observation (objects, goal), unused in training
     action                  (4,) float32           the expert's action clipped to [-1, 1]
@@ -245,7 +245,7 @@ def write_metaworld_dataset(
         num_shards=shards,
         overwrite=overwrite,
         description=f"Scripted Meta-World v3 demonstrations: tasks {list(tasks)}, seeds {first_seed}.."
-        f"{first_seed + episodes_per_task - 1}, camera {camera} rotated 180 degrees, "
+        f"{first_seed + episodes_per_task - 1}, camera (view) {camera} rotated 180 degrees, "
         f"{image_size}x{image_size}, at most {max_steps} steps, successful episodes only.",
     )
     return {"path": str(folder), **stats, "seconds": round(time.perf_counter() - tic, 1)}
@@ -275,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--max_steps", type=int, default=DEFAULT_MAX_STEPS)
     parser.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument(
+        "--camera",
+        default=DEFAULT_CAMERA,
+        help="a view of pg_vla.eval.metaworld.rendering.VIEWS (e.g. corner4_workspace) or a MuJoCo camera; "
+        "evaluate with the same env.camera",
+    )
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     args = parser.parse_args(argv)
@@ -292,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             first_seed=args.first_seed,
             max_steps=args.max_steps,
             image_size=args.image_size,
+            camera=args.camera,
             num_shards=args.num_shards,
             overwrite=args.overwrite,
         )

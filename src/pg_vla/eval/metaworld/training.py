@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from pg_vla.eval.metaworld.demos import DATASET_NAME, DATASET_VERSION
+from pg_vla.eval.metaworld.rendering import DEFAULT_CAMERA
 
 
-def demos_path(cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int) -> Path:
-    """The data root of one demonstration set (one folder per task list and size)."""
-    return Path(cache_dir) / f"demos_{len(tasks)}tasks_{episodes_per_task}ep"
+def demos_path(
+    cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, camera: str = DEFAULT_CAMERA
+) -> Path:
+    """The data root of one demonstration set (one folder per task list, size and view)."""
+    view = "" if camera == DEFAULT_CAMERA else f"_{camera}"
+    return Path(cache_dir) / f"demos_{len(tasks)}tasks_{episodes_per_task}ep{view}"
 
 
-def prepare_demos(cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, workers: int) -> Path:
+def prepare_demos(
+    cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, workers: int, camera: str = DEFAULT_CAMERA
+) -> Path:
     """-> the data path holding metaworld/1.0.0, generated (in a subprocess) when missing."""
-    data_path = demos_path(cache_dir, tasks, episodes_per_task)
+    data_path = demos_path(cache_dir, tasks, episodes_per_task, camera)
     if not (data_path / DATASET_NAME / DATASET_VERSION / "dataset_info.json").is_file():
         command = [
             sys.executable,
@@ -40,6 +46,8 @@ def prepare_demos(cache_dir: str | Path, tasks: Sequence[str], episodes_per_task
             str(episodes_per_task),
             "--workers",
             str(workers),
+            "--camera",
+            camera,
             "--overwrite",
         ]
         print("generating demonstrations:", " ".join(command), flush=True)
@@ -67,7 +75,11 @@ def run(cfg: Any) -> dict[str, Any]:
     options = data.pop("metaworld")
     if not data["data"].get("data_path"):
         data_path = prepare_demos(
-            options["cache_dir"], options["tasks"], options["episodes_per_task"], options["workers"]
+            options["cache_dir"],
+            options["tasks"],
+            options["episodes_per_task"],
+            options["workers"],
+            options.get("camera", DEFAULT_CAMERA),
         )
         data["data"] = {**data["data"], "data_path": str(data_path)}
     if not data.get("pretrained_model_path"):
