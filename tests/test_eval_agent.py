@@ -9,6 +9,7 @@ import pytest
 
 from metaworld_subprocess import run_python
 from pg_vla.eval.agent import EvalConfig
+from pg_vla.eval.controllers import CheckpointController, ZeroController
 from pg_vla.eval.report import EpisodeResult, summarize
 
 _EVALUATE = """
@@ -19,6 +20,22 @@ for policy, episodes, n_video in (("expert", 5, 1), ("zero", 1, 0)):
     out[policy] = evaluate({{"policy": policy, "env": {{"name": "metaworld", "tasks": ["reach-v3", "push-v3"]}},
                             "n_eval_episode": episodes, "eval_seed_start": 100000, "n_video": n_video,
                             "num_envs": 3, "log_dir": "{log_dir}/" + policy}})
+from pg_vla.eval.agent import EvalConfig, Evaluator
+from pg_vla.eval.metaworld.env import record_expert_actions
+from pg_vla.eval.metaworld.suite import MetaWorldSuite
+class Recording(MetaWorldSuite):  # the real suite, noting which environments render
+    made = []
+    def make_env(self, task, *, render=True):
+        self.made.append([task, render])
+        return super().make_env(task, render=render)
+cfg = EvalConfig.from_dict({{"policy": "zero", "env": {{"name": "metaworld", "tasks": ["reach-v3"]}},
+                            "n_eval_episode": 3, "n_video": 1, "num_envs": 1, "log_dir": "{log_dir}/recorded"}})
+evaluator = Evaluator(cfg)
+evaluator.suite = Recording()
+evaluator.run()
+out["made"] = Recording.made
+out["expert_steps"] = {{f"{{t}}:{{s}}": len(record_expert_actions(t, s)) for t in ("reach-v3", "push-v3")
+                       for s in range(100000, 100005)}}
 print(json.dumps(out))
 """
 
@@ -35,6 +52,11 @@ def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
         (task, 100000 + i) for task in ("reach-v3", "push-v3") for i in range(5)
     )
     assert all(r["success"] and 0 < r["steps"] < 200 for r in lines)
+    # episodes 2-5 of each task run without rendering (blind floors render only their videos): each took as
+    # many steps as the expert's blind recording of that seed (pg_vla.eval.metaworld.env, no agent)
+    assert {f"{r['task']}:{r['seed']}": r["steps"] for r in lines} == out["expert_steps"]
+    assert out["made"] == [["reach-v3", True], ["reach-v3", False]]  # the video episode renders, not the rest
+    assert CheckpointController.reads_images and not ZeroController.reads_images
     assert {r["instruction"] for r in lines} == {"reach the red target", "push the puck to the green target"}
     zero = [json.loads(line) for line in (tmp_path / "zero" / "episodes.jsonl").read_text().splitlines()]
     assert all(r["steps"] == 200 and not r["success"] for r in zero)  # the step cap ends failed episodes

@@ -148,7 +148,7 @@ class Evaluator:
         cfg = self.cfg
         controller = self.make_controller()
         episodes = deque((task, i) for task in self.tasks for i in range(cfg.n_eval_episode))
-        envs: dict[tuple[int, str], Any] = {}  # (slot, task) -> env, created on first use
+        envs: dict[tuple[int, str, bool], Any] = {}  # (slot, task, renders) -> env, created on first use
         slots = [_Slot(i) for i in range(cfg.num_envs)]
         results: list[EpisodeResult] = []
         jsonl = JsonlWriter(self.log_dir / "episodes.jsonl")
@@ -160,9 +160,10 @@ class Evaluator:
                 slot.task = None
                 return False
             slot.task, slot.episode = episodes.popleft()
-            key = (slot.index, slot.task)
+            render = controller.reads_images or slot.episode < cfg.n_video  # blind floors render only videos
+            key = (slot.index, slot.task, render)
             if key not in envs:
-                envs[key] = self.suite.make_env(slot.task)
+                envs[key] = self.suite.make_env(slot.task, render=render)
             slot.env = envs[key]
             slot.seed = cfg.eval_seed_start + slot.episode
             slot.obs, slot.instruction = slot.env.reset(slot.seed)

@@ -40,6 +40,10 @@ class Request:
 
 
 class Controller(ABC):
+    # False: the controller never looks at the camera, so its episodes run without rendering, except
+    # the ones recorded as videos
+    reads_images = True
+
     def start_episode(self, slot: int, task: str, seed: int) -> None:  # noqa: B027 - an optional hook
         """A new episode begins in environment `slot`."""
 
@@ -99,6 +103,8 @@ class CheckpointController(Controller):
 
 
 class ExpertController(Controller):
+    reads_images = False
+
     def __init__(self, suite: EnvSuite):
         self.suite = suite
         self.experts: dict[int, Any] = {}
@@ -111,6 +117,8 @@ class ExpertController(Controller):
 
 
 class ZeroController(Controller):
+    reads_images = False
+
     def __init__(self, action_dim: int):
         self.action = np.zeros(action_dim, dtype=np.float32)
 
@@ -119,6 +127,8 @@ class ZeroController(Controller):
 
 
 class RandomController(Controller):
+    reads_images = False
+
     def __init__(self, action_dim: int, seed: int):
         self.action_dim, self.seed = action_dim, seed
         self.rngs: dict[int, np.random.Generator] = {}
@@ -131,6 +141,8 @@ class RandomController(Controller):
 
 
 class ReplayController(Controller):
+    reads_images = False
+
     def __init__(self, suite: EnvSuite, seed_offset: int):
         if seed_offset == 0:
             raise ValueError("replay_seed_offset must not be 0: the replayed actions must come from another seed")
