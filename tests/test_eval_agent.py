@@ -36,6 +36,12 @@ evaluator.run()
 out["made"] = Recording.made
 out["expert_steps"] = {{f"{{t}}:{{s}}": len(record_expert_actions(t, s)) for t in ("reach-v3", "push-v3")
                        for s in range(100000, 100005)}}
+import numpy as np
+from pg_vla.eval.metaworld.env import MetaWorldEnv
+env = MetaWorldEnv("push-v3", render=False)
+state = env.reset(100000)[0].state
+out["puck_to_goal"] = float(np.linalg.norm(state[4:7] - state[36:39]))  # the puck (4:7) and the goal (36:39)
+env.close()
 print(json.dumps(out))
 """
 
@@ -60,6 +66,14 @@ def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
     assert {r["instruction"] for r in lines} == {"reach the red target", "push the puck to the green target"}
     zero = [json.loads(line) for line in (tmp_path / "zero" / "episodes.jsonl").read_text().splitlines()]
     assert all(r["steps"] == 200 and not r["success"] for r in zero)  # the step cap ends failed episodes
+    # each episode keeps the last step's distance to the goal: within reach's 5 cm success radius for the expert;
+    # with zero actions the puck stays put, so on push it is the initial puck-goal distance (numpy, from the
+    # first observation)
+    assert all(r["final"]["obj_to_target"] <= 0.05 for r in lines if r["task"] == "reach-v3")
+    (push,) = [r for r in zero if r["task"] == "push-v3"]
+    assert push["final"]["obj_to_target"] == pytest.approx(out["puck_to_goal"], abs=1e-3)
+    zero_summary = json.loads((tmp_path / "zero" / "summary.json").read_text())
+    assert zero_summary["final_median"]["push-v3"]["obj_to_target"] == push["final"]["obj_to_target"]  # 1 episode
 
     summary = json.loads((tmp_path / "expert" / "summary.json").read_text())
     assert summary["per_task"] == {"reach-v3": 1.0, "push-v3": 1.0} and summary["mean"] == 1.0
@@ -71,14 +85,17 @@ def test_expert_scores_full_success_and_zero_action_scores_nothing(tmp_path):
 
 def test_summary_rates_are_per_task_means():
     results = [
-        EpisodeResult("a", 0, True, 5, "x"),
-        EpisodeResult("a", 1, False, 200, "x"),
+        EpisodeResult("a", 0, True, 5, "x", {"obj_to_target": 0.02}),
+        EpisodeResult("a", 1, False, 200, "x", {"obj_to_target": 0.30}),
+        EpisodeResult("a", 2, False, 200, "x", {"obj_to_target": 0.10, "grasp_success": 1.0}),
         EpisodeResult("b", 0, True, 7, "y"),
     ]
     summary = summarize(results, ["a", "b"])
-    assert summary["per_task"] == {"a": 0.5, "b": 1.0}
-    assert summary["mean"] == 0.75
-    assert summary["episodes"] == {"a": 2, "b": 1}
+    assert summary["per_task"] == {"a": pytest.approx(1 / 3), "b": 1.0}
+    assert summary["mean"] == pytest.approx((1 / 3 + 1) / 2)
+    assert summary["episodes"] == {"a": 3, "b": 1}
+    # medians over the episodes that report a measure; a task without measures has none
+    assert summary["final_median"] == {"a": {"obj_to_target": 0.10, "grasp_success": 1.0}, "b": {}}
 
 
 @pytest.mark.parametrize(

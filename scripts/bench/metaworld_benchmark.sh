@@ -9,7 +9,7 @@
 #                   metaworld.episodes_per_task), plus 5 validation episodes per task (seeds 50000..)
 #   EPISODES        evaluation episodes per task, seeds 100000.. (default 50)
 #   EVAL_OVERRIDES  overrides of the checkpoint's evaluation only (e.g. act_steps=1 temporal_ensemble_k=0.01)
-#   FLOORS          baselines evaluated on the same seeds (default "expert zero random replay")
+#   FLOORS          baselines evaluated on the same seeds (default "expert zero random replay"; "" for none)
 #   CAMERA          the view rendered for demonstrations and every evaluation (default corner4; e.g.
 #                   corner4_workspace, pg_vla.eval.metaworld.rendering.VIEWS)
 # Steps (each a separate process): demonstrations (reused when OUT_DIR/demos.json exists, unless
@@ -25,7 +25,7 @@ case "$SUITE" in
     *) echo "SUITE must be five or mt10, got $SUITE" >&2; exit 2 ;;
 esac
 EPISODES=${EPISODES:-50}
-FLOORS=${FLOORS:-expert zero random replay}
+FLOORS=${FLOORS-expert zero random replay}
 CAMERA=${CAMERA:-corner4}
 read -r -a EVAL_EXTRA <<< "${EVAL_OVERRIDES:-}"
 mkdir -p "$OUT"

@@ -36,6 +36,7 @@ from pg_vla.eval.controllers import (
     Request,
     ZeroController,
 )
+from pg_vla.eval.envs.base import StepResult
 from pg_vla.eval.report import EpisodeResult, JsonlWriter, plot_success, summarize, write_video
 from pg_vla.eval.suite import EnvSuite, get_suite
 from pg_vla.utils.configs import dataclass_from_dict
@@ -174,14 +175,19 @@ class Evaluator:
             controller.start_episode(slot.index, slot.task, slot.seed)
             return True
 
-        def finish(slot: _Slot, success: bool) -> None:
+        def finish(slot: _Slot, step: StepResult) -> None:
             result = EpisodeResult(
-                task=slot.task, seed=slot.seed, success=bool(success), steps=slot.steps, instruction=slot.instruction
+                task=slot.task,
+                seed=slot.seed,
+                success=bool(step.success),
+                steps=slot.steps,
+                instruction=slot.instruction,
+                final={k: float(v) for k, v in step.info.items() if k in self.suite.final_measures},
             )
             results.append(result)
             jsonl.write(result)
             if slot.frames is not None:
-                outcome = "success" if success else "failure"
+                outcome = "success" if result.success else "failure"
                 write_video(
                     slot.frames, self.log_dir / "videos" / f"{slot.task}_seed{slot.seed}_{outcome}", cfg.video_fps
                 )
@@ -204,7 +210,7 @@ class Evaluator:
                     if slot.frames is not None:
                         slot.frames.append(self.adapters[slot.index].get_video_frame(slot.env, slot.obs))
                     if step.done:
-                        finish(slot, step.success)
+                        finish(slot, step)
                         start(slot)
                 active = [slot for slot in slots if slot.task is not None]
         finally:

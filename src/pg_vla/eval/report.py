@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,28 @@ class EpisodeResult:
     success: bool
     steps: int
     instruction: str
+    # the environment's task measures at the last step (Meta-World: obj_to_target, the distance in metres of
+    # the task's object, or of the hand on reach, to the goal; near_object; grasp_success)
+    final: dict[str, float] = field(default_factory=dict)
 
 
 def summarize(results: Sequence[EpisodeResult], tasks: Sequence[str]) -> dict[str, Any]:
-    """-> {"per_task": task -> success rate in [0, 1], "mean": mean over tasks, "episodes": task -> count}."""
-    per_task, counts = {}, {}
+    """-> {"per_task": task -> success rate in [0, 1], "mean": mean over tasks, "episodes": task -> count,
+    "final_median": task -> {measure -> median over the task's episodes} of the episodes' `final` measures}."""
+    per_task, counts, final = {}, {}, {}
     for task in tasks:
-        outcomes = [r.success for r in results if r.task == task]
-        counts[task] = len(outcomes)
-        per_task[task] = float(np.mean(outcomes)) if outcomes else float("nan")
+        episodes = [r for r in results if r.task == task]
+        counts[task] = len(episodes)
+        per_task[task] = float(np.mean([r.success for r in episodes])) if episodes else float("nan")
+        measures = sorted({key for r in episodes for key in r.final})
+        final[task] = {key: float(np.median([r.final[key] for r in episodes if key in r.final])) for key in measures}
     rates = [rate for rate in per_task.values() if not np.isnan(rate)]
-    return {"per_task": per_task, "mean": float(np.mean(rates)) if rates else float("nan"), "episodes": counts}
+    return {
+        "per_task": per_task,
+        "mean": float(np.mean(rates)) if rates else float("nan"),
+        "episodes": counts,
+        "final_median": final,
+    }
 
 
 class JsonlWriter:
