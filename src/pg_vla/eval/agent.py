@@ -182,7 +182,7 @@ class Evaluator:
                 success=bool(step.success),
                 steps=slot.steps,
                 instruction=slot.instruction,
-                final={k: float(v) for k, v in step.info.items() if k in self.suite.final_measures},
+                final=dict(step.info.get("measures", {})),  # an environment's task measures, if it reports any
             )
             results.append(result)
             jsonl.write(result)

@@ -26,7 +26,6 @@ class EnvSuite(ABC):
     name: str
     action_dim: int
     tasks: Sequence[str]  # the benchmark's default task list
-    final_measures: Sequence[str] = ()  # numeric entries of a step's info kept per episode (EpisodeResult.final)
 
     @abstractmethod
     def make_env(self, task: str, *, render: bool = True) -> EvalEnv: ...

@@ -24,6 +24,7 @@ class StepResult:
     obs: Any
     success: bool
     done: bool
+    # free-form; info["measures"] (name -> float) holds task measures the agent keeps for the episode's last step
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -34,8 +34,8 @@ from pg_vla.eval.metaworld.tasks import get_task
 DEFAULT_MAX_STEPS = 200
 PROPRIO_SLICE = slice(0, 4)  # hand xyz + gripper opening
 ACTION_DIM = 4  # hand xyz motion + gripper effort
-# Meta-World's per-step measures kept in a step's info: the distance (m) of the task's object (the hand on
-# reach) to the goal, whether the hand is near the object, whether it holds it
+# Meta-World's per-step measures, a step's info["measures"]: the distance (m) of the task's object (the hand
+# on reach) to the goal, whether the hand is near the object, whether it holds it
 TASK_MEASURES = ("obj_to_target", "near_object", "grasp_success")
 
 
@@ -130,7 +130,7 @@ class MetaWorldEnv(EvalEnv):
             info={
                 "reward": float(reward),
                 "steps": self.steps,
-                **{key: float(info[key]) for key in TASK_MEASURES if key in info},
+                "measures": {key: float(info[key]) for key in TASK_MEASURES if key in info},
             },
         )
 

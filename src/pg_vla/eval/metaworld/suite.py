@@ -11,7 +11,6 @@ from pg_vla.eval.metaworld.env import (
     ACTION_DIM,
     DEFAULT_MAX_STEPS,
     MetaWorldEnv,
-    TASK_MEASURES,
     MetaWorldObservation,
     ScriptedExpert,
     record_expert_actions,
@@ -25,7 +24,6 @@ class MetaWorldSuite(EnvSuite):
     name = "metaworld"
     action_dim = ACTION_DIM
     tasks = BENCHMARK_TASKS
-    final_measures = TASK_MEASURES
 
     def __init__(
         self, max_steps: int = DEFAULT_MAX_STEPS, image_size: int = DEFAULT_IMAGE_SIZE, camera: str = DEFAULT_CAMERA
