@@ -511,7 +511,14 @@ def test_client_writes_metaworld_style_outputs(monkeypatch, tmp_path) -> None:
     assert all(a[6] == 1.0 for a in made[0].actions)
     lines = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert lines == [
-        {"task": "widowx_stack_cube", "seed": s, "success": True, "steps": 6, "instruction": "put carrot on plate"}
+        {
+            "task": "widowx_stack_cube",
+            "seed": s,
+            "success": True,
+            "steps": 6,
+            "instruction": "put carrot on plate",
+            "final": {},
+        }
         for s in (10, 11)
     ]
     written = json.loads((tmp_path / "summary.json").read_text())
