@@ -184,6 +184,31 @@ def test_padding_is_invisible_and_observations_matter():
             assert (out - base).abs().max() > 1e-6
 
 
+@torch.no_grad()
+def test_a_model_without_proprio_never_reads_it_and_its_checkpoint_keeps_that(tmp_path):
+    """use_proprio=False: velocities and sampled chunks are the same for any proprio (also any non-finite
+    one), the images still matter, and the flag survives a checkpoint round trip."""
+    from pg_vla.model.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    cfg.use_proprio = False
+    model = PiZero(cfg).eval()
+    images, text_ids, text_mask, proprio, _, noise = make_batch(cfg)
+    t = torch.full((2,), 0.5)
+    base = model.predict_velocity(images, text_ids, text_mask, proprio, noise, t)
+    for other in (-proprio, proprio * 100, torch.zeros_like(proprio)):
+        assert torch.equal(model.predict_velocity(images, text_ids, text_mask, other, noise, t), base)
+    assert (model.predict_velocity(images.flip(-1), text_ids, text_mask, proprio, noise, t) - base).abs().max() > 1e-6
+    sampled = model.sample_actions(images, text_ids, text_mask, proprio, noise=noise)
+    assert torch.equal(model.sample_actions(images, text_ids, text_mask, -proprio, noise=noise), sampled)
+    loaded = load_model(save_model(model, tmp_path / "model.safetensors"))
+    assert loaded.config.use_proprio is False
+    assert torch.equal(loaded.predict_velocity(images, text_ids, text_mask, -proprio, noise, t), base)
+    with pytest.raises(ValueError, match="use_proprio must be a bool"):
+        PiZeroConfig(use_proprio="no")
+
+
 def test_first_action_tokens_do_not_see_later_blocks():
     """Proprio outputs cannot depend on actions: the prefix cache is computed without them."""
     torch.manual_seed(0)

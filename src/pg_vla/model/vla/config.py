@@ -111,6 +111,9 @@ class PiZeroConfig:
     horizon_steps: int = 4  # action chunk length
     action_dim: int = 7
     proprio_dim: int = 7
+    # False: the model never reads the proprio (its tokens carry only the encoder's bias), so every action
+    # must come from the images and the instruction: no shortcut through the robot's own state
+    use_proprio: bool = True
     # flow matching (openpi convention: t = 1 is pure noise, t = 0 the data)
     time_conditioning: TimeConditioning = "mlp"  # pi0's action-time MLP, or adaLN / adaLN-Zero in the action expert
     time_sampling: TimeSampling = "beta"  # pi0: t = time_max * Beta(alpha, beta) + (1 - time_max)
@@ -172,7 +175,7 @@ class PiZeroConfig:
             raise ValueError(f"discrete_mlp_hidden_dims must be positive integers, got {self.discrete_mlp_hidden_dims}")
         if not 0.0 <= self.discrete_dropout < 1.0:
             raise ValueError(f"discrete_dropout must be in [0, 1), got {self.discrete_dropout}")
-        for name in ("discrete_use_proprio", "freeze_vision"):
+        for name in ("use_proprio", "discrete_use_proprio", "freeze_vision"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

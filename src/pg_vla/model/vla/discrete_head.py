@@ -92,7 +92,8 @@ class DiscreteActionHead(nn.Module):
         self.num_bins = config.num_action_bins
         self.low, self.high = config.action_bounds
         self.decoding = config.discrete_decoding
-        self.proprio_size = config.cond_steps * config.proprio_dim if config.discrete_use_proprio else 0
+        uses_proprio = config.use_proprio and config.discrete_use_proprio
+        self.proprio_size = config.cond_steps * config.proprio_dim if uses_proprio else 0
         width = config.vlm.hidden_size
         self.readout = nn.Parameter(torch.randn(config.horizon_steps, width) * READOUT_INIT_STD)  # (H, D)
         layers: list[nn.Module] = []

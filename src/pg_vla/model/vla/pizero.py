@@ -247,11 +247,14 @@ class PiZero(nn.Module):
         return image_mask.to(device).repeat_interleave(p, dim=1)
 
     def embed_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
-        """proprio (B, C, P) -> (B, C, D_action)."""
+        """proprio (B, C, P) -> (B, C, D_action); zeros in, the encoder's bias out, when not config.use_proprio."""
         c, p = self.config.cond_steps, self.config.proprio_dim
         if proprio.ndim != 3 or proprio.shape[1:] != (c, p):
             raise ValueError(f"proprio must be (batch, {c}, {p}), got {tuple(proprio.shape)}")
-        return self.proprio_encoder(proprio.to(self.proprio_encoder.weight.dtype))
+        proprio = proprio.to(self.proprio_encoder.weight.dtype)
+        if not self.config.use_proprio:
+            proprio = torch.zeros_like(proprio)
+        return self.proprio_encoder(proprio)
 
     def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """noisy actions (B, H, A), t (B,) -> tokens (B, H, D_action), adaLN conditioning (B, D_action) or None."""
