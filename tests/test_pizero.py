@@ -209,6 +209,32 @@ def test_a_model_without_proprio_never_reads_it_and_its_checkpoint_keeps_that(tm
         PiZeroConfig(use_proprio="no")
 
 
+@torch.no_grad()
+def test_proprio_dropout_zeroes_whole_samples_in_training_only():
+    """proprio_dropout=0.5: each training loss of one sample is either its loss with the true proprio or
+    with zeros (the two computed in eval mode), each about half the time; eval mode never drops."""
+    torch.manual_seed(0)
+    cfg = PiZeroConfig.preset("tiny")
+    cfg.proprio_dropout = 0.5
+    model = PiZero(cfg)
+    images, text_ids, text_mask, proprio, actions, noise = (x[:1] for x in make_batch(cfg))
+    t = torch.full((1,), 0.5)
+    args = (images, text_ids, text_mask)
+    model.eval()
+    kept = model(*args, proprio, actions, noise, t).item()
+    zeroed = model(*args, torch.zeros_like(proprio), actions, noise, t).item()
+    assert abs(kept - zeroed) > 1e-4
+    assert model(*args, proprio, actions, noise, t).item() == kept
+    model.train()
+    draws = [model(*args, proprio, actions, noise, t).item() for _ in range(200)]
+    n_zeroed = sum(abs(d - zeroed) < 1e-5 for d in draws)
+    assert sum(abs(d - kept) < 1e-5 for d in draws) + n_zeroed == 200
+    assert 70 <= n_zeroed <= 130  # binomial(200, 0.5): 100 +- 30 is beyond 4 standard deviations
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="proprio_dropout must be in"):
+            PiZeroConfig(proprio_dropout=bad)
+
+
 def test_first_action_tokens_do_not_see_later_blocks():
     """Proprio outputs cannot depend on actions: the prefix cache is computed without them."""
     torch.manual_seed(0)

@@ -114,6 +114,9 @@ class PiZeroConfig:
     # False: the model never reads the proprio (its tokens carry only the encoder's bias), so every action
     # must come from the images and the instruction: no shortcut through the robot's own state
     use_proprio: bool = True
+    # training only: the share of samples whose proprio is replaced by zeros (the mean state), so the
+    # model must also act from the images; evaluation and serving always read the proprio
+    proprio_dropout: float = 0.0
     # flow matching (openpi convention: t = 1 is pure noise, t = 0 the data)
     time_conditioning: TimeConditioning = "mlp"  # pi0's action-time MLP, or adaLN / adaLN-Zero in the action expert
     time_sampling: TimeSampling = "beta"  # pi0: t = time_max * Beta(alpha, beta) + (1 - time_max)
@@ -173,6 +176,8 @@ class PiZeroConfig:
             raise ValueError(f"action_bounds must be (low, high) with low < high, got {self.action_bounds}")
         if not all(isinstance(d, int) and d > 0 for d in self.discrete_mlp_hidden_dims):
             raise ValueError(f"discrete_mlp_hidden_dims must be positive integers, got {self.discrete_mlp_hidden_dims}")
+        if not 0.0 <= self.proprio_dropout < 1.0:
+            raise ValueError(f"proprio_dropout must be in [0, 1), got {self.proprio_dropout}")
         if not 0.0 <= self.discrete_dropout < 1.0:
             raise ValueError(f"discrete_dropout must be in [0, 1), got {self.discrete_dropout}")
         for name in ("use_proprio", "discrete_use_proprio", "freeze_vision"):

@@ -339,7 +339,11 @@ class PiZero(nn.Module):
         (B, H, A) and `time` (B,) pin the randomness (tests); drawn when not given. `image_mask` (B, V)
         bool: the views to read (None: all).
         Discrete head: the cross-entropy of the action bins instead (`noise` and `time` are ignored).
+        In training mode, config.proprio_dropout of the samples see zeros for their proprio.
         """
+        if self.training and self.config.proprio_dropout > 0:
+            dropped = torch.rand(proprio.shape[0], 1, 1, device=proprio.device) < self.config.proprio_dropout
+            proprio = torch.where(dropped, torch.zeros_like(proprio), proprio)
         return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask, image_mask)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
