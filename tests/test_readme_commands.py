@@ -314,6 +314,9 @@ COVERAGE: dict[str, How] = {
         "need minutes or a GPU); smoke test in tests/test_bench_inference.py",
     ),
     "scripts/bench/serving.py": How(PARSED, "parse_args (a benchmark: a server and many requests)"),
+    "scripts/bench/vision_probe.py": How(
+        PARSED, "parse_args (a benchmark: minutes of rendering and training); tiny run in tests/test_vision_probe.py"
+    ),
     # ---- shell
     "scripts/bench/metaworld_benchmark.sh": How(
         SYNTAX, "bash -n (an hour of CPU); its steps are the metaworld commands checked above"
