@@ -45,11 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--camera", default=DEFAULT_CAMERA, help="a view of pg_vla.eval.metaworld.rendering")
     parser.add_argument("--seed", type=int, default=0, help="the tower's and the sampler's seed")
     args = parser.parse_args(argv)
-    for name in ("train_seeds", "test_seeds", "steps", "batch_size"):
+    if args.train_seeds < 2:
+        parser.error(f"--train_seeds must be >= 2 (the targets are standardised), got {args.train_seeds}")
+    for name in ("test_seeds", "steps", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.train_seeds < 2:
-        parser.error("--train_seeds must be >= 2 (the targets are standardised)")
     return args
 
 
@@ -77,26 +77,29 @@ def tower_and_processor(seed: int, folder: Path):
     return tower, processor
 
 
-def errors(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(N, 3), (N, 3) -> (N,) Euclidean distances."""
-    return np.linalg.norm(predicted - truth, axis=-1)
-
-
 def summarise(predicted: np.ndarray, truth: np.ndarray, radius: float) -> dict[str, float]:
-    distance = errors(predicted, truth)
+    """(N, 3) predicted and true positions -> the median distance (m) and the share within `radius`."""
+    distance = np.linalg.norm(predicted - truth, axis=-1)  # (N,)
     return {"median_error_m": float(np.median(distance)), "within_radius": float(np.mean(distance <= radius))}
 
 
 def train_probe(
-    tower: nn.Module, pixels: torch.Tensor, targets: np.ndarray, *, steps: int, batch_size: int, lr: float, seed: int
+    tower: nn.Module,
+    pixels: torch.Tensor,
+    targets: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
 ) -> nn.Module:
-    """Train `tower` + a linear head on (N, 3, S, S) pixels to standardised (N, 6) targets; -> the probe."""
-    mean, std = targets.mean(0), targets.std(0) + 1e-8
+    """Train `tower` + a linear head on (N, 3, S, S) pixels to (N, 6) targets standardised by `mean`, `std`."""
     goal = torch.from_numpy((targets - mean) / std).float()  # (N, 6)
     tokens, width = tower.config.num_patches, tower.config.hidden_size
     head = nn.Linear(tokens * width, targets.shape[1])
     probe = nn.Sequential(tower, nn.Flatten(), head)  # (B, 3, S, S) -> (B, P, D) -> (B, P*D) -> (B, 6)
-    probe.mean, probe.std = mean, std  # to undo the standardisation
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     probe.train()
@@ -111,9 +114,10 @@ def train_probe(
 
 
 @torch.no_grad()
-def predict(probe: nn.Module, pixels: torch.Tensor) -> np.ndarray:
+def predict(probe: nn.Module, pixels: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(M, 3, S, S) pixels -> (M, 6) positions (m), the standardisation undone."""
     out = torch.cat([probe(chunk) for chunk in pixels.split(64)]).numpy().astype(np.float64)
-    return out * probe.std + probe.mean
+    return out * std + mean
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -131,13 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
     train_pixels = processor.preprocess_images(train_images)[:, 0]  # (N, 3, S, S)
     test_pixels = processor.preprocess_images(test_images)[:, 0]
     targets = np.concatenate([train_states[:, GOAL], train_states[:, OBJECT]], axis=1)  # (N, 6)
+    mean, std = targets.mean(0), targets.std(0) + 1e-8  # (6,)
     start = time.perf_counter()
     probe = train_probe(
-        tower, train_pixels, targets, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        tower,
+        train_pixels,
+        targets,
+        mean,
+        std,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
     )
     train_s = time.perf_counter() - start
-    predicted = predict(probe, test_pixels)  # (M, 6)
-    mean = np.broadcast_to(targets.mean(0), predicted.shape)
+    predicted = predict(probe, test_pixels, mean, std)  # (M, 6)
+    mean = np.broadcast_to(mean, predicted.shape)
     result = {
         "task": args.task,
         "camera": args.camera,
