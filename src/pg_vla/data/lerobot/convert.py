@@ -42,11 +42,13 @@ def convert_rlds_to_lerobot(
 
     from pg_vla.data.parquet.convert import open_split
     from pg_vla.data.parquet.images import decode_rgb
-    from pg_vla.data.rlds.pipeline import read_trajectories
+    from pg_vla.data.rlds.pipeline import available_camera_roles, open_builder, read_trajectories
     from pg_vla.data.rlds.standardize import standardize
 
-    keys = get_dataset_config(dataset_name).image_keys
-    roles = tuple(camera_roles or [r for r, key in keys.items() if key is not None])
+    if not camera_roles:
+        cfg = get_dataset_config(dataset_name)
+        camera_roles = available_camera_roles(open_builder(data_path, cfg, ()), cfg)
+    roles = tuple(camera_roles)
     cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
     say = log or (lambda message: None)
 

@@ -13,20 +13,16 @@ unless `skip_unlabeled=False`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pg_vla.data.parquet.writer import ParquetEpisodeWriter
 from pg_vla.data.rlds.dataset_configs import get_dataset_config
 
 
-def default_image_2_role(dataset_name: str) -> str | None:
-    """The wrist camera when the dataset has one, else the secondary camera, else none."""
-    keys = get_dataset_config(dataset_name).image_keys
-    for role in ("wrist", "secondary"):
-        if keys.get(role) is not None:
-            return role
-    return None
+def default_image_2_role(available: Iterable[str]) -> str | None:
+    """The wrist camera when the dataset has one (`available` camera roles), else the secondary camera, else none."""
+    return next((role for role in ("wrist", "secondary") if role in set(available)), None)
 
 
 def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...], max_episodes: int | None):
@@ -39,7 +35,7 @@ def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tupl
         raise ValueError(f"{dataset_name} has no camera for the role(s) {missing}; cameras: {cfg.image_keys}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
-    builder = open_builder(data_path, cfg)
+    builder = open_builder(data_path, cfg, roles)
     if split not in builder.info.splits:
         raise ValueError(f"{dataset_name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
     return cfg, builder
@@ -64,7 +60,10 @@ def convert_rlds_to_parquet(
     from pg_vla.data.rlds.standardize import standardize
 
     if image_2_role == "default":
-        image_2_role = default_image_2_role(dataset_name)
+        from pg_vla.data.rlds.pipeline import available_camera_roles, open_builder
+
+        cfg = get_dataset_config(dataset_name)
+        image_2_role = default_image_2_role(available_camera_roles(open_builder(data_path, cfg, ()), cfg))
     roles = ("primary",) + ((image_2_role,) if image_2_role else ())
     cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
     say = log or (lambda message: None)

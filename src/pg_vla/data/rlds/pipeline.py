@@ -18,6 +18,7 @@ read disjoint episodes whose union is the split. Statistics are computed once pe
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,11 @@ logger = logging.getLogger(__name__)
 tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU; the GPUs belong to torch
 
 
-def open_builder(data_path: str | Path, cfg: DatasetConfig) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of `<data_path>/<name>/<version>`, checked against the dataset config."""
+def open_builder(
+    data_path: str | Path, cfg: DatasetConfig, camera_roles: Sequence[str] | None = None
+) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `<data_path>/<name>/<version>`, checked against the dataset config: the image
+    feature of every camera role in `camera_roles` (None: every role the config names) must exist."""
     folder = dataset_folder(data_path, cfg)
     if not Path(data_path).is_dir():
         raise FileNotFoundError(f"data path {data_path} does not exist")
@@ -51,13 +55,21 @@ def open_builder(data_path: str | Path, cfg: DatasetConfig) -> tfds.core.Dataset
         )
     builder = tfds.builder_from_directory(str(folder))
     observation = builder.info.features["steps"]["observation"]
-    for role, key in cfg.image_keys.items():
+    roles = cfg.image_keys if camera_roles is None else camera_roles
+    for role in roles:
+        key = cfg.image_keys.get(role)
         if key is not None and key not in observation:
             raise KeyError(
                 f"{cfg.name}: image key {key!r} (camera {role}) is not an observation feature; "
                 f"available: {sorted(observation.keys())}"
             )
     return builder
+
+
+def available_camera_roles(builder: tfds.core.DatasetBuilder, cfg: DatasetConfig) -> tuple[str, ...]:
+    """The camera roles whose image feature this dataset has (a config may name optional cameras)."""
+    observation = builder.info.features["steps"]["observation"]
+    return tuple(role for role, key in cfg.image_keys.items() if key is not None and key in observation)
 
 
 def rank_split(split: str, rank: int, world_size: int) -> str:
@@ -247,7 +259,7 @@ def frames_of_dataset(
     world_size: int,
 ) -> tf.data.Dataset:
     """One dataset as a stream of frames (encoded image histories, normalized and windowed proprio/actions)."""
-    builder = open_builder(rlds.data_path, cfg)
+    builder = open_builder(rlds.data_path, cfg, rlds.camera_roles)
     action_mask = action_normalization_mask(
         cfg.action_dim, rlds.normalize_gripper, dataset_mask=cfg.action_normalization_mask
     )

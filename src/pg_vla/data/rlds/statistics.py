@@ -126,7 +126,7 @@ def compute_statistics(
         standardized_trajectories,
     )
 
-    builder = open_builder(data_path, cfg)
+    builder = open_builder(data_path, cfg, camera_roles=())  # statistics read no image
     # skipping: every non-empty trajectory comes as it is; non-finite, then unlabeled ones are dropped below
     ds = standardized_trajectories(
         builder,
@@ -199,7 +199,7 @@ def load_or_compute_statistics(
 ) -> tuple[DatasetStatistics, Path]:
     from pg_vla.data.rlds.pipeline import open_builder
 
-    builder = open_builder(data_path, cfg)
+    builder = open_builder(data_path, cfg, camera_roles=())  # statistics read no image
     keyed = _keyed_statistics_file(data_path, cfg, split, skip_unlabeled, statistics_dir, skip_non_finite)
     if split not in builder.info.splits or keyed is None:
         raise ValueError(f"{cfg.name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
