@@ -12,6 +12,8 @@
 #   FLOORS          baselines evaluated on the same seeds (default "expert zero random replay"; "" for none)
 #   CAMERA          the view rendered for demonstrations and every evaluation (default corner4; e.g.
 #                   corner4_workspace, pg_vla.eval.metaworld.rendering.VIEWS)
+#   SECONDARY_CAMERA  a second view of every step (e.g. topview; default none), trained as the "secondary"
+#                   camera (data.camera_roles=[primary,secondary]) and rendered in every evaluation
 # Steps (each a separate process): demonstrations (reused when OUT_DIR/demos.json exists, unless
 # REGENERATE_DEMOS=1), training, evaluation of the last checkpoint, the floors, then the report
 # (pg_vla.eval.metaworld.benchmark): OUT_DIR/benchmark.json and OUT_DIR/benchmark.md.
@@ -27,6 +29,15 @@ esac
 EPISODES=${EPISODES:-50}
 FLOORS=${FLOORS-expert zero random replay}
 CAMERA=${CAMERA:-corner4}
+SECONDARY_CAMERA=${SECONDARY_CAMERA:-}
+DEMO_VIEWS=(--camera "$CAMERA")
+TRAIN_VIEWS=()
+EVAL_VIEWS=(env.camera="$CAMERA")
+if [ -n "$SECONDARY_CAMERA" ]; then
+    DEMO_VIEWS+=(--secondary_camera "$SECONDARY_CAMERA")
+    TRAIN_VIEWS=("data.camera_roles=[primary,secondary]")
+    EVAL_VIEWS+=(env.secondary_camera="$SECONDARY_CAMERA")
+fi
 read -r -a EVAL_EXTRA <<< "${EVAL_OVERRIDES:-}"
 mkdir -p "$OUT"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -48,18 +59,18 @@ if [ -s "$OUT/demos.json" ] && [ -z "${REGENERATE_DEMOS:-}" ]; then
     echo "reusing the demonstrations of $OUT/demos.json (REGENERATE_DEMOS=1 makes new ones)"
 else
     uv run scripts/data/make_metaworld_demos.py --output_dir "$OUT/data" --tasks ${TASKS//,/ } \
-        --episodes_per_task "$DEMOS_PER_TASK" --val_episodes_per_task 5 --workers 2 --camera "$CAMERA" --overwrite \
+        --episodes_per_task "$DEMOS_PER_TASK" --val_episodes_per_task 5 --workers 2 "${DEMO_VIEWS[@]}" --overwrite \
         | tail -1 | tee "$OUT/demos.json"
 fi
 t1=$(stamp)
 rm -rf "$OUT/train"
-uv run scripts/run.py --config-name="$TRAIN_CONFIG" data.data_path="$OUT/data" log_dir="$OUT/train" "$@"
+uv run scripts/run.py --config-name="$TRAIN_CONFIG" data.data_path="$OUT/data" log_dir="$OUT/train" "${TRAIN_VIEWS[@]}" "$@"
 t2=$(stamp)
 uv run scripts/run.py --config-path=../config/eval --config-name="$EVAL_CONFIG" policy=checkpoint \
-    checkpoint_path="$OUT/train" n_eval_episode="$EPISODES" env.camera="$CAMERA" log_dir="$OUT/eval_checkpoint" "${EVAL_EXTRA[@]}"
+    checkpoint_path="$OUT/train" n_eval_episode="$EPISODES" "${EVAL_VIEWS[@]}" log_dir="$OUT/eval_checkpoint" "${EVAL_EXTRA[@]}"
 for policy in $FLOORS; do
     uv run scripts/run.py --config-path=../config/eval --config-name="$EVAL_CONFIG" policy="$policy" \
-        n_eval_episode="$EPISODES" env.camera="$CAMERA" n_video=1 log_dir="$OUT/eval_$policy"
+        n_eval_episode="$EPISODES" "${EVAL_VIEWS[@]}" n_video=1 log_dir="$OUT/eval_$policy"
 done
 t3=$(stamp)
 uv run python -m pg_vla.eval.metaworld.benchmark "$OUT" --train_seconds "$((t2 - t1))" --eval_seconds "$((t3 - t2))"

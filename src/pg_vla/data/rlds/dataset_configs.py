@@ -82,11 +82,12 @@ DATASET_CONFIGS: dict[str, DatasetConfig] = {
     # Meta-World scripted demonstrations (scripts/data/make_metaworld_demos.py). Actions are the
     # environment's own 4-D commands, clipped to [-1, 1]: xyz hand motion (normalized from p01/p99)
     # and the gripper effort (-1 open .. +1 close), already in the model's range and left as it is so
-    # that its few discrete levels (0, 0.6, +-1) keep their meaning across tasks.
+    # that its few discrete levels (0, 0.6, +-1) keep their meaning across tasks. The second view exists
+    # only in demonstrations written with --secondary_camera (train those with camera_roles [primary, secondary]).
     "metaworld": DatasetConfig(
         name="metaworld",
         version="1.0.0",
-        image_keys={"primary": "image", "secondary": None, "wrist": None},
+        image_keys={"primary": "image", "secondary": "image_secondary", "wrist": None},  # secondary: optional
         language_key="language_instruction",
         proprio_encoding="hand xyz, gripper opening (Meta-World observation[0:4])",
         proprio_dim=4,

@@ -12,15 +12,20 @@ from pg_vla.policy import Observation
 
 
 class MetaWorldAdapter(EnvAdapter):
-    """image -> camera "primary" (uint8), state = observation[0:4], prompt = the task's instruction;
-    an action chunk (H, 4) -> H actions clipped to [-1, 1]."""
+    """image -> camera "primary" (uint8), the second view (when the env renders one) -> "secondary",
+    state = observation[0:4], prompt = the task's instruction; an action chunk (H, 4) -> H actions
+    clipped to [-1, 1]."""
 
     camera_role = "primary"
+    secondary_role = "secondary"
 
     def preprocess(self, env: Any, obs: MetaWorldObservation, instruction: str) -> Observation:
         if obs.image is None:
             raise ValueError("the Meta-World environment does not render: create it with render=True")
-        return Observation(images={self.camera_role: obs.image}, state=obs.proprio, prompt=instruction)
+        images = {self.camera_role: obs.image}
+        if obs.secondary_image is not None:
+            images[self.secondary_role] = obs.secondary_image
+        return Observation(images=images, state=obs.proprio, prompt=instruction)
 
     def postprocess(self, actions: np.ndarray) -> list[np.ndarray]:
         actions = np.asarray(actions, dtype=np.float32)

@@ -9,6 +9,7 @@ config reads.
 
 Step layout (one per environment step, the observation before the action):
     observation/image       (S, S, 3) uint8 JPEG   camera corner4 rotated 180 degrees (or another view: --camera)
+    observation/image_secondary  (S, S, 3) uint8 JPEG  a second view of the same step (only with --secondary_camera)
     observation/state       (4,) float32           hand xyz, gripper opening: the policy's proprio
     observation/full_state  (39,) float32          the whole Meta-World observation (objects, goal), unused in training
     action                  (4,) float32           the expert's action clipped to [-1, 1]
@@ -46,18 +47,23 @@ def collect_episode(
     max_steps: int = DEFAULT_MAX_STEPS,
     image_size: int = DEFAULT_IMAGE_SIZE,
     camera: str = DEFAULT_CAMERA,
+    secondary_camera: str | None = None,
 ) -> dict[str, Any]:
-    """One expert episode -> images (T, S, S, 3), states (T, 39), actions (T, 4), rewards (T,), success."""
+    """One expert episode -> images (T, S, S, 3), states (T, 39), actions (T, 4), rewards (T,), success;
+    with a secondary camera also secondary_images (T, S, S, 3)."""
     from pg_vla.eval.metaworld.env import MetaWorldEnv, ScriptedExpert
 
-    env = MetaWorldEnv(task, max_steps=max_steps, image_size=image_size, camera=camera)
+    env = MetaWorldEnv(
+        task, max_steps=max_steps, image_size=image_size, camera=camera, secondary_camera=secondary_camera
+    )
     expert = ScriptedExpert(task)
-    images, states, actions, rewards = [], [], [], []
+    images, second, states, actions, rewards = [], [], [], [], []
     try:
         obs, instruction = env.reset(seed)
         while True:
             action = expert(obs)
             images.append(obs.image)
+            second.append(obs.secondary_image)
             states.append(obs.state)
             actions.append(action)
             result = env.step(action)
@@ -67,7 +73,7 @@ def collect_episode(
                 break
     finally:
         env.close()
-    return {
+    episode = {
         "task": task,
         "seed": int(seed),
         "instruction": instruction,
@@ -77,6 +83,9 @@ def collect_episode(
         "actions": np.stack(actions).astype(np.float32),
         "rewards": np.asarray(rewards, np.float32),
     }
+    if secondary_camera:
+        episode["secondary_images"] = np.stack(second)
+    return episode
 
 
 def _worker_init() -> None:
@@ -93,6 +102,7 @@ def iter_demonstrations(
     max_steps: int = DEFAULT_MAX_STEPS,
     image_size: int = DEFAULT_IMAGE_SIZE,
     camera: str = DEFAULT_CAMERA,
+    secondary_camera: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Expert episodes of every task for seeds first_seed .. first_seed + episodes_per_task - 1, in that
     order, rendered by `workers` spawned processes (at most 2 x workers episodes held at once)."""
@@ -107,7 +117,8 @@ def iter_demonstrations(
         while jobs or pending:
             while jobs and len(pending) < 2 * workers:
                 task, seed = jobs.popleft()
-                pending.append(pool.submit(collect_episode, task, seed, max_steps, image_size, camera))
+                args = (task, seed, max_steps, image_size, camera, secondary_camera)
+                pending.append(pool.submit(collect_episode, *args))
             yield pending.popleft().result()
 
 
@@ -117,13 +128,16 @@ def to_rlds_episode(episode: dict[str, Any]) -> dict[str, Any]:
     steps = []
     for t in range(length):
         last = t == length - 1
+        observation = {
+            "image": episode["images"][t],
+            "state": episode["states"][t, PROPRIO_SLICE].astype(np.float32),
+            "full_state": episode["states"][t].astype(np.float32),
+        }
+        if "secondary_images" in episode:
+            observation["image_secondary"] = episode["secondary_images"][t]
         steps.append(
             {
-                "observation": {
-                    "image": episode["images"][t],
-                    "state": episode["states"][t, PROPRIO_SLICE].astype(np.float32),
-                    "full_state": episode["states"][t].astype(np.float32),
-                },
+                "observation": observation,
                 "action": episode["actions"][t],
                 "reward": np.float32(episode["rewards"][t]),
                 "discount": np.float32(1.0),
@@ -143,21 +157,29 @@ def to_rlds_episode(episode: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def metaworld_features(image_size: int = DEFAULT_IMAGE_SIZE) -> Any:
+def metaworld_features(
+    image_size: int = DEFAULT_IMAGE_SIZE, camera: str = DEFAULT_CAMERA, secondary_camera: str | None = None
+) -> Any:
     """The RLDS schema of the dataset (imports tensorflow_datasets)."""
     import tensorflow_datasets as tfds
 
     f = tfds.features
+
+    def image(view: str) -> Any:
+        return f.Image(
+            shape=(image_size, image_size, 3),
+            dtype=np.uint8,
+            encoding_format="jpeg",
+            doc=f"View {view} (camera rotated 180 degrees).",
+        )
+
+    second = {"image_secondary": image(secondary_camera)} if secondary_camera else {}
     step = f.FeaturesDict(
         {
             "observation": f.FeaturesDict(
                 {
-                    "image": f.Image(
-                        shape=(image_size, image_size, 3),
-                        dtype=np.uint8,
-                        encoding_format="jpeg",
-                        doc="Camera corner4, rotated 180 degrees.",
-                    ),
+                    "image": image(camera),
+                    **second,
                     "state": f.Tensor(
                         shape=(4,), dtype=np.float32, doc="Hand xyz and gripper opening (observation[0:4])."
                     ),
@@ -206,6 +228,7 @@ def write_metaworld_dataset(
     max_steps: int = DEFAULT_MAX_STEPS,
     image_size: int = DEFAULT_IMAGE_SIZE,
     camera: str = DEFAULT_CAMERA,
+    secondary_camera: str | None = None,
     num_shards: int = 1,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -221,7 +244,14 @@ def write_metaworld_dataset(
 
     def episodes(count: int, seed: int, split: str) -> Iterator[dict[str, Any]]:
         for episode in iter_demonstrations(
-            tasks, count, workers=workers, first_seed=seed, max_steps=max_steps, image_size=image_size, camera=camera
+            tasks,
+            count,
+            workers=workers,
+            first_seed=seed,
+            max_steps=max_steps,
+            image_size=image_size,
+            camera=camera,
+            secondary_camera=secondary_camera,
         ):
             if not episode["success"]:
                 stats["failed"].append(f"{episode['task']}:{episode['seed']}")
@@ -240,12 +270,13 @@ def write_metaworld_dataset(
         output_dir,
         DATASET_NAME,
         DATASET_VERSION,
-        metaworld_features(image_size),
+        metaworld_features(image_size, camera, secondary_camera),
         splits,
         num_shards=shards,
         overwrite=overwrite,
         description=f"Scripted Meta-World v3 demonstrations: tasks {list(tasks)}, seeds {first_seed}.."
-        f"{first_seed + episodes_per_task - 1}, camera (view) {camera} rotated 180 degrees, "
+        f"{first_seed + episodes_per_task - 1}, camera (view) {camera} rotated 180 degrees"
+        f"{f' and second view {secondary_camera}' if secondary_camera else ''}, "
         f"{image_size}x{image_size}, at most {max_steps} steps, successful episodes only.",
     )
     return {"path": str(folder), **stats, "seconds": round(time.perf_counter() - tic, 1)}
@@ -281,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="a view of pg_vla.eval.metaworld.rendering.VIEWS (e.g. corner4_workspace) or a MuJoCo camera; "
         "evaluate with the same env.camera",
     )
+    parser.add_argument(
+        "--secondary_camera",
+        default=None,
+        help="a second view stored as observation/image_secondary (the 'secondary' camera role), e.g. topview; "
+        "train with data.camera_roles=[primary,secondary] and evaluate with the same env.secondary_camera",
+    )
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     args = parser.parse_args(argv)
@@ -299,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             max_steps=args.max_steps,
             image_size=args.image_size,
             camera=args.camera,
+            secondary_camera=args.secondary_camera,
             num_shards=args.num_shards,
             overwrite=args.overwrite,
         )

@@ -2,6 +2,7 @@
 
     env = MetaWorldEnv("push-v3")                 # renders corner4 (rotated 180 degrees) at 224x224
     obs, instruction = env.reset(seed=100000)     # obs.image (224, 224, 3) uint8, obs.state (39,) float64
+    MetaWorldEnv("reach-v3", secondary_camera="topview")  # obs.secondary_image too, from a second view
     result = env.step(np.array([0.1, 0.0, -0.2, 0.0]))
 
 Seeding. Meta-World's `reset(seed=...)` ignores the seed, and `gym.make("Meta-World/MT1", seed=...)`
@@ -16,6 +17,11 @@ clipped to [-1, 1] (the environment's action space).
 Observation. `state` is the environment's 39 values: hand xyz and gripper opening (0:4), object
 poses (4:18), the previous step's 18 values (18:36) and the goal (36:39). Policies read only
 `state[0:4]` (proprio) and the image; the scripted experts read all of it.
+
+Second view. One camera leaves a point's depth along its ray unknown: reach's goal floats anywhere in a
+20 x 10 x 25 cm box, and from corner4 alone even a perfect reading of its pixel places it within 5 cm
+only about 80% of the time (`scripts/bench/metaworld_view_ambiguity.py`). `secondary_camera` (e.g.
+topview) renders a second image of the same step, the dataset's "secondary" camera role.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ TASK_MEASURES = ("obj_to_target", "near_object", "grasp_success")
 class MetaWorldObservation:
     state: np.ndarray  # (39,) float64, the environment's observation
     image: np.ndarray | None  # (S, S, 3) uint8, None when the env does not render
+    secondary_image: np.ndarray | None = None  # (S, S, 3) uint8 of the second view, None without one
 
     @property
     def proprio(self) -> np.ndarray:
@@ -80,6 +87,7 @@ class MetaWorldEnv(EvalEnv):
         max_steps: int = DEFAULT_MAX_STEPS,
         image_size: int = DEFAULT_IMAGE_SIZE,
         camera: str = DEFAULT_CAMERA,
+        secondary_camera: str | None = None,
         render: bool = True,
     ):
         if max_steps < 1:
@@ -91,12 +99,18 @@ class MetaWorldEnv(EvalEnv):
         if self.max_steps > self.env.max_path_length:
             raise ValueError(f"max_steps {max_steps} exceeds Meta-World's episode limit {self.env.max_path_length}")
         self.camera = SceneCamera(self.env.model, camera, image_size) if render else None
+        self.secondary_camera = (
+            SceneCamera(self.env.model, secondary_camera, image_size) if render and secondary_camera else None
+        )
         self.steps = 0
         self.seed: int | None = None
 
     def _observe(self, state: np.ndarray) -> MetaWorldObservation:
         image = self.camera.render(self.env.data) if self.camera is not None else None
-        return MetaWorldObservation(state=np.asarray(state, dtype=np.float64).copy(), image=image)
+        second = self.secondary_camera.render(self.env.data) if self.secondary_camera is not None else None
+        return MetaWorldObservation(
+            state=np.asarray(state, dtype=np.float64).copy(), image=image, secondary_image=second
+        )
 
     def reset(self, seed: int) -> tuple[MetaWorldObservation, str]:
         self.seed, self.steps = int(seed), 0
@@ -135,9 +149,10 @@ class MetaWorldEnv(EvalEnv):
         )
 
     def close(self) -> None:
-        if self.camera is not None:
-            self.camera.close()
-            self.camera = None
+        for camera in (self.camera, self.secondary_camera):
+            if camera is not None:
+                camera.close()
+        self.camera = self.secondary_camera = None
         self.env.close()
 
 

@@ -26,14 +26,24 @@ class MetaWorldSuite(EnvSuite):
     tasks = BENCHMARK_TASKS
 
     def __init__(
-        self, max_steps: int = DEFAULT_MAX_STEPS, image_size: int = DEFAULT_IMAGE_SIZE, camera: str = DEFAULT_CAMERA
+        self,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        camera: str = DEFAULT_CAMERA,
+        secondary_camera: str | None = None,
     ):
         self.max_steps, self.image_size, self.camera = int(max_steps), int(image_size), camera
+        self.secondary_camera = secondary_camera
 
     def make_env(self, task: str, *, render: bool = True) -> MetaWorldEnv:
         get_task(task)
         return MetaWorldEnv(
-            task, max_steps=self.max_steps, image_size=self.image_size, camera=self.camera, render=render
+            task,
+            max_steps=self.max_steps,
+            image_size=self.image_size,
+            camera=self.camera,
+            secondary_camera=self.secondary_camera,
+            render=render,
         )
 
     def make_adapter(self) -> MetaWorldAdapter:

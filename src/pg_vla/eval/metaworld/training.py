@@ -21,18 +21,28 @@ from pg_vla.eval.metaworld.rendering import DEFAULT_CAMERA
 
 
 def demos_path(
-    cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, camera: str = DEFAULT_CAMERA
+    cache_dir: str | Path,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    camera: str = DEFAULT_CAMERA,
+    secondary_camera: str | None = None,
 ) -> Path:
-    """The data root of one demonstration set (one folder per task list, size and view)."""
+    """The data root of one demonstration set (one folder per task list, size and views)."""
     view = "" if camera == DEFAULT_CAMERA else f"_{camera}"
+    view += f"_and_{secondary_camera}" if secondary_camera else ""
     return Path(cache_dir) / f"demos_{len(tasks)}tasks_{episodes_per_task}ep{view}"
 
 
 def prepare_demos(
-    cache_dir: str | Path, tasks: Sequence[str], episodes_per_task: int, workers: int, camera: str = DEFAULT_CAMERA
+    cache_dir: str | Path,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    workers: int,
+    camera: str = DEFAULT_CAMERA,
+    secondary_camera: str | None = None,
 ) -> Path:
     """-> the data path holding metaworld/1.0.0, generated (in a subprocess) when missing."""
-    data_path = demos_path(cache_dir, tasks, episodes_per_task, camera)
+    data_path = demos_path(cache_dir, tasks, episodes_per_task, camera, secondary_camera)
     if not (data_path / DATASET_NAME / DATASET_VERSION / "dataset_info.json").is_file():
         command = [
             sys.executable,
@@ -48,6 +58,7 @@ def prepare_demos(
             str(workers),
             "--camera",
             camera,
+            *(["--secondary_camera", secondary_camera] if secondary_camera else []),
             "--overwrite",
         ]
         print("generating demonstrations:", " ".join(command), flush=True)
@@ -73,6 +84,11 @@ def run(cfg: Any) -> dict[str, Any]:
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     options = data.pop("metaworld")
+    if options.get("secondary_camera") and "secondary" not in data["data"].get("camera_roles", ()):
+        raise ValueError(
+            f"metaworld.secondary_camera={options['secondary_camera']} renders a second view that training "
+            "would not read: add data.camera_roles=[primary,secondary]"
+        )
     if not data["data"].get("data_path"):
         data_path = prepare_demos(
             options["cache_dir"],
@@ -80,6 +96,7 @@ def run(cfg: Any) -> dict[str, Any]:
             options["episodes_per_task"],
             options["workers"],
             options.get("camera", DEFAULT_CAMERA),
+            options.get("secondary_camera"),
         )
         data["data"] = {**data["data"], "data_path": str(data_path)}
     if not data.get("pretrained_model_path"):
