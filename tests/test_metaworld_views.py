@@ -50,6 +50,20 @@ def test_best_placement_hand_checked():
         assert ambiguity.best_placement(points, both, cell=1.0, tolerance=0.05)[:2] == (1.0, 0.0)
 
 
+def test_view_ambiguity_script_on_reach():
+    """The script on reach's real goal box and cameras: corner4 alone leaves some goals unplaceable, the
+    two views together place (nearly) every one, and the JSON names what it measured."""
+    pytest.importorskip("metaworld")
+    proc = run_script(
+        [str(AMBIGUITY_SCRIPT), "--views", "corner4", "corner4,topview", "--cell", "1", "--samples", "20000"]
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["task"] == "reach-v3" and out["goal_low"] == [-0.1, 0.8, 0.05] and out["goal_high"] == [0.1, 0.9, 0.3]
+    one, two = out["results"]
+    assert one["views"] == "corner4" and two["views"] == "corner4,topview"
+    assert 0.5 < one["placed_within_tolerance"] < 0.9 and two["placed_within_tolerance"] > 0.99
+
+
 _SECOND_VIEW_PROBE = """
 import json
 import numpy as np

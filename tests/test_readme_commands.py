@@ -317,6 +317,9 @@ COVERAGE: dict[str, How] = {
     "scripts/bench/vision_probe.py": How(
         PARSED, "parse_args (a benchmark: minutes of rendering and training); tiny run in tests/test_vision_probe.py"
     ),
+    "scripts/bench/metaworld_view_ambiguity.py": How(
+        PARSED, "parse_args (builds a Meta-World scene); run for real in tests/test_metaworld_views.py"
+    ),
     # ---- shell
     "scripts/bench/metaworld_benchmark.sh": How(
         SYNTAX, "bash -n (an hour of CPU); its steps are the metaworld commands checked above"

@@ -51,7 +51,7 @@ def best_placement(points: np.ndarray, pixels: np.ndarray, cell: float, toleranc
     return placed, median, int((counts >= min_count).sum()), float(kept.mean())
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="reach-v3")
     parser.add_argument(
@@ -65,7 +65,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tolerance", type=float, default=0.05, help="success radius (m)")
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     import mujoco
