@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pg_vla.data.lerobot.writer import LeRobotWriter
-from pg_vla.data.rlds.dataset_configs import get_dataset_config
 
 
 def camera_key(role: str) -> str:
@@ -42,14 +41,11 @@ def convert_rlds_to_lerobot(
 
     from pg_vla.data.parquet.convert import open_split
     from pg_vla.data.parquet.images import decode_rgb
-    from pg_vla.data.rlds.pipeline import available_camera_roles, open_builder, read_trajectories
+    from pg_vla.data.rlds.pipeline import read_trajectories
     from pg_vla.data.rlds.standardize import standardize
 
-    if not camera_roles:
-        cfg = get_dataset_config(dataset_name)
-        camera_roles = available_camera_roles(open_builder(data_path, cfg, ()), cfg)
-    roles = tuple(camera_roles)
-    cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
+    requested = tuple(camera_roles) if camera_roles else None
+    cfg, builder, roles = open_split(data_path, dataset_name, split, requested, max_episodes)
     say = log or (lambda message: None)
 
     def prepare(traj: dict) -> dict:

@@ -25,20 +25,23 @@ def default_image_2_role(available: Iterable[str]) -> str | None:
     return next((role for role in ("wrist", "secondary") if role in set(available)), None)
 
 
-def open_split(data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...], max_episodes: int | None):
-    """(dataset config, TFDS builder) of an RLDS split to convert, its cameras and arguments checked."""
-    from pg_vla.data.rlds.pipeline import open_builder
+def open_split(
+    data_path: str | Path, dataset_name: str, split: str, roles: tuple[str, ...] | None, max_episodes: int | None
+):
+    """(dataset config, TFDS builder, camera roles) of an RLDS split to convert, its cameras and arguments
+    checked; roles None: every camera the split has (the primary one at least)."""
+    from pg_vla.data.rlds.pipeline import available_camera_roles, open_builder
 
     cfg = get_dataset_config(dataset_name)
-    missing = [role for role in roles if cfg.image_keys.get(role) is None]
+    missing = [role for role in roles or () if cfg.image_keys.get(role) is None]
     if missing:
         raise ValueError(f"{dataset_name} has no camera for the role(s) {missing}; cameras: {cfg.image_keys}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
-    builder = open_builder(data_path, cfg, roles)
+    builder = open_builder(data_path, cfg, ("primary",) if roles is None else roles)
     if split not in builder.info.splits:
         raise ValueError(f"{dataset_name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
-    return cfg, builder
+    return cfg, builder, available_camera_roles(builder, cfg) if roles is None else tuple(roles)
 
 
 def convert_rlds_to_parquet(
@@ -59,13 +62,15 @@ def convert_rlds_to_parquet(
     from pg_vla.data.rlds.pipeline import read_trajectories
     from pg_vla.data.rlds.standardize import standardize
 
-    if image_2_role == "default":
-        from pg_vla.data.rlds.pipeline import available_camera_roles, open_builder
+    def cameras(image_2: str | None) -> tuple[str, ...]:
+        return ("primary",) + ((image_2,) if image_2 else ())
 
-        cfg = get_dataset_config(dataset_name)
-        image_2_role = default_image_2_role(available_camera_roles(open_builder(data_path, cfg, ()), cfg))
-    roles = ("primary",) + ((image_2_role,) if image_2_role else ())
-    cfg, builder = open_split(data_path, dataset_name, split, roles, max_episodes)
+    default = image_2_role == "default"
+    cfg, builder, available = open_split(
+        data_path, dataset_name, split, None if default else cameras(image_2_role), max_episodes
+    )
+    image_2_role = default_image_2_role(available) if default else image_2_role
+    roles = cameras(image_2_role)
     say = log or (lambda message: None)
 
     def prepare(traj: dict) -> dict:
