@@ -3,6 +3,7 @@ process with tensorflow crashes when MuJoCo creates its EGL context)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +12,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path) -> Any:
+    """A script under scripts/ imported as a module (its functions, without running main)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def simulator_env() -> dict[str, str]:

@@ -4,23 +4,19 @@ figures (pinhole projection and best placement, checked by hand)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from metaworld_subprocess import REPO, run_python, run_script
+from metaworld_subprocess import REPO, load_script, run_python, run_script
 
 AMBIGUITY_SCRIPT = REPO / "scripts" / "bench" / "metaworld_view_ambiguity.py"
 
 
 def _ambiguity_module():
-    spec = importlib.util.spec_from_file_location("metaworld_view_ambiguity", AMBIGUITY_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(AMBIGUITY_SCRIPT)
 
 
 def test_pinhole_projection_hand_checked():

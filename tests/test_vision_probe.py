@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from metaworld_subprocess import REPO, run_python, run_script
+from metaworld_subprocess import REPO, load_script, run_python, run_script
 
 pytest.importorskip("metaworld")
 SCRIPT = REPO / "scripts" / "bench" / "vision_probe.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("vision_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_bad_arguments_are_named(capsys):
