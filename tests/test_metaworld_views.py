@@ -188,3 +188,11 @@ def test_demonstrations_with_a_second_view_read_back_as_two_cameras(tmp_path: Pa
     assert first_batch(one, ("primary",))["images"].shape == (4, 1, 112, 112, 3)
     with pytest.raises(KeyError, match="image key 'image_secondary' \\(camera secondary\\)"):
         first_batch(one, ("primary", "secondary"))
+
+
+def test_a_second_view_training_would_not_read_is_refused():
+    from pg_vla.eval.metaworld.training import run
+
+    cfg = {"metaworld": {"secondary_camera": "topview"}, "data": {"camera_roles": ["primary"]}}
+    with pytest.raises(ValueError, match=r"secondary_camera=topview .*data.camera_roles=\[primary,secondary\]"):
+        run(cfg)
