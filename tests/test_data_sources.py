@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from pg_vla.data.lerobot.config import LeRobotConfig
 from pg_vla.data.parquet.config import ParquetConfig
 from pg_vla.data.rlds.config import RLDSConfig
-from pg_vla.data.sources import FIXED, source_options
+from pg_vla.data.sources import FIXED, RLDS_FIXED, source_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,8 @@ def _defaults(cls) -> dict:
 def test_every_loader_key_is_in_the_yaml_at_its_default() -> None:
     data = _yaml_data()
     expected = {**_defaults(RLDSConfig), **_defaults(ParquetConfig), **_defaults(LeRobotConfig)}
-    for name in (*FIXED, "augment"):  # set by the trainer from the model / nested dataclasses (+data.augment)
+    # set by the trainer from the model / nested dataclasses (+data.augment)
+    for name in (*FIXED, *RLDS_FIXED, "augment"):
         expected.pop(name)
     assert set(data) == set(expected) | {"source", "val_paths", "val_path"}
     for key, default in expected.items():

@@ -21,6 +21,8 @@ Batch layout (B batch, N cameras, S image size, C cond steps, P proprio dim, H h
     step           int32 (B,)                step index within the (standardized) episode
     tfds_id        list[str] (B)             which episode ("<file>__<index>")
     dataset_index  int32 (B,)                position of the dataset in the mix
+    scene_state    float32 (B, K)            only with `scene_state=True`: the current step's privileged scene
+                                             state (simulated datasets), normalized; a training target only
 
 Usage (computes or loads the statistics, prints each statistics JSON path on its own line, then
 iterates a few batches and reports shapes and frames/s):

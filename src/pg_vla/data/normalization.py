@@ -109,11 +109,13 @@ class DatasetStatistics:
     num_transitions: int
     num_trajectories: int
     extra: dict = field(default_factory=dict)  # e.g. the dataset config hash the file was computed for
+    scene_state: ArrayStatistics | None = None  # datasets with a privileged scene state (simulation) only
 
     def to_dict(self) -> dict:
         return {
             "action": self.action.to_dict(),
             "proprio": self.proprio.to_dict(),
+            **({"scene_state": self.scene_state.to_dict()} if self.scene_state is not None else {}),
             "num_transitions": int(self.num_transitions),
             "num_trajectories": int(self.num_trajectories),
             **self.extra,
@@ -151,13 +153,16 @@ class DatasetStatistics:
         for key in ("action", "proprio", "num_transitions", "num_trajectories"):
             if key not in data:
                 raise ValueError(f"normalization statistics {path} lack the key {key!r}")
-        extra = {k: v for k, v in data.items() if k not in ("action", "proprio", "num_transitions", "num_trajectories")}
+        known = ("action", "proprio", "scene_state", "num_transitions", "num_trajectories")
+        extra = {k: v for k, v in data.items() if k not in known}
+        scene = data.get("scene_state")
         return cls(
             action=ArrayStatistics.from_dict(data["action"], f"{path} action"),
             proprio=ArrayStatistics.from_dict(data["proprio"], f"{path} proprio"),
             num_transitions=int(data["num_transitions"]),
             num_trajectories=int(data["num_trajectories"]),
             extra=extra,
+            scene_state=ArrayStatistics.from_dict(scene, f"{path} scene_state") if scene is not None else None,
         )
 
 

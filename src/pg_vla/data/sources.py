@@ -35,6 +35,7 @@ from pg_vla.data.stream_checkpoint import StreamCheckpoints
 SOURCES = ("rlds", "parquet", "lerobot")
 # loader fields the model and the trainer fix (not data.* keys)
 FIXED = ("batch_size", "image_size", "cond_steps", "horizon_steps", "seed", "train")
+RLDS_FIXED = ("scene_state",)  # RLDS loader fields the trainer sets from the model (the scene-state target)
 PARQUET_EXTRA = {"val_paths": None}  # data.* keys of the Parquet source that are not ParquetConfig fields
 LEROBOT_EXTRA = {"val_path": None}  # data.* keys of the LeRobot source that are not LeRobotConfig fields
 
@@ -43,7 +44,7 @@ def _defaults(cls: type) -> dict[str, Any]:
     """field -> default (None for required fields, null in the YAML; factories called) of a config dataclass."""
     out = {}
     for f in fields(cls):
-        if f.name not in FIXED:
+        if f.name not in FIXED + RLDS_FIXED:
             out[f.name] = (
                 f.default_factory() if f.default_factory is not MISSING else None if f.default is MISSING else f.default
             )
@@ -234,6 +235,19 @@ def dataset_dims(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
     )
 
 
+def scene_state_dim(data: Mapping[str, Any]) -> int:
+    """K of the privileged scene state every dataset of this data section holds (the scene-state target);
+    ValueError where one has none: only simulated RLDS datasets (`DatasetConfig.scene_state_key`) do."""
+    if source_of(data) != "rlds":
+        raise ValueError(
+            f"the scene-state target (model.scene_state_weight > 0) is read from RLDS datasets with a scene "
+            f"state; data.source={source_of(data)} has none"
+        )
+    from pg_vla.data.rlds.dataset_configs import check_scene_state, get_dataset_config, get_mix
+
+    return check_scene_state([get_dataset_config(name) for name in get_mix(data.get("mix", "bridge"))])
+
+
 def make_loader(
     data: Mapping[str, Any],
     *,
@@ -248,6 +262,7 @@ def make_loader(
     val_split: str = "val",
     train_statistics: Mapping[str, DatasetStatistics] | None = None,
     checkpoints: StreamCheckpoints | None = None,
+    scene_state: bool = False,
 ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
     """A loader of this rank's batches and the statistics they are normalized with.
 
@@ -257,6 +272,7 @@ def make_loader(
 
     A training loader writes its stream position and resumes from one as `checkpoints` says
     (`pg_vla.data.stream_checkpoint`), so a resumed run does not read the consumed data again.
+    scene_state=True: batches also hold `scene_state` (B, K), the privileged scene state (`scene_state_dim`).
 
     Under torchrun every rank of the job must call it: global rank 0 builds its loader first (computing
     and caching statistics that are missing) while the others wait, then they build theirs from the
@@ -276,6 +292,7 @@ def make_loader(
             val_split=val_split,
             train_statistics=train_statistics,
             checkpoints=checkpoints,
+            scene_state=scene_state,
         )
     )
 
@@ -300,7 +317,10 @@ def _make_loader(
     val_split: str,
     train_statistics: Mapping[str, DatasetStatistics] | None,
     checkpoints: StreamCheckpoints | None,
+    scene_state: bool = False,
 ) -> tuple[DataLoader, dict[str, DatasetStatistics]]:
+    if scene_state:
+        scene_state_dim(data)  # a clear error for data without one
     fixed = {
         "batch_size": batch_size,
         "image_size": image_size,
@@ -346,7 +366,10 @@ def _make_loader(
     if validation:
         options.update(split=val_split, train=False)
     return make_rlds_loader(
-        rlds_config(**options, **fixed), rank, world_size, checkpoints=None if validation else checkpoints
+        rlds_config(**options, **fixed, scene_state=scene_state),
+        rank,
+        world_size,
+        checkpoints=None if validation else checkpoints,
     )
 
 

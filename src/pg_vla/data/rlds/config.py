@@ -42,6 +42,10 @@ class RLDSConfig:
     image_resize: str = "stretch"  # or "pad": aspect ratio kept, black padding (pi0); see data/image_resize.py
     cond_steps: int = 1  # C: steps of proprio and image history (images come frame-major, see data/dataloader.py)
     horizon_steps: int = 4
+    # also yield each frame's scene-state target `scene_state` (B, K), normalized like proprio (every dataset
+    # of the mix needs a scene state: `DatasetConfig.scene_state_key`); set by the trainer from the model's
+    # scene-state readout (model.scene_state_weight > 0), not a data.* key
+    scene_state: bool = False
     skip_unlabeled: bool = True
     skip_non_finite: bool = False  # leave out (and count) episodes with NaN/inf action or proprio; False: refuse
     normalization: str = "bounds"  # or mean_std (pi0), quantile (pi0.5); gaussian = mean_std. See normalization.py

@@ -11,6 +11,8 @@ Common form of a standardized step (what every standardization function returns,
                                              fractal: xyz, quaternion xyzw, gripper closed (8)
     action                     float32 (7,)  delta xyz, delta rotation, gripper absolute (1 open, 0 closed)
     language_instruction       string
+    observation/scene_state    float32 (K,)  only datasets with a `scene_state_key` (simulation): privileged
+                                             object/goal positions, an auxiliary training target, never a model input
 """
 
 from __future__ import annotations
@@ -37,8 +39,23 @@ class DatasetConfig:
     action_normalization_mask: tuple[bool, ...]  # False: left as is (the gripper's 0..1)
     gripper_convention: str = "absolute: 1 open, 0 closed"
     extra: dict = field(default_factory=dict)  # options of the standardization function
+    # Privileged scene state (simulated datasets): the observation key holding the simulator's state vector
+    # and the entries of it that form the scene-state target (`data` scene_state, the model's scene-state
+    # readout). None / (): the dataset has none (real robots).
+    scene_state_key: str | None = None
+    scene_state_indices: tuple[int, ...] = ()
+    scene_state_encoding: str = ""
+
+    @property
+    def scene_state_dim(self) -> int:
+        return len(self.scene_state_indices)
 
     def __post_init__(self) -> None:
+        if (self.scene_state_key is None) != (not self.scene_state_indices):
+            raise ValueError(
+                f"{self.name}: scene_state_key and scene_state_indices go together, got "
+                f"{self.scene_state_key!r} and {self.scene_state_indices}"
+            )
         unknown = set(self.image_keys) - set(CAMERA_ROLES)
         if unknown:
             raise ValueError(f"{self.name}: unknown camera roles {sorted(unknown)} (known: {CAMERA_ROLES})")
@@ -50,7 +67,11 @@ class DatasetConfig:
 
     def config_hash(self) -> str:
         """Stable hash of everything that changes the standardized steps (keys statistics caches)."""
-        payload = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if self.scene_state_key is None:  # datasets without a scene state keep the hashes they had before it existed
+            for name in ("scene_state_key", "scene_state_indices", "scene_state_encoding"):
+                fields.pop(name)
+        payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -96,6 +117,9 @@ DATASET_CONFIGS: dict[str, DatasetConfig] = {
         standardize_fn="metaworld",
         action_normalization_mask=(True, True, True, False),
         gripper_convention="effort: -1 open, +1 close (Meta-World)",
+        scene_state_key="full_state",
+        scene_state_indices=(4, 5, 6, 36, 37, 38),
+        scene_state_encoding="first object xyz (observation[4:7]), goal xyz (observation[36:39])",
     ),
 }
 
@@ -109,6 +133,21 @@ def get_dataset_config(name: str) -> DatasetConfig:
     if name not in DATASET_CONFIGS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASET_CONFIGS))}")
     return DATASET_CONFIGS[name]
+
+
+def check_scene_state(configs: list[DatasetConfig]) -> int:
+    """The scene-state dim K shared by every dataset of a mix; ValueError naming a dataset without one or
+    dims that differ."""
+    lacking = [c.name for c in configs if c.scene_state_key is None]
+    if lacking:
+        raise ValueError(
+            f"the scene-state target needs a privileged scene state in every dataset of the mix; "
+            f"{', '.join(lacking)} has none (DatasetConfig.scene_state_key): set model.scene_state_weight=0"
+        )
+    dims = {c.name: c.scene_state_dim for c in configs}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"the datasets of the mix have scene states of different sizes: {dims}")
+    return next(iter(dims.values()))
 
 
 # Named mixes: dataset name -> sampling weight. Each dataset contributes by its weight whatever its size.

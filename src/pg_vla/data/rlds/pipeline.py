@@ -28,7 +28,13 @@ import tensorflow_datasets as tfds
 
 from pg_vla.data.normalization import DatasetStatistics, Normalizer, action_normalization_mask
 from pg_vla.data.rlds.config import NO_AUGMENT, RLDSConfig
-from pg_vla.data.rlds.dataset_configs import DatasetConfig, dataset_folder, get_dataset_config, get_mix
+from pg_vla.data.rlds.dataset_configs import (
+    DatasetConfig,
+    check_scene_state,
+    dataset_folder,
+    get_dataset_config,
+    get_mix,
+)
 from pg_vla.data.rlds.frames import augment, decode_and_resize
 from pg_vla.data.rlds.standardize import standardize
 from pg_vla.data.rlds.trajectory import add_windows, normalize_tf
@@ -265,15 +271,18 @@ def frames_of_dataset(
     )
     action_norm = Normalizer(stats.action, rlds.normalization, action_mask)
     proprio_norm = Normalizer(stats.proprio, rlds.normalization)
+    scene_norm = Normalizer(stats.scene_state, rlds.normalization) if rlds.scene_state else None
     seed = rlds.seed + 1000 * rank + index
 
     def prepare(traj: dict) -> dict:
+        obs = traj["observation"]
         traj = {
             **traj,
             "action": normalize_tf(traj["action"], action_norm),
             "observation": {
-                **traj["observation"],
-                "proprio": normalize_tf(traj["observation"]["proprio"], proprio_norm),
+                **obs,
+                "proprio": normalize_tf(obs["proprio"], proprio_norm),
+                **({"scene_state": normalize_tf(obs["scene_state"], scene_norm)} if scene_norm is not None else {}),
             },
         }
         traj = add_windows(traj, rlds.cond_steps, rlds.horizon_steps)
@@ -289,6 +298,7 @@ def frames_of_dataset(
             "step": traj["step"],
             "tfds_id": tf.fill([length], traj["tfds_id"]),
             "dataset_index": tf.fill([length], index),
+            **({"scene_state": obs["scene_state"]} if scene_norm is not None else {}),  # (T, K), the current step's
         }
 
     ds = standardized_trajectories(
@@ -328,9 +338,16 @@ def prepare_mix(rlds: RLDSConfig) -> MixInfo:
     """Resolve the mix and load (or compute) every dataset's statistics."""
     mix = get_mix(rlds.mix)
     configs = [get_dataset_config(name) for name in mix]
+    if rlds.scene_state:
+        check_scene_state(configs)
     stats, paths = {}, {}
     for cfg in configs:
         stats[cfg.name], paths[cfg.name] = dataset_statistics(rlds.data_path, cfg, rlds)
+        if rlds.scene_state and stats[cfg.name].scene_state is None:
+            raise ValueError(
+                f"the normalization statistics {paths[cfg.name]} of {cfg.name} hold no scene_state entry, which "
+                "the scene-state target needs: drop that fixed statistics file or compute the statistics again"
+            )
     total = sum(mix.values())
     return MixInfo(
         datasets=list(mix),

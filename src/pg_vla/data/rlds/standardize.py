@@ -3,7 +3,8 @@
 A trajectory is an episode's steps batched along time: every tensor has leading dim T. Each function
 returns {"observation": {"image_<role>": (T,) encoded bytes, "proprio": (T, P)}, "action": (T, A),
 "language_instruction": (T,) string}, following the Open X-Embodiment / Octo conventions that the
-published statistics and checkpoints rely on.
+published statistics and checkpoints rely on. `standardize` adds `observation/scene_state` (T, K) for
+datasets with a scene state, whatever their function.
 """
 
 from __future__ import annotations
@@ -113,4 +114,10 @@ STANDARDIZE_FNS: dict[str, Callable[[dict, DatasetConfig], dict]] = {
 def standardize(traj: dict, cfg: DatasetConfig) -> dict:
     if cfg.standardize_fn not in STANDARDIZE_FNS:
         raise ValueError(f"{cfg.name}: unknown standardization function {cfg.standardize_fn!r}")
-    return STANDARDIZE_FNS[cfg.standardize_fn](traj, cfg)
+    out = STANDARDIZE_FNS[cfg.standardize_fn](traj, cfg)
+    if cfg.scene_state_key is not None:
+        state = tf.cast(_path(traj["observation"], cfg.scene_state_key), tf.float32)  # (T_raw, S)
+        scene = tf.gather(state, list(cfg.scene_state_indices), axis=1)  # (T_raw, K)
+        length = tf.shape(out["action"])[0]  # the steps the function kept (bridge drops the last)
+        out["observation"] = {**out["observation"], "scene_state": scene[:length]}
+    return out

@@ -142,12 +142,13 @@ def compute_statistics(
         lambda t: {
             "action": t["action"],
             "proprio": t["observation"]["proprio"],
+            **({"scene_state": t["observation"]["scene_state"]} if cfg.scene_state_key is not None else {}),
             "tfds_id": t["tfds_id"],
             "labeled": tf.strings.length(t["language_instruction"][0]) > 0,
         }
     )
 
-    actions, proprios, skipped = [], [], []
+    actions, proprios, scenes, skipped = [], [], [], []
     try:
         for traj in ds.as_numpy_iterator():
             if skip_non_finite and not (np.isfinite(traj["action"]).all() and np.isfinite(traj["proprio"]).all()):
@@ -157,6 +158,8 @@ def compute_statistics(
                 continue
             actions.append(traj["action"])
             proprios.append(traj["proprio"])
+            if "scene_state" in traj:
+                scenes.append(traj["scene_state"])
     except tf.errors.DataLossError as err:
         raise corrupt_data_error(err, f"{cfg.name} ({dataset_folder(data_path, cfg)}, split {split!r})") from err
     except tf.errors.InvalidArgumentError as err:
@@ -185,6 +188,7 @@ def compute_statistics(
         num_transitions=len(action),
         num_trajectories=len(actions),
         extra=extra,
+        scene_state=ArrayStatistics.from_values(np.concatenate(scenes)) if scenes else None,
     )
 
 
