@@ -184,6 +184,8 @@ class Policy:
                 f"camera roles {list(self.camera_roles)} do not match the model's num_cameras {self.config.num_cameras}"
             )
         self.proprio_normalizer = Normalizer(statistics.proprio, normalization)
+        scene = statistics.scene_state if model.config.scene_state_dim else None
+        self.scene_state_normalizer = Normalizer(scene, normalization) if scene is not None else None
         self.action_normalizer = Normalizer(
             statistics.action, normalization, None if action_mask is None else list(action_mask)
         )
@@ -404,6 +406,19 @@ class Policy:
         low, high = self._kept_range  # e.g. a gripper in 0..1 stays in 0..1
         actions[..., self._kept_dims] = np.clip(actions[..., self._kept_dims], low, high)
         return {"actions": actions.astype(np.float32), "normalized_actions": normalized}
+
+    @torch.no_grad()
+    def scene_state(self, observations: Sequence[Observation]) -> np.ndarray:
+        """The model's scene-state readout (B, K) in the data's units (e.g. object and goal xyz in metres):
+        where the policy places the scene's objects. Models trained with the scene-state target only."""
+        if self.scene_state_normalizer is None:
+            raise RuntimeError(
+                "this policy has no scene-state readout (trained without model.scene_state_weight, or its "
+                "statistics hold no scene_state)"
+            )
+        inputs = self.prepare(observations)
+        normalized = self.model.predict_scene_state(**inputs).cpu().numpy().astype(np.float64)
+        return self.scene_state_normalizer.unnormalize(normalized)
 
     def infer(self, observation: Observation, seed: int | None = None) -> dict[str, np.ndarray]:
         """One observation -> actions (H, A) in robot units (and normalized_actions)."""

@@ -106,6 +106,9 @@ def map_pi0_key(key: str) -> str | None:
     return None
 
 
+SCENE_STATE_PREFIX = "scene_state_decoder."  # the scene-state readout (training only), not exported
+
+
 def export_key(name: str) -> str:
     """pg-vla parameter name -> key in transformers' save_pretrained layout."""
     for own, prefix in _EXPORT_RULES:
@@ -400,9 +403,14 @@ def transformers_config(config: PiZeroConfig) -> Any:
 
 
 def export_tensors(state: dict[str, torch.Tensor], config: PiZeroConfig) -> dict[str, torch.Tensor]:
-    """pg-vla state dict -> tensors under transformers' save_pretrained keys (incl. the expert's unused rows)."""
+    """pg-vla state dict -> tensors under transformers' save_pretrained keys (incl. the expert's unused rows).
+    The scene-state readout is left out: a training aid no action depends on, with no place in pi0's layout."""
     refuse_unexportable(config)
-    out = {export_key(name): t.detach().contiguous().cpu() for name, t in state.items()}
+    out = {
+        export_key(name): t.detach().contiguous().cpu()
+        for name, t in state.items()
+        if not name.startswith(SCENE_STATE_PREFIX)
+    }
     some = next(iter(out.values()))
     # transformers' PI0 gives its action expert a (vocab, width) embedding it never reads; zeros fill it.
     out[EXPERT_EMBEDDING_KEY] = torch.zeros(config.vlm.vocab_size, config.action_expert.hidden_size, dtype=some.dtype)

@@ -3,7 +3,8 @@
 Parameters split into two parts by name:
 
     VLM            vision_tower.*, multi_modal_projector.*, joint.experts.vlm.*
-    action expert  joint.experts.action.*, proprio_encoder.*, action_encoder.*, action_decoder.*
+    action expert  joint.experts.action.*, proprio_encoder.*, action_encoder.*, action_decoder.*,
+                   scene_state_decoder.* (the scene-state readout, when the model has one)
 
 Each part has its own learning rate and weight decay, and is split again into "decay" and "no_decay"
 groups: biases, norm weights (every 1-D parameter) and embedding tables get no weight decay. Groups
@@ -30,7 +31,13 @@ from pg_vla.utils.imports import import_bitsandbytes
 OptimizerName = Literal["adamw", "adamw8bit"]
 
 VLM_PREFIXES = ("vision_tower.", "multi_modal_projector.", "joint.experts.vlm.")
-ACTION_EXPERT_PREFIXES = ("joint.experts.action.", "proprio_encoder.", "action_encoder.", "action_decoder.")
+ACTION_EXPERT_PREFIXES = (
+    "joint.experts.action.",
+    "proprio_encoder.",
+    "action_encoder.",
+    "action_decoder.",
+    "scene_state_decoder.",
+)
 _WRAPPER_PREFIXES = ("base_model.model.", "_orig_mod.", "module.")  # peft, torch.compile, DDP
 
 

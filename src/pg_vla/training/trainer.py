@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pg_vla.data.sources import dataset_dims, inference_record, make_loader
+from pg_vla.data.sources import dataset_dims, inference_record, make_loader, scene_state_dim
 from pg_vla.data.stream_checkpoint import StreamCheckpoints, StreamRestoreError, prune_staged, staged_name
 from pg_vla.model.paligemma.processing import TOKENIZER_FILES, VLAProcessor
 from pg_vla.model.pretrained import detect_layout
@@ -125,6 +125,7 @@ class Trainer:
             "cond_steps": model_cfg.cond_steps,
             "horizon_steps": model_cfg.horizon_steps,
             "seed": cfg.seed,
+            "scene_state": bool(model_cfg.scene_state_dim) and model_cfg.scene_state_weight > 0,
         }
 
     def _load_pretrained(self, proprio_dim: int, action_dim: int, num_cameras: int) -> PiZero:
@@ -136,6 +137,8 @@ class Trainer:
         overrides: dict[str, Any] = {"num_cameras": num_cameras}
         if layout == "paligemma":
             overrides.update(proprio_dim=proprio_dim, action_dim=action_dim)
+        if float(cfg.model.get("scene_state_weight", 0.0)) > 0:  # the readout's size comes from the data
+            overrides["scene_state_dim"] = scene_state_dim(cfg.data)
         model = PiZero.from_pretrained(source, verify=False, **{**overrides, **cfg.model})  # verified just above
         if model.config.proprio_dim < proprio_dim or model.config.action_dim < action_dim:
             raise ValueError(
@@ -320,7 +323,8 @@ class Trainer:
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """A loader batch -> model inputs: images (B, C*N, 3, S, S) and image_mask (B, C*N) as the loader's views.
         State (B, C, P) and actions (B, H, A) are zero-padded to the model's dims (pi0 weights: 32); then
-        `action_mask` (B, H, A_model) leaves the padded dims out of the loss."""
+        `action_mask` (B, H, A_model) leaves the padded dims out of the loss. With the scene-state target the
+        batch's `scene_state` (B, K) comes along."""
         text = self.processor.tokenize(batch["language"])
         images = self.processor.preprocess_images(batch["images"])  # (B, C*N, 3, S, S)
         if self.cfg.precision == "bf16_pure":
@@ -339,6 +343,7 @@ class Trainer:
             "proprio": _pad_last(proprio, cfg.proprio_dim).to(self.device),
             "actions": _pad_last(actions, cfg.action_dim).to(self.device),
             "action_mask": mask.to(self.device),
+            **({"scene_state": batch["scene_state"].to(self.device)} if "scene_state" in batch else {}),
         }
 
     def _step_noise(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,8 +439,11 @@ class Trainer:
                     break
                 inputs = self._inputs(batch)
                 actions, mask = inputs.pop("actions"), inputs.pop("action_mask")
+                scene_state = inputs.pop("scene_state", None)  # val_loss stays the flow loss alone
                 loss = self.model(**inputs, actions=actions, action_mask=mask)
                 predicted = self.model.sample_actions(**inputs)
+                if scene_state is not None:
+                    totals.add_scene_state(self.model.predict_scene_state(**inputs), scene_state)
                 dims = self.data_dims[1]  # the padded dims are not the data's
                 steps = mask if mask.ndim == 2 else mask[..., 0]
                 totals.add(

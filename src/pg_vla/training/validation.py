@@ -4,6 +4,9 @@ action-chunk accuracy at thresholds.
 Threshold accuracy (in normalized action units, where actions lie in [-1, 1]): a predicted chunk counts
 as correct at threshold th when every valid step and every dimension is within th of the ground truth,
 |pred - true| <= th. Steps past an episode's end (action_mask False) are ignored.
+
+Models with a scene-state readout also report `val_scene_state_mse`: the mean squared error of the readout
+against the data's scene state, in its normalized units (every entry of every sample alike).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class ValidationTotals:
         self.loss_sum = 0.0
         self.correct = torch.zeros(len(self.thresholds), dtype=torch.float64)
         self.samples = 0
+        self.scene_sum = 0.0  # squared errors of the scene-state readout, summed over samples and entries
+        self.scene_count = 0  # entries summed
+
+    def add_scene_state(self, predicted: torch.Tensor, true: torch.Tensor) -> None:
+        """predicted, true (B, K): the scene-state readout and the data's normalized scene state."""
+        self.scene_sum += float((predicted.double() - true.double()).pow(2).sum())
+        self.scene_count += true.numel()
 
     def add(self, loss: float, within: torch.Tensor) -> None:
         """loss: mean loss of a batch; within: (len(thresholds), B) bool from `chunk_within_threshold`."""
@@ -41,13 +51,15 @@ class ValidationTotals:
         self.samples += batch
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.cat([torch.tensor([self.loss_sum, float(self.samples)], dtype=torch.float64), self.correct])
+        head = [self.loss_sum, float(self.samples), self.scene_sum, float(self.scene_count)]
+        return torch.cat([torch.tensor(head, dtype=torch.float64), self.correct])
 
     @classmethod
     def from_tensor(cls, thresholds: Sequence[float], packed: torch.Tensor) -> "ValidationTotals":
         totals = cls(thresholds)
         totals.loss_sum, totals.samples = float(packed[0]), int(packed[1])
-        totals.correct = packed[2:].double().cpu()
+        totals.scene_sum, totals.scene_count = float(packed[2]), int(packed[3])
+        totals.correct = packed[4:].double().cpu()
         return totals
 
     def metrics(self) -> dict[str, float]:
@@ -55,4 +67,6 @@ class ValidationTotals:
         out = {"val_loss": self.loss_sum / n, "val_samples": float(self.samples)}
         for th, correct in zip(self.thresholds, self.correct.tolist()):
             out[f"val_accuracy@{th:g}"] = correct / n
+        if self.scene_count:
+            out["val_scene_state_mse"] = self.scene_sum / self.scene_count
         return out

@@ -135,6 +135,12 @@ class PiZeroConfig:
     discrete_use_proprio: bool = True  # the normalized proprio history joins every readout token's MLP input
     discrete_decoding: DiscreteDecoding = "argmax"  # bin centre of the arg-max, or the expectation over bins
     freeze_vision: bool = False  # keep the SigLIP tower fixed (the projector still trains)
+    # Scene-state readout (flow head, training only): a linear map from the current proprio token's final
+    # action-expert output to the privileged scene state (simulated data: object and goal positions), trained
+    # with weight `scene_state_weight` beside the flow loss, so the action expert must find the objects in
+    # the image; K = scene_state_dim (0: no readout; the trainer sets it from the data when the weight > 0)
+    scene_state_dim: int = 0
+    scene_state_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # Hydra / JSON hand nested dicts: turn them into the typed sub-configs.
@@ -180,6 +186,12 @@ class PiZeroConfig:
             raise ValueError(f"proprio_dropout must be in [0, 1), got {self.proprio_dropout}")
         if not 0.0 <= self.discrete_dropout < 1.0:
             raise ValueError(f"discrete_dropout must be in [0, 1), got {self.discrete_dropout}")
+        if not isinstance(self.scene_state_dim, int) or self.scene_state_dim < 0:
+            raise ValueError(f"scene_state_dim must be an integer >= 0, got {self.scene_state_dim!r}")
+        if not self.scene_state_weight >= 0.0:
+            raise ValueError(f"scene_state_weight must be >= 0, got {self.scene_state_weight}")
+        if self.scene_state_dim and self.action_head != "flow":
+            raise ValueError("the scene-state readout reads the action expert's proprio token: action_head=flow only")
         for name in ("use_proprio", "discrete_use_proprio", "freeze_vision"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -3,6 +3,7 @@
     proprio (B, C, P) -> proprio_encoder -> tokens (B, C, D)  \\  action expert, next to the VLM's
     x_t (B, H, A), t -> action_encoder -> tokens (B, H, D)    /   image/text tokens (pizero.py)
     action tokens' outputs (B, H, D) -> action_decoder -> velocity (B, H, A)
+    current proprio token's output (B, D) -> scene_state_decoder -> scene state (B, K)   (scene_state_dim > 0)
 
 The head holds no parameters itself: it adds its modules to the model under pi0's checkpoint names
 (`joint.experts.action.*`, `proprio_encoder.*`, `action_encoder.*`, `action_decoder.*`) and runs the
@@ -61,6 +62,8 @@ class FlowMatchingHead:
         encoder_cls = ActionTimeEncoder if cfg.time_conditioning == "mlp" else AdaLNActionEncoder
         model.action_encoder = encoder_cls(cfg.action_dim, width, cfg.time_min_period, cfg.time_max_period)
         model.action_decoder = Linear(width, cfg.action_dim)
+        if cfg.scene_state_dim:
+            model.scene_state_decoder = Linear(width, cfg.scene_state_dim)
 
     def loss(
         self,
@@ -74,8 +77,10 @@ class FlowMatchingHead:
         time: torch.Tensor | None,
         action_mask: torch.Tensor | None,
         image_mask: torch.Tensor | None,
+        scene_state: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error of the predicted velocity (see PiZero.forward)."""
+        """Mean squared error of the predicted velocity, plus scene_state_weight x that of the scene-state
+        readout when `scene_state` (B, K) is given (see PiZero.forward)."""
         actions = actions.float()
         if noise is None:
             noise = torch.randn_like(actions)
@@ -90,13 +95,20 @@ class FlowMatchingHead:
                 device=actions.device,
             )
         x_t = interpolate(actions, noise, time)
-        velocity = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, time, image_mask)
+        auxiliary = 0.0
+        if scene_state is None:
+            velocity = model.predict_velocity(images, text_ids, text_mask, proprio, x_t, time, image_mask)
+        else:
+            prefix = model.embed_prefix(images, text_ids, text_mask, image_mask)
+            velocity, hidden = model.velocity_from_prefix(prefix, proprio, x_t, time, return_hidden=True)
+            predicted = model.scene_state_decoder(hidden[:, self.config.cond_steps - 1]).float()  # (B, K)
+            auxiliary = self.config.scene_state_weight * (predicted - scene_state.float()).pow(2).mean()
         error = (velocity - target_velocity(actions, noise)).pow(2)  # (B, H, A)
         if action_mask is None:
-            return error.mean()
+            return error.mean() + auxiliary
         weight = action_mask.to(error.dtype)  # (B, H) chunk steps, or (B, H, A) steps and dims
         weight = (weight.unsqueeze(-1) if weight.ndim == 2 else weight).expand_as(error)
-        return (error * weight).sum() / weight.sum().clamp(min=1.0)
+        return (error * weight).sum() / weight.sum().clamp(min=1.0) + auxiliary
 
     def sample(
         self,

@@ -307,10 +307,12 @@ class PiZero(nn.Module):
         proprio: torch.Tensor,
         x_t: torch.Tensor,
         t: torch.Tensor,
-    ) -> torch.Tensor:
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`predict_velocity` from the embedded prefix (`embed_prefix`'s tokens, valid, blocks): every layer runs
         over the image/text tokens and the proprio and action tokens. Uncached sampling embeds the prefix
-        (the vision tower) once and calls this at every flow step."""
+        (the vision tower) once and calls this at every flow step. return_hidden: also the action expert's
+        final outputs (B, C + H, D_action) of the proprio and action tokens (the scene-state readout's input)."""
         self._require_head("flow")
         tokens, prefix_valid, prefix_blocks = prefix
         suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, tokens.dtype)
@@ -318,7 +320,33 @@ class PiZero(nn.Module):
             torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
         )
         outputs, _ = self.joint([Segment("vlm", tokens, needs_output=False), *suffix], positions, mask)
-        return self.action_decoder(outputs[-1][:, -x_t.shape[1] :]).float()
+        velocity = self.action_decoder(outputs[-1][:, -x_t.shape[1] :]).float()
+        if not return_hidden:
+            return velocity
+        return velocity, outputs[1] if len(outputs) == 2 else torch.cat(outputs[1:], dim=1)
+
+    @torch.no_grad()
+    def predict_scene_state(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        proprio: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The scene-state readout (B, K) float32 (normalized like the data's scene state): the current proprio
+        token's final output through `scene_state_decoder`. It attends to the prefix and the proprio tokens only,
+        so no action tokens are needed."""
+        self._require_head("flow")
+        if not self.config.scene_state_dim:
+            raise RuntimeError("this model has no scene-state readout (scene_state_dim=0)")
+        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
+        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, None, None, prefix.dtype)
+        mask, positions = mask_and_positions(
+            torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
+        )
+        outputs, _ = self.joint([Segment("vlm", prefix, needs_output=False), *suffix], positions, mask)
+        return self.scene_state_decoder(outputs[-1][:, -1]).float()
 
     def forward(
         self,
@@ -331,8 +359,11 @@ class PiZero(nn.Module):
         time: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
+        scene_state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss: mean squared error of the predicted velocity. actions (B, H, A) normalized.
+        `scene_state` (B, K) normalized (models with a scene-state readout): adds scene_state_weight x the mean
+        squared error of the readout (`predict_scene_state`).
 
         `action_mask` (B, H) bool leaves out padded chunk steps (past an episode's end), (B, H, A) also
         padded action dims (data with fewer dims than pi0's 32); `noise`
@@ -344,6 +375,15 @@ class PiZero(nn.Module):
         if self.training and self.config.proprio_dropout > 0:
             dropped = torch.rand(proprio.shape[0], 1, 1, device=proprio.device) < self.config.proprio_dropout
             proprio = torch.where(dropped, torch.zeros_like(proprio), proprio)
+        if scene_state is not None:
+            k = self.config.scene_state_dim
+            if not k:
+                raise ValueError("scene_state given, but this model has no scene-state readout (scene_state_dim=0)")
+            if scene_state.shape != (proprio.shape[0], k):
+                raise ValueError(f"scene_state must be (batch, {k}), got {tuple(scene_state.shape)}")
+            return self.head.loss(
+                self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask, image_mask, scene_state
+            )
         return self.head.loss(self, images, text_ids, text_mask, proprio, actions, noise, time, action_mask, image_mask)
 
     # ---- KV-cached inference -----------------------------------------------------------------------
