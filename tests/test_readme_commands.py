@@ -317,6 +317,9 @@ COVERAGE: dict[str, How] = {
     "scripts/bench/vision_probe.py": How(
         PARSED, "parse_args (a benchmark: minutes of rendering and training); tiny run in tests/test_vision_probe.py"
     ),
+    "scripts/bench/scene_state_readout.py": How(
+        PARSED, "parse_args (renders Meta-World scenes); run on a trained checkpoint in tests/test_scene_state.py"
+    ),
     "scripts/bench/metaworld_view_ambiguity.py": How(
         PARSED, "parse_args (builds a Meta-World scene); run for real in tests/test_metaworld_views.py"
     ),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pg_vla.eval.metrics import position_errors
 from pg_vla.eval.metaworld.rendering import DEFAULT_CAMERA, DEFAULT_IMAGE_SIZE
 
 TEST_SEED_START = 100000
@@ -75,12 +76,6 @@ def tower_and_processor(seed: int, folder: Path):
     tower = PiZero.from_paligemma(folder).vision_tower
     processor = VLAProcessor.from_pretrained(folder, max_text_tokens=12)
     return tower, processor
-
-
-def summarise(predicted: np.ndarray, truth: np.ndarray, radius: float) -> dict[str, float]:
-    """(N, 3) predicted and true positions -> the median distance (m) and the share within `radius`."""
-    distance = np.linalg.norm(predicted - truth, axis=-1)  # (N,)
-    return {"median_error_m": float(np.median(distance)), "within_radius": float(np.mean(distance <= radius))}
 
 
 def train_probe(
@@ -161,10 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "radius_m": args.radius,
-        "goal": summarise(predicted[:, 0:3], test_states[:, GOAL], args.radius),
-        "goal_train_mean": summarise(mean[:, 0:3], test_states[:, GOAL], args.radius),
-        "object": summarise(predicted[:, 3:6], test_states[:, OBJECT], args.radius),
-        "object_train_mean": summarise(mean[:, 3:6], test_states[:, OBJECT], args.radius),
+        "goal": position_errors(predicted[:, 0:3], test_states[:, GOAL], args.radius),
+        "goal_train_mean": position_errors(mean[:, 0:3], test_states[:, GOAL], args.radius),
+        "object": position_errors(predicted[:, 3:6], test_states[:, OBJECT], args.radius),
+        "object_train_mean": position_errors(mean[:, 3:6], test_states[:, OBJECT], args.radius),
         "render_s": round(render_s, 1),
         "train_s": round(train_s, 1),
     }

@@ -11,6 +11,9 @@ Accumulated batch by batch (`ActionMetrics.add`), over the valid chunk steps onl
 
 Every valid (sample, chunk step) contributes one value per dimension, so the overall MSE is the mean
 of the per-dimension ones. Shapes: B batch, H horizon, A action dim (the dataset's), K bins.
+
+`position_errors` summarises estimated object or goal positions (the Meta-World vision probe and the
+scene-state readout).
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ import torch
 from pg_vla.training.validation import chunk_within_threshold
 
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def position_errors(predicted: np.ndarray, truth: np.ndarray, radius: float) -> dict[str, float]:
+    """(N, 3) estimated and true positions -> the median distance and the share within `radius` (same units)."""
+    distance = np.linalg.norm(np.asarray(predicted) - np.asarray(truth), axis=-1)  # (N,)
+    return {"median_error_m": float(np.median(distance)), "within_radius": float(np.mean(distance <= radius))}
 
 
 class ActionMetrics:
