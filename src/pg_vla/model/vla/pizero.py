@@ -314,12 +314,7 @@ class PiZero(nn.Module):
         (the vision tower) once and calls this at every flow step. return_hidden: also the action expert's
         final outputs (B, C + H, D_action) of the proprio and action tokens (the scene-state readout's input)."""
         self._require_head("flow")
-        tokens, prefix_valid, prefix_blocks = prefix
-        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, tokens.dtype)
-        mask, positions = mask_and_positions(
-            torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
-        )
-        outputs, _ = self.joint([Segment("vlm", tokens, needs_output=False), *suffix], positions, mask)
+        outputs, _, _, _ = self._joint_pass(prefix, proprio, x_t, t)
         velocity = self.action_decoder(outputs[-1][:, -x_t.shape[1] :]).float()
         if not return_hidden:
             return velocity
@@ -340,13 +335,32 @@ class PiZero(nn.Module):
         self._require_head("flow")
         if not self.config.scene_state_dim:
             raise RuntimeError("this model has no scene-state readout (scene_state_dim=0)")
-        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
-        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, None, None, prefix.dtype)
-        mask, positions = mask_and_positions(
-            torch.cat((prefix_valid, suffix_valid), dim=1), torch.cat((prefix_blocks, suffix_blocks), dim=1)
-        )
-        outputs, _ = self.joint([Segment("vlm", prefix, needs_output=False), *suffix], positions, mask)
+        prefix = self.embed_prefix(images, text_ids, text_mask, image_mask)
+        outputs, _, _, _ = self._joint_pass(prefix, proprio, None, None)
         return self.scene_state_decoder(outputs[-1][:, -1]).float()
+
+    def _joint_pass(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        proprio: torch.Tensor | None,
+        x_t: torch.Tensor | None,
+        t: torch.Tensor | None,
+        suffix_outputs: bool = True,
+        return_cache: bool = False,
+    ) -> tuple[list[torch.Tensor | None], KVCache | None, torch.Tensor, torch.Tensor]:
+        """The embedded prefix and `embed_suffix(proprio, x_t, t)` through the joint transformer under the block
+        mask -> each segment's outputs (the VLM's None; the suffix's too unless `suffix_outputs`), the cache
+        (with `return_cache`), and the valid flags and blocks (B, T) of all the tokens."""
+        tokens, prefix_valid, prefix_blocks = prefix
+        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, x_t, t, tokens.dtype)
+        if not suffix_outputs:
+            suffix = [replace(s, needs_output=False) for s in suffix]
+        valid = torch.cat((prefix_valid, suffix_valid), dim=1)
+        blocks = torch.cat((prefix_blocks, suffix_blocks), dim=1)
+        mask, positions = mask_and_positions(valid, blocks)
+        segments = [Segment("vlm", tokens, needs_output=False), *suffix]
+        outputs, kv = self.joint(segments, positions, mask, return_cache=return_cache)
+        return outputs, kv, valid, blocks
 
     def forward(
         self,
@@ -397,17 +411,12 @@ class PiZero(nn.Module):
     ) -> PrefixCache:
         """Image, text and proprio tokens through both experts once; keeps every layer's keys/values."""
         self._require_head("flow")
-        prefix, prefix_valid, prefix_blocks = self.embed_prefix(images, text_ids, text_mask, image_mask)
-        suffix, suffix_valid, suffix_blocks = self.embed_suffix(proprio, None, None, prefix.dtype)
-        valid = torch.cat((prefix_valid, suffix_valid), dim=1)
-        blocks = torch.cat((prefix_blocks, suffix_blocks), dim=1)
-        mask, positions = mask_and_positions(valid, blocks)
-        segments = [Segment("vlm", prefix, needs_output=False), *(replace(s, needs_output=False) for s in suffix)]
-        _, kv = self.joint(segments, positions, mask, return_cache=True)
+        prefix = self.embed_prefix(images, text_ids, text_mask, image_mask)
+        _, kv, valid, blocks = self._joint_pass(prefix, proprio, None, None, suffix_outputs=False, return_cache=True)
         # The action tokens' mask and positions are the same at every flow step: built once here,
         # not in the denoising loop.
-        b, h = prefix.shape[0], self.config.horizon_steps
-        action_blocks = torch.full((b, h), ACTION_BLOCK, dtype=torch.long, device=prefix.device)
+        b, h, device = valid.shape[0], self.config.horizon_steps, valid.device
+        action_blocks = torch.full((b, h), ACTION_BLOCK, dtype=torch.long, device=device)
         action_mask, action_positions = mask_and_positions(
             torch.ones_like(action_blocks, dtype=torch.bool), action_blocks, valid, blocks
         )
